@@ -1,0 +1,97 @@
+"""The one exception tree of edgejudge.
+
+::
+
+    EdgeJudgeError                      every error edgejudge raises on purpose
+    ├── ConversionError                 a checkpoint cannot be converted (bad shard, dtype, config, disk…)
+    │   └── UnsafePickleError           a pickle asked for a global outside the allow-list
+    ├── ModelNotFoundError              (also FileNotFoundError) a model file/name cannot be found
+    ├── InvalidImageError               (also ValueError) an image cannot be read or is unsafe
+    ├── RubricError                     (also ValueError) a rubric is unknown or malformed
+    ├── ContextOverflowError            the prompt + generation budget exceed n_ctx
+    ├── EngineError                     the native runtime failed (load, tokenize, decode)
+    │   └── CLSOrderMismatchError       an mmproj was converted for another llama.cpp behaviour
+    ├── InputError                      (also ValueError) bad user input: batch rows, JSONL, options
+    └── RegistryError                   the model manifest/registry is inconsistent
+
+Every error carries a one-line ``message`` and an optional ``hint`` (what to do about it). The CLI prints
+``error: <message>`` and ``hint: <hint>``; nothing else in the library prints.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeJudgeError",
+    "ConversionError",
+    "UnsafePickleError",
+    "ModelNotFoundError",
+    "InvalidImageError",
+    "RubricError",
+    "ContextOverflowError",
+    "EngineError",
+    "CLSOrderMismatchError",
+    "InputError",
+    "RegistryError",
+]
+
+
+class EdgeJudgeError(Exception):
+    """Base class. ``str(err)`` is the one-line message; ``err.hint`` says how to fix it (or is None)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:  # keep it one line whatever the caller passed
+        return " ".join(self.message.split())
+
+
+class ConversionError(EdgeJudgeError):
+    """A checkpoint cannot be converted: missing/truncated shard, unknown dtype or architecture, bad config."""
+
+
+class UnsafePickleError(ConversionError):
+    """A pickle asked for a global outside the allow-list; nothing from it was executed."""
+
+
+class ModelNotFoundError(EdgeJudgeError, FileNotFoundError):
+    """A model file, projector file or registered model name cannot be found."""
+
+
+class InvalidImageError(EdgeJudgeError, ValueError):
+    """An image is missing, corrupt, truncated, empty, not an image, or too large (decompression bomb)."""
+
+
+class RubricError(EdgeJudgeError, ValueError):
+    """A rubric name is unknown, or a rubric file is malformed (the message names the missing field)."""
+
+
+class ContextOverflowError(EdgeJudgeError):
+    """The prompt plus the generation budget do not fit the context window.
+
+    ``over_by`` is the number of tokens too many; ``field`` names the longest user field to shorten.
+    """
+
+    def __init__(
+        self, message: str, *, over_by: int = 0, field: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.over_by = over_by
+        self.field = field
+
+
+class EngineError(EdgeJudgeError):
+    """The native runtime (llama.cpp / mtmd) failed to load a model, tokenize, encode or decode."""
+
+
+class CLSOrderMismatchError(EngineError):
+    """The mmproj's recorded CLS-position layout does not match the installed libmtmd's behaviour."""
+
+
+class InputError(EdgeJudgeError, ValueError):
+    """Bad user input that is not an image or rubric: a malformed JSONL line, a missing field, a bad option."""
+
+
+class RegistryError(EdgeJudgeError):
+    """The model manifest or the local registry of installed models is inconsistent."""

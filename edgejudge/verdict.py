@@ -1,0 +1,109 @@
+"""The result records of a judgment: ``Sample`` (one generation) and ``Verdict`` (one judgment).
+
+Frozen dataclasses that round-trip through JSON (``to_dict``/``from_dict``, ``to_json``/``from_json``) and
+always keep the raw model text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .engine.base import StageTimings
+
+__all__ = ["Sample", "Verdict"]
+
+
+def _probs_to_json(probs: dict[int, float] | None) -> dict[str, float] | None:
+    return None if probs is None else {str(k): float(v) for k, v in sorted(probs.items())}
+
+
+def _probs_from_json(probs: dict[str, float] | None) -> dict[int, float] | None:
+    return None if probs is None else {int(k): float(v) for k, v in probs.items()}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generation of the judge.
+
+    ``score`` is the parsed integer 1..5 (None when the text had no score), ``score_probs`` the digit
+    distribution at the score position, ``expected_score`` = Σ k·p_k, ``parse_method`` how the score was
+    found (see edgejudge.parse), ``seed`` the seed used, ``forced_tail`` whether the score had to be forced
+    after ``max_tokens`` ran out.
+    """
+
+    score: int | None
+    feedback: str
+    raw_output: str
+    parse_method: str
+    score_probs: dict[int, float] | None = None
+    expected_score: float | None = None
+    seed: int | None = None
+    forced_tail: bool = False
+    parse_error: str | None = None
+    timings: StageTimings = field(default_factory=StageTimings)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score_probs"] = _probs_to_json(self.score_probs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sample:
+        values = dict(data)
+        values["score_probs"] = _probs_from_json(values.get("score_probs"))
+        values["timings"] = StageTimings(**values.get("timings") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judgment of one response.
+
+    With one sample, ``score``/``feedback``/``raw_output`` are that sample's. With several, ``score`` is
+    the majority score (ties go to the score closest to the mean expected score), ``expected_score`` the
+    mean of the samples' expected scores, ``score_probs`` the mean distribution, ``agreement`` the share
+    of samples that gave the majority score, and ``feedback``/``raw_output`` those of the first sample
+    with the majority score. ``reference`` is False when no reference answer was given.
+    """
+
+    score: int | None
+    feedback: str
+    raw_output: str
+    parse_method: str
+    expected_score: float | None
+    score_probs: dict[int, float] | None
+    samples: tuple[Sample, ...]
+    agreement: float | None
+    reference: bool
+    rubric: str
+    model: str
+    image: str
+    image_fit: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: StageTimings = field(default_factory=StageTimings)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score_probs"] = _probs_to_json(self.score_probs)
+        data["samples"] = [s.to_dict() for s in self.samples]
+        data["warnings"] = list(self.warnings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        values = dict(data)
+        values["score_probs"] = _probs_from_json(values.get("score_probs"))
+        values["samples"] = tuple(Sample.from_dict(s) for s in values.get("samples") or ())
+        values["timings"] = StageTimings(**values.get("timings") or {})
+        values["warnings"] = tuple(values.get("warnings") or ())
+        return cls(**values)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Verdict:
+        return cls.from_dict(json.loads(text))

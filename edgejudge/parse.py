@@ -1,0 +1,253 @@
+"""Judge output text → ``ParseResult`` (score 1–5, feedback, how it was found, why not). Pure; never raises.
+
+Order of search (the first rule that finds a number decides; a number outside 1–5 or not whole is rejected
+with a reason, it never falls through to a weaker rule):
+
+1. ``[RESULT] N`` markers (``result_marker``), and ``[结果] N`` / ``【结果】N`` (``result_marker_zh``).
+   The LAST marker followed by a number wins; markers followed by no number (a prompt echo such as
+   ``[RESULT] (an integer number between 1 and 5)``, or a range ``1-5``) are skipped. Accepted after the
+   marker: ``: N``, ``(N)``, ``N/5``, ``N out of 5``, ``Score: N``, markdown ``**``, number words ``four``.
+2. Phrases judges use, only near the end of the text (at most ``TAIL_CHARS`` characters after them), the last
+   one wins: ``So the overall score is N`` (``overall_score``), ``Score: N`` / ``score of N`` / ``I would give
+   it a N`` (``score_phrase``), ``N/5`` / ``N out of 5`` (``fraction``).
+3. Nothing: ``method="none"`` with a ``reason``. Never "the first digit anywhere".
+
+Trailing whitespace, punctuation and end-of-sequence tokens (``</s>`` …) are ignored. ``feedback`` is the text
+before the marker (stripped, a leading ``Feedback:``/``反馈:`` removed); for phrases, the whole text minus the
+phrase's line when that line holds nothing else.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = ["ParseResult", "parse_output", "METHODS", "TAIL_CHARS"]
+
+METHODS = ("result_marker", "result_marker_zh", "overall_score", "score_phrase", "fraction", "none")
+TAIL_CHARS = 200
+
+_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}  # fmt: skip
+_NUM = r"(?P<num>[+-]?\d+(?:[.,]\d+)?(?![\d.,]?\d)|(?:" + "|".join(_WORDS) + r")\b)"
+# after the number: optional closing bracket, optional denominator; a range ("1-5", "1 and 5") is no score
+_NUM_TAIL = (
+    r"(?!\s*(?:-|–|~|to\b|and\b)\s*\d)"
+    r"[\s*_`]*[)\]）]?"
+    r"(?:\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?"
+)
+_JUNK = r"[\s*_`]*"
+
+_MARKER = re.compile(r"\[\s*RESULT\s*\]|(?P<zh>[\[【［]\s*结果\s*[\]】］])", re.IGNORECASE)
+_AFTER_MARKER = re.compile(
+    _JUNK + r"(?:(?:[:：=]|-(?=\s))" + _JUNK + r")?"
+    r"(?:(?:score|rating|得分|分数)\s*[:：=]?" + _JUNK + r")?"
+    r"[(\[（]?\s*" + _NUM + _NUM_TAIL,
+    re.IGNORECASE,
+)
+_NUMFRAG = r"(?:a\s+|an\s+)?[(\[]?\s*" + _NUM + _NUM_TAIL
+_PHRASES = (
+    (
+        "overall_score",
+        re.compile(
+            r"\b(?:so\s+)?(?:the\s+|my\s+)?(?:overall|final|total)\s+(?:score|rating|grade)"
+            + _JUNK
+            + r"(?:is|would\s+be|should\s+be|will\s+be|of|[:=：])"
+            + _JUNK
+            + _NUMFRAG,
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "score_phrase",
+        re.compile(
+            r"(?<!gets\sa\s)\b(?:score|rating|grade)"
+            + _JUNK
+            + r"(?:of|is|would\s+be|should\s+be|[:=：])"
+            + _JUNK
+            + _NUMFRAG,
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "score_phrase",
+        re.compile(
+            r"\b(?:give|assign|award)s?\s+(?:it|this(?:\s+response)?|the\s+response)?\s*" + _NUMFRAG,
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "fraction",
+        re.compile(
+            r"(?<![\d/.,])(?P<num>[+-]?\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*(?P<den>5)(?![\d/.,]\d|\d|\s+of\b)",
+            re.IGNORECASE,
+        ),
+    ),
+)
+_EOS_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<eos>")
+_FEEDBACK_PREFIX = re.compile(r"^[\s#*_>]*(?:feedback|反馈)[\s*_]*[:：][\s*_]*", re.IGNORECASE)
+# Long runs of whitespace/markdown are squeezed (on a working copy, positions mapped back) before matching,
+# so that no pattern can backtrack over them quadratically.
+_RUN = re.compile(r"[\s*_`]{9,}")
+_RUN_KEEP = 8
+_LINE_JUNK = re.compile(r"^[\s*_`#>.\-:!,;()\[\]]*$")
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """``score``: 1..5 or None; ``feedback``: the judge's text without the score marker; ``method``: one of
+    ``METHODS``; ``reason``: why no score was found (None on success); ``raw``: the text as given."""
+
+    score: int | None
+    feedback: str
+    method: str
+    reason: str | None
+    raw: str
+
+    @property
+    def ok(self) -> bool:
+        return self.score is not None
+
+
+def _strip_eos(text: str) -> str:
+    while True:
+        stripped = text.rstrip()
+        for token in _EOS_TOKENS:
+            if stripped.endswith(token):
+                stripped = stripped[: -len(token)]
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def _clean_feedback(text: str) -> str:
+    while True:  # trailing whitespace and markdown left over from a marker such as "**[RESULT]**"
+        stripped = text.rstrip().rstrip("*_`#>")
+        if stripped == text:
+            break
+        text = stripped
+    text = _FEEDBACK_PREFIX.sub("", text, count=1)
+    return text.strip()
+
+
+class _Squeezed:
+    """``text`` with runs of whitespace/markdown cut to ``_RUN_KEEP`` chars; ``orig`` maps positions back."""
+
+    def __init__(self, text: str) -> None:
+        parts: list[str] = []
+        self.starts: list[int] = []
+        self.origs: list[int] = []
+        pos = length = 0
+        for run in _RUN.finditer(text):
+            segment = text[pos : run.start() + _RUN_KEEP]
+            self.starts.append(length)
+            self.origs.append(pos)
+            parts.append(segment)
+            length += len(segment)
+            pos = run.end()
+        self.starts.append(length)
+        self.origs.append(pos)
+        parts.append(text[pos:])
+        self.text = "".join(parts)
+        self.original = text
+
+    def orig(self, index: int) -> int:
+        k = bisect.bisect_right(self.starts, index) - 1
+        return self.origs[k] + index - self.starts[k]
+
+
+def _value(match: re.Match[str]) -> tuple[int | None, str | None]:
+    """The score of a match, or (None, reason)."""
+    token = match.group("num")
+    shown = " ".join(match.group(0).split())
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    if token.lower() in _WORDS:
+        number = float(_WORDS[token.lower()])
+    else:
+        try:
+            number = float(token.replace(",", "."))
+        except ValueError:  # pragma: no cover - the regex only lets numbers through
+            return None, f"'{shown}' does not hold a number"
+    den = match.groupdict().get("den")
+    if den is not None and float(den) != 5:
+        return None, f"'{shown}' is on a scale of {den}, not 1-5"
+    if not math.isfinite(number) or abs(number) > 1000:
+        return None, f"'{shown}' is outside 1-5"
+    if number != int(number):
+        return None, f"'{shown}': {token} is not a whole number between 1 and 5"
+    if not 1 <= number <= 5:
+        return None, f"'{shown}': {int(number)} is outside 1-5"
+    return int(number), None
+
+
+def _from_markers(sq: _Squeezed, raw: str) -> ParseResult | None:
+    text = sq.text
+    found: tuple[re.Match[str], re.Match[str]] | None = None
+    for marker in _MARKER.finditer(text):
+        after = _AFTER_MARKER.match(text, marker.end())
+        if after is not None:
+            found = (marker, after)  # keep the last marker that carries a number
+    if found is None:
+        return None
+    marker, after = found
+    method = "result_marker_zh" if marker.group("zh") else "result_marker"
+    feedback = _clean_feedback(sq.original[: sq.orig(marker.start())])
+    score, reason = _value(after)
+    if score is None:
+        return ParseResult(None, feedback, "none", f"{marker.group(0)} marker rejected: {reason}", raw)
+    return ParseResult(score, feedback, method, None, raw)
+
+
+def _from_phrases(sq: _Squeezed, raw: str) -> ParseResult | None:
+    best: tuple[int, int, str, re.Match[str]] | None = None
+    for method, pattern in _PHRASES:
+        for match in pattern.finditer(sq.text):
+            key = (match.end(), -match.start())
+            if best is None or key > best[:2]:
+                best = (key[0], key[1], method, match)
+    if best is None:
+        return None
+    method, match = best[2], best[3]
+    text, start, end = sq.original, sq.orig(match.start()), sq.orig(match.end())
+    tail = len(text) - end
+    if tail > TAIL_CHARS:
+        return ParseResult(
+            None,
+            _clean_feedback(text),
+            "none",
+            f"no [RESULT] marker; '{match.group(0).strip()}' is {tail} characters before the end "
+            f"(scores are read only in the last {TAIL_CHARS})",
+            raw,
+        )
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end < 0 else line_end
+    alone = _LINE_JUNK.match(text[line_start:start]) and _LINE_JUNK.match(text[end:line_end])
+    feedback = _clean_feedback(text[:line_start] if alone else text)
+    score, reason = _value(match)
+    if score is None:
+        return ParseResult(None, feedback, "none", f"no [RESULT] marker; {reason}", raw)
+    return ParseResult(score, feedback, method, None, raw)
+
+
+def parse_output(text: str) -> ParseResult:
+    """Parse one judge output. Never raises on model text (None is read as an empty output)."""
+    raw = text if isinstance(text, str) else ("" if text is None else str(text))
+    cleaned = _strip_eos(raw)
+    if not cleaned.strip():
+        return ParseResult(None, "", "none", "empty output", raw)
+    squeezed = _Squeezed(cleaned)
+    result = _from_markers(squeezed, raw) or _from_phrases(squeezed, raw)
+    if result is not None:
+        return result
+    return ParseResult(
+        None,
+        _clean_feedback(cleaned),
+        "none",
+        "no [RESULT] marker and no score phrase (e.g. 'Score: 4', '4/5') near the end",
+        raw,
+    )

@@ -1,0 +1,125 @@
+"""The exact Prometheus-Vision training prompt and LLaVA's ``vicuna_v1`` conversation wrapper.
+
+``JUDGE_TEMPLATE`` is byte for byte the string of the Perception-Collection training data (criterion line not
+bracketed, no quotes on the output-format line, no trailing newline after ``###Feedback:``). The wrapper is
+``SYSTEM_PROMPT + " USER: " + <image> + "\\n" + prompt + " ASSISTANT:"``; ``conversation_parts`` returns the
+text before and after the image so the engine can tokenize each part separately (user text can then never
+become an image marker or a special token).
+
+Normalisation of user text (instruction, response, reference and the rubric's fields):
+line endings ``\\r\\n``/``\\r`` become ``\\n``, trailing whitespace of the whole field and leading *blank
+lines* are removed. Nothing inside the text changes (indentation of the first line is kept). Reason: the
+training fields never ended in blank lines, and stray newlines around a field change the section layout the
+model learned; the content itself is what is being judged and is left alone.
+
+Missing reference answer: the model was always trained with a ``###Reference Answer (Score 5):`` section.
+We keep the section and the task description unchanged and put ``NO_REFERENCE_TEXT`` in it, a neutral
+sentence saying no reference is available and to judge by the rubric and the image. Dropping the section or
+leaving it empty would show the model a layout it never saw (and the task description would still promise a
+reference); a plain statement keeps the learned structure and tells the model the truth. An empty or
+whitespace-only reference counts as missing. Callers mark such verdicts ``reference: false``.
+"""
+
+from __future__ import annotations
+
+from .rubric import Rubric, load_rubric
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "JUDGE_TEMPLATE",
+    "NO_REFERENCE_TEXT",
+    "IMAGE_MARKER",
+    "normalize_text",
+    "has_reference",
+    "render_judge_prompt",
+    "conversation_parts",
+    "full_conversation",
+]
+
+SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+JUDGE_TEMPLATE = (
+    "###Task Description:\n"
+    "An instruction (might include an Input inside it), a response to evaluate, a reference answer that gets "
+    "a score of 5, and a score rubric representing an evaluation criterion is given.\n"
+    "1. Write a detailed feedback that assesses the quality of the response strictly based on the given "
+    "score rubric, not evaluating in general.\n"
+    "2. After writing a feedback, write a score that is an integer between 1 and 5. You should refer to the "
+    "score rubric.\n"
+    "3. The output format should look as follows: Feedback: (write a feedback for criteria) [RESULT] "
+    "(an integer number between 1 and 5)\n"
+    "4. Please do not generate any other opening, closing, and explanations.\n"
+    "\n"
+    "###The instruction to evaluate:\n"
+    "{instruction}\n"
+    "\n"
+    "###Response to evaluate:\n"
+    "{response}\n"
+    "\n"
+    "###Reference Answer (Score 5):\n"
+    "{reference_answer}\n"
+    "\n"
+    "###Score Rubrics:\n"
+    "{criteria}\n"
+    "Score 1: {score1_description}\n"
+    "Score 2: {score2_description}\n"
+    "Score 3: {score3_description}\n"
+    "Score 4: {score4_description}\n"
+    "Score 5: {score5_description}\n"
+    "\n"
+    "###Feedback:"
+)
+
+NO_REFERENCE_TEXT = (
+    "No reference answer is available for this instruction. "
+    "Judge the response strictly based on the score rubric and the image."
+)
+
+IMAGE_MARKER = "<image>"
+
+
+def normalize_text(text: str) -> str:
+    """Unify line endings, drop trailing whitespace and leading blank lines; the content is unchanged."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").rstrip()
+    lines = text.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def has_reference(reference: str | None) -> bool:
+    """Whether ``reference`` counts as a reference answer (None, empty or blank do not)."""
+    return reference is not None and bool(reference.strip())
+
+
+def render_judge_prompt(
+    instruction: str, response: str, rubric: Rubric | str, reference: str | None = None
+) -> str:
+    """The judge prompt (``JUDGE_TEMPLATE`` filled in). ``rubric`` may be a Rubric or a built-in name/file."""
+    if not isinstance(rubric, Rubric):
+        rubric = load_rubric(rubric)
+    ref = normalize_text(reference) if reference is not None else ""
+    fields = {
+        "instruction": normalize_text(instruction),
+        "response": normalize_text(response),
+        "reference_answer": ref if ref.strip() else NO_REFERENCE_TEXT,
+        "criteria": normalize_text(rubric.criteria),
+    }
+    for k, text in enumerate(rubric.descriptions, start=1):
+        fields[f"score{k}_description"] = normalize_text(text)
+    # str.format inserts the values verbatim: braces inside user text are not interpreted.
+    return JUDGE_TEMPLATE.format(**fields)
+
+
+def conversation_parts(judge_prompt: str) -> tuple[str, str]:
+    """``(before_image, after_image)`` = ``(SYSTEM + " USER: ", "\\n" + prompt + " ASSISTANT:")``."""
+    return SYSTEM_PROMPT + " USER: ", "\n" + judge_prompt + " ASSISTANT:"
+
+
+def full_conversation(judge_prompt: str, image_marker: str = IMAGE_MARKER) -> str:
+    """The whole conversation as one string, with ``image_marker`` where the image embeddings go."""
+    before, after = conversation_parts(judge_prompt)
+    return before + image_marker + after

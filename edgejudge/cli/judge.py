@@ -1,0 +1,226 @@
+"""``edgejudge judge IMAGE``: one verdict from the command line (the non-interactive path).
+
+Inputs → rubric → ``Judge`` (built by ``_common.build_judge``) → verdict panel on stderr. stdout gets data
+only: the bare score (so ``score=$(edgejudge judge …)`` works), the verdict as JSON with ``--json``, or
+the exact prompt text with ``--print-prompt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import InputError
+from ._common import (
+    FeedbackStream,
+    GenerationOptions,
+    ImageFitOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    MmprojOpt,
+    ModelOpt,
+    NCtxOpt,
+    NGpuLayersOpt,
+    NoGrammarOpt,
+    SamplesOpt,
+    SeedOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    build_judge,
+    emit_json,
+    examples,
+    status,
+    stderr_console,
+    usage_error,
+    verdict_panel,
+)
+
+if TYPE_CHECKING:
+    from ..rubric import Rubric
+
+__all__ = ["register", "choose_rubric", "read_text_arg", "DEFAULT_RUBRIC"]
+
+#: The rubric used when neither --rubric nor --criteria is given.
+DEFAULT_RUBRIC = "vqa-helpfulness"
+_INPUT = "Inputs"
+_RUBRIC = "Rubric"
+
+
+def read_text_arg(value: str | None, file: Path | None, name: str) -> str | None:
+    """The text of ``--name`` or ``--name-file`` (``-`` = stdin); both given is a usage error."""
+    if value is not None and file is not None:
+        usage_error(f"give --{name} or --{name}-file, not both", f"--{name}")
+    if file is None:
+        return value
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"--{name}-file not found: {file}", hint="check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read --{name}-file {file}: {err}", hint="pass a UTF-8 text file") from None
+
+
+def choose_rubric(rubric: str | None, criteria: str | None, scores: list[str | None]) -> Rubric:
+    """The rubric from ``--rubric NAME|FILE``, or inline ``--criteria`` + ``--score1..5``, or the default."""
+    from ..rubric import Rubric, load_rubric
+
+    inline = criteria is not None or any(s is not None for s in scores)
+    if inline:
+        if rubric is not None:
+            usage_error("give --rubric or an inline --criteria with --score1..--score5, not both", "--rubric")
+        missing = [f"--score{k}" for k, s in enumerate(scores, 1) if s is None]
+        if criteria is None:
+            missing.insert(0, "--criteria")
+        if missing:
+            usage_error(f"an inline rubric needs {', '.join(missing)} too", missing[0])
+        data = {"criteria": criteria, **{f"score{k}": s for k, s in enumerate(scores, 1)}}
+        return Rubric.from_mapping(data, name="inline")
+    return load_rubric(rubric or DEFAULT_RUBRIC)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "judge",
+        epilog=examples(
+            'edgejudge judge cat.jpg -i "What animal is it?" --response "A tabby cat." --reference "A cat."',
+            'edgejudge judge chart.png -i "Which year peaked?" --response-file answer.txt -r chart-reasoning',
+            'edgejudge judge post.jpg -i "Caption it" --response "..." -r policy.toml --json | jq .score',
+            'edgejudge judge a.jpg -i "?" --response "cat" --criteria "OK?" --score1 "No" … --score5 "Yes"',
+            'edgejudge judge cat.jpg -i "?" --response "A cat." --print-prompt > prompt.txt',
+            'edgejudge judge cat.jpg -i "?" --response "A cat." --samples 3 -m prometheus-vision-13b',
+        ),
+    )
+    def judge(
+        image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image the response is about.")],
+        instruction: Annotated[
+            str,
+            typer.Option(
+                "--instruction",
+                "-i",
+                help="The question or task given about the image.",
+                rich_help_panel=_INPUT,
+            ),
+        ],
+        response: Annotated[
+            str | None, typer.Option("--response", help="The response to judge.", rich_help_panel=_INPUT)
+        ] = None,
+        response_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--response-file", help="Read the response from a file ('-' = stdin).", rich_help_panel=_INPUT
+            ),
+        ] = None,
+        reference: Annotated[
+            str | None,
+            typer.Option(
+                "--reference",
+                help="A reference answer that would score 5 (optional but recommended).",
+                rich_help_panel=_INPUT,
+            ),
+        ] = None,
+        rubric: Annotated[
+            str | None,
+            typer.Option(
+                "--rubric",
+                "-r",
+                help=f"Built-in rubric name or a .toml/.json file (default: {DEFAULT_RUBRIC}).",
+                rich_help_panel=_RUBRIC,
+            ),
+        ] = None,
+        criteria: Annotated[
+            str | None,
+            typer.Option("--criteria", help="Inline rubric: the criterion.", rich_help_panel=_RUBRIC),
+        ] = None,
+        score1: Annotated[
+            str | None, typer.Option("--score1", help="Inline rubric: what 1 means.", rich_help_panel=_RUBRIC)
+        ] = None,
+        score2: Annotated[
+            str | None, typer.Option("--score2", help="Inline rubric: what 2 means.", rich_help_panel=_RUBRIC)
+        ] = None,
+        score3: Annotated[
+            str | None, typer.Option("--score3", help="Inline rubric: what 3 means.", rich_help_panel=_RUBRIC)
+        ] = None,
+        score4: Annotated[
+            str | None, typer.Option("--score4", help="Inline rubric: what 4 means.", rich_help_panel=_RUBRIC)
+        ] = None,
+        score5: Annotated[
+            str | None, typer.Option("--score5", help="Inline rubric: what 5 means.", rich_help_panel=_RUBRIC)
+        ] = None,
+        model: ModelOpt = None,
+        mmproj: MmprojOpt = None,
+        samples: SamplesOpt = 1,
+        temperature: TemperatureOpt = 1.0,
+        seed: SeedOpt = None,
+        max_tokens: MaxTokensOpt = 1024,
+        image_fit: ImageFitOpt = "crop",
+        n_gpu_layers: NGpuLayersOpt = -1,
+        threads: ThreadsOpt = None,
+        n_ctx: NCtxOpt = 4096,
+        no_grammar: NoGrammarOpt = False,
+        print_prompt: Annotated[
+            bool,
+            typer.Option("--print-prompt", help="Print the exact prompt text on stdout and exit (no model)."),
+        ] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Judge one response to one image: feedback, a score 1-5 and the probability of each score.
+
+        The feedback streams live on a terminal; the verdict panel goes to stderr, and stdout gets only
+        the score (or the whole verdict with [bold]--json[/bold]). Without [bold]--model[/bold] the default
+        model is used (see [bold]edgejudge models default[/bold]).
+        """
+        text = read_text_arg(response, response_file, "response")
+        if text is None:
+            usage_error(
+                "give the response to judge with --response TEXT or --response-file FILE", "--response"
+            )
+        the_rubric = choose_rubric(rubric, criteria, [score1, score2, score3, score4, score5])
+        options = GenerationOptions(
+            model=model,
+            mmproj=mmproj,
+            samples=samples,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+            image_fit=image_fit,
+            n_gpu_layers=n_gpu_layers,
+            threads=threads,
+            n_ctx=n_ctx,
+            grammar=not no_grammar,
+        )
+        if print_prompt:
+            from ..prompt import full_conversation, render_judge_prompt
+
+            prompt = full_conversation(render_judge_prompt(instruction, text, the_rubric, reference))
+            sys.stdout.write(prompt + ("\n" if sys.stdout.isatty() else ""))
+            sys.stdout.flush()
+            return
+        from ..images import load_image
+
+        load_image(image)  # fail on a missing/corrupt image before loading a multi-GB model
+        console = stderr_console()
+        with status("loading the judge model…"):
+            judge_obj = build_judge(options)
+        with judge_obj, FeedbackStream(console) as stream:
+            verdict = judge_obj.evaluate(
+                image,
+                instruction=instruction,
+                response=text,
+                rubric=the_rubric,
+                reference=reference,
+                samples=samples,
+                params=options.params(),
+                on_text=stream.on_text if stream.enabled else None,
+            )
+        if as_json:
+            for warning in verdict.warnings:  # people still hear about them; the JSON carries them too
+                console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+            emit_json(verdict.to_dict())
+        else:
+            console.print(verdict_panel(verdict))
+            typer.echo("" if verdict.score is None else str(verdict.score))

@@ -1,0 +1,38 @@
+"""``edgejudge demo`` end to end: tiny fixture → real converter → real llama.cpp + mtmd → verdict, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edgejudge import config
+from edgejudge.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_builds_once_and_judges(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    monkeypatch.setenv("EDGEJUDGE_CACHE", str(tmp_path / "cache"))  # a fresh machine: nothing cached
+    result = runner.invoke(app, ["demo", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["random_weights"] is True and data["built"] is True
+    assert data["next"] == "edgejudge models pull prometheus-vision-7b"
+    assert data["score"] in range(1, 6)
+    probs = data["verdict"]["score_probs"]
+    assert set(probs) == {"1", "2", "3", "4", "5"} and abs(sum(probs.values()) - 1) < 1e-4
+    assert "[RESULT]" in data["verdict"]["raw_output"]
+    text = Path(data["text_model"])
+    assert text.parent == config.cache_dir() / "demo" and text.name.endswith("-Q4_K_M.gguf")
+    assert Path(data["picture"]).is_file()
+
+    again = runner.invoke(
+        app, ["demo"]
+    )  # cached: no rebuild; human output says plainly the weights are random
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == ""
+    assert "RANDOM weights" in again.stderr and "edgejudge models pull prometheus-vision-7b" in again.stderr
+    assert "built the demo judge" not in again.stderr
+    assert text.stat().st_mtime_ns == Path(data["text_model"]).stat().st_mtime_ns

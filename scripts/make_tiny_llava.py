@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Write a random-weight LLaVA-1.5 checkpoint in the real layout (thin entry to edgejudge.convert.tiny).
+
+Usage: make_tiny_llava.py DIR [--format bin|safetensors] [--layout original|llava-hf] [--dtype bf16|f16]
+       [--shards N] [--tower-weights inside|external|both] [--clip-config vision|clip] [--seed N]
+       [--realistic]
+
+Progress goes to stderr; the directory path is printed to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from edgejudge.convert.tiny import TinySpec, make_tiny_llava
+from edgejudge.errors import EdgeJudgeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory")
+    parser.add_argument("--format", dest="fmt", choices=("bin", "safetensors"), default="bin")
+    parser.add_argument("--layout", choices=("original", "llava-hf"), default="original")
+    parser.add_argument("--dtype", choices=("bf16", "f16"), default="bf16")
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--tower-weights", choices=("inside", "external", "both"), default="inside")
+    parser.add_argument("--clip-config", choices=("vision", "clip"), default="vision")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--realistic", action="store_true", help="CLIP-L/336 tower + ~1.1B LLaMA (about 3.1 GB in bf16)"
+    )
+    args = parser.parse_args(argv)
+    spec = TinySpec.realistic(seed=args.seed) if args.realistic else TinySpec(seed=args.seed)
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= 0.5 or done >= total:
+            last[0] = now
+            pct = 100.0 * done / total if total else 100.0
+            print(
+                f"\r{pct:5.1f}% {done / 1e6:9.1f}/{total / 1e6:.1f} MB  {stage[:60]:<60}",
+                end="",
+                file=sys.stderr,
+            )
+
+    try:
+        path = make_tiny_llava(
+            args.directory, spec, fmt=args.fmt, layout=args.layout, dtype=args.dtype, shards=args.shards,
+            tower_weights=args.tower_weights, clip_config=args.clip_config, progress=progress,
+        )  # fmt: skip
+    except EdgeJudgeError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(f"\nwrote {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

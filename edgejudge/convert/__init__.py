@@ -1,0 +1,294 @@
+"""Convert a LLaVA-1.5 checkpoint (Prometheus-Vision) to a GGUF text model + mmproj, torch-free, streaming.
+
+``convert_checkpoint(src, outdir)`` resolves ``src`` (local directory or hub repo id), reads and validates
+the checkpoint (``hparams``), checks the output directory and free disk space before writing anything,
+streams both F16 GGUFs to temporary names in ``outdir``, quantizes them with llama.cpp when asked, and only
+then renames them to ``<name>-<QUANT>.gguf`` and ``mmproj-<name>-<QUANT>.gguf``. On any failure every
+temporary file is removed: there is never partial output.
+
+Progress reaches the caller through ``progress(stage, done, total)`` with these stages:
+``STAGE_TEXT`` / ``STAGE_MMPROJ`` (bytes of source tensors), ``STAGE_TENSORS`` (tensors written, both files),
+``STAGE_QUANT_TEXT`` / ``STAGE_QUANT_MMPROJ`` (0/1 then 1/1), ``STAGE_SELFTEST`` (0/1 then 1/1) and
+``"downloading <repo>"`` (bytes) for hub sources.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConversionError, EdgeJudgeError, InputError
+
+__all__ = [
+    "TEXT_QUANTS",
+    "MMPROJ_QUANTS",
+    "ProgressFn",
+    "ConvertResult",
+    "normalize_quant",
+    "convert_checkpoint",
+    "output_names",
+    "STAGE_TEXT",
+    "STAGE_MMPROJ",
+    "STAGE_TENSORS",
+    "STAGE_QUANT_TEXT",
+    "STAGE_QUANT_MMPROJ",
+    "STAGE_SELFTEST",
+]
+
+TEXT_QUANTS = ("F16", "Q8_0", "Q5_K_M", "Q4_K_M")
+MMPROJ_QUANTS = ("F16", "Q8_0")
+ProgressFn = Callable[[str, int, int], None]
+
+STAGE_TEXT = "text model"
+STAGE_MMPROJ = "mmproj"
+STAGE_TENSORS = "tensors"
+STAGE_QUANT_TEXT = "quantizing text model"
+STAGE_QUANT_MMPROJ = "quantizing mmproj"
+STAGE_SELFTEST = "CLS self-test"
+
+_TOWER_CONFIGS = ("config.json", "preprocessor_config.json")
+_KV_MARGIN = 32 * 1024 * 1024  # metadata, vocabulary, alignment padding
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What ``convert_checkpoint`` wrote. Paths are absolute; ``source_bytes`` counts converted tensors."""
+
+    text_model: Path
+    mmproj: Path
+    name: str
+    quant: str
+    mmproj_quant: str
+    cls_position: str
+    n_tensors: int
+    source_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["text_model"] = str(self.text_model)
+        data["mmproj"] = str(self.mmproj)
+        return data
+
+
+def normalize_quant(value: str, allowed: tuple[str, ...] | list[str]) -> str:
+    """The canonical (upper-case) spelling of ``value`` if it is one of ``allowed``; else InputError."""
+    canon = str(value).strip().upper()
+    if canon in allowed:
+        return canon
+    raise InputError(
+        f"unknown quantization {value!r}; choose one of: {', '.join(allowed)}",
+        hint=f"quantization names are case-insensitive, e.g. {allowed[-1].lower()}",
+    )
+
+
+def output_names(name: str, quant: str, mmproj_quant: str) -> tuple[str, str]:
+    """File names of the text model and the mmproj."""
+    return f"{name}-{quant}.gguf", f"mmproj-{name}-{mmproj_quant}.gguf"
+
+
+def _default_name(src: str | Path) -> str:
+    raw = Path(str(src).rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "model"
+
+
+def _check_name(name: str) -> str:
+    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise InputError(
+            f"invalid model name {name!r}",
+            hint="use letters, digits, '.', '_' and '-' (no slashes or spaces)",
+        )
+    return name
+
+
+def _prepare_outdir(outdir: Path) -> None:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / f".edgejudge-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConversionError(
+            f"output directory {outdir} is not writable ({err.strerror or err})",
+            hint="choose another --outdir or fix its permissions",
+        ) from None
+
+
+def _estimate_bytes(jobs: list[Any], quant: str) -> int:
+    from .quantize import size_ratio
+
+    f16 = sum(j.nbytes for j in jobs) + _KV_MARGIN
+    if quant == "F16":
+        return f16
+    matrices = sum(j.nbytes for j in jobs if len(j.shape) > 1)
+    return f16 + int(matrices * size_ratio(quant)) + (f16 - matrices)
+
+
+def _check_disk(outdir: Path, need: int) -> None:
+    free = shutil.disk_usage(outdir).free
+    if free < need:
+        raise ConversionError(
+            f"not enough disk space in {outdir}: the conversion needs about {need / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB are free",
+            hint="free some space or choose another --outdir",
+        )
+
+
+def convert_checkpoint(
+    src: str | Path,
+    outdir: str | Path,
+    *,
+    name: str | None = None,
+    quant: str = "Q4_K_M",
+    mmproj_quant: str = "F16",
+    progress: ProgressFn | None = None,
+    cls_position: str | None = None,
+) -> ConvertResult:
+    """Convert ``src`` into ``outdir/<name>-<QUANT>.gguf`` + ``outdir/mmproj-<name>-<QUANT>.gguf``.
+
+    ``cls_position`` None detects the installed libmtmd's CLS order with the cached self-test; "first" writes
+    the standard position table, "last" the rotated one. Raises ``EdgeJudgeError`` subclasses only.
+    """
+    from .hparams import plan_conversion
+    from .mmproj_writer import CLS_POSITIONS, mmproj_jobs, write_mmproj_gguf
+    from .quantize import quantize_gguf
+    from .readers import open_checkpoint, open_tensor_dir
+    from .source import resolve_source
+    from .stream import TensorJob
+    from .text_writer import text_jobs, write_text_gguf
+
+    started = time.perf_counter()
+    quant = normalize_quant(quant, TEXT_QUANTS)
+    mmproj_quant = normalize_quant(mmproj_quant, MMPROJ_QUANTS)
+    if cls_position is not None and cls_position not in CLS_POSITIONS:
+        raise InputError(
+            f"cls_position must be 'first' or 'last', not {cls_position!r}", hint="or leave it unset"
+        )
+    name = _check_name(name if name is not None else _default_name(src))
+    out = Path(outdir).expanduser().resolve()
+    report: ProgressFn = progress or (lambda stage, done, total: None)
+
+    directory = resolve_source(src, progress=progress)
+    created = not out.exists()
+    _prepare_outdir(out)
+    text_name, mm_name = output_names(name, quant, mmproj_quant)
+    tag = uuid.uuid4().hex[:8]
+    tmp = {
+        key: out / f".{text_name if key.startswith('t') else mm_name}.{tag}.{key}.tmp"
+        for key in ("t16", "tq", "m16", "mq")
+    }
+    finals: list[Path] = []
+    try:
+        with ExitStack() as stack:
+            ckpt = stack.enter_context(open_checkpoint(directory))
+            plan = plan_conversion(ckpt)
+            tower = ckpt
+            if plan.tower_weights == "pending":
+                tower_dir = plan.tower_dir or _hub_tower(str(plan.tower_repo), progress)
+                tower = stack.enter_context(open_tensor_dir(tower_dir))
+                plan = plan_conversion(ckpt, tower)
+            if cls_position is None:
+                from .selftest import runtime_cls_position
+
+                report(STAGE_SELFTEST, 0, 1)
+                cls_position = runtime_cls_position()
+                report(STAGE_SELFTEST, 1, 1)
+            tjobs = text_jobs(plan, ckpt)
+            mjobs = mmproj_jobs(plan, ckpt, tower, cls_position)
+            _check_disk(out, _estimate_bytes(tjobs, quant) + _estimate_bytes(mjobs, mmproj_quant))
+
+            n_total = len(tjobs) + len(mjobs)
+            done = {"tensors": 0, STAGE_TEXT: 0, STAGE_MMPROJ: 0}
+            totals = {
+                STAGE_TEXT: sum(j.src_nbytes for j in tjobs),
+                STAGE_MMPROJ: sum(j.src_nbytes for j in mjobs),
+            }
+
+            def on_tensor(stage: str) -> Callable[[TensorJob], None]:
+                def callback(job: TensorJob) -> None:
+                    done[stage] += job.src_nbytes
+                    done["tensors"] += 1
+                    report(stage, done[stage], totals[stage])
+                    report(STAGE_TENSORS, done["tensors"], n_total)
+
+                return callback
+
+            report(STAGE_TEXT, 0, totals[STAGE_TEXT])
+            write_text_gguf(tmp["t16"], plan, ckpt, tjobs, name=name, on_tensor=on_tensor(STAGE_TEXT))
+            report(STAGE_MMPROJ, 0, totals[STAGE_MMPROJ])
+            write_mmproj_gguf(
+                tmp["m16"],
+                plan,
+                mjobs,
+                name=name,
+                cls_position=cls_position,
+                on_tensor=on_tensor(STAGE_MMPROJ),
+            )
+        text_tmp = _finish_quant(tmp["t16"], tmp["tq"], quant, STAGE_QUANT_TEXT, report, quantize_gguf)
+        mm_tmp = _finish_quant(tmp["m16"], tmp["mq"], mmproj_quant, STAGE_QUANT_MMPROJ, report, quantize_gguf)
+        for src_tmp, final in ((text_tmp, out / text_name), (mm_tmp, out / mm_name)):
+            os.replace(src_tmp, final)
+            finals.append(final)
+    except BaseException as err:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        for path in finals:
+            path.unlink(missing_ok=True)
+        if created:
+            try:
+                out.rmdir()  # only if still empty
+            except OSError:
+                pass
+        if isinstance(err, (EdgeJudgeError, KeyboardInterrupt, SystemExit)) or not isinstance(err, Exception):
+            raise
+        if isinstance(err, OSError):
+            raise ConversionError(
+                f"writing the GGUF files failed: {err.strerror or err}",
+                hint="check the output directory and disk",
+            ) from err
+        raise ConversionError(
+            f"conversion failed: {err}", hint="report this with the checkpoint's config"
+        ) from err
+    return ConvertResult(
+        text_model=out / text_name,
+        mmproj=out / mm_name,
+        name=name,
+        quant=quant,
+        mmproj_quant=mmproj_quant,
+        cls_position=cls_position,
+        n_tensors=n_total,
+        source_bytes=totals[STAGE_TEXT] + totals[STAGE_MMPROJ],
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _hub_tower(repo: str, progress: ProgressFn | None) -> Path:
+    """A hub CLIP tower's files: safetensors when the repo has them, else its pytorch_model.bin."""
+    from .source import hub_snapshot
+
+    path = hub_snapshot(repo, (*_TOWER_CONFIGS, "*.safetensors"), progress=progress, what="vision tower")
+    if not any(path.glob("*.safetensors")):
+        path = hub_snapshot(
+            repo, (*_TOWER_CONFIGS, "pytorch_model.bin"), progress=progress, what="vision tower"
+        )
+    return path
+
+
+def _finish_quant(
+    f16: Path, target: Path, quant: str, stage: str, report: ProgressFn, quantize: Callable[..., None]
+) -> Path:
+    if quant == "F16":
+        return f16
+    report(stage, 0, 1)
+    quantize(f16, target, quant)
+    f16.unlink()
+    report(stage, 1, 1)
+    return target

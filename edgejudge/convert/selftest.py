@@ -1,0 +1,228 @@
+"""The CLS-order self-test: where does the installed libmtmd put CLIP's class token?
+
+llama.cpp as bundled with llama-cpp-python 0.3.36 concatenates CLS *after* the patches and then adds the
+position table in order (ggml-org/llama.cpp#25814), so a standard table gives every patch its neighbour's
+position embedding. A fixed libmtmd puts CLS first. ``run_selftest`` generates a tiny random LLaVA, converts
+it, writes its mmproj twice (standard table, and rotated by one row), encodes one image with real mtmd and
+compares each with the numpy reference (Hugging Face semantics):
+
+- standard table, "first" runtime: ``out[k] ≈ ref[k]``;
+- rotated table, "last" runtime: ``out[k] ≈ ref[k+1]`` and ``out[-1] ≈ proj(CLS)``.
+
+The layout that matches decides ``cls_position``. It also checks the text model's logits against the
+reference. ``runtime_cls_position`` caches the answer in ``config.cache_dir()`` keyed by the
+llama-cpp-python version and libmtmd's file size and mtime; a fresh run takes about a second or two.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import cache_dir
+from ..errors import EngineError
+
+__all__ = ["SelftestReport", "run_selftest", "runtime_cls_position", "cache_key", "encode_image", "rel_err"]
+
+_CACHE_FILE = "cls-selftest.json"
+_MATCH_TOL = 0.05  # relative error below which a layout "matches" (fixture reaches ~1e-3)
+_TEXT_TOKENS = (1, 17, 42, 99, 128, 200, 255, 300, 7, 64, 150, 33)
+
+
+@dataclass(frozen=True)
+class SelftestReport:
+    """Result of the self-test: the CLS position and the fidelity of the tiny model on this runtime."""
+
+    cls_position: str
+    text_max_abs_err: float
+    vision_rel_err: float
+    seconds: float
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """‖got − want‖ / ‖want‖ (Frobenius)."""
+    return float(np.linalg.norm(np.asarray(got, np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _libmtmd_path() -> Path:
+    from llama_cpp import mtmd_cpp
+
+    return Path(mtmd_cpp._libmtmd._name)
+
+
+def cache_key() -> str:
+    """llama-cpp-python version + libmtmd size and mtime: changes whenever the runtime does."""
+    import llama_cpp
+
+    stat = _libmtmd_path().stat()
+    return f"llama-cpp-python {llama_cpp.__version__} libmtmd {stat.st_size} {stat.st_mtime_ns}"
+
+
+def _silence_mtmd() -> None:
+    from llama_cpp import mtmd_cpp
+
+    from .quantize import _noop_callback
+
+    mtmd_cpp.mtmd_log_set(_noop_callback(), ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_noop_callback(), ctypes.c_void_p(0))
+
+
+def encode_image(llm: Any, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2) -> np.ndarray:
+    """mtmd's image embeddings [n_tokens, n_embd] for a square RGB image of exactly the tower's size."""
+    from llama_cpp import llama_cpp as lc
+    from llama_cpp import mtmd_cpp as mtmd
+
+    _silence_mtmd()
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = False
+    params.print_timings = False
+    params.warmup = False
+    params.n_threads = n_threads
+    ctx = mtmd.mtmd_init_from_file(os.fsencode(mmproj), llm.model, params)
+    if not ctx:
+        raise EngineError(
+            f"mtmd could not load {mmproj.name}", hint="the mmproj does not fit this text model"
+        )
+    chunks = mtmd.mtmd_input_chunks_init()
+    height, width = rgb.shape[:2]
+    pixels = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    bitmap = mtmd.mtmd_bitmap_init(width, height, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+    try:
+        marker = mtmd.mtmd_default_marker()
+        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
+        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
+            raise EngineError(
+                "mtmd could not tokenize the self-test image", hint="reinstall llama-cpp-python"
+            )
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                break
+        else:
+            raise EngineError("mtmd produced no image chunk", hint="reinstall llama-cpp-python")
+        n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+        if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:
+            raise EngineError("mtmd could not encode the self-test image", hint="reinstall llama-cpp-python")
+        n_embd = lc.llama_model_n_embd_inp(llm.model)
+        ptr = mtmd.mtmd_get_output_embd(ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_tokens * n_embd,)).copy().reshape(n_tokens, n_embd)
+    finally:
+        mtmd.mtmd_bitmap_free(bitmap)
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_free(ctx)
+
+
+def _spec() -> Any:
+    from .tiny import TinySpec
+
+    return TinySpec(
+        text_hidden=64,
+        text_layers=1,
+        text_heads=4,
+        text_kv_heads=4,
+        text_ff=128,
+        vocab_size=384,
+        context_length=64,
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=2,
+        vision_ff=64,
+        image_size=42,
+        patch_size=14,
+    )
+
+
+def run_selftest() -> SelftestReport:
+    """Build, convert and run a tiny LLaVA on the installed llama.cpp; see the module docstring."""
+    from llama_cpp import Llama
+
+    from . import convert_checkpoint
+    from .hparams import plan_conversion
+    from .mmproj_writer import mmproj_jobs, write_mmproj_gguf
+    from .quantize import quiet_llama_logs
+    from .readers import open_checkpoint
+    from .reference import image_features, text_logits
+    from .tiny import make_tiny_llava
+
+    started = time.perf_counter()
+    spec = _spec()
+    with tempfile.TemporaryDirectory(prefix="edgejudge-selftest-") as tmp:
+        root = Path(tmp)
+        ckpt_dir = make_tiny_llava(root / "ckpt", spec, fmt="safetensors", dtype="f16")
+        result = convert_checkpoint(
+            ckpt_dir, root / "out", name="selftest", quant="F16", mmproj_quant="F16", cls_position="first"
+        )
+        rotated = root / "out" / "mmproj-rotated.gguf"
+        with open_checkpoint(ckpt_dir) as ckpt:
+            plan = plan_conversion(ckpt)
+            jobs = mmproj_jobs(plan, ckpt, ckpt, "last")
+            write_mmproj_gguf(rotated, plan, jobs, name="selftest", cls_position="last")
+
+        rng = np.random.default_rng(0)
+        rgb = rng.integers(0, 256, size=(spec.image_size, spec.image_size, 3), dtype=np.uint8)
+        tokens = [t % spec.vocab_size for t in _TEXT_TOKENS]
+        ref_logits = text_logits(ckpt_dir, tokens)
+        ref_patches, ref_cls = image_features(ckpt_dir, rgb)
+        with quiet_llama_logs():
+            llm = Llama(
+                str(result.text_model), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2
+            )
+            try:
+                llm.eval(tokens)
+                logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+                out_first = encode_image(llm, result.mmproj, rgb)
+                out_last = encode_image(llm, rotated, rgb)
+            finally:
+                llm.close()
+    err_first = rel_err(out_first, ref_patches)
+    err_last = max(rel_err(out_last[:-1], ref_patches[1:]), rel_err(out_last[-1], ref_cls))
+    best = min(err_first, err_last)
+    if best > _MATCH_TOL:
+        raise EngineError(
+            f"the installed libmtmd matches neither CLS layout (rel. err first {err_first:.3f}, "
+            f"last {err_last:.3f})",
+            hint="use llama-cpp-python==0.3.36 (pinned by edgejudge) or report the llama.cpp version",
+        )
+    return SelftestReport(
+        cls_position="first" if err_first <= err_last else "last",
+        text_max_abs_err=float(np.abs(logits - ref_logits).max()),
+        vision_rel_err=best,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def runtime_cls_position() -> str:
+    """ "first" | "last": where the installed libmtmd puts CLS (self-test result, cached on disk)."""
+    path = cache_dir() / _CACHE_FILE
+    key = cache_key()
+    entry = _read_cache(path).get(key)
+    if isinstance(entry, dict) and entry.get("cls_position") in ("first", "last"):
+        return str(entry["cls_position"])
+    report = run_selftest()
+    data = _read_cache(path)
+    data[key] = asdict(report)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs a re-run next time
+    return report.cls_position

@@ -1,0 +1,274 @@
+"""``edgejudge batch INPUT.jsonl --output OUT.jsonl``: judge a JSONL file, resumably, with live progress.
+
+Owns the terminal side of ``edgejudge.batch``: options, the Rich progress display on stderr (rows, rows/min,
+ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish the row in flight and stop;
+second: drop it) and the resume hint. The logic lives in ``edgejudge.batch``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from ._common import (
+    EXIT_INTERRUPTED,
+    GenerationOptions,
+    ImageFitOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    MmprojOpt,
+    ModelOpt,
+    NCtxOpt,
+    NGpuLayersOpt,
+    NoGrammarOpt,
+    SamplesOpt,
+    SeedOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    build_judge,
+    emit_json,
+    examples,
+    make_progress,
+    status,
+    stderr_console,
+)
+
+__all__ = ["register", "histogram_text"]
+
+HELP = """\
+Judge every row of a JSONL file and append one verdict per row to OUT.jsonl.
+
+Rows use the native fields [bold]id, image, instruction, response, reference, rubric[/bold] (a library name \
+or an inline object with criteria and score1..score5) or the Perception-Collection/Bench fields \
+(orig_instruction, orig_response, orig_reference_answer, orig_criteria, orig_scoreN_description). \
+Relative image paths are read from --image-root (default: the input file's folder).
+
+Rerunning the same command resumes: rows already judged with the same inputs and settings are skipped \
+(--retry-errors re-runs failed rows). Bad rows become error rows and the batch goes on. Ctrl-C finishes the \
+row in flight, then stops (a second Ctrl-C drops it); exit code 130.
+"""
+
+_SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def histogram_text(counts: dict[str, int]) -> str:
+    """A one-line score histogram, e.g. ``1:▂2 2:·0 3:█9 4:▅5 5:▁1`` (bar height relative to the top)."""
+    top = max(counts.values(), default=0)
+    cells = []
+    for k in range(1, 6):
+        n = counts.get(str(k), 0)
+        level = 0 if top == 0 or n == 0 else max(1, round(n / top * (len(_SPARK) - 1)))
+        cells.append(f"{k}:{_SPARK[level] if level else '·'}{n}")
+    return " ".join(cells)
+
+
+class _RateColumn(ProgressColumn):
+    """Rows per minute, from Rich's own speed estimate."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- rows/min" if not speed else f"{speed * 60:.1f} rows/min", style="progress.data.speed")
+
+
+class _Stopper:
+    """SIGINT handler: the first Ctrl-C stops the batch after the row in flight, the second drops it."""
+
+    def __init__(self, on_first: Any) -> None:
+        self.requested = False
+        self._on_first = on_first
+        self._previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._on_first()
+
+    def __enter__(self) -> _Stopper:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _resume_command(input_path: Path, output: Path, extra: list[str]) -> str:
+    return shlex.join(["edgejudge", "batch", str(input_path), "--output", str(output), *extra])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "batch",
+        help=HELP,
+        epilog=examples(
+            "edgejudge batch bench.jsonl --output out.jsonl --rubric vqa-helpfulness",
+            "edgejudge batch bench.jsonl -o out.jsonl --image-root images/ --limit 20 --temperature 0",
+            "edgejudge batch bench.jsonl -o out.jsonl --retry-errors --json > summary.json",
+        ),
+    )
+    def batch(
+        input_path: Annotated[
+            Path, typer.Argument(metavar="INPUT.jsonl", help="Rows to judge (JSON lines).")
+        ],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Verdicts (JSON lines, appended).")],
+        model: ModelOpt = None,
+        mmproj: MmprojOpt = None,
+        image_root: Annotated[
+            Path | None,
+            typer.Option("--image-root", help="Folder for relative image paths (default: INPUT's)."),
+        ] = None,
+        rubric: Annotated[
+            str | None, typer.Option("--rubric", "-r", help="Rubric name or file for rows without their own.")
+        ] = None,
+        limit: Annotated[
+            int | None, typer.Option("--limit", min=0, help="Only the first N input rows.")
+        ] = None,
+        retry_errors: Annotated[
+            bool, typer.Option("--retry-errors", help="Re-run rows whose last result was an error.")
+        ] = False,
+        json_out: JsonOpt = False,
+        samples: SamplesOpt = 1,
+        temperature: TemperatureOpt = 1.0,
+        seed: SeedOpt = None,
+        max_tokens: MaxTokensOpt = 1024,
+        image_fit: ImageFitOpt = "crop",
+        n_gpu_layers: NGpuLayersOpt = -1,
+        threads: ThreadsOpt = None,
+        n_ctx: NCtxOpt = 4096,
+        no_grammar: NoGrammarOpt = False,
+    ) -> None:
+        from ..batch import BatchEvent, run_batch
+        from ..errors import InputError
+        from ..rubric import load_rubric
+
+        options = GenerationOptions(
+            model=model,
+            mmproj=mmproj,
+            samples=samples,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+            image_fit=image_fit,
+            n_gpu_layers=n_gpu_layers,
+            threads=threads,
+            n_ctx=n_ctx,
+            grammar=not no_grammar,
+        )
+        if not input_path.is_file():
+            raise InputError(f"input file not found: {input_path}", hint="check the path of the JSONL file")
+        default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
+        extra = [
+            arg
+            for arg in (
+                f"--rubric={rubric}" if rubric else "",
+                f"--image-root={image_root}" if image_root else "",
+            )
+            if arg
+        ]
+        resume = _resume_command(input_path, output, extra)
+        console = stderr_console()
+
+        with status("loading the judge model…"):
+            judge = build_judge(options)
+        progress = make_progress(
+            TextColumn("[bold]judging[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            TextColumn("errors {task.fields[errors]}"),
+            TextColumn("{task.fields[hist]}"),
+            console=console,
+        )
+        state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
+
+        def on_event(event: BatchEvent) -> None:
+            if event.kind == "repaired":
+                console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}")
+            elif event.kind == "started":
+                console.print(
+                    f"{event.total} rows in {escape(str(input_path))}: {event.skipped} already done, "
+                    f"{event.todo} to judge"
+                )
+                state["task"] = progress.add_task(
+                    "batch", total=event.todo, errors=0, hist=histogram_text({})
+                )
+            elif event.kind == "error":
+                state["errors"] += 1
+                row = event.row or {}
+                progress.console.print(
+                    f"[red]error[/red] {escape(str(row.get('id')))} (line {event.line}): "
+                    f"{escape(event.message or '')}"
+                )
+            elif event.kind == "row_done":
+                if event.score is not None:
+                    key = str(event.score)
+                    state["hist"][key] = state["hist"].get(key, 0) + 1
+                progress.update(
+                    state["task"], advance=1, errors=state["errors"], hist=histogram_text(state["hist"])
+                )
+
+        def on_first_interrupt() -> None:
+            progress.console.print(
+                "[yellow]stopping after the row in flight… (Ctrl-C again to drop it)[/yellow]"
+            )
+
+        try:
+            with judge, _Stopper(on_first_interrupt) as stopper, progress:
+                summary = run_batch(
+                    judge,
+                    input_path,
+                    output,
+                    image_root=image_root,
+                    default_rubric=default_rubric,
+                    limit=limit,
+                    retry_errors=retry_errors,
+                    samples=options.samples,
+                    params=options.params(),
+                    on_event=on_event,
+                    should_stop=stopper,
+                )
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]interrupted:[/yellow] the row in flight was dropped; finished rows are saved."
+            )
+            console.print(f"resume with: {escape(resume)}  (same options)", soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        _print_summary(summary.to_dict())
+        if json_out:
+            emit_json(summary.to_dict())
+        if summary.stopped:
+            console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
+            console.print(f"resume with: {escape(resume)}  (same options)", soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    console = stderr_console()
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("judged", f"{data['judged']} ({data['ok']} ok, {data['errors']} errors)")
+    table.add_row("skipped", f"{data['skipped']} already done")
+    if data["mean_score"] is not None:
+        table.add_row("mean score", f"{data['mean_score']:.2f}")
+        table.add_row("scores", histogram_text(data["histogram"]))
+    table.add_row("output", escape(data["output"]))
+    table.add_row("time", f"{data['elapsed_s']:.1f} s")
+    console.print(table)

@@ -1,0 +1,314 @@
+"""The HTML report of a batch: ONE self-contained file (inline CSS, JS and images) for people.
+
+Owns turning batch output rows into a page for moderators and teachers: a summary, the score distribution
+(inline SVG), one card per row (the image as the judge saw it, the score, the probability of each score,
+the expected score, the feedback, the inputs and the rubric; error rows shown distinctly) and a score
+filter (small inline script; ``#filter=4,5`` or ``#filter=error`` in the URL applies one on load). Every
+piece of user or model text is HTML-escaped; a Content-Security-Policy forbids any network access. Nothing
+here prints.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ._report_assets import CSS, SCRIPT
+from .errors import EdgeJudgeError, InputError
+
+__all__ = ["ReportSummary", "render_report", "write_report", "DEFAULT_TITLE"]
+
+DEFAULT_TITLE = "edgejudge report"
+THUMBNAIL_SIDE = 224
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What ``write_report`` wrote: ``rows`` cards (``ok`` + ``errors``), ``images_missing`` of them without
+    a thumbnail (image not found or unreadable), ``bytes`` the size of the HTML file."""
+
+    output: str
+    rows: int
+    ok: int
+    errors: int
+    images_missing: int
+    mean_score: float | None
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class _Thumbnails:
+    """Data URIs of the images as judged (fitted with each row's size and fit), cached per file."""
+
+    def __init__(self, image_root: Path | None, results_dir: Path) -> None:
+        self.image_root = image_root
+        self.results_dir = results_dir
+        self.cache: dict[tuple[str, int, str], str | None] = {}
+
+    def candidates(self, row: Mapping[str, Any]) -> list[Path]:
+        image = row.get("image")
+        paths: list[Path] = []
+        if isinstance(image, str) and image:
+            name = Path(image).expanduser()
+            if name.is_absolute():
+                paths.append(name)
+            elif self.image_root is not None:
+                paths.append(self.image_root / name)
+        if isinstance(row.get("image_path"), str):
+            paths.append(Path(row["image_path"]))
+        if isinstance(image, str) and image and not Path(image).is_absolute():
+            paths.append(self.results_dir / image)
+        return paths
+
+    def uri(self, row: Mapping[str, Any]) -> str | None:
+        from .images import prepare_image, thumbnail_data_uri
+
+        raw_size, raw_fit = row.get("image_size"), row.get("image_fit")
+        size = raw_size if isinstance(raw_size, int) and raw_size > 0 else 336
+        fit = raw_fit if isinstance(raw_fit, str) and raw_fit in ("crop", "pad") else "crop"
+        for path in self.candidates(row):
+            key = (str(path), size, fit)
+            if key in self.cache:
+                if self.cache[key] is not None:
+                    return self.cache[key]
+                continue
+            try:
+                fitted = prepare_image(path, size, fit)
+                self.cache[key] = thumbnail_data_uri(fitted.image, THUMBNAIL_SIDE)
+            except (EdgeJudgeError, OSError):
+                self.cache[key] = None
+                continue
+            return self.cache[key]
+        return None
+
+
+def _score_class(row: Mapping[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return "error"
+    score = row.get("score")
+    return str(score) if score in (1, 2, 3, 4, 5) else "none"
+
+
+def _prob_bars(row: Mapping[str, Any]) -> str:
+    probs = row.get("score_probs")
+    if not isinstance(probs, Mapping):
+        return '<p class="muted">no score distribution</p>'
+    lines = []
+    for k in range(1, 6):
+        p = _number(probs.get(str(k), probs.get(k))) or 0.0  # type: ignore[call-overload]
+        chosen = " chosen" if row.get("score") == k else ""
+        lines.append(
+            f'<div class="prob{chosen}"><span class="k">{k}</span>'
+            f'<span class="track"><span class="fill s{k}" style="width:{max(0.0, min(p, 1.0)) * 100:.1f}%">'
+            f'</span></span><span class="pct">{p * 100:.1f}%</span></div>'
+        )
+    return '<div class="probs" aria-label="probability of each score">' + "".join(lines) + "</div>"
+
+
+def _field(label: str, value: Any, *, cls: str = "") -> str:
+    if value is None or value == "":
+        return ""
+    return f'<div class="field {cls}"><h4>{_e(label)}</h4><p>{_e(value)}</p></div>'
+
+
+def _card(row: Mapping[str, Any], thumb: str | None) -> str:
+    cls = _score_class(row)
+    score = row.get("score")
+    expected = _number(row.get("expected_score"))
+    image_html = (
+        f'<img class="thumb" src="{_e(thumb)}" alt="{_e(row.get("image"))} as judged">'
+        if thumb
+        else f'<div class="thumb missing">image not found<br><small>{_e(row.get("image"))}</small></div>'
+        if row.get("image")
+        else '<div class="thumb missing">no image</div>'
+    )
+    head = (
+        f'<header><span class="rid">{_e(row.get("id"))}</span>'
+        f'<span class="badge b{cls}">{_e(score) if cls not in ("error", "none") else _e(cls)}</span></header>'
+    )
+    if row.get("status") == "ok":
+        body = (
+            f'<p class="expected">score <b>{_e(score if score is not None else "?")}</b> / 5'
+            + (f" · expected {expected:.2f}" if expected is not None else "")
+            + "</p>"
+            + _prob_bars(row)
+            + _field("Feedback", row.get("feedback"), cls="feedback")
+        )
+    else:
+        body = _field("Error", row.get("error") or "unknown error", cls="errmsg") + _field(
+            "Hint", row.get("hint")
+        )
+    reference = row.get("reference")
+    details = (
+        _field("Instruction", row.get("instruction"))
+        + _field("Response", row.get("response"))
+        + _field("Reference answer", reference if reference else "(none given)")
+        + _field("Rubric", f"{row.get('rubric') or '?'}: {row.get('criteria') or ''}")
+        + _field("Image", row.get("image"))
+        + _field("Model", f"{row.get('model') or '?'} · image fit {row.get('image_fit') or '?'}")
+    )
+    return (
+        f'<article class="card c{cls}" data-score="{_e(cls)}" data-id="{_e(row.get("id"))}">'
+        f'{image_html}<div class="body">{head}{body}'
+        f"<details><summary>inputs and rubric</summary>{details}</details></div></article>"
+    )
+
+
+def _chart(counts: dict[int, int], errors: int) -> str:
+    bars = [(str(k), counts.get(k, 0), f"s{k}") for k in range(1, 6)] + [("err", errors, "serr")]
+    top = max((n for _, n, _ in bars), default=0) or 1
+    width, height, gap = 56, 140, 14
+    parts = [
+        f'<svg class="chart" role="img" aria-label="score distribution" viewBox="0 0 '
+        f'{len(bars) * (width + gap) + gap} {height + 40}" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, (label, n, cls) in enumerate(bars):
+        h = round(n / top * height)
+        x = gap + i * (width + gap)
+        parts.append(
+            f'<rect class="{cls}" x="{x}" y="{height - h + 14}" width="{width}" height="{h}" rx="4"></rect>'
+            f'<text x="{x + width / 2}" y="{height - h + 10}" text-anchor="middle">{n}</text>'
+            f'<text x="{x + width / 2}" y="{height + 32}" text-anchor="middle" class="lab">{label}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _line_of(row: Mapping[str, Any]) -> int:
+    line = row.get("line")
+    return line if isinstance(line, int) else 1 << 62
+
+
+def render_report(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    title: str = DEFAULT_TITLE,
+    source: str = "",
+    image_root: str | Path | None = None,
+    results_dir: str | Path = ".",
+) -> tuple[str, ReportSummary]:
+    """The report page for batch output rows (deduped by the caller; shown in input-line order)."""
+    ordered = sorted(rows, key=_line_of)
+    thumbs = _Thumbnails(Path(image_root) if image_root is not None else None, Path(results_dir))
+    cards, missing = [], 0
+    counts = {k: 0 for k in range(1, 6)}
+    expected: list[float] = []
+    for row in ordered:
+        thumb = thumbs.uri(row)
+        missing += thumb is None
+        cards.append(_card(row, thumb))
+        if row.get("status") == "ok" and row.get("score") in counts:
+            counts[row["score"]] += 1
+        value = _number(row.get("expected_score"))
+        if row.get("status") == "ok" and value is not None:
+            expected.append(value)
+    ok = sum(1 for r in ordered if r.get("status") == "ok")
+    errors = len(ordered) - ok
+    scored = sum(counts.values())
+    mean = sum(k * n for k, n in counts.items()) / scored if scored else None
+    mean_expected = sum(expected) / len(expected) if expected else None
+    models = sorted({str(r.get("model")) for r in ordered if r.get("model")})
+    tiles = [
+        ("rows", str(len(ordered))),
+        ("judged", str(ok)),
+        ("errors", str(errors)),
+        ("mean score", f"{mean:.2f}" if mean is not None else "–"),
+        ("mean expected", f"{mean_expected:.2f}" if mean_expected is not None else "–"),
+    ]
+    buttons = (
+        [("all", "All")]
+        + [(str(k), f"Score {k}") for k in range(1, 6)]
+        + [("none", "No score"), ("error", "Errors")]
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; \
+style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body><header class="top"><h1>{_e(title)}</h1>
+<p class="muted">{_e(source)} · model {_e(", ".join(models) or "?")} · generated \
+{_e(time.strftime("%Y-%m-%d %H:%M"))} by edgejudge</p></header>
+<section class="summary" id="summary">{
+        "".join(f'<div class="tile"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in tiles)
+    }</section>
+<section class="dist"><h2>Score distribution</h2>{_chart(counts, errors)}</section>
+<nav class="filters" id="filters">{
+        "".join(f'<button type="button" data-filter="{f}">{_e(label)}</button>' for f, label in buttons)
+    }
+<span id="shown-count" class="muted"></span></nav>
+<main id="cards">{"".join(cards)}</main>
+<script>{SCRIPT}</script></body></html>
+"""
+    summary = ReportSummary(
+        output="",
+        rows=len(ordered),
+        ok=ok,
+        errors=errors,
+        images_missing=missing,
+        mean_score=round(mean, 4) if mean is not None else None,
+        bytes=len(page.encode("utf-8")),
+    )
+    return page, summary
+
+
+def write_report(
+    results_path: str | Path,
+    output_path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    title: str | None = None,
+) -> ReportSummary:
+    """Read a batch output file (last row per id wins) and write the report atomically (tmp + rename)."""
+    from .batch import read_results
+
+    results_path = Path(results_path)
+    output_path = Path(output_path)
+    if not results_path.is_file():
+        raise InputError(
+            f"results file not found: {results_path}", hint="pass the OUT.jsonl of edgejudge batch"
+        )
+    rows = list(read_results(results_path).values())
+    if not rows:
+        raise InputError(
+            f"no batch results in {results_path}",
+            hint="run edgejudge batch first; the report reads its output",
+        )
+    page, summary = render_report(
+        rows,
+        title=title or DEFAULT_TITLE,
+        source=results_path.name,
+        image_root=image_root,
+        results_dir=results_path.parent,
+    )
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ReportSummary(**{**summary.to_dict(), "output": str(output_path)})

@@ -1,0 +1,48 @@
+"""The GBNF grammars that guarantee a parseable verdict, and the forced tail.
+
+``VERDICT_GRAMMAR`` lets the model write its own free-text feedback (an optional leading ``Feedback:``,
+then any text without ``[``, at most ``MAX_FEEDBACK_CHARS`` characters), then requires ``[RESULT] `` and
+one digit 1–5; after the digit the grammar is complete and only end-of-generation can follow. The
+training targets end ``... So the overall score is N.\\n[RESULT] N``, which the grammar accepts as is.
+
+``tail_grammar(text)`` is used when ``max_tokens`` runs out before the score: it completes whatever part
+of ``[RESULT] `` the text already ends with (or starts a new `` [RESULT] ``) and asks for the digit.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MARKER", "MAX_FEEDBACK_CHARS", "VERDICT_GRAMMAR", "tail_grammar", "tail_text"]
+
+MARKER = "[RESULT] "
+#: Upper bound on feedback characters (a real feedback is 400–1500 characters; max_tokens bounds it too).
+MAX_FEEDBACK_CHARS = 4000
+
+VERDICT_GRAMMAR = rf"""root ::= lead? feedback "[RESULT] " [1-5]
+lead ::= [ \t\n]* "Feedback:"
+feedback ::= [^\[]{{1,{MAX_FEEDBACK_CHARS}}}
+"""
+
+
+def _gbnf_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def tail_text(generated: str) -> str:
+    """The literal that completes ``generated`` up to the digit.
+
+    If the text ends with a prefix of ``[RESULT] `` (e.g. ``"... [RES"``), the rest of the marker;
+    otherwise a new marker, preceded by a space unless the text already ends with whitespace.
+    """
+    start = generated.rfind("[")
+    if start >= 0 and MARKER.startswith(generated[start:]):
+        return MARKER[len(generated) - start :]
+    if not generated or generated[-1].isspace():
+        return MARKER
+    return " " + MARKER
+
+
+def tail_grammar(generated: str) -> str:
+    """GBNF forcing ``tail_text(generated)`` then one digit 1–5."""
+    rest = tail_text(generated)
+    return f"root ::= {_gbnf_literal(rest)} [1-5]\n" if rest else "root ::= [1-5]\n"

@@ -48,7 +48,7 @@ class EdgeJudgeError(Exception):
 
 
 class ConversionError(EdgeJudgeError):
-    """A checkpoint cannot be converted: missing/truncated shard, unknown dtype or architecture, bad config."""
+    """A checkpoint cannot be converted: missing/truncated shard, unknown dtype or arch, bad config."""
 
 
 class UnsafePickleError(ConversionError):
@@ -90,7 +90,7 @@ class CLSOrderMismatchError(EngineError):
 
 
 class InputError(EdgeJudgeError, ValueError):
-    """Bad user input that is not an image or rubric: a malformed JSONL line, a missing field, a bad option."""
+    """Bad user input that is not an image or rubric: malformed JSONL, a missing field, a bad option."""
 
 
 class RegistryError(EdgeJudgeError):

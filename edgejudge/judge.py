@@ -241,7 +241,7 @@ class Judge:
                 )
             )
         agg = aggregate_samples(results)
-        warnings = list(getattr(self.engine, "warnings", ()))
+        warnings = list(self.engine.warnings)
         prompt_tokens = results[0].timings.prompt_tokens
         if prompt_tokens > TRAINING_CONTEXT:
             warnings.append(

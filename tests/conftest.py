@@ -79,7 +79,11 @@ def tiny_gguf_q4(tiny_checkpoint: Path) -> tuple[Path, Path]:
     from edgejudge.convert import convert_checkpoint
 
     result = convert_checkpoint(
-        tiny_checkpoint, _SESSION_ROOT / "fixtures" / "gguf-q4", name="tiny", quant="Q4_K_M", mmproj_quant="F16"
+        tiny_checkpoint,
+        _SESSION_ROOT / "fixtures" / "gguf-q4",
+        name="tiny",
+        quant="Q4_K_M",
+        mmproj_quant="F16",
     )
     return result.text_model, result.mmproj
 

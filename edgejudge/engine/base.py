@@ -123,6 +123,11 @@ class Engine(Protocol):
         """Context window in tokens."""
         ...
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Load-time warnings that belong on every verdict (e.g. an mmproj converted elsewhere)."""
+        ...
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes as one separately tokenized segment (no BOS, no special parsing)."""
         ...

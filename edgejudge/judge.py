@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .engine._closing import Closing
 from .engine.base import Engine, GenerationParams, PromptParts, StageTimings, TokenCallback
 from .errors import ContextOverflowError, InputError
 from .verdict import Sample, Verdict
@@ -100,7 +100,7 @@ def aggregate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
     }
 
 
-class Judge:
+class Judge(Closing):
     """A loaded judge: load once, grade many. A context manager; ``close()`` frees the engine."""
 
     def __init__(self, engine: Engine, *, image_fit: str = "crop") -> None:
@@ -288,12 +288,15 @@ class Judge:
         }
         field = max(sizes, key=lambda k: sizes[k])
         over = err.over_by
+        fixes = []  # only the changes that are enough on their own
         if over <= sizes[field]:
-            hint = f"shorten the {field} by {over}+ tokens, lower max_tokens ({max_tokens}), or raise n_ctx"
-        else:
-            hint = (
-                f"lower max_tokens ({max_tokens}) or raise n_ctx; shortening the {field} alone is not enough"
-            )
+            fixes.append(f"shorten the {field} by {over}+ tokens")
+        if over < max_tokens:
+            fixes.append(f"lower max_tokens from {max_tokens} to {max_tokens - over} or less")
+        if not fixes and over < sizes[field] + max_tokens:
+            fixes.append(f"shorten the {field} and lower max_tokens ({max_tokens}) by {over}+ tokens in all")
+        fixes.append(f"raise n_ctx to {self.engine.n_ctx + over}+")
+        hint = ", or ".join(fixes)
         return ContextOverflowError(
             f"the prompt does not fit the context window ({self.engine.n_ctx} tokens): {over} tokens too "
             f"many; the {field} is the longest field ({sizes[field]} tokens)",
@@ -305,11 +308,3 @@ class Judge:
     # -- lifetime --------------------------------------------------------------------------------------
     def close(self) -> None:
         self.engine.close()
-
-    def __enter__(self) -> Judge:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -110,6 +110,12 @@ def copy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
+def _new_stats() -> dict[str, float]:
+    """Per-run totals: wall and stage seconds, prompt/reused/generated token counts."""
+    keys = ("wall", "encode", "prompt", "gen", "prompt_tok", "reused", "gen_tok")
+    return dict.fromkeys(keys, 0.0)
+
+
 class EdgeSide:
     name = "edgejudge"
 
@@ -128,15 +134,7 @@ class EdgeSide:
 
         self.engine.clear_cache()  # every run starts cold: no KV prefix, no cached embedding
         params = GenerationParams(temperature=0.0, max_tokens=self.args.max_tokens, seed=0)
-        stats = {
-            "wall": 0.0,
-            "encode": 0.0,
-            "prompt": 0.0,
-            "gen": 0.0,
-            "prompt_tok": 0,
-            "reused": 0,
-            "gen_tok": 0,
-        }
+        stats = _new_stats()
         t0 = time.perf_counter()
         for response in responses:
             v = self.judge.evaluate(
@@ -189,15 +187,7 @@ class StockSide:
 
         uri = "data:image/png;base64," + base64.b64encode(png).decode()
         rubric = load_rubric("vqa-helpfulness")
-        stats = {
-            "wall": 0.0,
-            "encode": 0.0,
-            "prompt": 0.0,
-            "gen": 0.0,
-            "prompt_tok": 0,
-            "reused": 0,
-            "gen_tok": 0,
-        }
+        stats = _new_stats()
         t0 = time.perf_counter()
         for response in responses:
             prompt = render_judge_prompt(INSTRUCTION, response, rubric, REFERENCE)

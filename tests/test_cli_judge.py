@@ -175,6 +175,62 @@ def test_corrupt_image_is_one_line_error(fake: FakeEngine, work_dir: Path) -> No
     assert "broken.jpg" in _one_line_error(result)[0]
 
 
+def _bad_image(work_dir: Path, kind: str) -> Path:
+    from PIL import Image
+
+    if kind == "folder":
+        (work_dir / "pictures").mkdir()
+        return work_dir / "pictures"
+    path = work_dir / f"{kind}.png"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello, this is not an image\n")
+    elif kind == "truncated":
+        data = _png(work_dir / "whole.png", (120, 90)).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "bomb":
+        Image.new("L", (9000, 9000)).save(path)  # 81 Mpx > the 64 Mpx limit, a few KB on disk
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("empty", "empty"),
+        ("text", "not an image"),
+        ("truncated", "truncated"),
+        ("bomb", "pixel limit"),
+        ("folder", "directory"),
+    ],
+)
+def test_every_bad_image_is_one_line_error(fake: FakeEngine, work_dir: Path, kind: str, needle: str) -> None:
+    bad = _bad_image(work_dir, kind)
+    result = runner.invoke(app, ["judge", str(bad), *BASE])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = _one_line_error(result)
+    assert bad.name in lines[0] and needle in lines[0] and lines[1].startswith("hint: ")
+    assert fake.history == []  # refused before anything was judged
+
+
+@pytest.mark.parametrize("field", ["response", "reference"])
+def test_context_overflow_names_the_field(
+    monkeypatch: pytest.MonkeyPatch, image: Path, work_dir: Path, field: str
+) -> None:
+    engine = FakeEngine(n_ctx=2048)
+    monkeypatch.setattr(_common, "JUDGE_FACTORY", lambda options: Judge(engine))
+    long_text = work_dir / "long.txt"
+    long_text.write_text("far too many words " * 800)
+    args = ["--response-file", str(long_text)] if field == "response" else ["--response", "Short."]
+    if field == "reference":
+        args += ["--reference", long_text.read_text()]
+    result = runner.invoke(app, ["judge", str(image), "-i", "What is it?", *args])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = _one_line_error(result)
+    assert "tokens too many" in lines[0] and f"the {field} is the longest field" in lines[0]
+    assert f"shorten the {field}" in lines[1] and "raise n_ctx" in lines[1]
+
+
 def test_unknown_rubric_is_one_line_error(fake: FakeEngine, image: Path) -> None:
     result = runner.invoke(app, ["judge", str(image), *BASE, "--rubric", "no-such-rubric"])
     assert result.exit_code == 1

@@ -9,6 +9,8 @@ streaming, file errors and deterministic close.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +67,25 @@ def test_constrained_generation_ends_with_score_and_distribution(engine: LlamaCp
     t = gen.timings
     assert t.prompt_tokens > engine.image_tokens and t.generated_tokens > 0
     assert t.generation_s > 0 and t.prompt_eval_s > 0
+
+
+@pytest.mark.parametrize("response", ["A red square.", "A blue circle on grass.", "No idea.", "Two cats."])
+def test_score_probs_are_the_digit_distribution_at_the_choice(engine: LlamaCppEngine, response: str) -> None:
+    gen = engine.generate(_parts(engine, response), GREEDY)
+    assert gen.score_probs is not None
+    # generation stops right after the digit is drawn: the last logits are those of the digit position
+    logits = _logits(engine).astype(np.float64)
+    groups = engine._vocab.digits
+    per_digit = np.array([np.logaddexp.reduce(logits[ids]) for ids in groups])
+    expected = np.exp(per_digit - per_digit.max())
+    expected /= expected.sum()
+    probs = [gen.score_probs[d] for d in range(1, 6)]
+    assert probs == pytest.approx(expected.tolist(), abs=1e-6)
+    assert all(p >= 0 for p in probs) and sum(probs) == pytest.approx(1.0)
+    chosen = int(gen.text[-1])
+    assert gen.score_probs[chosen] > 0
+    best = max((t for ids in groups for t in ids), key=lambda t: logits[t])  # greedy = best digit token
+    assert chosen == next(d for d, ids in enumerate(groups, 1) if best in ids)
 
 
 def test_forced_tail_when_max_tokens_is_tiny(engine: LlamaCppEngine) -> None:
@@ -198,11 +219,40 @@ def test_file_errors_and_close(tiny_gguf: tuple[Path, Path], tmp_path: Path) -> 
     bad_text.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(EngineError):
         LlamaCppEngine(bad_text, mmproj)
+    for explicit in (None, text):  # the two files mixed up: named, with a hint, before loading anything
+        with pytest.raises(ModelNotFoundError, match="is a vision projector, not the text model"):
+            LlamaCppEngine(mmproj, explicit)
     eng = LlamaCppEngine(text, mmproj, n_ctx=1024, n_threads=1)
     eng.close()
     eng.close()  # idempotent
     with pytest.raises(EngineError):
         eng.generate(_parts(eng, "x"), GREEDY)
+    with LlamaCppEngine(text, mmproj, n_ctx=1024, n_threads=1) as used:
+        assert used.count_tokens("hello") > 0
+    assert used._mtmd._ctx is None  # the mtmd context is freed on leaving the block
+    used.close()
+    with pytest.raises(EngineError):
+        used.count_tokens("x")
+
+
+def test_forgotten_engine_exits_cleanly(tiny_gguf: tuple[Path, Path]) -> None:
+    """An engine never closed is freed at interpreter exit without errors (mtmd before the model)."""
+    code = (
+        "import sys\n"
+        "from edgejudge.engine.llama import LlamaCppEngine\n"
+        "e = LlamaCppEngine(sys.argv[1], sys.argv[2], n_ctx=512, n_threads=1)\n"
+        "print(e.count_tokens('hi'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code, *map(str, tiny_gguf)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert "Segmentation" not in done.stderr and done.stdout.strip().isdigit()
 
 
 def test_find_mmproj_prefers_f16(tmp_path: Path) -> None:

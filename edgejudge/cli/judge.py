@@ -47,6 +47,11 @@ __all__ = ["register", "choose_rubric", "read_text_arg", "DEFAULT_RUBRIC"]
 DEFAULT_RUBRIC = "vqa-helpfulness"
 _INPUT = "Inputs"
 _RUBRIC = "Rubric"
+#: --score1 … --score5 (the option name comes from the parameter name)
+_ScoreOpt = Annotated[
+    str | None,
+    typer.Option(help="Inline rubric: what this score means (1 = worst, 5 = best).", rich_help_panel=_RUBRIC),
+]
 
 
 def read_text_arg(value: str | None, file: Path | None, name: str) -> str | None:
@@ -136,21 +141,11 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--criteria", help="Inline rubric: the criterion.", rich_help_panel=_RUBRIC),
         ] = None,
-        score1: Annotated[
-            str | None, typer.Option("--score1", help="Inline rubric: what 1 means.", rich_help_panel=_RUBRIC)
-        ] = None,
-        score2: Annotated[
-            str | None, typer.Option("--score2", help="Inline rubric: what 2 means.", rich_help_panel=_RUBRIC)
-        ] = None,
-        score3: Annotated[
-            str | None, typer.Option("--score3", help="Inline rubric: what 3 means.", rich_help_panel=_RUBRIC)
-        ] = None,
-        score4: Annotated[
-            str | None, typer.Option("--score4", help="Inline rubric: what 4 means.", rich_help_panel=_RUBRIC)
-        ] = None,
-        score5: Annotated[
-            str | None, typer.Option("--score5", help="Inline rubric: what 5 means.", rich_help_panel=_RUBRIC)
-        ] = None,
+        score1: _ScoreOpt = None,
+        score2: _ScoreOpt = None,
+        score3: _ScoreOpt = None,
+        score4: _ScoreOpt = None,
+        score5: _ScoreOpt = None,
         model: ModelOpt = None,
         mmproj: MmprojOpt = None,
         samples: SamplesOpt = 1,

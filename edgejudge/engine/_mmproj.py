@@ -19,6 +19,7 @@ __all__ = [
     "CLS_KEY",
     "MmprojInfo",
     "find_mmproj",
+    "check_text_model_name",
     "read_mmproj_info",
     "check_cls_position",
     "NO_CLS_KEY_WARNING",
@@ -35,9 +36,20 @@ NO_CLS_KEY_WARNING = (
 )
 
 
+def check_text_model_name(model_path: Path) -> None:
+    """ModelNotFoundError when the "model" is named like a projector (the two files mixed up)."""
+    if model_path.name.lower().startswith("mmproj-"):
+        raise ModelNotFoundError(
+            f"{model_path.name} is a vision projector, not the text model",
+            hint=f"pass the text model ({model_path.name[len('mmproj-') :]}) as the model; "
+            "its projector is found beside it",
+        )
+
+
 def find_mmproj(model_path: str | Path) -> Path:
     """``<dir>/<name>-<QUANT>.gguf`` → ``<dir>/mmproj-<name>-<QUANT>.gguf`` (F16 preferred, then Q8_0)."""
     model_path = Path(model_path)
+    check_text_model_name(model_path)
     name = _QUANT_SUFFIX.sub("", model_path.stem)
     prefix = f"mmproj-{name}"
     candidates = [

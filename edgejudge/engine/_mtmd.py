@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
 from ..errors import EngineError
+from ._closing import Closing
 
-__all__ = ["MtmdContext", "Chunks", "Chunk", "TEXT", "IMAGE", "set_native_logging"]
+__all__ = ["MtmdContext", "Chunks", "Chunk", "TEXT", "IMAGE", "set_native_logging", "quiet_native_logs"]
 
 TEXT = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
 IMAGE = mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
@@ -47,6 +49,19 @@ def set_native_logging(verbose: bool) -> None:
         mtmd.mtmd_helper_log_set(_quiet_log, ctypes.c_void_p(0))
 
 
+@contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Drop llama.cpp and mtmd logs inside the block; afterwards llama.cpp's go back to llama-cpp-python's
+    own handler (mtmd's stay dropped until the next ``set_native_logging``)."""
+    set_native_logging(False)
+    try:
+        yield
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A view of one chunk of a tokenized prompt (valid while its ``Chunks`` is open)."""
@@ -60,7 +75,7 @@ class Chunk:
     ptr: int
 
 
-class Chunks:
+class Chunks(Closing):
     """An owned ``mtmd_input_chunks`` list; iterate for ``Chunk`` views; ``close()`` frees it."""
 
     def __init__(self, ptr: int) -> None:
@@ -105,12 +120,6 @@ class Chunks:
         if self._ptr is not None:
             mtmd.mtmd_input_chunks_free(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Chunks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MtmdContext:

@@ -3,9 +3,22 @@ read from raw logits at the digit position, and incremental UTF-8 text with stre
 
 Sampler chain (as in Hugging Face ``generate``): [repeat penalty when ≠ 1] → [grammar] → temperature →
 top-p → draw with the seed; temperature 0 → greedy. No top-k and no min-p (the reference evaluation used
-neither). Score probabilities come from the raw logits (before grammar, temperature or top-p): p_d ∝ Σ
-exp(logit) over the tokens whose piece is exactly the digit d (bare ``"d"`` after ``"[RESULT] "``, or
-``" d"`` after ``"[RESULT]"``), renormalised over d = 1..5.
+neither).
+
+``score_probs`` semantics. At the position where the digit is drawn, p_d ∝ Σ exp(logit) over the tokens
+whose piece is exactly the digit d (bare ``"d"`` after ``"[RESULT] "``, or ``" d"`` after ``"[RESULT]"``;
+every variant, e.g. the ``"4"`` piece and the ``<0x34>`` byte-fallback token), renormalised over d = 1..5,
+from the raw logits: softmax at temperature 1, before repetition penalty, temperature and top-p. It is
+always a proper distribution (five keys, non-negative, summing to 1; a digit is 0 only when its logit is
+~700 nats below the best) and it is the model's own belief, independent of the sampling settings:
+
+- the grammar allows only digit tokens there, so it masks nothing that p_d counts: a draw at temperature 1
+  without top-p is a draw from ``score_probs`` (per token; the digit's share is p_d);
+- temperature, top-p and repetition penalty reshape the draw but not ``score_probs``, so a sampled digit
+  can be one with a small p_d (it is never one with p_d = 0);
+- greedy picks the single highest-logit digit token: that is argmax p_d, except when a digit's mass is
+  split over several tokens (byte fallback) and another digit's single token is higher;
+- ``expected_score`` = Σ d·p_d is computed from this distribution, not from the chosen digit.
 """
 
 from __future__ import annotations
@@ -116,7 +129,7 @@ class Sampler:
 
 
 def softmax_digits(logits: np.ndarray, groups: list[list[int]]) -> dict[int, float]:
-    """p_d ∝ Σ_{t in groups[d-1]} exp(logits[t]), for d = 1..5."""
+    """p_d ∝ Σ_{t in groups[d-1]} exp(logits[t]), for d = 1..5 (raw logits; see the module docstring)."""
     logits = logits.astype(np.float64)
     per_digit = np.array([np.logaddexp.reduce(logits[ids]) for ids in groups])
     p = np.exp(per_digit - per_digit.max())

@@ -15,9 +15,9 @@ import math
 import re
 from collections import deque
 from collections.abc import Iterable
-from types import TracebackType
 
 from ..errors import ContextOverflowError, InputError
+from ._closing import Closing
 from .base import Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 
 __all__ = ["FakeEngine", "peaked_distribution"]
@@ -55,7 +55,7 @@ def _rough_tokens(text: str) -> int:
     return max(len(text.split()), math.ceil(len(text) / 4))
 
 
-class FakeEngine:
+class FakeEngine(Closing):
     """A scripted ``Engine``. See the module docstring."""
 
     def __init__(
@@ -69,32 +69,17 @@ class FakeEngine:
     ) -> None:
         self._queue: deque[tuple[str, dict[int, float] | None]] = deque()
         self.history: list[tuple[PromptParts, GenerationParams]] = []
+        # the Engine protocol's read-only properties, as plain attributes
         self.warnings: tuple[str, ...] = ()
-        self._image_size = image_size
-        self._image_tokens = image_tokens
-        self._n_ctx = n_ctx
-        self._model_name = model_name
+        self.model_name = model_name
+        self.image_size = image_size
+        self.image_tokens = image_tokens
+        self.n_ctx = n_ctx
         self.closed = False
         for text in outputs or ():
             self.enqueue(text)
 
     # -- Engine protocol -------------------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def image_size(self) -> int:
-        return self._image_size
-
-    @property
-    def image_tokens(self) -> int:
-        return self._image_tokens
-
-    @property
-    def n_ctx(self) -> int:
-        return self._n_ctx
-
     def count_tokens(self, text: str) -> int:
         return _rough_tokens(text)
 
@@ -121,13 +106,13 @@ class FakeEngine:
             raise RuntimeError("FakeEngine is closed")
         self.history.append((parts, params))
         prompt_tokens = (
-            1 + _rough_tokens(parts.before_image) + self._image_tokens + _rough_tokens(parts.after_image)
+            1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)
         )
-        over_by = prompt_tokens + params.max_tokens - self._n_ctx
+        over_by = prompt_tokens + params.max_tokens - self.n_ctx
         if over_by > 0:
             raise ContextOverflowError(
                 f"the prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceed the "
-                f"context window ({self._n_ctx}) by {over_by} tokens",
+                f"context window ({self.n_ctx}) by {over_by} tokens",
                 over_by=over_by,
                 hint="shorten the inputs, lower max_tokens or raise n_ctx",
             )
@@ -160,14 +145,6 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
-
-    def __enter__(self) -> FakeEngine:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- internals -------------------------------------------------------------------------------------
     def _default_output(self, parts: PromptParts, params: GenerationParams) -> tuple[str, dict[int, float]]:

@@ -17,13 +17,20 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from ..errors import ContextOverflowError, EngineError, InputError, ModelNotFoundError
 from . import grammar as gbnf
-from ._mmproj import CLS_KEY, MmprojInfo, check_cls_position, find_mmproj, read_mmproj_info
+from ._closing import Closing
+from ._mmproj import (
+    CLS_KEY,
+    MmprojInfo,
+    check_cls_position,
+    check_text_model_name,
+    find_mmproj,
+    read_mmproj_info,
+)
 from .base import Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 
 __all__ = ["LlamaCppEngine", "find_mmproj", "read_mmproj_info", "MmprojInfo", "CLS_KEY", "TAIL_RESERVE"]
@@ -55,7 +62,7 @@ class _PromptStats:
     cached: bool
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Closing):
     """The real engine (see the module docstring). A context manager; ``close()`` is idempotent.
 
     ``n_gpu_layers=-1`` offloads every layer when the llama.cpp build supports it (0 on CPU builds);
@@ -89,6 +96,7 @@ class LlamaCppEngine:
             raise ModelNotFoundError(
                 f"model file not found: {self.model_path}", hint="pass the path of the text-model .gguf"
             )
+        check_text_model_name(self.model_path)
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else find_mmproj(self.model_path)
         if not self.mmproj_path.is_file():
             raise ModelNotFoundError(
@@ -174,10 +182,12 @@ class LlamaCppEngine:
         validate_params(params)
         with self._tokenize(parts) as chunks:
             n_prompt = chunks.n_pos
-            over_by = n_prompt + params.max_tokens - self.n_ctx
+            # a constrained run always keeps room for the forced " [RESULT] d" tail
+            budget = max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+            over_by = n_prompt + budget - self.n_ctx
             if over_by > 0:
                 raise ContextOverflowError(
-                    f"the prompt ({n_prompt} tokens) plus max_tokens ({params.max_tokens}) exceed the "
+                    f"the prompt ({n_prompt} tokens) plus {budget} generated tokens exceed the "
                     f"context window ({self.n_ctx}) by {over_by} tokens",
                     over_by=over_by,
                     hint="shorten the inputs, lower max_tokens or raise n_ctx",
@@ -207,14 +217,6 @@ class LlamaCppEngine:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown: nothing useful to report
             pass
-
-    def __enter__(self) -> LlamaCppEngine:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- prompt ----------------------------------------------------------------------------------------
     def _tokenize(self, parts: PromptParts):  # type: ignore[no-untyped-def]

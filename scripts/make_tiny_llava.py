@@ -18,6 +18,11 @@ from edgejudge.convert.tiny import TinySpec, make_tiny_llava
 from edgejudge.errors import EdgeJudgeError
 
 
+def _end_line(last: list[float]) -> str:
+    """A newline ending the ``\r`` progress line, if one was drawn."""
+    return "\n" if last[0] else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory")
@@ -53,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             tower_weights=args.tower_weights, clip_config=args.clip_config, progress=progress,
         )  # fmt: skip
     except EdgeJudgeError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
+        print(f"{_end_line(last)}error: {err}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print(f"{_end_line(last)}interrupted", file=sys.stderr)
         return 130
     print(f"\nwrote {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     print(path)

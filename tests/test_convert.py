@@ -59,9 +59,9 @@ def image() -> np.ndarray:
 def _llama(path: Path) -> Any:
     from llama_cpp import Llama
 
-    from edgejudge.convert.quantize import quiet_llama_logs
+    from edgejudge.engine._mtmd import quiet_native_logs
 
-    with quiet_llama_logs():
+    with quiet_native_logs():
         return Llama(str(path), n_ctx=128, n_batch=128, logits_all=True, verbose=False, n_threads=2)
 
 
@@ -222,3 +222,28 @@ def test_progress_reports_bytes_and_tensors(converted: dict) -> None:
         "mmproj-tiny-F16.gguf",
         "tiny-F16.gguf",
     ]
+
+
+def test_tower_weights_with_int64_position_ids(tmp_path: Path) -> None:
+    """A hub CLIP ``model.safetensors`` keeps an int64 ``embeddings.position_ids`` buffer: skipped, and the
+    mmproj is the same as without it."""
+    import json
+    import struct
+
+    ckpt = make_tiny_llava(tmp_path / "ckpt", SPEC, fmt="safetensors", dtype="f16", tower_weights="external")
+    plain = convert_checkpoint(ckpt, tmp_path / "plain", name="t", quant="F16", mmproj_quant="F16")
+    weights = ckpt / "clip-vision-tower" / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    ids = np.arange(SPEC.n_patches + 1, dtype="<i8")[None]
+    header["vision_model.embeddings.position_ids"] = {
+        "dtype": "I64",
+        "shape": list(ids.shape),
+        "data_offsets": [len(data), len(data) + ids.nbytes],
+    }
+    head = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(head)) + head + data + ids.tobytes())
+    result = convert_checkpoint(ckpt, tmp_path / "ids", name="t", quant="F16", mmproj_quant="F16")
+    assert result.n_tensors == plain.n_tensors
+    assert result.mmproj.read_bytes() == plain.mmproj.read_bytes()

@@ -136,12 +136,6 @@ def test_unsupported_architecture(ckpt: Callable[[str], Path], tmp_path: Path) -
     assert "LlavaLlamaForCausalLM" in str(err) and "LlavaForConditionalGeneration" in str(err)
 
 
-def test_unsupported_projector_type(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
-    src = ckpt("bin")
-    _edit_json(src / "config.json", mm_projector_type="linear")
-    _fails(src, tmp_path / "out", ConversionError, "mm_projector_type 'linear'")
-
-
 def test_projector_width_mismatch(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
     src = ckpt("st")
     name = "model.mm_projector.2.weight"
@@ -156,45 +150,44 @@ def test_vision_config_missing(ckpt: Callable[[str], Path], tmp_path: Path) -> N
     _fails(src, tmp_path / "out", ConversionError, "vision config missing")
 
 
-def test_vision_tower_unresolvable(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
+_CONFIG = "config.json"
+_TOWER_CONFIG = f"{TOWER_DIR}/config.json"
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "match"),
+    [
+        (_CONFIG, {"mm_projector_type": "linear"}, "mm_projector_type 'linear' is not supported"),
+        (_CONFIG, {"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' is not"),
+        (_CONFIG, {"mm_patch_merge_type": "spatial_unpad"}, r"'spatial_unpad' \(LLaVA-1.6 tiling\) is not"),
+        (_CONFIG, {"mm_vision_tower": "./no-such-tower"}, "vision config missing"),
+        (_CONFIG, {"num_hidden_layers": 3}, "num_hidden_layers is 3 but the weights hold 2"),
+        # the built-in CLIP-L/336 entry resolves offline, and its 1024 width is checked against the weights
+        (
+            _CONFIG,
+            {"mm_vision_tower": "openai/clip-vit-large-patch14-336"},
+            "projector input width 64 does not match the vision width 1024",
+        ),
+        (_TOWER_CONFIG, {"hidden_size": 96}, "does not match the vision width|inconsistent with the weights"),
+        (_TOWER_CONFIG, {"image_size": 50}, "not a multiple of patch_size"),
+        (
+            _TOWER_CONFIG,
+            {"patch_size": 7},
+            r"inconsistent with the weights: .*patch_embedding.weight \(64, 3, 7, 7\)",
+        ),
+        (
+            _TOWER_CONFIG,
+            {"num_hidden_layers": 2},
+            "inconsistent with the weights: 2 layers configured, 3 in the weights",
+        ),
+    ],
+)
+def test_bad_config_values(
+    ckpt: Callable[[str], Path], tmp_path: Path, where: str, change: dict[str, object], match: str
+) -> None:
     src = ckpt("bin")
-    _edit_json(src / "config.json", mm_vision_tower="./no-such-tower")
-    _fails(src, tmp_path / "out", ConversionError, "vision config missing")
-
-
-def test_vision_config_inconsistent_with_weights(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
-    src = ckpt("bin")
-    _edit_json(src / TOWER_DIR / "config.json", hidden_size=96)
-    _fails(
-        src,
-        tmp_path / "out",
-        ConversionError,
-        "does not match the vision width|inconsistent with the weights",
-    )
-
-
-def test_builtin_tower_checked_against_weights(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
-    """The built-in CLIP-L/336 entry resolves offline, and its 1024 width is checked against the weights."""
-    src = ckpt("bin")
-    _edit_json(src / "config.json", mm_vision_tower="openai/clip-vit-large-patch14-336")
-    _fails(
-        src,
-        tmp_path / "out",
-        ConversionError,
-        "projector input width 64 does not match the vision width 1024",
-    )
-
-
-def test_image_size_not_multiple_of_patch(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
-    src = ckpt("bin")
-    _edit_json(src / TOWER_DIR / "config.json", image_size=50)
-    _fails(src, tmp_path / "out", ConversionError, "not a multiple of patch_size")
-
-
-def test_text_config_inconsistent(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
-    src = ckpt("bin")
-    _edit_json(src / "config.json", num_hidden_layers=3)
-    _fails(src, tmp_path / "out", ConversionError, "num_hidden_layers is 3 but the weights hold 2")
+    _edit_json(src / where, **change)
+    _fails(src, tmp_path / "out", ConversionError, match)
 
 
 def test_hub_tower_offline(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
@@ -285,21 +278,6 @@ def test_bad_name_and_cls_position(ckpt: Callable[[str], Path], tmp_path: Path) 
     with pytest.raises(InputError, match="cls_position"):
         convert_checkpoint(src, tmp_path / "out", name="tiny", cls_position="middle")
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        ({"patch_size": 7}, r"inconsistent with the weights: .*patch_embedding.weight \(64, 3, 7, 7\)"),
-        ({"num_hidden_layers": 2}, "inconsistent with the weights: 2 layers configured, 3 in the weights"),
-    ],
-)
-def test_vision_shapes_checked(
-    ckpt: Callable[[str], Path], tmp_path: Path, change: dict[str, int], match: str
-) -> None:
-    src = ckpt("bin")
-    _edit_json(src / TOWER_DIR / "config.json", **change)
-    _fails(src, tmp_path / "out", ConversionError, match)
 
 
 def test_values_beyond_f16_range(ckpt: Callable[[str], Path], tmp_path: Path) -> None:

@@ -78,20 +78,20 @@ def test_loads_encodes_and_generates(results: dict[str, ConvertResult], quant: s
     from llama_cpp import llama_cpp as lc
     from llama_cpp import mtmd_cpp as mtmd
 
-    from edgejudge.convert.quantize import quiet_llama_logs
+    from edgejudge.engine._mtmd import quiet_native_logs
 
     result = results[quant]
     image = np.random.default_rng(3).integers(
         0, 256, size=(SPEC.image_size, SPEC.image_size, 3), dtype=np.uint8
     )
-    with quiet_llama_logs():
+    with quiet_native_logs():
         llm = Llama(str(result.text_model), n_ctx=128, n_batch=64, verbose=False, n_threads=2)
     try:
         embd = encode_image(llm, result.mmproj, image)
         assert embd.shape == (SPEC.n_patches, SPEC.text_hidden) and np.isfinite(embd).all()
         if quant != "F16":
             base = results["F16"]
-            with quiet_llama_logs():
+            with quiet_native_logs():
                 ref_llm = Llama(str(base.text_model), n_ctx=64, verbose=False, n_threads=2)
             try:
                 ref = encode_image(ref_llm, base.mmproj, image)

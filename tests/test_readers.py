@@ -188,6 +188,50 @@ def test_unknown_torch_storage_dtype(tmp_path: Path) -> None:
     assert "torch.DoubleStorage" in str(err) and not isinstance(err, UnsafePickleError)
 
 
+def _safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
+    header, offset, blobs = {}, 0, []
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    head = json.dumps(header).encode()
+    path.write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+
+
+def test_int64_position_ids_are_skipped(tmp_path: Path) -> None:
+    """Hub CLIP weight files carry int64 ``embeddings.position_ids`` buffers: accepted, never listed."""
+    ids = np.arange(5, dtype="<i8")[None]
+    weight = np.arange(6, dtype=np.float32)
+    name = "vision_model.embeddings.position_ids"
+    st = tmp_path / "st"
+    st.mkdir()
+    _safetensors(
+        st / "model.safetensors", {name: ("I64", (1, 5), ids.tobytes()), "w": ("F32", (6,), weight.tobytes())}
+    )
+    tensors = [StoredTensor(name, "0", (1, 5)), StoredTensor("w", "1", (6,))]
+    storages = {"0": ("I64", 5), "1": ("F32", 6)}
+    pt = _single_bin(tmp_path / "pt", tensors, storages, {"0": ids.tobytes(), "1": weight.tobytes()})
+    assert b"torch\nLongStorage\n" in zipfile.ZipFile(pt / "pytorch_model.bin").read("pytorch_model/data.pkl")
+    (pt / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {name: "pytorch_model.bin", "w": "pytorch_model.bin"}})
+    )
+    for path in (st, pt):
+        with open_tensor_dir(path) as ckpt:
+            assert ckpt.names() == ["w"] and name not in ckpt
+            assert np.array_equal(ckpt.load("w"), weight)
+
+
+def test_int64_tensor_not_position_ids_is_refused(tmp_path: Path) -> None:
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "config.json").write_text("{}")
+    _safetensors(st / "model.safetensors", {"w": ("I64", (2,), b"\0" * 16)})
+    assert "tensor w has unsupported dtype I64" in str(_error(st))
+    tensors = [StoredTensor("w", "0", (2,))]
+    pt = _single_bin(tmp_path / "pt", tensors, {"0": ("I64", 2)}, {"0": b"\0" * 16})
+    assert "tensor w has unsupported dtype I64" in str(_error(pt))
+
+
 def test_not_a_zip_and_corrupt_headers(tmp_path: Path) -> None:
     bad_bin = tmp_path / "b"
     bad_bin.mkdir()

@@ -177,6 +177,15 @@ def _text_hparams(cfg: Mapping[str, Any], ckpt: Any, prefix: str, where: str) ->
     return text
 
 
+def _require(
+    config: Mapping[str, Any], key: str, wanted: str, hint: str, *, default: str | None = None, note: str = ""
+) -> None:
+    """Refuse a config value other than ``wanted`` (absent = ``default``, itself ``wanted`` unless given)."""
+    value = config.get(key, wanted if default is None else default)
+    if value != wanted:
+        raise bad(f"{key} {value!r}{note} is not supported", hint)
+
+
 def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
     """Read and validate everything about ``ckpt`` (an open Checkpoint) that the writers need.
 
@@ -211,12 +220,8 @@ def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
         vision = vision_hparams_from_config(vcfg, "config.json vision_config")
         tower, tower_dir, tower_repo = "vision_config", None, None
         select = config.get("vision_feature_layer", -2)
-        strategy = config.get("vision_feature_select_strategy", "default")
-        if strategy != "default":
-            raise bad(f"vision_feature_select_strategy {strategy!r} is not supported", "use 'default'")
-        act = config.get("projector_hidden_act", "gelu")
-        if act != "gelu":
-            raise bad(f"projector_hidden_act {act!r} is not supported", "LLaVA-1.5 uses gelu")
+        _require(config, "vision_feature_select_strategy", "default", "use 'default'")
+        _require(config, "projector_hidden_act", "gelu", "LLaVA-1.5 uses gelu")
         proj_stem = _find_suffix(names, "multi_modal_projector.linear_1.weight")
         stem = proj_stem[0][: -len("linear_1.weight")] if proj_stem else "multi_modal_projector."
         projector = (
@@ -229,17 +234,11 @@ def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
         text = _text_hparams(config, ckpt, text_prefix, "config.json")
         tower, vision, tower_dir, tower_repo = resolve_tower(config, root)
         select = config.get("mm_vision_select_layer", -2)
-        ptype = config.get("mm_projector_type", "linear")
-        if ptype != "mlp2x_gelu":
-            raise bad(f"mm_projector_type {ptype!r} is not supported", "LLaVA-1.5 judges use mlp2x_gelu")
-        feature = config.get("mm_vision_select_feature", "patch")
-        if feature != "patch":
-            raise bad(f"mm_vision_select_feature {feature!r} is not supported", "LLaVA-1.5 uses 'patch'")
-        merge = config.get("mm_patch_merge_type", "flat")
-        if merge != "flat":
-            raise bad(
-                f"mm_patch_merge_type {merge!r} (LLaVA-1.6 tiling) is not supported", "use a LLaVA-1.5 model"
-            )
+        _require(
+            config, "mm_projector_type", "mlp2x_gelu", "LLaVA-1.5 judges use mlp2x_gelu", default="linear"
+        )
+        _require(config, "mm_vision_select_feature", "patch", "LLaVA-1.5 uses 'patch'")
+        _require(config, "mm_patch_merge_type", "flat", "use a LLaVA-1.5 model", note=" (LLaVA-1.6 tiling)")
         proj_stem = _find_suffix(names, "mm_projector.0.weight")
         stem = proj_stem[0][: -len("0.weight")] if proj_stem else "model.mm_projector."
         projector = (stem + "0.weight", stem + "0.bias", stem + "2.weight", stem + "2.bias")

@@ -4,7 +4,8 @@
 ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json`` or a single unsharded file);
 :func:`open_tensor_dir` does the same for a standalone vision-tower directory. Both validate everything up
 front — shards exist, every index entry is in its shard, every tensor lies inside its file (truncated
-shards), dtypes are known — and raise :class:`~edgejudge.errors.ConversionError` (one line + hint).
+shards), dtypes are known (int64 ``*position_ids`` buffers are skipped) — and raise
+:class:`~edgejudge.errors.ConversionError` (one line + hint).
 
 Tensors are never read whole into memory by the reader: each shard is ``mmap``-ed and
 :meth:`Checkpoint.load` views a tensor with ``np.frombuffer`` (``as_strided`` for non-contiguous torch
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgejudge.convert.torchzip import read_torch_zip
+from edgejudge.convert.torchzip import contiguous_strides, read_torch_zip
 from edgejudge.errors import ConversionError
 
 __all__ = ["TensorInfo", "Checkpoint", "open_checkpoint", "open_tensor_dir", "bf16_to_f32", "DTYPES"]
@@ -35,6 +36,9 @@ DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),
 }
+#: integer dtypes (itemsize) accepted only for ``*position_ids`` buffers (hub CLIP weights keep an int64
+#: ``embeddings.position_ids``): validated, never listed or converted. Other integer tensors are refused.
+_SKIPPED_INT_DTYPES = {"I64": 8}
 
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -66,20 +70,13 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for dim in reversed(shape):
-        strides.append(acc)
-        acc *= dim
-    return tuple(reversed(strides))
-
-
 class _Shard:
     """One memory-mapped shard file and its table of tensors."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, _Entry] = {}
+        self.skipped: set[str] = set()  # integer ``*position_ids`` buffers (validated, never converted)
         try:
             size = path.stat().st_size
             with open(path, "rb") as fh:
@@ -133,19 +130,18 @@ class _Shard:
                 raise ConversionError(
                     f"{name}: corrupt header entry for {tname}", hint="re-download the shard"
                 )
-            if dtype not in DTYPES:
-                raise ConversionError(
-                    f"{name}: tensor {tname} has unsupported dtype {dtype}",
-                    hint="only F32, F16 and BF16 checkpoints can be converted",
-                )
-            if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
+            item = self._itemsize(tname, dtype)
+            if end - begin != math.prod(shape) * item:
                 raise ConversionError(f"{name}: size of {tname} does not match its shape", hint="re-download")
             if base + end > size:
                 raise ConversionError(
                     f"{name}: shard is truncated ({tname} ends past the end of the file)",
                     hint="re-download the shard",
                 )
-            self.entries[tname] = _Entry(shape, dtype, base + begin, None)
+            if dtype in DTYPES:
+                self.entries[tname] = _Entry(shape, dtype, base + begin, None)
+            else:
+                self.skipped.add(tname)
 
     def _parse_torch(self) -> None:
         assert self.mm is not None
@@ -153,7 +149,7 @@ class _Shard:
         name = self.path.name
         for tname, ref in index.tensors.items():
             member = index.storages[ref.storage.key]
-            item = DTYPES[ref.storage.dtype].itemsize
+            item = self._itemsize(tname, ref.storage.dtype)
             if ref.storage.numel * item > member.size:
                 raise ConversionError(
                     f"{name}: shard is truncated (storage of {tname} is shorter than declared)",
@@ -170,13 +166,28 @@ class _Shard:
                     f"{name}: tensor {tname} reaches past the end of its storage",
                     hint="re-download the shard",
                 )
-            contiguous = ref.stride == _contiguous_strides(ref.shape) or numel <= 1
+            if ref.storage.dtype not in DTYPES:
+                self.skipped.add(tname)
+                continue
+            contiguous = ref.stride == contiguous_strides(ref.shape) or numel <= 1
             self.entries[tname] = _Entry(
                 ref.shape,
                 ref.storage.dtype,
                 member.offset + ref.offset * item,
                 None if contiguous else ref.stride,
             )
+
+    def _itemsize(self, tname: str, dtype: str) -> int:
+        """Element size of a tensor's dtype; an unknown dtype (or an integer tensor that is not a
+        ``*position_ids`` buffer) raises ConversionError."""
+        if dtype in DTYPES:
+            return DTYPES[dtype].itemsize
+        if dtype in _SKIPPED_INT_DTYPES and tname.endswith("position_ids"):
+            return _SKIPPED_INT_DTYPES[dtype]
+        raise ConversionError(
+            f"{self.path.name}: tensor {tname} has unsupported dtype {dtype}",
+            hint="only F32, F16 and BF16 checkpoints can be converted",
+        )
 
     def _extent(self, entry: _Entry) -> int:
         """Bytes from the view's first element to one past its last."""
@@ -359,11 +370,12 @@ def _open(directory: str | Path, *, need_config: bool) -> Checkpoint:
                     wmap.setdefault(tname, shard_name)
         else:
             for tname, shard_name in wmap.items():
-                if tname not in shards[shard_name].entries:
+                if tname not in shards[shard_name].entries and tname not in shards[shard_name].skipped:
                     raise ConversionError(
                         f"tensor {tname} is listed in the index but missing from shard {shard_name}",
                         hint="the shard and the index do not belong together; re-download both",
                     )
+            wmap = {t: f for t, f in wmap.items() if t not in shards[f].skipped}
     except BaseException:
         for shard in shards.values():
             shard.close()

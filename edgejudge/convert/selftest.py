@@ -16,7 +16,6 @@ llama-cpp-python version and libmtmd's file size and mtime; a fresh run takes ab
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import tempfile
@@ -66,95 +65,42 @@ def cache_key() -> str:
     return f"llama-cpp-python {llama_cpp.__version__} libmtmd {stat.st_size} {stat.st_mtime_ns}"
 
 
-def _silence_mtmd() -> None:
-    from llama_cpp import mtmd_cpp
-
-    from .quantize import _noop_callback
-
-    mtmd_cpp.mtmd_log_set(_noop_callback(), ctypes.c_void_p(0))
-    mtmd_cpp.mtmd_helper_log_set(_noop_callback(), ctypes.c_void_p(0))
-
-
 def encode_image(llm: Any, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2) -> np.ndarray:
-    """mtmd's image embeddings [n_tokens, n_embd] for a square RGB image of exactly the tower's size."""
-    from llama_cpp import llama_cpp as lc
-    from llama_cpp import mtmd_cpp as mtmd
+    """mtmd's image embeddings [n_tokens, n_embd] for a square RGB image of exactly the tower's size
+    (through the engine's own :class:`~edgejudge.engine._mtmd.MtmdContext`, on the CPU, logs silenced)."""
+    from ..engine._mtmd import IMAGE, MtmdContext, quiet_native_logs
 
-    _silence_mtmd()
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = False
-    params.print_timings = False
-    params.warmup = False
-    params.n_threads = n_threads
-    ctx = mtmd.mtmd_init_from_file(os.fsencode(mmproj), llm.model, params)
-    if not ctx:
-        raise EngineError(
-            f"mtmd could not load {mmproj.name}", hint="the mmproj does not fit this text model"
-        )
-    chunks = mtmd.mtmd_input_chunks_init()
     height, width = rgb.shape[:2]
     pixels = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    bitmap = mtmd.mtmd_bitmap_init(width, height, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
-    try:
-        marker = mtmd.mtmd_default_marker()
-        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-        if mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
-            raise EngineError(
-                "mtmd could not tokenize the self-test image", hint="reinstall llama-cpp-python"
-            )
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                break
-        else:
-            raise EngineError("mtmd produced no image chunk", hint="reinstall llama-cpp-python")
-        n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-        if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:
-            raise EngineError("mtmd could not encode the self-test image", hint="reinstall llama-cpp-python")
-        n_embd = lc.llama_model_n_embd_inp(llm.model)
-        ptr = mtmd.mtmd_get_output_embd(ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_tokens * n_embd,)).copy().reshape(n_tokens, n_embd)
-    finally:
-        mtmd.mtmd_bitmap_free(bitmap)
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_free(ctx)
-
-
-def _spec() -> Any:
-    from .tiny import TinySpec
-
-    return TinySpec(
-        text_hidden=64,
-        text_layers=1,
-        text_heads=4,
-        text_kv_heads=4,
-        text_ff=128,
-        vocab_size=384,
-        context_length=64,
-        vision_hidden=32,
-        vision_layers=2,
-        vision_heads=2,
-        vision_ff=64,
-        image_size=42,
-        patch_size=14,
-    )
+    with quiet_native_logs():
+        ctx = MtmdContext(mmproj, llm.model, use_gpu=False, n_threads=n_threads)
+        try:
+            chunks = ctx.tokenize("", pixels, width, height, "selftest", "")
+            try:
+                chunk = next((c for c in chunks if c.kind == IMAGE), None)
+                if chunk is None:
+                    raise EngineError("mtmd produced no image chunk", hint="reinstall llama-cpp-python")
+                return ctx.encode(chunk).reshape(chunk.n_tokens, ctx.n_embd)
+            finally:
+                chunks.close()
+        finally:
+            ctx.close()
 
 
 def run_selftest() -> SelftestReport:
     """Build, convert and run a tiny LLaVA on the installed llama.cpp; see the module docstring."""
     from llama_cpp import Llama
 
+    from ..engine._mtmd import quiet_native_logs
     from . import convert_checkpoint
     from .hparams import plan_conversion
     from .mmproj_writer import mmproj_jobs, write_mmproj_gguf
-    from .quantize import quiet_llama_logs
     from .readers import open_checkpoint
     from .reference import image_features, text_logits
-    from .tiny import make_tiny_llava
+    from .tiny import TinySpec, make_tiny_llava
 
     started = time.perf_counter()
-    spec = _spec()
+    spec = TinySpec.minimal()
     with tempfile.TemporaryDirectory(prefix="edgejudge-selftest-") as tmp:
         root = Path(tmp)
         ckpt_dir = make_tiny_llava(root / "ckpt", spec, fmt="safetensors", dtype="f16")
@@ -172,7 +118,7 @@ def run_selftest() -> SelftestReport:
         tokens = [t % spec.vocab_size for t in _TEXT_TOKENS]
         ref_logits = text_logits(ckpt_dir, tokens)
         ref_patches, ref_cls = image_features(ckpt_dir, rgb)
-        with quiet_llama_logs():
+        with quiet_native_logs():
             llm = Llama(
                 str(result.text_model), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2
             )

@@ -43,8 +43,11 @@ def looks_like_repo_id(value: str) -> bool:
     return bool(_REPO_ID.match(value)) and ".." not in value
 
 
-def resolve_source(src: str | Path, *, progress: _Progress | None = None) -> Path:
-    """A local checkpoint directory for ``src`` (a directory path, or a hub repo id to download)."""
+def resolve_source(
+    src: str | Path, *, progress: _Progress | None = None, revision: str | None = None
+) -> Path:
+    """A local checkpoint directory for ``src`` (a directory path, or a hub repo id to download at
+    ``revision``: a branch, tag or commit hash; None = the default branch). A local directory ignores it."""
     path = Path(src).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -60,7 +63,7 @@ def resolve_source(src: str | Path, *, progress: _Progress | None = None) -> Pat
             hint="pass a local checkpoint directory or a hub repo id "
             "such as prometheus-eval/prometheus-vision-7b-v1.0",
         )
-    return hub_snapshot(text, CHECKPOINT_PATTERNS, progress=progress, what="checkpoint")
+    return hub_snapshot(text, CHECKPOINT_PATTERNS, progress=progress, what="checkpoint", revision=revision)
 
 
 def _tqdm_class(progress: _Progress, stage: str) -> Any:
@@ -118,18 +121,24 @@ def _hub_error(repo_id: str, err: Exception, what: str) -> Exception:
 
 
 def hub_snapshot(
-    repo_id: str, patterns: tuple[str, ...], *, progress: _Progress | None = None, what: str = "repo"
+    repo_id: str,
+    patterns: tuple[str, ...],
+    *,
+    progress: _Progress | None = None,
+    what: str = "repo",
+    revision: str | None = None,
 ) -> Path:
-    """Download (or reuse from the cache) the files of ``repo_id`` matching ``patterns``."""
+    """Download (or reuse from the cache) the files of ``repo_id`` at ``revision`` matching ``patterns``."""
     from huggingface_hub import snapshot_download
 
-    kwargs: dict[str, Any] = {"allow_patterns": list(patterns)}
+    kwargs: dict[str, Any] = {"allow_patterns": list(patterns), "revision": revision}
     if progress is not None:
         kwargs["tqdm_class"] = _tqdm_class(progress, f"downloading {repo_id}")
+    label = repo_id if revision is None else f"{repo_id}@{revision}"
     try:
         return Path(snapshot_download(repo_id, **kwargs))
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one clear error
-        raise _hub_error(repo_id, err, what) from err
+        raise _hub_error(label, err, what) from err
 
 
 def hub_file(repo_id: str, filename: str, *, what: str = "repo") -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from edgejudge.convert.tiny import TinySpec
+    from edgejudge.convert.tiny_plan import TinySpec
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "train_tokenizer", "write_metadata", "llava_config", "clip_vision_config"]
 
@@ -180,7 +180,7 @@ def llava_config(spec: TinySpec, *, layout: str, dtype: str) -> dict[str, Any]:
     """config.json: original ``LlavaLlamaForCausalLM`` or llava-hf ``LlavaForConditionalGeneration``."""
     torch_dtype = "bfloat16" if dtype == "bf16" else "float16"
     if layout == "llava-hf":
-        from edgejudge.convert.tiny import hf_vocab_rows
+        from edgejudge.convert.tiny_plan import hf_vocab_rows
 
         vocab = hf_vocab_rows(spec)
         text = {**_text_config(spec, vocab), "model_type": "llama", "pad_token_id": spec.vocab_size + 1}

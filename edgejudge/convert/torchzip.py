@@ -41,6 +41,7 @@ __all__ = [
     "TorchZipIndex",
     "read_torch_zip",
     "StoredTensor",
+    "contiguous_strides",
     "torch_pickle",
     "write_torch_zip",
 ]
@@ -51,6 +52,7 @@ STORAGE_DTYPES: dict[str, str] = {
     "BFloat16Storage": "BF16",
     "HalfStorage": "F16",
     "FloatStorage": "F32",
+    "LongStorage": "I64",  # only for ``*position_ids`` buffers, which the reader skips
 }
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
@@ -322,11 +324,12 @@ class _TensorProxy:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         t = self.tensor
-        stride = t.stride if t.stride is not None else _contiguous(t.shape)
+        stride = t.stride if t.stride is not None else contiguous_strides(t.shape)
         return (self.rebuild, (self.storage, t.offset, t.shape, stride, False, OrderedDict()))
 
 
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous tensor of ``shape`` (what torch.save writes by default)."""
     out, acc = [], 1
     for dim in reversed(shape):
         out.append(acc)

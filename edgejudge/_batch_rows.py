@@ -170,28 +170,34 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+#: Each field of a row and the keys it is read from, first found wins (native, Perception-Collection/Bench).
+_FIELD_NAMES = {
+    "image": ("image",),
+    "instruction": ("orig_instruction", "instruction"),
+    "response": ("response", "orig_response", "original_response"),
+    "reference": ("reference", "orig_reference_answer", "reference_answer"),
+}
+
+
+def _malformed(number: int, text: str, problem: str) -> BatchRow:
+    return BatchRow(
+        id=f"line-{number}",
+        line=number,
+        problem=f"line {number}: {problem}",
+        hint="each line of the input must be one JSON object",
+        malformed=True,
+        source_sha256=_sha(text),
+    )
+
+
 def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str, Rubric]) -> BatchRow:
     fallback_id = f"line-{number}"
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return BatchRow(
-            id=fallback_id,
-            line=number,
-            problem=f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})",
-            hint="each line of the input must be one JSON object",
-            malformed=True,
-            source_sha256=_sha(text),
-        )
+        return _malformed(number, text, f"malformed JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(data, dict):
-        return BatchRow(
-            id=fallback_id,
-            line=number,
-            problem=f"line {number}: expected a JSON object, got {type(data).__name__}",
-            hint="each line of the input must be one JSON object",
-            malformed=True,
-            source_sha256=_sha(text),
-        )
+        return _malformed(number, text, f"expected a JSON object, got {type(data).__name__}")
     raw_id = data.get("id", data.get("question_id"))
     if raw_id is None or raw_id == "":
         row_id = fallback_id
@@ -206,12 +212,7 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
             source_sha256=_sha(text),
         )
     extra = tuple((name, data[name]) for name in PASS_THROUGH if name in data)
-    fields = {
-        "image": _first(data, "image"),
-        "instruction": _first(data, "orig_instruction", "instruction"),
-        "response": _first(data, "response", "orig_response", "original_response"),
-        "reference": _first(data, "reference", "orig_reference_answer", "reference_answer"),
-    }
+    fields = {name: _first(data, *keys) for name, keys in _FIELD_NAMES.items()}
     bad = [name for name, value in fields.items() if value is not None and not isinstance(value, str)]
     values = {k: v if isinstance(v, str) else None for k, v in fields.items()}
     reference = values["reference"] if values["reference"] and values["reference"].strip() else None
@@ -230,7 +231,7 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
     else:
         missing = [name for name in ("image", "instruction", "response") if not (values[name] or "").strip()]
         if missing:
-            problem = f"line {number}: missing field {missing[0]!r}"
+            problem = f"line {number}: missing field {' or '.join(map(repr, _FIELD_NAMES[missing[0]]))}"
     if problem is not None:
         return _with_problem(row, problem, _FIX_HINT)
     try:

@@ -45,6 +45,7 @@ __all__ = [
     "run_batch",
     "read_results",
     "repair_output",
+    "check_output",
     "settings_of",
 ]
 
@@ -179,6 +180,27 @@ def settings_of(judge: Judge, params: GenerationParams, samples: int) -> dict[st
     }
 
 
+def check_output(input_path: str | Path, output_path: str | Path) -> None:
+    """Fail early (before a model is loaded) unless ``output_path`` can be appended to: a file, not the
+    input, in a folder that exists or can be made. Creates the folder and an empty file if missing."""
+    output_path = Path(output_path)
+    if output_path.is_dir():
+        raise InputError(
+            f"the output path is a folder: {output_path}", hint="pass a file name, e.g. out.jsonl"
+        )
+    if output_path.resolve() == Path(input_path).resolve():
+        raise InputError("the output file is the input file", hint="pass a different --output path")
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        with output_path.open("ab"):
+            pass
+    except OSError as err:
+        raise InputError(
+            f"cannot write the output {output_path}: {err.strerror or err}",
+            hint="pass an --output path in a folder you can write to",
+        ) from None
+
+
 def run_batch(
     judge: Judge,
     input_path: str | Path,
@@ -200,7 +222,7 @@ def run_batch(
     of inputs and settings) has an ``ok`` row in the output are skipped; error rows too unless
     ``retry_errors``. Bad rows become ``error`` rows and the batch goes on. ``should_stop`` is checked
     between rows: when it returns True the batch stops after the row in flight (already written).
-    Raises ``InputError`` only when the input file itself cannot be read.
+    Raises ``InputError`` only when the input file cannot be read or the output cannot be written.
     """
     started = time.perf_counter()
     input_path = Path(input_path)
@@ -210,13 +232,7 @@ def run_batch(
     emit = on_event or (lambda event: None)
     if samples < 1:
         raise InputError(f"samples must be at least 1, got {samples}", hint="pass --samples 1 or more")
-    if output_path.is_dir():
-        raise InputError(
-            f"the output path is a folder: {output_path}", hint="pass a file name, e.g. out.jsonl"
-        )
-    if output_path.resolve() == input_path.resolve():
-        raise InputError("the output file is the input file", hint="pass a different --output path")
-
+    check_output(input_path, output_path)
     repaired = repair_output(output_path)
     if repaired:
         emit(
@@ -242,7 +258,6 @@ def run_batch(
     ok = errors = malformed = done = 0
     scores: list[int] = []
     stopped = False
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("ab") as out:
         for row, key, digest in todo:
             if should_stop is not None and should_stop():

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import config
 
 if TYPE_CHECKING:
+    from .convert import ProgressFn
     from .engine.base import TokenCallback
     from .verdict import Verdict
 
@@ -38,7 +38,6 @@ DEMO_INPUTS = {
     "reference": "A house with a red roof and a tree on green hills, under a blue sky with the sun.",
     "rubric": "vqa-helpfulness",
 }
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

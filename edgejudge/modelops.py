@@ -8,10 +8,9 @@ continued); conversion is atomic (B's converter writes tmp files and renames the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config
 from .errors import EdgeJudgeError, InputError, ModelNotFoundError
@@ -25,9 +24,10 @@ from .registry import (
     split_name,
 )
 
-__all__ = ["PullResult", "VerifyReport", "pull_model", "verify_model", "gguf_metadata", "installed_for"]
+if TYPE_CHECKING:
+    from .convert import ProgressFn
 
-ProgressFn = Callable[[str, int, int], None]
+__all__ = ["PullResult", "VerifyReport", "pull_model", "verify_model", "gguf_metadata", "installed_for"]
 
 
 @dataclass(frozen=True)

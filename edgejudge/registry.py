@@ -6,7 +6,8 @@ Two small data files:
   in the source tree links to it): hub repo, revision, vision tower, licence, expected sizes;
 - the **registry** of installed models, ``<models_dir>/registry.json``: one entry per (name, quant) with
   the text/mmproj paths, sha256s, sizes, source and conversion time, plus the stored default model.
-  Written atomically (tmp + ``os.replace``).
+  Written atomically (tmp + ``os.replace``); read-modify-write cycles hold a lock file
+  (``update_registry``) so concurrent commands lose no update.
 
 ``resolve_model`` turns what a user typed (a ``.gguf`` path, ``name``, ``name:QUANT``, or nothing = the
 default) into the (text model, mmproj) pair. Pulling and verifying live in ``edgejudge.modelops``. Nothing
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config
+from ._registry_lock import locked
 from .errors import InputError, ModelNotFoundError, RegistryError
 
 if sys.version_info >= (3, 11):
@@ -45,6 +47,7 @@ __all__ = [
     "registry_path",
     "load_registry",
     "save_registry",
+    "update_registry",
     "register",
     "set_default",
     "find_installed",
@@ -56,6 +59,7 @@ __all__ = [
 ]
 
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = ".registry.lock"
 REGISTRY_VERSION = 1
 #: When a name has several quantizations installed and none is asked for, the first of these wins.
 QUANT_PREFERENCE = ("Q4_K_M", "Q5_K_M", "Q8_0", "F16")
@@ -186,13 +190,22 @@ def save_registry(registry: Registry) -> None:
         ) from None
 
 
+def update_registry(change: Callable[[Registry], Registry]) -> Registry:
+    """Read, ``change`` and write the registry under a lock file (concurrent commands lose no update)."""
+    with locked(registry_path().with_name(LOCK_FILE)):
+        new = change(load_registry())
+        save_registry(new)
+    return new
+
+
 def register(entry: InstalledModel) -> Registry:
     """Add or replace (same name and quant) an installed model; returns the new registry."""
-    reg = load_registry()
-    models = tuple(m for m in reg.models if m.key != entry.key) + (entry,)
-    new = replace(reg, models=tuple(sorted(models, key=lambda m: (m.name, m.quant))))
-    save_registry(new)
-    return new
+
+    def add(reg: Registry) -> Registry:
+        models = tuple(m for m in reg.models if m.key != entry.key) + (entry,)
+        return replace(reg, models=tuple(sorted(models, key=lambda m: (m.name, m.quant))))
+
+    return update_registry(add)
 
 
 def split_name(value: str) -> tuple[str, str | None]:
@@ -214,12 +227,17 @@ def find_installed(value: str, registry: Registry | None = None) -> InstalledMod
 
 def set_default(value: str) -> InstalledModel:
     """Store ``name``/``name:QUANT`` as the default model; it must be installed."""
-    reg = load_registry()
-    entry = find_installed(value, reg)
-    if entry is None:
-        raise _not_installed(value, reg)
-    save_registry(replace(reg, default=value))
-    return entry
+    chosen: list[InstalledModel] = []
+
+    def choose(reg: Registry) -> Registry:
+        entry = find_installed(value, reg)
+        if entry is None:
+            raise _not_installed(value, reg)
+        chosen.append(entry)
+        return replace(reg, default=value)
+
+    update_registry(choose)
+    return chosen[0]
 
 
 def _not_installed(value: str, reg: Registry) -> ModelNotFoundError:

@@ -6,12 +6,12 @@ instruction, the response (multi-line or ``@file``), an optional reference, a ru
 step by step, or a file); then the feedback streams live and a score panel follows. Afterwards: judge
 another response to the same image (prefix reuse; the time is shown), change the rubric, take a new image,
 save the verdict as JSON, or quit. Ctrl-C cancels the current step (back to the menu; at the top level the
-wizard exits with code 130). Only this module and ``edgejudge.cli`` import Rich/Typer.
+wizard exits with code 130). The prompts and the preview live in ``edgejudge._tui_prompts``; only these
+two modules and ``edgejudge.cli`` import Rich/Typer.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import tempfile
@@ -25,16 +25,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.prompt import Prompt
 from rich.table import Table
-from rich.text import Text
 
+from ._tui_prompts import Cancel, Prompter, enable_path_completion, preview, timing_line
 from .cli._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     FeedbackStream,
     GenerationOptions,
     build_judge,
+    human_bytes,
     stderr_console,
     verdict_panel,
 )
@@ -60,73 +60,7 @@ NO_REFERENCE_NOTE = (
 MENU = "Next? a: another response · r: change the rubric · i: new image · s: save as JSON · q: quit"
 
 
-class _Cancel(Exception):
-    """Ctrl-C (or end of input: ``eof``) at a prompt: cancel the current step."""
-
-    def __init__(self, eof: bool = False) -> None:
-        super().__init__("cancelled")
-        self.eof = eof
-
-
-def preview(fitted: FittedImage, cols: int) -> Text:
-    """The fitted image drawn with "▀" (top pixel = foreground, bottom pixel = background)."""
-    from .images import pixel_grid
-
-    cols = max(8, cols)
-    grid = pixel_grid(fitted.image, cols, cols)  # square image, 2 pixel rows per character line
-    text = Text()
-    for y in range(0, grid.shape[0] - 1, 2):
-        for x in range(grid.shape[1]):
-            top = grid[y, x]
-            bottom = grid[y + 1, x]
-            text.append(
-                "▀",
-                style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})",
-            )
-        text.append("\n")
-    text.rstrip()
-    return text
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _seconds(value: float) -> str:
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _timing_line(elapsed: float, verdict: Verdict) -> str:
-    """How long a judgment took and what was reused (the image, the prompt prefix)."""
-    t = verdict.timings
-    if t.image_cached:
-        image = "image embedding from cache"
-    elif t.image_encode_s > 0:
-        image = f"image encoded in {_seconds(t.image_encode_s)}"
-    else:
-        image = "image reused with the prompt prefix" if t.reused_tokens else "image not re-encoded"
-    return (
-        f"took {_seconds(elapsed)} · {image} · reused {t.reused_tokens} of {t.prompt_tokens} prompt tokens · "
-        f"{t.generated_tokens} tokens generated"
-    )
-
-
-def _path_completer(text: str, state: int) -> str | None:
-    matches = [m + ("/" if os.path.isdir(m) else "") for m in glob.glob(os.path.expanduser(text) + "*")]
-    return sorted(matches)[state] if state < len(matches) else None
-
-
-def _enable_path_completion() -> None:
-    try:
-        import readline
-    except ImportError:  # pragma: no cover - Windows without pyreadline
-        return
-    readline.set_completer_delims(" \t\n")
-    readline.set_completer(_path_completer)
-    readline.parse_and_bind("tab: complete")
-
-
-class Wizard:
+class Wizard(Prompter):
     """One wizard session. ``judge_factory(options)`` loads a judge (``build_judge`` by default)."""
 
     def __init__(
@@ -135,7 +69,7 @@ class Wizard:
         judge_factory: Callable[[GenerationOptions], Judge],
         options: GenerationOptions,
     ) -> None:
-        self.console = console
+        super().__init__(console)
         self.factory = judge_factory
         self.options = options
         self.judge: Judge | None = None
@@ -146,72 +80,6 @@ class Wizard:
         self.reference: str | None = None
         self.rubric: Rubric | None = None
         self.verdict: Verdict | None = None
-
-    # -- prompts ---------------------------------------------------------------------------------------
-    def ask(self, label: str, *, default: str | None = None, choices: list[str] | None = None) -> str:
-        try:
-            if default is None:
-                value = Prompt.ask(label, console=self.console, choices=choices)
-            else:
-                value = Prompt.ask(label, console=self.console, default=default, choices=choices)
-        except (KeyboardInterrupt, EOFError) as exc:
-            self.console.print()
-            raise _Cancel(eof=isinstance(exc, EOFError)) from None
-        return value.strip()
-
-    def ask_text(self, label: str, *, required: bool = True) -> str:
-        while True:
-            value = self.ask(label)
-            if value.startswith("@"):
-                content = self._read_file(value[1:])
-                if content is None:
-                    continue
-                value = content
-            if value or not required:
-                return value
-            self.console.print("[yellow]please type something (Ctrl-C cancels)[/yellow]")
-
-    def ask_multiline(self, label: str) -> str:
-        self.console.print(
-            f"[bold]{label}[/bold] [dim](several lines; finish with a line holding only '.', or Ctrl-D; "
-            "or type @FILE to read a file)[/dim]"
-        )
-        while True:
-            lines: list[str] = []
-            while True:
-                try:
-                    line = self.console.input("[dim]│[/dim] ")
-                except EOFError:
-                    self.console.print()
-                    break
-                except KeyboardInterrupt:
-                    self.console.print()
-                    raise _Cancel from None
-                if line.strip() == ".":
-                    break
-                if not lines and line.startswith("@"):
-                    content = self._read_file(line[1:])
-                    if content is not None:
-                        return content
-                    continue
-                lines.append(line)
-            text = "\n".join(lines).strip("\n")
-            if text.strip():
-                return text
-            self.console.print("[yellow]the text is empty; type it again (Ctrl-C cancels)[/yellow]")
-
-    def _read_file(self, name: str) -> str | None:
-        path = Path(name.strip()).expanduser()
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            self.console.print(f"[red]cannot read {escape(str(path))}:[/red] {escape(str(err))}")
-            return None
-
-    def error(self, err: EdgeJudgeError) -> None:
-        self.console.print(Text.assemble(("error: ", "bold red"), str(err)))
-        if err.hint:
-            self.console.print(Text.assemble(("hint: ", "yellow"), err.hint))
 
     # -- steps -----------------------------------------------------------------------------------------
     def step_model(self) -> None:
@@ -227,7 +95,7 @@ class Wizard:
             for column in ("#", "model", "quant", "size"):
                 table.add_column(column)
             for i, m in enumerate(models, 1):
-                table.add_row(str(i), escape(m.name), m.quant, _size(m.total_bytes))
+                table.add_row(str(i), escape(m.name), m.quant, human_bytes(m.total_bytes))
             self.console.print(table)
         else:
             self.console.print(
@@ -236,7 +104,7 @@ class Wizard:
                 "(or [bold]edgejudge demo[/bold] for a tiny test model)."
             )
         while self.judge is None:
-            _enable_path_completion()
+            enable_path_completion()
             value = self.ask("Model (number, name or path to .gguf)", default="1" if models else None)
             if value.isdigit() and models and 1 <= int(value) <= len(models):
                 value = models[int(value) - 1].key
@@ -258,7 +126,7 @@ class Wizard:
 
     def step_image(self) -> None:
         assert self.judge is not None
-        _enable_path_completion()
+        enable_path_completion()
         while True:
             value = self.ask("Image (path; Tab completes)")
             if not value:
@@ -309,7 +177,7 @@ class Wizard:
                 elif value.lower() == "w":
                     self.rubric = self._write_rubric()
                 elif value.lower() == "f":
-                    _enable_path_completion()
+                    enable_path_completion()
                     self.rubric = load_rubric(Path(self.ask("Rubric file (.toml or .json)")).expanduser())
                 else:
                     self.rubric = load_rubric(value)
@@ -360,7 +228,7 @@ class Wizard:
         elapsed = time.perf_counter() - began
         self.verdict = verdict
         self.console.print(verdict_panel(verdict))
-        self.console.print(f"[dim]{_timing_line(elapsed, verdict)}[/dim]")
+        self.console.print(f"[dim]{timing_line(elapsed, verdict)}[/dim]")
 
     def save(self) -> None:
         if self.verdict is None:
@@ -383,7 +251,7 @@ class Wizard:
         while True:
             try:
                 choice = self.ask(MENU, choices=["a", "r", "i", "s", "q"], default="a")
-            except _Cancel as cancel:
+            except Cancel as cancel:
                 if cancel.eof:  # Ctrl-D at the menu: quit
                     return
                 raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -391,7 +259,7 @@ class Wizard:
                 return
             try:
                 actions[choice]()
-            except _Cancel:
+            except Cancel:
                 self.console.print("[yellow]cancelled[/yellow]")
 
     def _another(self) -> None:
@@ -421,7 +289,7 @@ class Wizard:
             self.step_image()
             self.step_texts()
             self.step_rubric()
-        except _Cancel:
+        except Cancel:
             self.console.print("[yellow]cancelled[/yellow]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         self.judge_now()

@@ -159,7 +159,7 @@ def test_bad_rows_become_error_rows(data: Path) -> None:
     assert summary.errors == 7 and summary.ok == 1 and rows["r8"]["status"] == "ok"
     assert "missing.png" in rows["r1"]["error"] and "not found" in rows["r1"]["error"] and rows["r1"]["hint"]
     assert "corrupt.png" in rows["r2"]["error"]
-    assert rows["r3"]["error"] == "line 3: missing field 'response'"
+    assert rows["r3"]["error"] == "line 3: missing field 'response' or 'orig_response' or 'original_response'"
     assert "no-such-rubric" in rows["r4"]["error"]
     assert "context" in rows["r5"]["error"] and "response" in rows["r5"]["error"]
     assert "score1" in rows["r6"]["error"]

@@ -120,6 +120,11 @@ def test_batch_cli_errors(batch_input: Path, fake_factory: list[FakeEngine]) -> 
     assert usage.exit_code == 2
     fit = CliRunner().invoke(app, ["batch", str(batch_input), "-o", str(out), "--image-fit", "stretch"])
     assert fit.exit_code == 2
+    blocker = batch_input.parent / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    unwritable = CliRunner().invoke(app, ["batch", str(batch_input), "-o", str(blocker / "out.jsonl")])
+    assert unwritable.exit_code == 1 and unwritable.stderr.startswith("error: cannot write the output")
+    assert "hint:" in unwritable.stderr and fake_factory == []  # failed before loading a model
 
 
 def _spawn(batch_input: Path, out: Path, gate: Path, gate_at: int | None) -> tuple[subprocess.Popen, Path]:

@@ -246,3 +246,24 @@ def test_pull_from_local_checkpoint(
     meta = json.loads(verify.stdout)["models"][0]["metadata"]
     assert meta["cls_position"] == meta["runtime_cls_position"]
     assert meta["projector_width"] == meta["n_embd"]
+
+
+def _register_many(prefix: str) -> None:
+    from edgejudge.registry import InstalledModel
+
+    for k in range(10):
+        register(InstalledModel(name=f"{prefix}-{k}", quant="Q8_0", text_model="/x.gguf", mmproj="/m.gguf"))
+
+
+def test_concurrent_writers_lose_no_update() -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_register_many, args=(f"w{i}",)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    names = {m.name for m in load_registry().models}
+    assert names == {f"w{i}-{k}" for i in range(4) for k in range(10)}

@@ -141,7 +141,7 @@ def test_wizard_branches_on_a_fake_engine(work_dir: Path) -> None:
     child = spawn([str(driver), "tui"], work_dir, program=sys.executable, timeout=30)
     child.expect("judge-a")
     child.expect("Q4_K_M")
-    child.expect("1.50 GiB")
+    child.expect("1.6 GB")  # the same decimal units as `edgejudge models list`
     child.expect(r"Model .*\(1\)")
     type_line(child, "")
     child.expect("fake:judge-a:Q4_K_M · image 336px")

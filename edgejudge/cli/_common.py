@@ -20,9 +20,8 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
@@ -40,9 +39,25 @@ from ._console import (
     stderr_console,
     verdict_panel,
 )
+from ._options import (
+    IMAGE_FITS,
+    GenerationOptions,
+    ImageFitOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    MmprojOpt,
+    ModelOpt,
+    NCtxOpt,
+    NGpuLayersOpt,
+    NoGrammarOpt,
+    SamplesOpt,
+    SeedOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    with_generation_options,
+)
 
 if TYPE_CHECKING:
-    from ..engine.base import GenerationParams
     from ..judge import Judge
 
 __all__ = [
@@ -73,6 +88,8 @@ __all__ = [
     "NoGrammarOpt",
     "JsonOpt",
     "GenerationOptions",
+    "IMAGE_FITS",
+    "with_generation_options",
     "JUDGE_FACTORY",
     "build_judge",
     "verdict_panel",
@@ -215,122 +232,6 @@ def examples(*lines: str) -> str:
     """An epilog listing example command lines (each shown on its own line in ``--help``)."""
     body = "\n\n".join(f"  [cyan]$ {escape(line)}[/cyan]" for line in lines)
     return f"[bold]Examples[/bold]\n\n{body}"
-
-
-# --------------------------------------------------------------------------------- shared options
-_GEN = "Generation"
-_MODEL = "Model"
-
-SamplesOpt = Annotated[
-    int,
-    typer.Option(
-        "--samples", min=1, help="Number of verdicts to sample (majority score).", rich_help_panel=_GEN
-    ),
-]
-TemperatureOpt = Annotated[
-    float,
-    typer.Option(
-        "--temperature", min=0.0, help="Sampling temperature; 0 = greedy, reproducible.", rich_help_panel=_GEN
-    ),
-]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Random seed (default: random).", rich_help_panel=_GEN)
-]
-MaxTokensOpt = Annotated[
-    int, typer.Option("--max-tokens", min=8, help="Generation budget in tokens.", rich_help_panel=_GEN)
-]
-ImageFitOpt = Annotated[
-    str,
-    typer.Option(
-        "--image-fit",
-        help="crop: shortest side to the tower's size, centre crop (as in training); pad: keep it all.",
-        rich_help_panel=_GEN,
-        case_sensitive=False,
-    ),
-]
-NoGrammarOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-grammar",
-        help="Do not constrain the output format (the parser reads the score).",
-        rich_help_panel=_GEN,
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Registered model name (name or name:QUANT) or path to the text GGUF.",
-        rich_help_panel=_MODEL,
-    ),
-]
-MmprojOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--mmproj",
-        help="Projector GGUF (found beside the model when named mmproj-<name>-*.gguf).",
-        rich_help_panel=_MODEL,
-    ),
-]
-NGpuLayersOpt = Annotated[
-    int,
-    typer.Option("--n-gpu-layers", help="Layers to offload to the GPU (-1 = all).", rich_help_panel=_MODEL),
-]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option("--threads", min=1, help="CPU threads (default: all cores).", rich_help_panel=_MODEL),
-]
-NCtxOpt = Annotated[
-    int, typer.Option("--n-ctx", min=256, help="Context window in tokens.", rich_help_panel=_MODEL)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-
-IMAGE_FITS = ("crop", "pad")
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """The shared generation/model options of ``judge``, ``batch``, the wizard and ``demo``."""
-
-    model: str | None = None
-    mmproj: Path | None = None
-    samples: int = 1
-    temperature: float = 1.0
-    seed: int | None = None
-    max_tokens: int = 1024
-    image_fit: str = "crop"
-    n_gpu_layers: int = -1
-    threads: int | None = None
-    n_ctx: int = 4096
-    grammar: bool = True
-
-    def __post_init__(self) -> None:
-        fit = self.image_fit.lower()
-        if fit not in IMAGE_FITS:
-            usage_error(
-                f"--image-fit must be one of {', '.join(IMAGE_FITS)}, not {self.image_fit!r}", "--image-fit"
-            )
-        object.__setattr__(self, "image_fit", fit)
-
-    def params(self) -> GenerationParams:
-        from ..engine.base import GenerationParams
-
-        return GenerationParams(
-            temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed, constrained=self.grammar
-        )
-
-    def settings(self) -> dict[str, Any]:
-        """The settings as plain JSON values (for --json outputs and batch records)."""
-        return {
-            "samples": self.samples,
-            "temperature": self.temperature,
-            "seed": self.seed,
-            "max_tokens": self.max_tokens,
-            "image_fit": self.image_fit,
-            "grammar": self.grammar,
-            "n_ctx": self.n_ctx,
-        }
 
 
 #: Tests (and embedders) may replace this with ``callable(options) -> Judge`` to skip the real runtime.

@@ -22,24 +22,14 @@ from rich.text import Text
 from ._common import (
     EXIT_INTERRUPTED,
     GenerationOptions,
-    ImageFitOpt,
     JsonOpt,
-    MaxTokensOpt,
-    MmprojOpt,
-    ModelOpt,
-    NCtxOpt,
-    NGpuLayersOpt,
-    NoGrammarOpt,
-    SamplesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    ThreadsOpt,
     build_judge,
     emit_json,
     examples,
     make_progress,
     status,
     stderr_console,
+    with_generation_options,
 )
 
 __all__ = ["register", "histogram_text"]
@@ -122,13 +112,12 @@ def register(app: typer.Typer) -> None:
             "edgejudge batch bench.jsonl -o out.jsonl --retry-errors --json > summary.json",
         ),
     )
+    @with_generation_options
     def batch(
         input_path: Annotated[
             Path, typer.Argument(metavar="INPUT.jsonl", help="Rows to judge (JSON lines).")
         ],
         output: Annotated[Path, typer.Option("--output", "-o", help="Verdicts (JSON lines, appended).")],
-        model: ModelOpt = None,
-        mmproj: MmprojOpt = None,
         image_root: Annotated[
             Path | None,
             typer.Option("--image-root", help="Folder for relative image paths (default: INPUT's)."),
@@ -143,45 +132,20 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--retry-errors", help="Re-run rows whose last result was an error.")
         ] = False,
         json_out: JsonOpt = False,
-        samples: SamplesOpt = 1,
-        temperature: TemperatureOpt = 1.0,
-        seed: SeedOpt = None,
-        max_tokens: MaxTokensOpt = 1024,
-        image_fit: ImageFitOpt = "crop",
-        n_gpu_layers: NGpuLayersOpt = -1,
-        threads: ThreadsOpt = None,
-        n_ctx: NCtxOpt = 4096,
-        no_grammar: NoGrammarOpt = False,
+        *,
+        options: GenerationOptions,
     ) -> None:
-        from ..batch import BatchEvent, run_batch
+        from ..batch import BatchEvent, check_output, run_batch
         from ..errors import InputError
         from ..rubric import load_rubric
 
-        options = GenerationOptions(
-            model=model,
-            mmproj=mmproj,
-            samples=samples,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            image_fit=image_fit,
-            n_gpu_layers=n_gpu_layers,
-            threads=threads,
-            n_ctx=n_ctx,
-            grammar=not no_grammar,
-        )
         if not input_path.is_file():
             raise InputError(f"input file not found: {input_path}", hint="check the path of the JSONL file")
         default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
-        extra = [
-            arg
-            for arg in (
-                f"--rubric={rubric}" if rubric else "",
-                f"--image-root={image_root}" if image_root else "",
-            )
-            if arg
-        ]
-        resume = _resume_command(input_path, output, extra)
+        check_output(input_path, output)
+        given = {"--rubric": rubric, "--image-root": image_root, "--limit": limit}
+        extra = [f"{flag}={value}" for flag, value in given.items() if value is not None]
+        resume = _resume_command(input_path, output, [*extra, *options.cli_args()])
         console = stderr_console()
 
         with status("loading the judge model…"):
@@ -248,14 +212,14 @@ def register(app: typer.Typer) -> None:
             console.print(
                 "[yellow]interrupted:[/yellow] the row in flight was dropped; finished rows are saved."
             )
-            console.print(f"resume with: {escape(resume)}  (same options)", soft_wrap=True)
+            console.print(f"resume with: {escape(resume)}", soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         _print_summary(summary.to_dict())
         if json_out:
             emit_json(summary.to_dict())
         if summary.stopped:
             console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
-            console.print(f"resume with: {escape(resume)}  (same options)", soft_wrap=True)
+            console.print(f"resume with: {escape(resume)}", soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED)
 
 

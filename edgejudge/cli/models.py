@@ -309,14 +309,16 @@ def register(app: typer.Typer) -> None:
         from dataclasses import replace
 
         from ..modelops import installed_for
-        from ..registry import load_registry, save_registry
+        from ..registry import Registry, update_registry
 
         gone = installed_for(name)
-        reg = load_registry()
         keys = {m.key for m in gone}
-        default = None if reg.default in keys or reg.default in {m.name for m in gone} else reg.default
-        kept = tuple(m for m in reg.models if m.key not in keys)
-        save_registry(replace(reg, models=kept, default=default))
+
+        def drop(reg: Registry) -> Registry:
+            default = None if reg.default in keys or reg.default in {m.name for m in gone} else reg.default
+            return replace(reg, models=tuple(m for m in reg.models if m.key not in keys), default=default)
+
+        kept = update_registry(drop).models
         still_used = {p for m in kept for p in m.paths}  # an mmproj may serve several quantizations
         for entry in gone:
             if delete_files:

@@ -7,21 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from ._common import (
-    GenerationOptions,
-    ImageFitOpt,
-    MaxTokensOpt,
-    MmprojOpt,
-    ModelOpt,
-    NCtxOpt,
-    NGpuLayersOpt,
-    NoGrammarOpt,
-    SamplesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    ThreadsOpt,
-    examples,
-)
+from ._common import GenerationOptions, examples, with_generation_options
 
 __all__ = ["register"]
 
@@ -40,32 +26,8 @@ def register(app: typer.Typer) -> None:
         help=HELP,
         epilog=examples("edgejudge tui", "edgejudge tui --model prometheus-vision-7b --temperature 0"),
     )
-    def tui(
-        model: ModelOpt = None,
-        mmproj: MmprojOpt = None,
-        samples: SamplesOpt = 1,
-        temperature: TemperatureOpt = 1.0,
-        seed: SeedOpt = None,
-        max_tokens: MaxTokensOpt = 1024,
-        image_fit: ImageFitOpt = "crop",
-        n_gpu_layers: NGpuLayersOpt = -1,
-        threads: ThreadsOpt = None,
-        n_ctx: NCtxOpt = 4096,
-        no_grammar: NoGrammarOpt = False,
-    ) -> None:
+    @with_generation_options
+    def tui(*, options: GenerationOptions) -> None:
         from ..tui import run_wizard
 
-        options = GenerationOptions(
-            model=model,
-            mmproj=mmproj,
-            samples=samples,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            image_fit=image_fit,
-            n_gpu_layers=n_gpu_layers,
-            threads=threads,
-            n_ctx=n_ctx,
-            grammar=not no_grammar,
-        )
         run_wizard(options=options)

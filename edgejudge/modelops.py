@@ -83,19 +83,10 @@ def _source_for(name: str, source: str | None) -> tuple[str, str]:
 
 
 def _download(repo: str, revision: str, progress: ProgressFn | None) -> Path:
-    from .convert.source import CHECKPOINT_PATTERNS, resolve_source
+    """The checkpoint of a known judge at ``revision`` ("main" = the default branch), via the hub cache."""
+    from .convert.source import resolve_source
 
-    if revision == "main":
-        return resolve_source(repo, progress=progress)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=list(CHECKPOINT_PATTERNS)))
-    except Exception as err:  # noqa: BLE001 - every hub failure becomes one clear error
-        raise ModelNotFoundError(
-            f"could not download {repo}@{revision}: {err}",
-            hint="check the network (or unset HF_HUB_OFFLINE) and retry; downloads resume where they stopped",
-        ) from err
+    return resolve_source(repo, progress=progress, revision=None if revision == "main" else revision)
 
 
 def pull_model(

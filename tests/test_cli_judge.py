@@ -129,6 +129,39 @@ def test_inline_rubric_and_response_file(fake: FakeEngine, image: Path, work_dir
     assert "It is a cat,\non a mat." in result.stdout
 
 
+def test_unreadable_response_file_names_the_option(fake: FakeEngine, image: Path, work_dir: Path) -> None:
+    missing = ["judge", str(image), "-i", "What?", "--response-file", str(work_dir / "none.txt")]
+    result = runner.invoke(app, missing)
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = _one_line_error(result)
+    assert lines[0].startswith("error: --response-file not found:") and "none.txt" in lines[0]
+    binary = work_dir / "answer.bin"
+    binary.write_bytes(b"\xff\xfe\x00 not utf-8")
+    result = runner.invoke(app, ["judge", str(image), "-i", "What?", "--response-file", str(binary)])
+    assert result.exit_code == 1
+    lines = _one_line_error(result)
+    assert lines[0].startswith(f"error: cannot read --response-file {binary}:")
+    assert lines[1] == "hint: pass a UTF-8 text file"
+    assert not fake.history
+
+
+def test_panel_names_the_registered_model(
+    monkeypatch: pytest.MonkeyPatch, image: Path, tiny_gguf: tuple[Path, Path]
+) -> None:
+    from edgejudge.registry import make_entry, register
+
+    factory = lambda options: Judge(FakeEngine(model_name="fake-judge"))  # noqa: E731
+    monkeypatch.setattr(_common, "JUDGE_FACTORY", factory)
+    register(make_entry("tinyjudge", *tiny_gguf, hash_files=False))
+    result = runner.invoke(app, ["judge", str(image), *BASE, "-m", "tinyjudge"])
+    assert result.exit_code == 0, result.stderr
+    assert "tinyjudge:F16 · rubric vqa-helpfulness" in result.stderr  # the whole subtitle, not cut off
+    # a model given by path keeps the verdict's own model name
+    result = runner.invoke(app, ["judge", str(image), *BASE, "-m", str(tiny_gguf[0])])
+    assert result.exit_code == 0, result.stderr
+    assert "fake-judge · rubric vqa-helpfulness" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
@@ -363,3 +396,16 @@ def test_judge_on_the_tiny_real_model(tiny_gguf: tuple[Path, Path], image: Path)
     again = runner.invoke(app, [a for a in args if a not in ("--mmproj", str(mmproj))])
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["raw_output"] == data["raw_output"]
+
+
+def test_tiny_generation_budget_still_yields_a_score(tiny_gguf: tuple[Path, Path], image: Path) -> None:
+    """--max-tokens below 8 is allowed: the engine forces the ``[RESULT] d`` tail within any budget."""
+    text, mmproj = tiny_gguf
+    args = ["judge", str(image), *BASE, "--model", str(text), "--mmproj", str(mmproj)]
+    result = runner.invoke(
+        app, [*args, "--max-tokens", "3", "--json", "--temperature", "0", "--threads", "2"]
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["score"] in range(1, 6)
+    assert data["raw_output"].rstrip().endswith(f"[RESULT] {data['score']}")

@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from .. import config
-from ..errors import EdgeJudgeError
+from ..errors import EdgeJudgeError, InputError
 from ._console import (
     FeedbackStream,
     StageProgress,
@@ -39,23 +39,7 @@ from ._console import (
     stderr_console,
     verdict_panel,
 )
-from ._options import (
-    IMAGE_FITS,
-    GenerationOptions,
-    ImageFitOpt,
-    JsonOpt,
-    MaxTokensOpt,
-    MmprojOpt,
-    ModelOpt,
-    NCtxOpt,
-    NGpuLayersOpt,
-    NoGrammarOpt,
-    SamplesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    ThreadsOpt,
-    with_generation_options,
-)
+from ._options import IMAGE_FITS, GenerationOptions, JsonOpt, with_generation_options
 
 if TYPE_CHECKING:
     from ..judge import Judge
@@ -75,23 +59,14 @@ __all__ = [
     "examples",
     "reflow",
     "make_progress",
-    "SamplesOpt",
-    "TemperatureOpt",
-    "SeedOpt",
-    "MaxTokensOpt",
-    "ImageFitOpt",
-    "NGpuLayersOpt",
-    "ThreadsOpt",
-    "ModelOpt",
-    "MmprojOpt",
-    "NCtxOpt",
-    "NoGrammarOpt",
+    "read_text_file",
     "JsonOpt",
     "GenerationOptions",
     "IMAGE_FITS",
     "with_generation_options",
     "JUDGE_FACTORY",
     "build_judge",
+    "registered_name",
     "verdict_panel",
     "score_table",
     "FeedbackStream",
@@ -228,6 +203,20 @@ def make_app(name: str, help: str, *, epilog: str | None = None, **kwargs: Any) 
     )
 
 
+def read_text_file(path: Path, *, option: str | None = None) -> str:
+    """The UTF-8 text of ``path`` (``-`` = stdin). Errors name ``option`` (e.g. ``--response-file``)
+    when the file came from one, else just the path."""
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{option or 'file'} not found: {path}", hint="check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        where = f"{option} {path}" if option else str(path)
+        raise InputError(f"cannot read {where}: {err}", hint="pass a UTF-8 text file") from None
+
+
 def examples(*lines: str) -> str:
     """An epilog listing example command lines (each shown on its own line in ``--help``)."""
     body = "\n\n".join(f"  [cyan]$ {escape(line)}[/cyan]" for line in lines)
@@ -254,3 +243,19 @@ def build_judge(options: GenerationOptions) -> Judge:
         n_threads=options.threads,
         n_gpu_layers=options.n_gpu_layers,
     )
+
+
+def registered_name(options: GenerationOptions) -> str | None:
+    """The registry key (``name:QUANT``) of the model ``options`` names (or the default model), for
+    display; None when it was given as a file path, is not registered or cannot be resolved."""
+    from ..registry import load_registry, resolve_model
+
+    value = options.model
+    if value is not None and (value.lower().endswith(".gguf") or "/" in value or os.sep in value):
+        return None
+    try:
+        text, _ = resolve_model(value, mmproj=options.mmproj)
+        entries = load_registry().models
+    except EdgeJudgeError:
+        return None
+    return next((m.key for m in entries if Path(m.text_model).resolve() == text.resolve()), None)

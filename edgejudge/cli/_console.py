@@ -77,8 +77,16 @@ def score_table(score_probs: Mapping[int, float] | None, chosen: int | None, *, 
     return table
 
 
-def verdict_panel(verdict: Verdict, *, title: str = "Verdict") -> Panel:
-    """The verdict for people: feedback, the score, a bar per score probability and the expected score."""
+#: The verdict panel spans the terminal up to this many columns (room for the feedback and the subtitle).
+PANEL_WIDTH = 100
+
+
+def verdict_panel(verdict: Verdict, *, title: str = "Verdict", model: str | None = None) -> Panel:
+    """The verdict for people: feedback, the score, a bar per score probability and the expected score.
+
+    The subtitle names ``model`` (e.g. the registered ``name:QUANT`` the CLI resolved) or else the
+    verdict's own model name (the file stem), and the rubric.
+    """
     parts: list[RenderableType] = [Text(verdict.feedback.strip() or "(no feedback)")]
     headline = Text()
     headline.append("Score ", style="bold")
@@ -97,8 +105,15 @@ def verdict_panel(verdict: Verdict, *, title: str = "Verdict") -> Panel:
         parts.append(Text("no reference answer was given", style="dim"))
     for warning in verdict.warnings:
         parts.append(Text(f"warning: {warning}", style="yellow"))
-    subtitle = f"{verdict.model} · rubric {verdict.rubric}"
-    return Panel(Group(*parts), title=title, subtitle=escape(subtitle), border_style="green", expand=False)
+    subtitle = f"{model or verdict.model} · rubric {verdict.rubric}"
+    return Panel(
+        Group(*parts),
+        title=title,
+        subtitle=escape(subtitle),
+        border_style="green",
+        expand=True,  # a panel shrunk to its content would cut the subtitle off
+        width=PANEL_WIDTH,
+    )
 
 
 class FeedbackStream:

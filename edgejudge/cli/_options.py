@@ -58,7 +58,7 @@ SeedOpt = Annotated[
     int | None, typer.Option("--seed", help="Random seed (default: random).", rich_help_panel=_GEN)
 ]
 MaxTokensOpt = Annotated[
-    int, typer.Option("--max-tokens", min=8, help="Generation budget in tokens.", rich_help_panel=_GEN)
+    int, typer.Option("--max-tokens", min=1, help="Generation budget in tokens.", rich_help_panel=_GEN)
 ]
 ImageFitOpt = Annotated[
     str,

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         rebuild: Annotated[bool, typer.Option("--rebuild", help="Build the demo judge again.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed for the picture and the sampling.")] = 0,
-        max_tokens: Annotated[int, typer.Option("--max-tokens", min=8, help="Generation budget.")] = 48,
+        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Generation budget.")] = 48,
         as_json: JsonOpt = False,
     ) -> None:
         """Try the whole pipeline offline in seconds: a tiny random-weight judge judges a generated picture.

@@ -13,29 +13,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import InputError
 from ._common import (
     FeedbackStream,
     GenerationOptions,
-    ImageFitOpt,
     JsonOpt,
-    MaxTokensOpt,
-    MmprojOpt,
-    ModelOpt,
-    NCtxOpt,
-    NGpuLayersOpt,
-    NoGrammarOpt,
-    SamplesOpt,
-    SeedOpt,
-    TemperatureOpt,
-    ThreadsOpt,
     build_judge,
     emit_json,
     examples,
+    read_text_file,
+    registered_name,
     status,
     stderr_console,
     usage_error,
     verdict_panel,
+    with_generation_options,
 )
 
 if TYPE_CHECKING:
@@ -60,14 +51,7 @@ def read_text_arg(value: str | None, file: Path | None, name: str) -> str | None
         usage_error(f"give --{name} or --{name}-file, not both", f"--{name}")
     if file is None:
         return value
-    if str(file) == "-":
-        return sys.stdin.read()
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"--{name}-file not found: {file}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read --{name}-file {file}: {err}", hint="pass a UTF-8 text file") from None
+    return read_text_file(file, option=f"--{name}-file")
 
 
 def choose_rubric(rubric: str | None, criteria: str | None, scores: list[str | None]) -> Rubric:
@@ -100,6 +84,7 @@ def register(app: typer.Typer) -> None:
             'edgejudge judge cat.jpg -i "?" --response "A cat." --samples 3 -m prometheus-vision-13b',
         ),
     )
+    @with_generation_options
     def judge(
         image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image the response is about.")],
         instruction: Annotated[
@@ -146,22 +131,13 @@ def register(app: typer.Typer) -> None:
         score3: _ScoreOpt = None,
         score4: _ScoreOpt = None,
         score5: _ScoreOpt = None,
-        model: ModelOpt = None,
-        mmproj: MmprojOpt = None,
-        samples: SamplesOpt = 1,
-        temperature: TemperatureOpt = 1.0,
-        seed: SeedOpt = None,
-        max_tokens: MaxTokensOpt = 1024,
-        image_fit: ImageFitOpt = "crop",
-        n_gpu_layers: NGpuLayersOpt = -1,
-        threads: ThreadsOpt = None,
-        n_ctx: NCtxOpt = 4096,
-        no_grammar: NoGrammarOpt = False,
         print_prompt: Annotated[
             bool,
             typer.Option("--print-prompt", help="Print the exact prompt text on stdout and exit (no model)."),
         ] = False,
         as_json: JsonOpt = False,
+        *,
+        options: GenerationOptions,
     ) -> None:
         """Judge one response to one image: feedback, a score 1-5 and the probability of each score.
 
@@ -175,19 +151,6 @@ def register(app: typer.Typer) -> None:
                 "give the response to judge with --response TEXT or --response-file FILE", "--response"
             )
         the_rubric = choose_rubric(rubric, criteria, [score1, score2, score3, score4, score5])
-        options = GenerationOptions(
-            model=model,
-            mmproj=mmproj,
-            samples=samples,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            image_fit=image_fit,
-            n_gpu_layers=n_gpu_layers,
-            threads=threads,
-            n_ctx=n_ctx,
-            grammar=not no_grammar,
-        )
         if print_prompt:
             from ..prompt import full_conversation, render_judge_prompt
 
@@ -208,7 +171,7 @@ def register(app: typer.Typer) -> None:
                 response=text,
                 rubric=the_rubric,
                 reference=reference,
-                samples=samples,
+                samples=options.samples,
                 params=options.params(),
                 on_text=stream.on_text if stream.enabled else None,
             )
@@ -217,5 +180,5 @@ def register(app: typer.Typer) -> None:
                 console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
             emit_json(verdict.to_dict())
         else:
-            console.print(verdict_panel(verdict))
+            console.print(verdict_panel(verdict, model=registered_name(options)))
             typer.echo("" if verdict.score is None else str(verdict.score))

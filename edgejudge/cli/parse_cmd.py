@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
-from ._common import EXIT_ERROR, examples, stderr_console, usage_error
+from ._common import EXIT_ERROR, examples, read_text_file, stderr_console, usage_error
 
 __all__ = ["register", "parse_record"]
 
@@ -40,13 +40,7 @@ def _read_text(file: Path | None) -> str:
     if file is None or str(file) == "-":
         if sys.stdin.isatty():
             usage_error("give a FILE, or pipe the judge's output into stdin", "FILE")
-        return sys.stdin.read()
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"file not found: {file}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read {file}: {err}", hint="pass a UTF-8 text file") from None
+    return read_text_file(file or Path("-"))
 
 
 def _jsonl(path: Path, field: str) -> int:

@@ -80,7 +80,8 @@ def image_digest(path: Path) -> str:
 
 
 def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
-    """The resume key: sha256 over the id, the image bytes' hash, the text fields, the rubric and settings."""
+    """The resume key: sha256 over the id, the image bytes' hash, the text fields, the rubric, the settings
+    and the pass-through fields (so a corrected gold score reaches the output row)."""
     rubric = row.rubric
     payload = {
         "id": row.id,
@@ -92,6 +93,7 @@ def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
         "problem": row.problem,
         "source": row.source_sha256,
         "settings": settings,
+        "extra": [list(pair) for pair in row.extra],
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -135,7 +137,9 @@ def read_input_rows(
     if limit is not None and limit < 0:
         raise InputError(f"limit must not be negative, got {limit}", hint="pass --limit 1 or more")
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        # split on "\n" only: str.splitlines also breaks at U+2028/U+2029/U+0085, which JSON strings may
+        # hold unescaped (json.dumps(..., ensure_ascii=False) writes them raw)
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     except FileNotFoundError:
         raise InputError(f"input file not found: {path}", hint="check the path of the JSONL file") from None
     except OSError as exc:

@@ -175,6 +175,7 @@ def settings_of(judge: Judge, params: GenerationParams, samples: int) -> dict[st
         "seed": params.seed,
         "samples": samples,
         "max_tokens": params.max_tokens,
+        "repeat_penalty": params.repeat_penalty,
         "image_fit": judge.image_fit,
         "grammar": params.constrained,
     }
@@ -182,7 +183,8 @@ def settings_of(judge: Judge, params: GenerationParams, samples: int) -> dict[st
 
 def check_output(input_path: str | Path, output_path: str | Path) -> None:
     """Fail early (before a model is loaded) unless ``output_path`` can be appended to: a file, not the
-    input, in a folder that exists or can be made. Creates the folder and an empty file if missing."""
+    input, in a folder that exists or can be made. Creates the folder if missing; a probe file made here is
+    removed again, so a command that fails later (e.g. loading the model) leaves no empty output behind."""
     output_path = Path(output_path)
     if output_path.is_dir():
         raise InputError(
@@ -190,10 +192,13 @@ def check_output(input_path: str | Path, output_path: str | Path) -> None:
         )
     if output_path.resolve() == Path(input_path).resolve():
         raise InputError("the output file is the input file", hint="pass a different --output path")
+    existed = output_path.exists()
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         with output_path.open("ab"):
             pass
+        if not existed:
+            output_path.unlink()
     except OSError as err:
         raise InputError(
             f"cannot write the output {output_path}: {err.strerror or err}",

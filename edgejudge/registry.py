@@ -159,6 +159,8 @@ def load_registry() -> Registry:
         return Registry()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         models = tuple(InstalledModel(**m) for m in data.get("models", []))
         default = data.get("default")
     except (ValueError, TypeError) as err:

@@ -286,6 +286,14 @@ def write_report(
         raise InputError(
             f"results file not found: {results_path}", hint="pass the OUT.jsonl of edgejudge batch"
         )
+    if output_path.is_dir():
+        raise InputError(
+            f"the report path is a folder: {output_path}", hint="pass a file name, e.g. report.html"
+        )
+    if output_path.resolve() == results_path.resolve():
+        raise InputError(
+            "the report would overwrite the results file", hint="pass a different --output, e.g. report.html"
+        )
     rows = list(read_results(results_path).values())
     if not rows:
         raise InputError(
@@ -299,8 +307,14 @@ def write_report(
         image_root=image_root,
         results_dir=results_path.parent,
     )
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+    except OSError as err:
+        raise InputError(
+            f"cannot write the report {output_path}: {err.strerror or err}",
+            hint="pass an --output path in a folder you can write to",
+        ) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(page)

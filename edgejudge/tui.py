@@ -238,9 +238,13 @@ class Wizard(Prompter):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.verdict.to_json(indent=2) + "\n")
-            os.replace(tmp, target)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(self.verdict.to_json(indent=2) + "\n")
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)  # never leave a partial file behind
+                raise
         except OSError as err:
             self.console.print(f"[red]cannot write {escape(str(target))}:[/red] {escape(str(err))}")
             return

@@ -319,3 +319,29 @@ def test_duplicate_ids_and_samples(data: Path) -> None:
     assert summary.ok == 2 and len(engine.history) == 6
     assert len(rows["r2"]["samples"]) == 3 and rows["r2"]["settings"]["samples"] == 3
     assert 0 < rows["r2"]["agreement"] <= 1
+
+
+def test_resume_key_covers_repeat_penalty_and_gold_scores(data: Path) -> None:
+    inp = write_jsonl(data / "in.jsonl", [native(1, orig_score=2), native(2, orig_score=5)])
+    out = data / "out.jsonl"
+    judge, _ = fake_judge()
+    params = GenerationParams(temperature=0)
+    assert run_batch(judge, inp, out, default_rubric="vqa-helpfulness", params=params).judged == 2
+    assert run_batch(judge, inp, out, default_rubric="vqa-helpfulness", params=params).judged == 0
+    penalised = GenerationParams(temperature=0, repeat_penalty=1.3)
+    again = run_batch(judge, inp, out, default_rubric="vqa-helpfulness", params=penalised)
+    assert again.judged == 2 and read_results(out)["r1"]["settings"]["repeat_penalty"] == 1.3
+
+    write_jsonl(inp, [native(1, orig_score=3), native(2, orig_score=5)])  # a corrected gold score
+    fixed = run_batch(judge, inp, out, default_rubric="vqa-helpfulness", params=penalised)
+    assert (fixed.skipped, fixed.judged) == (1, 1) and read_results(out)["r1"]["orig_score"] == 3
+
+
+def test_line_separators_inside_json_strings_stay_in_their_row(data: Path) -> None:
+    rows = [native(1, response="first\u2028second\u2029third\x85end"), native(2)]
+    inp = data / "in.jsonl"
+    inp.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    summary = run_batch(fake_judge()[0], inp, data / "out.jsonl", default_rubric="vqa-helpfulness")
+    assert (summary.total, summary.ok, summary.errors) == (2, 2, 0)
+    results = read_results(data / "out.jsonl")
+    assert results["r1"]["response"] == "first\u2028second\u2029third\x85end" and results["r2"]["line"] == 2

@@ -201,3 +201,18 @@ def test_batch_sigint_finishes_row_in_flight_then_exits_130(batch_input: Path, w
     assert proc.wait(timeout=60) == 0
     ids = _ids(out)
     assert len(ids) == len(set(ids)) == 10
+
+
+def test_a_model_that_fails_to_load_leaves_no_output_file(
+    batch_input: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgejudge.errors import ModelNotFoundError
+
+    def no_model(options: object) -> Judge:
+        raise ModelNotFoundError("model file not found: nope.gguf", hint="check the path")
+
+    monkeypatch.setattr(common, "JUDGE_FACTORY", no_model)
+    out = batch_input.parent / "new" / "out.jsonl"
+    result = CliRunner().invoke(app, ["batch", str(batch_input), "-o", str(out), "-r", "vqa-helpfulness"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: model file not found")
+    assert not out.exists() and out.parent.is_dir()

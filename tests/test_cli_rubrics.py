@@ -47,3 +47,19 @@ def test_unknown_and_malformed(work_dir: Path) -> None:
     bad.write_text('criteria = "x"\nscore1 = "a"\n', encoding="utf-8")
     result = runner.invoke(app, ["rubrics", "show", str(bad)])
     assert result.exit_code == 1 and "score2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_show_prints_user_text_with_brackets_as_written(work_dir: Path) -> None:
+    mine = work_dir / "brackets.json"
+    descriptions = {f"score{k}": f"level {k} [b]not bold[/b] [/x]" for k in range(1, 6)}
+    mine.write_text(json.dumps({"criteria": "Uses [RESULT] tags?", **descriptions}), encoding="utf-8")
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["rubrics", "show", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert "level 5 [b]not bold[/b] [/x]" in result.stderr and "Uses [RESULT] tags?" in result.stderr
+
+
+def test_parse_jsonl_names_a_bracketed_field_as_given(work_dir: Path) -> None:
+    rows = work_dir / "rows.jsonl"
+    rows.write_text('{"other": 1}\n', encoding="utf-8")
+    result = runner.invoke(app, ["parse", "--jsonl", str(rows), "--field", "[/x]"])
+    assert result.exit_code == 1 and "field '[/x]' is missing" in result.stderr

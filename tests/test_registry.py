@@ -267,3 +267,22 @@ def test_concurrent_writers_lose_no_update() -> None:
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
     names = {m.name for m in load_registry().models}
     assert names == {f"w{i}-{k}" for i in range(4) for k in range(10)}
+
+
+@pytest.mark.parametrize("content", ["[]", '"text"', "{broken", '{"models": [1]}'])
+def test_a_damaged_registry_is_one_error_line(content: str) -> None:
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(app, ["models", "list"])
+    assert result.exit_code == 1, result.output
+    assert "model registry" in result.stderr and "is unreadable" in result.stderr
+    assert "hint:" in result.stderr and "unexpected" not in result.stderr
+
+
+def test_models_list_prints_a_source_with_brackets_as_typed(work_dir: Path) -> None:
+    text, mmproj = make_pair(work_dir)
+    register(make_entry("judge", text, mmproj, source="/data/[old]/ckpt[/x]", hash_files=False))
+    result = CliRunner(env={"COLUMNS": "240"}).invoke(app, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    assert "/data/[old]/ckpt[/x]" in result.stderr

@@ -179,3 +179,17 @@ def test_report_renders_in_headless_chromium(results: Path, work_dir: Path) -> N
     assert len(colours) > 20  # thumbnails, score colours and text rendered
     red_badges = np.all(np.abs(pixels - (180, 35, 24)) < 12, axis=-1).sum()
     assert red_badges > 500  # the error cards' red badges/borders are drawn
+
+
+def test_report_never_overwrites_the_results_or_a_folder(results: Path, work_dir: Path) -> None:
+    before = results.read_bytes()
+    same = CliRunner().invoke(app, ["report", str(results), "-o", str(results)])
+    assert same.exit_code == 1 and "overwrite the results file" in same.stderr and "hint:" in same.stderr
+    assert results.read_bytes() == before
+    folder = CliRunner().invoke(app, ["report", str(results), "-o", str(work_dir)])
+    assert folder.exit_code == 1 and "is a folder" in folder.stderr and "unexpected" not in folder.stderr
+    blocked = work_dir / "blocker"
+    blocked.write_text("a file, not a folder")
+    nested = CliRunner().invoke(app, ["report", str(results), "-o", str(blocked / "r.html")])
+    assert nested.exit_code == 1 and "cannot write the report" in nested.stderr
+    assert "unexpected" not in nested.stderr

@@ -213,3 +213,28 @@ def test_wizard_needs_a_terminal(args: list[str]) -> None:
     result = CliRunner().invoke(app, args, input="")
     assert result.exit_code == 2
     assert "edgejudge judge" in result.stderr and "terminal" in result.stderr
+
+
+def test_wizard_save_leaves_no_temp_file_when_it_fails(work_dir: Path) -> None:
+    from rich.console import Console
+
+    from edgejudge.cli._common import GenerationOptions
+    from edgejudge.engine.fake import FakeEngine
+    from edgejudge.judge import Judge
+    from edgejudge.tui import Wizard
+
+    judge = Judge(FakeEngine())
+    verdict = judge.evaluate(
+        synthetic_image(64, seed=1), instruction="Q", response="R", rubric="vqa-helpfulness"
+    )
+    console = Console(record=True, width=200, force_terminal=False)
+    wizard = Wizard(console, lambda options: judge, GenerationOptions())
+    wizard.verdict = verdict
+    (work_dir / "taken").mkdir()  # the chosen name is an existing folder: os.replace fails
+    for target in ("taken", "ok.json"):
+        wizard.ask = lambda label, target=target, **kwargs: str(work_dir / target)  # type: ignore[method-assign]
+        wizard.save()
+    text = console.export_text()
+    assert "cannot write" in text and "saved" in text
+    assert json.loads((work_dir / "ok.json").read_text())["score"] == verdict.score
+    assert sorted(p.name for p in work_dir.iterdir()) == ["ok.json", "taken"]

@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
             f"in {result.seconds:.1f}s",
             highlight=False,
         )
-        console.print(f"  text model: {result.text_model}", highlight=False)
-        console.print(f"  mmproj:     {result.mmproj}", highlight=False)
+        console.print(f"  text model: {result.text_model}", highlight=False, markup=False)
+        console.print(f"  mmproj:     {result.mmproj}", highlight=False, markup=False)
         data = result.to_dict()
         if register_it:
             from ..registry import make_entry, register

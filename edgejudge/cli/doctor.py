@@ -109,9 +109,9 @@ def register(app: typer.Typer) -> None:
             if report.models:
                 console.print(models)
             for note in report.notes:
-                console.print(f"note: {note}", style="dim", highlight=False)
+                console.print(f"note: {note}", style="dim", highlight=False, markup=False)
             for problem in report.problems:
-                console.print(f"problem: {problem}", style="bold red", highlight=False)
+                console.print(f"problem: {problem}", style="bold red", highlight=False, markup=False)
             if not report.problems:
                 console.print("[green]all checks passed[/green]")
         if report.problems:

@@ -177,7 +177,9 @@ def register(app: typer.Typer) -> None:
             )
         if as_json:
             for warning in verdict.warnings:  # people still hear about them; the JSON carries them too
-                console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+                console.print(
+                    f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True, markup=False
+                )
             emit_json(verdict.to_dict())
         else:
             console.print(verdict_panel(verdict, model=registered_name(options)))

@@ -89,7 +89,8 @@ def _list_tables(data: dict[str, Any]) -> list[Table]:
         if m["default"]:
             name.append(" (default)", style="green")
         files = Text("present", style="green") if m["present"] else Text("MISSING", style="bold red")
-        inst.add_row(name, m["quant"], human_bytes(m["bytes"]), m["sha256"], files, m["source"])
+        # Text, not markup: a source path such as ``ckpt[/x]`` must print as typed, not as a Rich tag
+        inst.add_row(name, m["quant"], human_bytes(m["bytes"]), m["sha256"], files, Text(m["source"]))
     known = Table(
         title="Known judges (edgejudge models pull NAME)", title_justify="left", box=box.SIMPLE_HEAD
     )
@@ -218,9 +219,9 @@ def register(app: typer.Typer) -> None:
                 style = "green" if r.ok else "bold red"
                 console.print(Text.assemble((f"{r.status:>9} ", style), r.key))
                 for problem in r.problems:
-                    console.print(f"          problem: {problem}", style="red", highlight=False)
+                    console.print(f"          problem: {problem}", style="red", highlight=False, markup=False)
                 for note in r.notes:
-                    console.print(f"          note: {note}", style="dim", highlight=False)
+                    console.print(f"          note: {note}", style="dim", highlight=False, markup=False)
         if not all(r.ok for r in reports):
             raise typer.Exit(EXIT_ERROR)
 
@@ -260,14 +261,18 @@ def register(app: typer.Typer) -> None:
 
         if name is not None:
             entry = set_default(name)
-            stderr_console().print(f"default model: {name} ({entry.text_model})", highlight=False)
+            stderr_console().print(
+                f"default model: {name} ({entry.text_model})", highlight=False, markup=False
+            )
         current = load_registry().default
         if as_json:
             emit_json({"default": current, "env": config.default_model()})
         elif name is None:
             typer.echo(current or "")
             if config.default_model():
-                stderr_console().print(f"note: EDGEJUDGE_DEFAULT_MODEL={config.default_model()} overrides it")
+                stderr_console().print(
+                    f"note: EDGEJUDGE_DEFAULT_MODEL={config.default_model()} overrides it", markup=False
+                )
 
     @models.command(
         "add",

@@ -79,5 +79,5 @@ def register(app: typer.Typer) -> None:
         table.add_column(justify="right", style="bold cyan")
         table.add_column()
         for k, text in enumerate(rubric.descriptions, start=1):
-            table.add_row(f"Score {k}", text)
+            table.add_row(f"Score {k}", Text(text))
         console.print(table)

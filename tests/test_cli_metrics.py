@@ -113,3 +113,43 @@ def test_metrics_nothing_matched_is_an_error(work_dir: Path) -> None:
     )
     result = runner.invoke(app, ["metrics", str(pred), str(gold)])
     assert result.exit_code == 2  # --gold-field is required
+
+
+def test_metrics_unreadable_files_are_one_error_line(work_dir: Path) -> None:
+    gold = _write(work_dir / "g.jsonl", [{"id": "a", "orig_score": 3}])
+    latin = work_dir / "latin1.jsonl"
+    latin.write_bytes(b'{"id": "a", "score": 3, "note": "caf\xe9"}\n')
+    for pred in (latin, work_dir):
+        result = runner.invoke(app, ["metrics", str(pred), str(gold), "--gold-field", "orig_score"])
+        assert result.exit_code == 1, result.output
+        assert (
+            result.stderr.startswith(f"error: cannot read {pred}") and "hint: pass a UTF-8" in result.stderr
+        )
+
+
+def test_metrics_duplicate_ids_preds_last_gold_first(work_dir: Path) -> None:
+    # a resumed batch output holds a failed row and its retried row; the gold file repeats an id by mistake
+    pred = _write(
+        work_dir / "p.jsonl",
+        [
+            {"id": "a", "status": "error"},
+            {"id": "a", "score": 5},
+            {"id": "b", "score": 2},
+            {"id": "c", "score": 3},
+        ],
+    )
+    gold = _write(
+        work_dir / "g.jsonl",
+        [
+            {"id": "a", "orig_score": 5},
+            {"id": "b", "orig_score": 2},
+            {"id": "b", "orig_score": 1},
+            {"id": "c", "orig_score": 3},
+        ],
+    )
+    result = runner.invoke(app, ["metrics", str(pred), str(gold), "--gold-field", "orig_score", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["n"] == 3 and data["failed_pred"] == 0 and data["exact_agreement"] == 1.0
+    assert data["malformed_lines"] == 1
+    assert "g.jsonl:3: duplicate id 'b' ignored" in result.stderr

@@ -45,30 +45,42 @@ class Joined:
     malformed_lines: tuple[str, ...]
 
 
-def read_rows(path: Path, id_field: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``{id: row}`` of a JSONL file (last row per id wins) and the malformed lines ("file:line: why")."""
+def read_rows(
+    path: Path, id_field: str, *, first_wins: bool = False
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``{id: row}`` of a JSONL file and the lines with problems ("file:line: why").
+
+    Predictions: the last row per id wins (``edgejudge batch`` appends a retried row after its failed
+    one). Gold (``first_wins``): the first row wins and later duplicates are reported, as ``edgejudge
+    batch`` judges only the first row of an id in its input."""
     rows: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
     try:
-        handle = path.open(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"file not found: {path}", hint="check the path") from None
-    with handle:
-        for n, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                bad.append(f"{path.name}:{n}: malformed JSON ({err})")
-                continue
-            if not isinstance(row, dict):
-                bad.append(f"{path.name}:{n}: not a JSON object")
-                continue
-            raw = row.get(id_field)
-            if raw is None and id_field == "id":
-                raw = row.get("question_id")
-            rows[f"line-{n}" if raw is None or raw == "" else str(raw)] = row
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError(f"cannot read {path}: {reason}", hint="pass a UTF-8 JSONL file") from None
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            bad.append(f"{path.name}:{n}: malformed JSON ({err})")
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"{path.name}:{n}: not a JSON object")
+            continue
+        raw = row.get(id_field)
+        if raw is None and id_field == "id":
+            raw = row.get("question_id")
+        key = f"line-{n}" if raw is None or raw == "" else str(raw)
+        if key in rows and first_wins:
+            bad.append(f"{path.name}:{n}: duplicate {id_field} {key!r} ignored (its first row is used)")
+            continue
+        rows[key] = row
     return rows, bad
 
 
@@ -87,7 +99,7 @@ def join_scores(
 ) -> Joined:
     """Join the two files by id and pick the scores; count everything that does not pair up."""
     preds, bad_p = read_rows(pred_path, id_field)
-    golds, bad_g = read_rows(gold_path, id_field)
+    golds, bad_g = read_rows(gold_path, id_field, first_wins=True)
     ids: list[str] = []
     xs: list[float] = []
     ys: list[float] = []
@@ -210,7 +222,7 @@ def register(app: typer.Typer) -> None:
         )
         console = stderr_console()
         for line in joined.malformed_lines:
-            console.print(f"warning: {line}", style="yellow", highlight=False)
+            console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
         if not joined.ids:
             raise InputError(
                 f"no scored rows matched between {pred_path.name} and {gold_path.name} "

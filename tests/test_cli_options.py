@@ -70,3 +70,18 @@ def test_cli_args_repeat_only_what_differs_from_the_defaults() -> None:
     assert GenerationOptions().cli_args() == []
     options = GenerationOptions(model="tiny", temperature=0.0, seed=3, grammar=False)
     assert options.cli_args() == ["--model=tiny", "--temperature=0.0", "--seed=3", "--no-grammar"]
+
+
+def test_stage_progress_shows_stage_names_as_typed() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgejudge.cli._console import StageProgress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100, color_system=None)
+    with StageProgress(console) as progress:
+        progress("reading shard[/bold]", 3, 10)
+        progress("reading shard[/bold]", 10, 10)
+    assert "reading shard[/bold]" in buffer.getvalue()

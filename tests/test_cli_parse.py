@@ -69,4 +69,13 @@ def test_parse_usage_and_missing_file(work_dir: Path) -> None:
     result = runner.invoke(app, ["parse", "x.txt", "--jsonl", "y.jsonl"])
     assert result.exit_code == 2
     result = runner.invoke(app, ["parse", "--jsonl", str(work_dir / "missing.jsonl")])
-    assert result.exit_code == 1 and result.stderr.startswith("error: file not found")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --jsonl not found")
+
+
+def test_parse_jsonl_not_utf8_fails_before_any_output(work_dir: Path) -> None:
+    path = work_dir / "latin1.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "Fine. [RESULT] 4"}\n{"id": "b", "text": "caf\xe9 [RESULT] 2"}\n')
+    result = runner.invoke(app, ["parse", "--jsonl", str(path)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: cannot read --jsonl") and "UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr

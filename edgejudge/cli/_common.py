@@ -206,9 +206,10 @@ def make_app(name: str, help: str, *, epilog: str | None = None, **kwargs: Any) 
 def read_text_file(path: Path, *, option: str | None = None) -> str:
     """The UTF-8 text of ``path`` (``-`` = stdin). Errors name ``option`` (e.g. ``--response-file``)
     when the file came from one, else just the path."""
-    if str(path) == "-":
-        return sys.stdin.read()
     try:
+        if str(path) == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            return stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{option or 'file'} not found: {path}", hint="check the path") from None

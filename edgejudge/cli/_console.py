@@ -202,8 +202,11 @@ class StageProgress:
         task = self._tasks.get(stage)
         if task is None:
             if not self.console.is_terminal and not self.transient:
-                self.console.print(f"{stage}…", highlight=False)
-            task = self._tasks[stage] = self.progress.add_task(stage, total=total or None, amount=amount)
+                self.console.print(f"{stage}…", highlight=False, markup=False)
+            # stage names may hold file names such as ``shard[1].bin``: shown as typed, not as Rich markup
+            task = self._tasks[stage] = self.progress.add_task(
+                escape(stage), total=total or None, amount=amount
+            )
         self.progress.update(task, completed=done, total=total or None, amount=amount)
 
     def __enter__(self) -> StageProgress:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ..errors import InputError
 from ._common import EXIT_ERROR, examples, read_text_file, stderr_console, usage_error
 
 __all__ = ["register", "parse_record"]
@@ -47,39 +47,36 @@ def _jsonl(path: Path, field: str) -> int:
     """Write one record per line of ``path``; returns the number of malformed lines."""
     console = stderr_console()
     bad = 0
-    try:
-        handle = sys.stdin if str(path) == "-" else path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"file not found: {path}", hint="check the path of --jsonl") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record: dict[str, Any] = {"line": lineno}
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            except ValueError as err:
-                bad += 1
-                console.print(
-                    f"[red]line {lineno}:[/red] malformed JSON ({err})", markup=True, highlight=False
-                )
-                record["error"] = f"malformed JSON: {err}"
-                typer.echo(json.dumps(record, ensure_ascii=False))
-                continue
-            for key in KEEP_FIELDS:
-                if key in row:
-                    record[key] = row[key]
-            text = row.get(field)
-            if not isinstance(text, str):
-                bad += 1
-                what = "missing" if text is None else f"not text ({type(text).__name__})"
-                console.print(f"line {lineno}: field {field!r} is {what}", highlight=False)
-                record["error"] = f"field {field!r} is {what}"
-            else:
-                record.update(parse_record(text))
+    # read (and decode) everything first: a bad file fails before any line is printed
+    content = read_text_file(path, option="--jsonl")
+    for lineno, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        record: dict[str, Any] = {"line": lineno}
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as err:
+            bad += 1
+            console.print(
+                f"[red]line {lineno}:[/red] malformed JSON ({escape(str(err))})", markup=True, highlight=False
+            )
+            record["error"] = f"malformed JSON: {err}"
             typer.echo(json.dumps(record, ensure_ascii=False))
+            continue
+        for key in KEEP_FIELDS:
+            if key in row:
+                record[key] = row[key]
+        text = row.get(field)
+        if not isinstance(text, str):
+            bad += 1
+            what = "missing" if text is None else f"not text ({type(text).__name__})"
+            console.print(f"line {lineno}: field {field!r} is {what}", highlight=False, markup=False)
+            record["error"] = f"field {field!r} is {what}"
+        else:
+            record.update(parse_record(text))
+        typer.echo(json.dumps(record, ensure_ascii=False))
     return bad
 
 

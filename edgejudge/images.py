@@ -53,6 +53,8 @@ ALPHA_BACKGROUND = (255, 255, 255)
 FIT_MODES = ("crop", "pad")
 
 _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-global; only this module touches it
+_MAX_PAD_PIXELS = 8192 * 8192  # above this, "pad" shrinks the image before making the square canvas
+_MAX_FIT_PIXELS = 8192 * 8192  # above this, "crop" resizes straight into the crop (no full intermediate)
 _HINT = "use a JPEG, PNG, WebP, GIF, BMP or TIFF image file"
 
 
@@ -211,6 +213,15 @@ def fit_image(img: Image.Image, size: int, mode: str = "crop") -> Image.Image:
     width, height = img.size
     if mode == "pad":
         side = max(width, height)
+        if side * side > _MAX_PAD_PIXELS:
+            # an extreme strip would make a huge square canvas: shrink it first (aspect kept, long side
+            # 8 × size); only such images differ, by anti-aliasing, from padding at full size
+            factor = side / (8 * size)
+            img = img.resize(
+                (max(1, round(width / factor)), max(1, round(height / factor))), Image.Resampling.BICUBIC
+            )
+            width, height = img.size
+            side = max(width, height)
         if width != height:
             square = Image.new("RGB", (side, side), PAD_COLOR)
             square.paste(img, ((side - width) // 2, (side - height) // 2))
@@ -219,9 +230,17 @@ def fit_image(img: Image.Image, size: int, mode: str = "crop") -> Image.Image:
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    if new_w * new_h > _MAX_FIT_PIXELS:
+        # an extreme strip (2 × 20000 would resize to over a billion pixels): resize straight into the
+        # centre crop, one axis at a time. ``box`` is in source pixels, so scales and sample positions
+        # match the full resize (tests/test_images.py checks the pixels are identical on such strips).
+        sx, sy = width / new_w, height / new_h
+        row_box = (left * sx, 0, (left + size) * sx, height)
+        img = img.resize((size, height), Image.Resampling.BICUBIC, box=row_box)
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=(0, top * sy, size, (top + size) * sy))
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
@@ -234,10 +253,11 @@ def prepare_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FittedImage:
     """Load, fit and hash an image: what the judge sees, with its raw RGB bytes for the vision encoder."""
+    # errors name the path as typed (load_image's default); the record keeps the short file name
+    fitted = fit_image(load_image(source, name=name, max_pixels=max_pixels), size, mode)
     if name is None and isinstance(source, (str, Path)):
         name = Path(source).name
     label = name or "<image>"
-    fitted = fit_image(load_image(source, name=name, max_pixels=max_pixels), size, mode)
     rgb = fitted.tobytes()
     return FittedImage(
         image=fitted,

@@ -269,3 +269,33 @@ def test_synthetic_image_is_deterministic_and_colourful() -> None:
     assert synthetic_image(seed=1).tobytes() != a.tobytes()
     assert synthetic_image(56).size == (56, 56) and synthetic_image(1).size == (1, 1)
     assert len(np.unique(np.asarray(a).reshape(-1, 3), axis=0)) > 50
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+@pytest.mark.parametrize("size", [(2, 20000), (20000, 3)])
+def test_extreme_strips_fit_without_a_huge_intermediate(size: tuple[int, int], mode: str) -> None:
+    # crop would resize 2 x 20000 to 336 x 3,360,000 and pad would build a 20000 x 20000 canvas
+    strip = Image.new("RGB", size, GREEN)
+    out = fit_image(strip, 336, mode)
+    assert out.size == (336, 336)
+    centre = out.getpixel((168, 168))
+    # crop keeps only strip pixels; pad squeezes the strip to under a pixel, blended with the pad colour
+    assert centre == GREEN if mode == "crop" else centre != PAD_COLOR
+
+
+@pytest.mark.parametrize("size", [(50, 4000), (4000, 50), (7, 2000)])
+def test_direct_crop_path_matches_full_resize(monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    full = fit_image(img, 336)  # small enough for the full resize-then-crop of the reference
+    monkeypatch.setattr("edgejudge.images._MAX_FIT_PIXELS", 0)  # force the direct path
+    assert fit_image(img, 336).tobytes() == full.tobytes()
+
+
+def test_prepare_image_errors_name_the_path_as_typed(tmp_path: Path) -> None:
+    bad = tmp_path / "sub" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InvalidImageError) as info:
+        prepare_image(bad, 56)
+    assert str(bad) in str(info.value)

@@ -133,7 +133,7 @@ class Judge(Closing):
         size = self.engine.image_size
         if isinstance(image, FittedImage):
             if image.width == size and image.height == size:
-                return image
+                return image if name is None or name == image.name else replace(image, name=name)
             return prepare_image(image.image, size, self.image_fit, name=name or image.name)
         return prepare_image(image, size, self.image_fit, name=name)
 

@@ -8,7 +8,7 @@ import pytest
 
 from edgejudge.engine.base import Engine, GenerationParams
 from edgejudge.engine.fake import FakeEngine, peaked_distribution
-from edgejudge.errors import ContextOverflowError, InputError, InvalidImageError
+from edgejudge.errors import ContextOverflowError, EngineError, InputError, InvalidImageError
 from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge, aggregate_samples, expected_score
 from edgejudge.rubric import load_rubric
@@ -172,6 +172,8 @@ def test_fit_pad_and_prefitted(png: bytes) -> None:
     fitted = judge.fit(png, name="x.png")
     assert (fitted.width, fitted.height, fitted.mode, fitted.name) == (56, 56, "pad", "x.png")
     assert judge.fit(fitted) is fitted
+    renamed = judge.fit(fitted, name="y.png")
+    assert renamed.name == "y.png" and renamed.sha256 == fitted.sha256
 
 
 def test_verdict_json_round_trip(png: bytes) -> None:
@@ -187,3 +189,17 @@ def test_context_manager_closes_engine() -> None:
     with Judge(engine):
         pass
     assert engine.closed
+
+
+@pytest.mark.parametrize("probs", [{1: -0.5, 3: 1.0}, {2: float("nan"), 3: 1.0}, {4: float("inf")}, {3: 0.0}])
+def test_fake_rejects_bad_score_weights(probs: dict[int, float]) -> None:
+    with pytest.raises(InputError, match="non-negative weights"):
+        FakeEngine().enqueue("x [RESULT] 3", probs)
+
+
+def test_closed_fake_engine_raises_engine_error(png: bytes) -> None:
+    engine = FakeEngine()
+    judge = Judge(engine)
+    judge.close()
+    with pytest.raises(EngineError, match="the engine is closed"):
+        judge.evaluate(png, instruction="i", response="r", rubric="vqa-helpfulness")

@@ -16,7 +16,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 
-from ..errors import ContextOverflowError, InputError
+from ..errors import ContextOverflowError, EngineError, InputError
 from ._closing import Closing
 from .base import Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 
@@ -87,8 +87,10 @@ class FakeEngine(Closing):
         """Queue one output. Without ``score_probs``, a text ending ``[RESULT] N`` gets a distribution
         peaked at N and any other text gets None (as a real unconstrained run without a score would)."""
         if score_probs is not None:
-            total = sum(score_probs.values())
-            if set(score_probs) - set(range(1, 6)) or total <= 0:
+            values = list(score_probs.values())
+            total = sum(values)
+            bad_value = any(not math.isfinite(v) or v < 0 for v in values)
+            if set(score_probs) - set(range(1, 6)) or bad_value or not total > 0:
                 raise InputError(
                     "score_probs must map scores 1..5 to non-negative weights",
                     hint="pass e.g. {1: 0.1, 2: 0.1, 3: 0.6, 4: 0.1, 5: 0.1}",
@@ -103,7 +105,7 @@ class FakeEngine(Closing):
         on_text: TokenCallback | None = None,
     ) -> Generation:
         if self.closed:
-            raise RuntimeError("FakeEngine is closed")
+            raise EngineError("the engine is closed", hint="create a new engine")
         self.history.append((parts, params))
         prompt_tokens = (
             1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)

@@ -141,11 +141,13 @@ class LlamaCppEngine(Closing):
                 n_threads=self.n_threads,
                 verbose=verbose,
             )
-        except EngineError:
+            self._vocab = Vocab(self._llm._model.vocab, self._llm.n_vocab())
+        except BaseException:
+            if hasattr(self, "_mtmd"):
+                self._mtmd.close()
             self._llm.close()
             raise
         self._closed = False
-        self._vocab = Vocab(self._llm._model.vocab, self._llm.n_vocab())
 
     # -- Engine protocol -------------------------------------------------------------------------------
     @property

@@ -70,15 +70,23 @@ class RubricError(EdgeJudgeError, ValueError):
 class ContextOverflowError(EdgeJudgeError):
     """The prompt plus the generation budget do not fit the context window.
 
-    ``over_by`` is the number of tokens too many; ``field`` names the longest user field to shorten.
+    ``over_by`` is the number of tokens too many; ``field`` names the longest user field to shorten;
+    ``index`` is the position of the offending request when several were given at once.
     """
 
     def __init__(
-        self, message: str, *, over_by: int = 0, field: str | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        over_by: int = 0,
+        field: str | None = None,
+        hint: str | None = None,
+        index: int | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.over_by = over_by
         self.field = field
+        self.index = index
 
 
 class EngineError(EdgeJudgeError):

@@ -81,7 +81,10 @@ def test_lazy_grammar_matches_full_masking(engine: LlamaCppEngine, temperature: 
     engine._kv_units = []  # the engine's prefix record no longer matches the cache
     try:
         for _ in range(20):
-            token = lazy.sample(llm._ctx.ctx)
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)
+            )
+            token = lazy.sample(logits)
             if temperature == 0.0:
                 assert token == llama_cpp.llama_sampler_sample(reference.sampler, llm._ctx.ctx, -1)
             else:  # sampled: whatever was drawn must be allowed by the grammar

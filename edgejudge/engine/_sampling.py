@@ -105,9 +105,8 @@ class Sampler:
             raise EngineError("the sampler selected no token", hint="report this as a bug")
         return int(arr.data[arr.selected].id)
 
-    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
-        """Draw the next token from the last decoded position and accept it (grammar and chain)."""
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+    def sample(self, logits: np.ndarray) -> int:
+        """Draw the next token from one position's raw ``logits`` and accept it (grammar and chain)."""
         token = self._draw(logits, masked=False)
         if self._grammar is not None:
             single = llama_cpp.llama_token_data(token, 1.0, 0.0)

@@ -10,7 +10,7 @@ Two engines ship: ``LlamaCppEngine`` (edgejudge.engine.llama, real llama.cpp + m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -72,7 +72,8 @@ class StageTimings:
     prompt_tokens: int = 0  # total prompt tokens, image included
     reused_tokens: int = 0  # prompt tokens whose KV entries were reused
     generated_tokens: int = 0
-    image_cached: bool = False  # True when the image embedding came from the LRU cache
+    image_cached: bool = False  # True when the image embedding came from the LRU cache (or a shared prefix)
+    parallel: int = 1  # sequences decoded together (generate_many); generation_s is then this one's share
 
     @property
     def generation_tokens_per_s(self) -> float:
@@ -139,6 +140,12 @@ class Engine(Protocol):
         on_text: TokenCallback | None = None,
     ) -> Generation:
         """Generate one verdict text. Raises ContextOverflowError before evaluating if it cannot fit."""
+        ...
+
+    def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
+        """One generation per ``(parts, params)``, in order. Engines may decode requests that share an
+        image as parallel sequences. Raises ContextOverflowError (with ``index``) before generating when a
+        request cannot fit."""
         ...
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..errors import ContextOverflowError, EngineError, InputError
 from ._closing import Closing
@@ -107,17 +107,7 @@ class FakeEngine(Closing):
         if self.closed:
             raise EngineError("the engine is closed", hint="create a new engine")
         self.history.append((parts, params))
-        prompt_tokens = (
-            1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)
-        )
-        over_by = prompt_tokens + params.max_tokens - self.n_ctx
-        if over_by > 0:
-            raise ContextOverflowError(
-                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceed the "
-                f"context window ({self.n_ctx}) by {over_by} tokens",
-                over_by=over_by,
-                hint="shorten the inputs, lower max_tokens or raise n_ctx",
-            )
+        prompt_tokens = self._check_fits([(parts, params)])
         if self._queue:
             text, probs = self._queue.popleft()
             if probs is None:
@@ -145,10 +135,34 @@ class FakeEngine(Closing):
         timings = StageTimings(prompt_tokens=prompt_tokens, generated_tokens=len(words))
         return Generation(text=text, score_probs=probs, forced_tail=forced, timings=timings)
 
+    def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
+        """One ``generate`` per request, in order (the fake has no parallel sequences); an overflowing
+        request raises ``ContextOverflowError`` with its ``index`` before any other is generated."""
+        self._check_fits(requests)
+        return [self.generate(parts, params) for parts, params in requests]
+
     def close(self) -> None:
         self.closed = True
 
     # -- internals -------------------------------------------------------------------------------------
+    def _check_fits(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> int:
+        """Raise ``ContextOverflowError`` for the first request that cannot fit; the last prompt's size."""
+        prompt_tokens = 0
+        for index, (parts, params) in enumerate(requests):
+            prompt_tokens = (
+                1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)
+            )
+            over_by = prompt_tokens + params.max_tokens - self.n_ctx
+            if over_by > 0:
+                raise ContextOverflowError(
+                    f"the prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceed the "
+                    f"context window ({self.n_ctx}) by {over_by} tokens",
+                    over_by=over_by,
+                    hint="shorten the inputs, lower max_tokens or raise n_ctx",
+                    index=index if len(requests) > 1 else None,
+                )
+        return prompt_tokens
+
     def _default_output(self, parts: PromptParts, params: GenerationParams) -> tuple[str, dict[int, float]]:
         digest = hashlib.sha256()
         for piece in (parts.before_image, parts.image_sha256, parts.after_image):

@@ -11,12 +11,14 @@ digit is chosen and turns them into a 5-way score distribution (see ``_sampling`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,9 +35,33 @@ from ._mmproj import (
 )
 from .base import Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+    from ._mtmd import Chunk, Chunks
+    from ._sampling import Sampler
+
 __all__ = ["LlamaCppEngine", "find_mmproj", "read_mmproj_info", "MmprojInfo", "CLS_KEY", "TAIL_RESERVE"]
 
 TAIL_RESERVE = 16  # tokens kept free for the forced " [RESULT] d" tail
+MAX_PARALLEL = 16  # most sequences one context decodes together (generate_many)
+
+
+def _parallel_context(llm: Llama, n_seq: int, verbose: bool) -> None:
+    """Give ``llm`` a context that holds ``n_seq`` sequences in one unified KV cache of ``n_ctx`` cells.
+
+    ``Llama`` exposes neither ``n_seq_max`` nor ``kv_unified``, so its fresh (still empty) context is
+    freed first and replaced by one made from the same parameters plus those two. With one sequence in
+    use it computes what the original context does (tests/test_parallel.py compares the two)."""
+    from llama_cpp import _internals
+
+    params = llm.context_params
+    params.n_seq_max = n_seq
+    params.kv_unified = True
+    llm._ctx.close()
+    llm._ctx = llm._stack.enter_context(
+        contextlib.closing(_internals.LlamaContext(model=llm._model, params=params, verbose=verbose))
+    )
 
 
 def _default_threads() -> int:
@@ -62,6 +88,137 @@ class _PromptStats:
     cached: bool
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One prompt of ``generate_many``, tokenized: its chunks (alive until the call ends) and units."""
+
+    parts: PromptParts
+    params: GenerationParams
+    chunks: Chunks
+    units: list[Hashable]
+    layout: list[tuple[int, int, Chunk]]
+    budget: int
+
+
+def _budget(params: GenerationParams) -> int:
+    """Generated tokens to reserve: a constrained run always keeps room for the forced tail."""
+    return max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+
+
+def _shared_prefix(group: Sequence[_Request]) -> int | None:
+    """Units every prompt of ``group`` starts with, image included and at least one unit short of the
+    shortest prompt (each sequence evaluates a tail of its own); None when the image is not shared."""
+    from ._mtmd import TEXT
+
+    first = group[0]
+    shared = min(len(r.units) for r in group) - 1
+    for other in group[1:]:
+        shared = min(shared, _lcp(first.units, other.units))
+    image_end = max((end for _, end, c in first.layout if c.kind != TEXT), default=0)
+    return shared if shared >= image_end else None
+
+
+def _cells(group: Sequence[_Request]) -> int:
+    """KV cells a group may need: the shared prefix once, then each tail, its max_tokens and, when
+    constrained, room for a forced tail after them."""
+    shared = _shared_prefix(group) or 0
+    extra = sum(r.params.max_tokens + (TAIL_RESERVE if r.params.constrained else 0) for r in group)
+    return shared + sum(len(r.units) - shared for r in group) + extra
+
+
+class _Decoding:
+    """One sequence's generation: sampler, grammar phases, forced tail, digit distribution and text.
+
+    ``step(logits)`` takes the raw logits at the sequence's current position and returns the next token
+    to evaluate (at position ``pos - 1``), or None when the generation is over. The one-sequence and the
+    parallel paths drive the same state machine, so they make the same decisions.
+    """
+
+    def __init__(
+        self, engine: LlamaCppEngine, params: GenerationParams, n_prompt: int, on_text: TokenCallback | None
+    ) -> None:
+        from ._sampling import Sampler, TextStream
+
+        self._sampler_cls = Sampler
+        self.vocab = engine._vocab
+        self.params = params
+        self.n_ctx = engine.n_ctx
+        self.seed = params.seed if params.seed is not None else engine._default_seed
+        self.stream = TextStream(on_text)
+        self.probs: dict[int, float] | None = None
+        self.forced = False
+        self.n_gen = 0
+        self.n_prompt = n_prompt
+        self.pos = n_prompt  # the next position to fill
+        budget = params.max_tokens
+        if params.constrained:
+            budget = min(budget, self.n_ctx - n_prompt - TAIL_RESERVE)
+        self.remaining = max(budget, 0)
+        grammar = gbnf.VERDICT_GRAMMAR if params.constrained else None
+        self.sampler: Sampler | None = Sampler(
+            self.vocab.vocab, self.vocab.n_vocab, params, grammar, self.seed
+        )
+        self.done = False
+
+    def step(self, logits: np.ndarray) -> int | None:
+        from ._sampling import softmax_digits
+
+        while not self.done:
+            assert self.sampler is not None
+            if self.remaining > 0:
+                self.remaining -= 1
+                token = self.sampler.sample(logits)
+                if not self.vocab.is_eog(token):
+                    piece = self.vocab.piece(token)
+                    groups = self.vocab.score_groups(self.stream.raw, piece)
+                    if groups is not None:
+                        self.probs = softmax_digits(logits, groups)
+                    self.stream.add(piece)
+                    self.n_gen += 1
+                    scored = self.probs is not None and self.params.constrained
+                    if not scored and self.pos < self.n_ctx:
+                        self.pos += 1
+                        return token
+            # this phase is over: end of text, the score was read, the context is full or the budget is spent
+            self.sampler.close()
+            self.sampler = None
+            if not self.params.constrained or self.probs is not None or self.forced:
+                self.done = True
+                break
+            # max_tokens ran out before the score: force the tail, still read the digit
+            self.forced = True
+            self.remaining = TAIL_RESERVE
+            self.sampler = self._sampler_cls(
+                self.vocab.vocab,
+                self.vocab.n_vocab,
+                self.params,
+                gbnf.tail_grammar(self.stream.raw),
+                self.seed,
+            )
+        return None
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
+    def result(self, stats: _PromptStats, generation_s: float, *, parallel: int = 1) -> Generation:
+        self.stream.add(b"", final=True)
+        timings = StageTimings(
+            image_encode_s=stats.encode_s,
+            prompt_eval_s=stats.prompt_s,
+            generation_s=generation_s,
+            prompt_tokens=self.n_prompt,
+            reused_tokens=stats.reused,
+            generated_tokens=self.n_gen,
+            image_cached=stats.cached,
+            parallel=parallel,
+        )
+        return Generation(
+            text=self.stream.text, score_probs=self.probs, forced_tail=self.forced, timings=timings
+        )
+
+
 class LlamaCppEngine(Closing):
     """The real engine (see the module docstring). A context manager; ``close()`` is idempotent.
 
@@ -84,6 +241,7 @@ class LlamaCppEngine(Closing):
         image_cache_size: int = 8,
         n_batch: int = 512,
         seed: int | None = None,
+        max_parallel: int = 4,
     ) -> None:
         import llama_cpp
 
@@ -104,6 +262,12 @@ class LlamaCppEngine(Closing):
             )
         if n_ctx < 64:
             raise InputError(f"n_ctx {n_ctx} is too small", hint="use n_ctx >= 2048 (4096 recommended)")
+        if not 1 <= max_parallel <= MAX_PARALLEL:
+            raise InputError(
+                f"max_parallel must be from 1 to {MAX_PARALLEL}, got {max_parallel}",
+                hint="use 4 (1 decodes one sequence at a time)",
+            )
+        self.max_parallel = max_parallel
         info = read_mmproj_info(self.mmproj_path)
         self.warnings: tuple[str, ...] = tuple(check_cls_position(info))
         self._info = info
@@ -133,6 +297,15 @@ class LlamaCppEngine(Closing):
                 f"llama.cpp could not load {self.model_path.name}: {err}",
                 hint="check that the file is a complete GGUF text model (re-run with verbose=True)",
             ) from None
+        if max_parallel > 1:
+            try:
+                _parallel_context(self._llm, max_parallel, verbose)
+            except (ValueError, RuntimeError) as err:
+                self._llm.close()
+                raise EngineError(
+                    f"llama.cpp could not create a context for {max_parallel} sequences: {err}",
+                    hint="lower n_ctx or pass max_parallel=1 (re-run with verbose=True)",
+                ) from None
         try:
             self._mtmd = MtmdContext(
                 self.mmproj_path,
@@ -184,8 +357,7 @@ class LlamaCppEngine(Closing):
         validate_params(params)
         with self._tokenize(parts) as chunks:
             n_prompt = chunks.n_pos
-            # a constrained run always keeps room for the forced " [RESULT] d" tail
-            budget = max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+            budget = _budget(params)
             over_by = n_prompt + budget - self.n_ctx
             if over_by > 0:
                 raise ContextOverflowError(
@@ -221,7 +393,7 @@ class LlamaCppEngine(Closing):
             pass
 
     # -- prompt ----------------------------------------------------------------------------------------
-    def _tokenize(self, parts: PromptParts):  # type: ignore[no-untyped-def]
+    def _tokenize(self, parts: PromptParts) -> Chunks:
         return self._mtmd.tokenize(
             parts.before_image,
             parts.image_rgb,
@@ -239,7 +411,9 @@ class LlamaCppEngine(Closing):
         with self._tokenize(parts) as chunks:
             return [("text", c.tokens) if c.kind == TEXT else ("image", c.chunk_id or "") for c in chunks]
 
-    def _evaluate_prompt(self, chunks, sha: str) -> _PromptStats:  # type: ignore[no-untyped-def]
+    @staticmethod
+    def _units(chunks: Chunks, sha: str) -> tuple[list[Hashable], list[tuple[int, int, Chunk]]]:
+        """The prompt as units (text token ids; ``(sha, i)`` per image position) and each chunk's span."""
         from ._mtmd import TEXT
 
         layout = []
@@ -248,7 +422,16 @@ class LlamaCppEngine(Closing):
             start = len(units)
             units.extend(c.tokens if c.kind == TEXT else [(sha, i) for i in range(c.n_pos)])
             layout.append((start, len(units), c))
-        keep = min(_lcp(self._kv_units, units), len(units) - 1)
+        return units, layout
+
+    def _evaluate_prompt(self, chunks: Chunks, sha: str, stop: int | None = None) -> _PromptStats:
+        """Evaluate the prompt into sequence 0, reusing the cached prefix; with ``stop``, only its first
+        ``stop`` units (a shared prefix: no logits needed at its end, so it may be reused whole)."""
+        from ._mtmd import TEXT
+
+        units, layout = self._units(chunks, sha)
+        end_at = len(units) if stop is None else stop
+        keep = min(_lcp(self._kv_units, units), len(units) - 1 if stop is None else stop)
         for start, end, c in layout:  # never resume inside an image chunk
             if start < keep < end and c.kind != TEXT:
                 keep = start
@@ -260,10 +443,10 @@ class LlamaCppEngine(Closing):
         cached = False
         t0 = time.perf_counter()
         for start, end, c in layout:
-            if end <= keep:
+            if end <= keep or start >= end_at:
                 continue
             if c.kind == TEXT:
-                llm.eval(list(c.tokens[max(keep - start, 0) :]))
+                llm.eval(list(c.tokens[max(keep - start, 0) : min(end, end_at) - start]))
             else:
                 embd = self._images.get(sha)
                 if embd is not None:
@@ -280,62 +463,176 @@ class LlamaCppEngine(Closing):
                 new_n_past = self._mtmd.decode_image(llm._ctx.ctx, c, embd, llm.n_tokens, llm.n_batch)
                 llm.input_ids[llm.n_tokens : new_n_past] = -1
                 llm.n_tokens = new_n_past
-            self._kv_units = units[:end]
+            self._kv_units = units[: min(end, end_at)]
         return _PromptStats(encode_s, time.perf_counter() - t0 - encode_s, keep, cached)
+
+    def _last_logits(self, index: int = -1) -> np.ndarray:
+        """A view of the logits at batch position ``index`` of the last decode (valid until the next)."""
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, index)
+        return np.ctypeslib.as_array(ptr, shape=(self._vocab.n_vocab,))
 
     # -- sampling --------------------------------------------------------------------------------------
     def _sample(
         self, params: GenerationParams, n_prompt: int, stats: _PromptStats, on_text: TokenCallback | None
     ) -> Generation:
+        decoding = _Decoding(self, params, n_prompt, on_text)
+        t0 = time.perf_counter()
+        try:
+            logits = self._last_logits()
+            while (token := decoding.step(logits)) is not None:
+                self._llm.eval([token])
+                logits = self._last_logits()
+        finally:
+            decoding.close()
+        return decoding.result(stats, time.perf_counter() - t0)
+
+    # -- parallel sequences ----------------------------------------------------------------------------
+    def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
+        """Generate for several prompts, decoding those that share an image as parallel sequences.
+
+        Consecutive requests with the same image form groups of up to ``max_parallel`` whose prompts and
+        generation budgets fit the context together: the shared prefix (system, image, and whatever text
+        follows identically) is evaluated once into sequence 0 and copied to the others, each tail is
+        evaluated into its own sequence, and every decode step then samples one token for each unfinished
+        sequence in one batch. Each request keeps its own sampler, seed, grammar and forced tail; results
+        are in request order. A request alone in its group goes through ``generate``. Raises
+        ``ContextOverflowError`` (before evaluating anything) when one request cannot fit on its own.
+        """
+        from ._sampling import validate_params
+
+        self._check_open()
+        for _, params in requests:
+            validate_params(params)
+        with contextlib.ExitStack() as stack:
+            prepared = []
+            for index, (parts, params) in enumerate(requests):
+                chunks = stack.enter_context(self._tokenize(parts))
+                units, layout = self._units(chunks, parts.image_sha256)
+                budget = _budget(params)
+                over_by = len(units) + budget - self.n_ctx
+                if over_by > 0:
+                    raise ContextOverflowError(
+                        f"the prompt ({len(units)} tokens) plus {budget} generated tokens exceed the "
+                        f"context window ({self.n_ctx}) by {over_by} tokens",
+                        over_by=over_by,
+                        hint="shorten the inputs, lower max_tokens or raise n_ctx",
+                        index=index,
+                    )
+                prepared.append(_Request(parts, params, chunks, units, layout, budget))
+            results: list[Generation] = []
+            for group in self._groups(prepared):
+                if len(group) == 1:
+                    only = group[0]
+                    results.append(
+                        self._sample(
+                            only.params,
+                            len(only.units),
+                            self._evaluate_prompt(only.chunks, only.parts.image_sha256),
+                            None,
+                        )
+                    )
+                else:
+                    results.extend(self._generate_group(group))
+            return results
+
+    def _groups(self, requests: list[_Request]) -> list[list[_Request]]:
+        groups: list[list[_Request]] = []
+        for req in requests:
+            group = groups[-1] if groups else None
+            if (
+                group is not None
+                and len(group) < self.max_parallel
+                and req.parts.image_sha256 == group[0].parts.image_sha256
+                and _shared_prefix([*group, req]) is not None
+                and _cells([*group, req]) <= self.n_ctx
+            ):
+                group.append(req)
+            else:
+                groups.append([req])
+        return groups
+
+    def _generate_group(self, group: list[_Request]) -> list[Generation]:
         import llama_cpp
 
-        from ._sampling import Sampler, TextStream, softmax_digits
+        shared = _shared_prefix(group)
+        assert shared is not None
+        llm = self._llm
+        ctx = llm._ctx.ctx
+        batch = llama_cpp.llama_batch_init(llm.n_batch, 0, 1)
+        decodings: list[_Decoding] = []
+        prefix_done = False
+        try:
+            stats = self._evaluate_prompt(group[0].chunks, group[0].parts.image_sha256, stop=shared)
+            prefix_done = True
+            for seq in range(1, len(group)):
+                llm._ctx.kv_cache_seq_cp(0, seq, 0, shared)
 
-        llm, vocab = self._llm, self._vocab
-        seed = params.seed if params.seed is not None else self._default_seed
-        stream = TextStream(on_text)
-        probs: dict[int, float] | None = None
-        forced = False
-        n_gen = 0
-        t0 = time.perf_counter()
-        budget = params.max_tokens
-        if params.constrained:
-            budget = min(budget, self.n_ctx - n_prompt - TAIL_RESERVE)
-        grammar: str | None = gbnf.VERDICT_GRAMMAR if params.constrained else None
-        while True:
-            sampler = Sampler(vocab.vocab, vocab.n_vocab, params, grammar, seed)
-            try:
-                for _ in range(max(budget, 0)):
-                    token = sampler.sample(llm._ctx.ctx)
-                    if vocab.is_eog(token):
-                        break
-                    piece = vocab.piece(token)
-                    groups = vocab.score_groups(stream.raw, piece)
-                    if groups is not None:
-                        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
-                        probs = softmax_digits(np.ctypeslib.as_array(ptr, shape=(vocab.n_vocab,)), groups)
-                    stream.add(piece)
-                    n_gen += 1
-                    if (probs is not None and params.constrained) or llm.n_tokens >= self.n_ctx:
-                        break
-                    llm.eval([token])
-            finally:
-                sampler.close()
-            if not params.constrained or probs is not None or forced:
-                break
-            forced = True  # max_tokens ran out before the score: force the tail, still read the digit
-            grammar, budget = gbnf.tail_grammar(stream.raw), TAIL_RESERVE
-        stream.add(b"", final=True)
-        timings = StageTimings(
-            image_encode_s=stats.encode_s,
-            prompt_eval_s=stats.prompt_s,
-            generation_s=time.perf_counter() - t0,
-            prompt_tokens=n_prompt,
-            reused_tokens=stats.reused,
-            generated_tokens=n_gen,
-            image_cached=stats.cached,
-        )
-        return Generation(text=stream.text, score_probs=probs, forced_tail=forced, timings=timings)
+            def decode(items: list[tuple[int, int, int, bool]]) -> None:
+                batch.n_tokens = len(items)
+                for i, (token, pos, seq, want) in enumerate(items):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, want
+                    batch.seq_id[i][0] = seq
+                rc = llama_cpp.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise EngineError(f"llama.cpp failed to decode a batch (code {rc})", hint="raise n_ctx")
+
+            tail_s: list[float] = []
+            first: list[np.ndarray] = []
+            for seq, req in enumerate(group):  # each tail into its own sequence; keep its last logits
+                t0 = time.perf_counter()
+                tail = [int(u) for u in req.units[shared:]]  # type: ignore[call-overload]
+                for at in range(0, len(tail), llm.n_batch):
+                    piece = tail[at : at + llm.n_batch]
+                    last = at + len(piece) == len(tail)
+                    decode(
+                        [
+                            (tok, shared + at + j, seq, last and j == len(piece) - 1)
+                            for j, tok in enumerate(piece)
+                        ]
+                    )
+                first.append(np.array(self._last_logits(-1), copy=True))
+                tail_s.append(time.perf_counter() - t0)
+
+            decodings = [_Decoding(self, req.params, len(req.units), None) for req in group]
+            pending = dict(enumerate(first))
+            t0 = time.perf_counter()
+            while pending:
+                items: list[tuple[int, int, int, bool]] = []
+                for seq, logits in pending.items():
+                    token = decodings[seq].step(logits)
+                    if token is not None:
+                        items.append((token, decodings[seq].pos - 1, seq, True))
+                if not items:
+                    break
+                decode(items)
+                pending = {seq: self._last_logits(j) for j, (_, _, seq, _) in enumerate(items)}
+            loop_s = time.perf_counter() - t0
+        finally:
+            for decoding in decodings:
+                decoding.close()
+            llama_cpp.llama_batch_free(batch)
+            for seq in range(1, len(group)):
+                llm._ctx.kv_cache_seq_rm(seq, 0, -1)
+            if prefix_done:  # sequence 0 keeps the shared prefix for the next call
+                llm._ctx.kv_cache_seq_rm(0, shared, -1)
+                llm.n_tokens = shared
+                self._kv_units = group[0].units[:shared]
+        total_gen = sum(d.n_gen for d in decodings) or 1
+        results = []
+        for seq, decoding in enumerate(decodings):
+            seq_stats = _PromptStats(
+                encode_s=stats.encode_s if seq == 0 else 0.0,
+                prompt_s=tail_s[seq] + (stats.prompt_s if seq == 0 else 0.0),
+                reused=stats.reused if seq == 0 else shared,
+                cached=stats.cached if seq == 0 else True,
+            )
+            # the shared decode loop's time, split by each sequence's share of the generated tokens
+            results.append(
+                decoding.result(seq_stats, loop_s * decoding.n_gen / total_gen, parallel=len(group))
+            )
+        return results
 
     # -- misc ------------------------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine._closing import Closing
-from .engine.base import Engine, GenerationParams, PromptParts, StageTimings, TokenCallback
-from .errors import ContextOverflowError, InputError
+from .engine.base import Engine, Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
+from .errors import ContextOverflowError, EdgeJudgeError, InputError
 from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     ImageInput = str | Path | bytes | Image | FittedImage
 
-__all__ = ["Judge", "TRAINING_CONTEXT", "IMAGE_FITS", "expected_score", "aggregate_samples"]
+__all__ = ["Judge", "Task", "TRAINING_CONTEXT", "IMAGE_FITS", "expected_score", "aggregate_samples"]
 
 #: Prometheus-Vision was fine-tuned with model_max_length 2048: longer prompts are off-distribution.
 TRAINING_CONTEXT = 2048
@@ -63,6 +63,7 @@ def _sum_timings(samples: Sequence[Sample]) -> StageTimings:
         reused_tokens=first.reused_tokens,
         generated_tokens=sum(s.timings.generated_tokens for s in samples),
         image_cached=first.image_cached,
+        parallel=max(s.timings.parallel for s in samples),
     )
 
 
@@ -98,6 +99,43 @@ def aggregate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
         "agreement": agreement,
         "timings": _sum_timings(samples),
     }
+
+
+@dataclass(frozen=True)
+class Task:
+    """One judgment for ``Judge.evaluate_tasks``: the arguments ``Judge.evaluate`` takes, as a record."""
+
+    image: Any  # a path, bytes, a PIL image or a FittedImage
+    instruction: str
+    response: str
+    rubric: Any  # a Rubric, a built-in name or a rubric file
+    reference: str | None = None
+    image_name: str | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    task: Task
+    rubric: Rubric
+    reference: str | None
+    image_label: str
+    parts: PromptParts
+
+
+def _check_run(samples: int, params: GenerationParams | None) -> tuple[int, GenerationParams]:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"samples must be a positive integer, got {samples!r}", hint="use samples >= 1")
+    params = params or GenerationParams()
+    if params.max_tokens < 1:
+        raise InputError(f"max_tokens must be positive, got {params.max_tokens}", hint="use max_tokens >= 1")
+    return samples, params
+
+
+def _seeds(params: GenerationParams, samples: int) -> list[int]:
+    """``seed, seed+1, …`` for the samples, or fresh random seeds when ``params.seed`` is None."""
+    if params.seed is not None:
+        return [params.seed + i for i in range(samples)]
+    return [secrets.randbelow(2**31 - 1) for _ in range(samples)]
 
 
 class Judge(Closing):
@@ -191,21 +229,101 @@ class Judge(Closing):
         on_text: TokenCallback | None = None,
         image_name: str | None = None,
     ) -> Verdict:
-        """Judge one response to one image; see the module docstring for the sampling policy."""
-        from .parse import parse_output
+        """Judge one response to one image; see the module docstring for the sampling policy.
+
+        Several samples are decoded as parallel sequences when the engine can (not while streaming
+        through ``on_text``, which shows one sample after another)."""
+        samples, params = _check_run(samples, params)
+        task = Task(image, instruction, response, rubric, reference, image_name)
+        prepared = self._prepare(task)
+        seeds = _seeds(params, samples)
+        requests = [(prepared.parts, replace(params, seed=seed)) for seed in seeds]
+        try:
+            if on_text is not None or samples == 1:
+                gens = [self.engine.generate(parts, p, on_text) for parts, p in requests]
+            else:
+                gens = self._generate_many(requests)
+        except ContextOverflowError as err:
+            raise self._name_overflow(err, prepared, params.max_tokens) from None
+        return self._verdict(prepared, gens, seeds, params, samples)
+
+    def evaluate_many(
+        self,
+        image: ImageInput,
+        *,
+        instruction: str,
+        responses: Sequence[str],
+        rubric: Rubric | str | Path,
+        reference: str | None = None,
+        samples: int = 1,
+        params: GenerationParams | None = None,
+        image_name: str | None = None,
+    ) -> list[Verdict]:
+        """Judge several responses to one image and instruction, in order: the image is encoded once and
+        the responses are decoded as parallel sequences (up to the engine's ``max_parallel`` at a time).
+        Raises the first error (a context overflow names the response's position)."""
+        if isinstance(responses, str):
+            raise InputError("responses must be a list of texts, not one text", hint="pass [response]")
+        tasks = [Task(image, instruction, r, rubric, reference, image_name) for r in responses]
+        results = self.evaluate_tasks(tasks, samples=samples, params=params)
+        for position, result in enumerate(results):
+            if isinstance(result, EdgeJudgeError):
+                if len(results) > 1:
+                    result.message = f"response {position + 1}: {result.message}"
+                raise result
+        return [r for r in results if isinstance(r, Verdict)]
+
+    def evaluate_tasks(
+        self, tasks: Sequence[Task], *, samples: int = 1, params: GenerationParams | None = None
+    ) -> list[Verdict | EdgeJudgeError]:
+        """Judge several tasks (any images, instructions, rubrics) in one go; in order, each a ``Verdict``
+        or the ``EdgeJudgeError`` that task got (a bad image, a prompt too long for the context...), so
+        one bad task never costs the others. Consecutive tasks on the same image decode in parallel."""
+        samples, params = _check_run(samples, params)
+        results: list[Verdict | EdgeJudgeError | None] = [None] * len(tasks)
+        ready: list[tuple[int, _Prepared, list[int]]] = []
+        for position, task in enumerate(tasks):
+            try:
+                ready.append((position, self._prepare(task), _seeds(params, samples)))
+            except EdgeJudgeError as err:
+                results[position] = err
+        while ready:
+            requests = [
+                (prepared.parts, replace(params, seed=seed)) for _, prepared, seeds in ready for seed in seeds
+            ]
+            try:
+                gens = self._generate_many(requests)
+            except ContextOverflowError as err:  # raised before anything ran: drop that task, go again
+                at = (err.index or 0) // samples
+                position, prepared, _ = ready.pop(at)
+                results[position] = self._name_overflow(err, prepared, params.max_tokens)
+                continue
+            for k, (position, prepared, seeds) in enumerate(ready):
+                own = gens[k * samples : (k + 1) * samples]
+                results[position] = self._verdict(prepared, own, seeds, params, samples)
+            break
+        return [r for r in results if r is not None]
+
+    def _generate_many(self, requests: list[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
+        many = getattr(self.engine, "generate_many", None)
+        if len(requests) > 1 and many is not None:
+            return list(many(requests))
+        gens = []
+        for index, (parts, p) in enumerate(requests):
+            try:
+                gens.append(self.engine.generate(parts, p))
+            except ContextOverflowError as err:
+                err.index = index
+                raise
+        return gens
+
+    def _prepare(self, task: Task) -> _Prepared:
         from .prompt import conversation_parts
 
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise InputError(f"samples must be a positive integer, got {samples!r}", hint="use samples >= 1")
-        params = params or GenerationParams()
-        if params.max_tokens < 1:
-            raise InputError(
-                f"max_tokens must be positive, got {params.max_tokens}", hint="use max_tokens >= 1"
-            )
-        rubric_obj = self._rubric(rubric)
-        reference = self._reference(reference)
-        fitted = self.fit(image, name=image_name)
-        judge_prompt = self._judge_prompt(instruction, response, rubric_obj, reference)
+        rubric_obj = self._rubric(task.rubric)
+        reference = self._reference(task.reference)
+        fitted = self.fit(task.image, name=task.image_name)
+        judge_prompt = self._judge_prompt(task.instruction, task.response, rubric_obj, reference)
         before, after = conversation_parts(judge_prompt)
         parts = PromptParts(
             before_image=before,
@@ -215,16 +333,20 @@ class Judge(Closing):
             image_sha256=fitted.sha256,
             after_image=after,
         )
-        base_seed = params.seed
+        return _Prepared(task, rubric_obj, reference, task.image_name or fitted.name, parts)
+
+    def _verdict(
+        self,
+        prepared: _Prepared,
+        gens: Sequence[Generation],
+        seeds: Sequence[int],
+        params: GenerationParams,
+        samples: int,
+    ) -> Verdict:
+        from .parse import parse_output
+
         results: list[Sample] = []
-        for i in range(samples):
-            seed = base_seed + i if base_seed is not None else secrets.randbelow(2**31 - 1)
-            try:
-                gen = self.engine.generate(parts, replace(params, seed=seed), on_text)
-            except ContextOverflowError as err:
-                raise self._name_overflow(
-                    err, instruction, response, rubric_obj, reference, params.max_tokens
-                ) from None
+        for gen, seed in zip(gens, seeds, strict=True):
             parsed = parse_output(gen.text)
             results.append(
                 Sample(
@@ -252,7 +374,7 @@ class Judge(Closing):
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
-            "seed": base_seed,
+            "seed": params.seed,
             "constrained": params.constrained,
             "repeat_penalty": params.repeat_penalty,
             "samples": samples,
@@ -260,10 +382,10 @@ class Judge(Closing):
         }
         return Verdict(
             samples=tuple(results),
-            reference=reference is not None,
-            rubric=rubric_obj.name,
+            reference=prepared.reference is not None,
+            rubric=prepared.rubric.name,
             model=self.engine.model_name,
-            image=image_name or fitted.name,
+            image=prepared.image_label,
             image_fit=self.image_fit,
             settings=settings,
             warnings=tuple(warnings),
@@ -271,14 +393,10 @@ class Judge(Closing):
         )
 
     def _name_overflow(
-        self,
-        err: ContextOverflowError,
-        instruction: str,
-        response: str,
-        rubric: Rubric,
-        reference: str | None,
-        max_tokens: int,
+        self, err: ContextOverflowError, prepared: _Prepared, max_tokens: int
     ) -> ContextOverflowError:
+        instruction, response = prepared.task.instruction, prepared.task.response
+        rubric, reference = prepared.rubric, prepared.reference
         rubric_text = "\n".join((rubric.criteria, *rubric.descriptions))
         sizes = {
             "response": self.engine.count_tokens(response),

@@ -10,7 +10,7 @@ from edgejudge.engine.base import Engine, GenerationParams
 from edgejudge.engine.fake import FakeEngine, peaked_distribution
 from edgejudge.errors import ContextOverflowError, EngineError, InputError, InvalidImageError
 from edgejudge.images import synthetic_image
-from edgejudge.judge import Judge, aggregate_samples, expected_score
+from edgejudge.judge import Judge, Task, aggregate_samples, expected_score
 from edgejudge.rubric import load_rubric
 from edgejudge.verdict import Sample, Verdict
 
@@ -203,3 +203,64 @@ def test_closed_fake_engine_raises_engine_error(png: bytes) -> None:
     judge.close()
     with pytest.raises(EngineError, match="the engine is closed"):
         judge.evaluate(png, instruction="i", response="r", rubric="vqa-helpfulness")
+
+
+def test_evaluate_many_keeps_order_and_shares_settings(png: bytes) -> None:
+    judge, engine = _judge()
+    responses = ["A red square.", "A cat.", "Shapes and colours."]
+    verdicts = judge.evaluate_many(
+        png,
+        instruction="Describe it.",
+        responses=responses,
+        rubric="vqa-helpfulness",
+        params=GenerationParams(seed=3),
+    )
+    assert len(verdicts) == 3 and len(engine.history) == 3
+    for response, verdict, (parts, params) in zip(responses, verdicts, engine.history, strict=True):
+        assert response in parts.after_image and params.seed == 3
+        alone = Judge(FakeEngine(image_size=56, image_tokens=16)).evaluate(
+            png,
+            instruction="Describe it.",
+            response=response,
+            rubric="vqa-helpfulness",
+            params=GenerationParams(seed=3),
+        )
+        assert verdict.score == alone.score and verdict.raw_output == alone.raw_output
+    with pytest.raises(InputError, match="list of texts"):
+        judge.evaluate_many(png, instruction="i", responses="one text", rubric="vqa-helpfulness")
+
+
+def test_evaluate_tasks_keeps_going_past_bad_tasks(png: bytes) -> None:
+    judge, engine = _judge(n_ctx=600)
+    tasks = [
+        Task(png, "Describe it.", "A red square.", "vqa-helpfulness"),
+        Task(b"not an image", "Describe it.", "A cat.", "vqa-helpfulness"),
+        Task(png, "Describe it.", "word " * 700, "vqa-helpfulness"),  # too long for 600 tokens
+        Task(png, "Describe it.", "Shapes.", "no-such-rubric"),
+        Task(png, "Describe it.", "Shapes.", "caption-quality"),
+    ]
+    results = judge.evaluate_tasks(tasks, samples=2, params=GenerationParams(seed=1, max_tokens=32))
+    assert [type(r).__name__ for r in results] == [
+        "Verdict",
+        "InvalidImageError",
+        "ContextOverflowError",
+        "RubricError",
+        "Verdict",
+    ]
+    overflow = results[2]
+    assert isinstance(overflow, ContextOverflowError) and overflow.field == "response"
+    assert all(len(r.samples) == 2 for r in results if isinstance(r, Verdict))
+    assert len(engine.history) == 4  # two tasks x two samples; nothing generated for the bad ones
+
+
+def test_evaluate_many_names_the_response_that_failed(png: bytes) -> None:
+    judge, _ = _judge(n_ctx=600)
+    with pytest.raises(ContextOverflowError, match="^response 2: ") as info:
+        judge.evaluate_many(
+            png,
+            instruction="i",
+            responses=["ok", "word " * 700],
+            rubric="vqa-helpfulness",
+            params=GenerationParams(max_tokens=32),
+        )
+    assert info.value.field == "response"

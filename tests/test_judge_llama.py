@@ -162,3 +162,25 @@ def test_prompt_text_matches_what_engine_sees(judge: Judge) -> None:
     text = judge.prompt_text(instruction="Q?", response="A.", rubric="vqa-helpfulness")
     assert text.startswith("A chat between a curious user") and text.endswith("###Feedback: ASSISTANT:")
     assert "\n###Response to evaluate:\nA.\n" in text
+
+
+def test_evaluate_many_matches_one_by_one(tiny_gguf: tuple[Path, Path], picture: bytes) -> None:
+    responses = ["A red square on a blue field.", "A cat.", "Two shapes."]
+    kw = {"instruction": "What is in the picture?", "rubric": "vqa-helpfulness", "params": GREEDY}
+    with Judge.from_files(tiny_gguf[0], n_ctx=4096, n_threads=1) as parallel:
+        verdicts = parallel.evaluate_many(picture, responses=responses, **kw)  # type: ignore[arg-type]
+        sampled = parallel.evaluate(
+            picture,
+            response=responses[0],
+            samples=3,
+            **{**kw, "params": GenerationParams(seed=7, max_tokens=8)},
+        )  # type: ignore[arg-type]
+    with Judge.from_files(tiny_gguf[0], n_ctx=4096, n_threads=1, max_parallel=1) as alone:
+        for response, verdict in zip(responses, verdicts, strict=True):
+            alone.engine.clear_cache()  # type: ignore[attr-defined]
+            fresh = alone.evaluate(picture, response=response, **kw)  # type: ignore[arg-type]
+            assert verdict.raw_output == fresh.raw_output and verdict.score == fresh.score
+            assert verdict.expected_score == pytest.approx(fresh.expected_score, abs=1e-2)
+    assert [v.timings.parallel for v in verdicts] == [3, 3, 3]
+    assert sampled.timings.parallel == 3 and len(sampled.samples) == 3
+    assert [s.seed for s in sampled.samples] == [7, 8, 9] and sampled.score is not None

@@ -34,7 +34,7 @@ from .engine.base import GenerationParams
 from .errors import EdgeJudgeError, InputError
 
 if TYPE_CHECKING:
-    from .judge import Judge
+    from .judge import Judge, Task
     from .rubric import Rubric
 
 __all__ = [
@@ -263,38 +263,41 @@ def run_batch(
     ok = errors = malformed = done = 0
     scores: list[int] = []
     stopped = False
+    group_size = max(1, int(getattr(judge.engine, "max_parallel", 1)))
     with output_path.open("ab") as out:
-        for row, key, digest in todo:
+        for group in _groups(todo, group_size):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            result = _judge_row(judge, row, key, digest, root, settings, samples, params)
-            line = (json.dumps(result, ensure_ascii=False) + "\n").encode("utf-8")
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-            done += 1
-            if result["status"] == "ok":
-                ok += 1
-                if result["score"] is not None:
-                    scores.append(int(result["score"]))
-            else:
-                errors += 1
-                malformed += int(row.malformed)
-                emit(BatchEvent("error", row=result, message=result["error"], line=row.line, done=done))
-            emit(
-                BatchEvent(
-                    "row_done",
-                    row=result,
-                    status=result["status"],
-                    score=result["score"],
-                    done=done,
-                    total=len(rows),
-                    skipped=skipped,
-                    todo=len(todo),
-                    line=row.line,
+            results = _judge_rows(judge, group, root, settings, samples, params)
+            for (row, _, _), result in zip(group, results, strict=True):
+                line = (json.dumps(result, ensure_ascii=False) + "\n").encode("utf-8")
+                out.write(line)
+                out.flush()
+                os.fsync(out.fileno())
+                done += 1
+                if result["status"] == "ok":
+                    ok += 1
+                    if result["score"] is not None:
+                        scores.append(int(result["score"]))
+                else:
+                    errors += 1
+                    malformed += int(row.malformed)
+                    emit(BatchEvent("error", row=result, message=result["error"], line=row.line, done=done))
+                emit(
+                    BatchEvent(
+                        "row_done",
+                        row=result,
+                        status=result["status"],
+                        score=result["score"],
+                        done=done,
+                        total=len(rows),
+                        skipped=skipped,
+                        todo=len(todo),
+                        line=row.line,
+                    )
                 )
-            )
+
     histogram = {str(k): scores.count(k) for k in range(1, 6)}
     summary = BatchSummary(
         input=str(input_path),
@@ -325,47 +328,78 @@ def _digest(row: BatchRow, root: Path, cache: dict[Path, str]) -> str | None:
     return cache[path]
 
 
-def _judge_row(
-    judge: Judge,
-    row: BatchRow,
-    key: str,
-    digest: str | None,
-    root: Path,
-    settings: dict[str, Any],
-    samples: int,
-    params: GenerationParams,
-) -> dict[str, Any]:
-    """Judge one row; any EdgeJudgeError becomes an error row (never raised)."""
-    began = time.perf_counter()
-    base = base_row(row, key, root, settings, judge.engine.image_size)
-    if digest is not None and digest.startswith("sha256:"):
-        base["image_sha256"] = digest.removeprefix("sha256:")
-    if row.problem is not None:
-        return error_row(base, row.problem, row.hint, began)
+def _groups(
+    todo: list[tuple[BatchRow, str, str | None]], size: int
+) -> list[list[tuple[BatchRow, str, str | None]]]:
+    """Consecutive judgeable rows on the same image, ``size`` at most (decoded as parallel sequences);
+    rows with a problem, or without an image digest, stand alone."""
+    groups: list[list[tuple[BatchRow, str, str | None]]] = []
+    for item in todo:
+        row, _key, digest = item
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and len(last) < size
+            and digest is not None
+            and row.problem is None
+            and last[0][2] == digest
+            and last[0][0].problem is None
+        ):
+            last.append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _row_task(row: BatchRow, root: Path) -> Task:
+    """The judge's task for a row (reads the image file; a missing or unreadable one is an error)."""
+    from .errors import InvalidImageError
+    from .judge import Task
+
     assert row.image is not None and row.instruction is not None and row.response is not None
     assert row.rubric is not None
     path = resolve_image(row.image, root)
     try:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            from .errors import InvalidImageError
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror or type(exc).__name__
+        raise InvalidImageError(
+            f"image {row.image}: {reason} (looked at {path})",
+            hint="check the row's image path or pass --image-root DIR",
+        ) from None
+    return Task(data, row.instruction, row.response, row.rubric, row.reference, image_name=row.image)
 
-            reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror or type(exc).__name__
-            raise InvalidImageError(
-                f"image {row.image}: {reason} (looked at {path})",
-                hint="check the row's image path or pass --image-root DIR",
-            ) from None
-        verdict = judge.evaluate(
-            data,
-            instruction=row.instruction,
-            response=row.response,
-            rubric=row.rubric,
-            reference=row.reference,
-            samples=samples,
-            params=params,
-            image_name=row.image,
-        )
-    except EdgeJudgeError as err:
-        return error_row(base, str(err), err.hint, began)
-    return ok_row(base, verdict, began)
+
+def _judge_rows(
+    judge: Judge,
+    group: list[tuple[BatchRow, str, str | None]],
+    root: Path,
+    settings: dict[str, Any],
+    samples: int,
+    params: GenerationParams,
+) -> list[dict[str, Any]]:
+    """Judge a group of rows in one go; any EdgeJudgeError becomes that row's error row (never raised)."""
+    began = time.perf_counter()
+    results: list[dict[str, Any] | None] = [None] * len(group)
+    tasks: list[Task] = []
+    bases: list[tuple[int, dict[str, Any]]] = []
+    for k, (row, key, digest) in enumerate(group):
+        base = base_row(row, key, root, settings, judge.engine.image_size)
+        if digest is not None and digest.startswith("sha256:"):
+            base["image_sha256"] = digest.removeprefix("sha256:")
+        if row.problem is not None:
+            results[k] = error_row(base, row.problem, row.hint, began)
+            continue
+        try:
+            tasks.append(_row_task(row, root))
+        except EdgeJudgeError as err:
+            results[k] = error_row(base, str(err), err.hint, began)
+            continue
+        bases.append((k, base))
+    verdicts = judge.evaluate_tasks(tasks, samples=samples, params=params) if tasks else []
+    for (k, base), verdict in zip(bases, verdicts, strict=True):
+        if isinstance(verdict, EdgeJudgeError):
+            results[k] = error_row(base, str(verdict), verdict.hint, began)
+        else:
+            results[k] = ok_row(base, verdict, began)
+    return [r for r in results if r is not None]

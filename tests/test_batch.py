@@ -345,3 +345,54 @@ def test_line_separators_inside_json_strings_stay_in_their_row(data: Path) -> No
     assert (summary.total, summary.ok, summary.errors) == (2, 2, 0)
     results = read_results(data / "out.jsonl")
     assert results["r1"]["response"] == "first\u2028second\u2029third\x85end" and results["r2"]["line"] == 2
+
+
+class ParallelFake(FakeEngine):
+    """A fake that says it decodes up to three sequences together and records each call's size."""
+
+    max_parallel = 3
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[int] = []
+
+    def generate_many(self, requests):  # type: ignore[no-untyped-def]
+        self.calls.append(len(requests))
+        return super().generate_many(requests)
+
+
+def test_rows_on_one_image_are_judged_in_groups(data: Path) -> None:
+    rows = [
+        native(1, image="a.png"),
+        native(2, image="a.png", response="word " * 900),  # too long for the context: only this row fails
+        native(3, image="a.png"),
+        native(4, image="a.png"),
+        native(5, image="missing.png"),
+        native(6, image="b.png"),
+        native(7, image="a.png"),
+    ]
+    inp = write_jsonl(data / "in.jsonl", rows)
+    engine = ParallelFake(n_ctx=1200)
+    params = GenerationParams(temperature=0, max_tokens=64)
+    summary = run_batch(
+        Judge(engine), inp, data / "out.jsonl", default_rubric="vqa-helpfulness", params=params
+    )
+    assert (summary.ok, summary.errors) == (5, 2)
+    # a.png: rows 1-3 together (row 2 overflows before anything runs, so 1 and 3 go again), then 4 and 7;
+    # b.png's single row goes through plain generate
+    assert engine.calls == [3, 2, 2]
+    results = read_results(data / "out.jsonl")
+    assert results["r2"]["status"] == "error" and "response" in results["r2"]["error"]
+    assert results["r5"]["status"] == "error" and "missing.png" in results["r5"]["error"]
+    for row in rows:
+        if results[row["id"]]["status"] != "ok":
+            continue
+        alone = Judge(FakeEngine(n_ctx=1200)).evaluate(
+            data / row["image"],
+            instruction=row["instruction"],
+            response=row["response"],
+            rubric="vqa-helpfulness",
+            params=params,
+        )
+        assert results[row["id"]]["score"] == alone.score
+        assert results[row["id"]]["raw_output"] == alone.raw_output

@@ -96,3 +96,27 @@ def test_batch_and_report_on_the_tiny_model(tiny_gguf: tuple[Path, Path], work_d
     page = html.read_text(encoding="utf-8")
     assert json.loads(report.stdout)["images_missing"] == 2  # the corrupt image and the malformed line
     assert page.count('<img class="thumb" src="data:image/jpeg;base64,') == 3
+
+
+def test_batch_rows_on_one_image_decode_together(tiny_gguf: tuple[Path, Path], work_dir: Path) -> None:
+    text_model, mmproj = tiny_gguf
+    synthetic_image(120, seed=1).save(work_dir / "one.png")
+    rows = [
+        {"id": f"r{i}", "image": "one.png", "instruction": "What is shown?", "response": answer}
+        for i, answer in enumerate(["A house.", "A tree and the sun.", "Nothing at all."])
+    ]
+    inp = work_dir / "in.jsonl"
+    inp.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    common = ["--model", str(text_model), "--mmproj", str(mmproj), "--rubric", "vqa-helpfulness"]
+    common += ["--temperature", "0", "--max-tokens", "12", "--n-ctx", "4096", "--threads", "1", "--json"]
+    outputs = {}
+    for parallel in ("4", "1"):
+        out = work_dir / f"out-{parallel}.jsonl"
+        result = CliRunner().invoke(app, ["batch", str(inp), "-o", str(out), "--parallel", parallel, *common])
+        assert result.exit_code == 0, result.stderr
+        outputs[parallel] = read_results(out)
+    for row in rows:
+        together, alone = outputs["4"][row["id"]], outputs["1"][row["id"]]
+        assert together["status"] == alone["status"] == "ok"
+        assert together["raw_output"] == alone["raw_output"] and together["score"] == alone["score"]
+        assert together["timings"]["parallel"] == 3 and alone["timings"]["parallel"] == 1

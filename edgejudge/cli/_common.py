@@ -243,6 +243,7 @@ def build_judge(options: GenerationOptions) -> Judge:
         n_ctx=options.n_ctx,
         n_threads=options.threads,
         n_gpu_layers=options.n_gpu_layers,
+        max_parallel=options.parallel,
     )
 
 

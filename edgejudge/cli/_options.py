@@ -1,6 +1,6 @@
 """The model and generation options shared by ``judge``, ``batch`` and ``tui``, and their record.
 
-``with_generation_options`` adds the eleven options to a command's signature (Typer reads it) and hands the
+``with_generation_options`` adds the twelve options to a command's signature (Typer reads it) and hands the
 command one ``GenerationOptions``; ``GenerationOptions.cli_args()`` turns them back into arguments (for the
 resume hint of ``batch``).
 """
@@ -31,6 +31,7 @@ __all__ = [
     "ModelOpt",
     "MmprojOpt",
     "NCtxOpt",
+    "ParallelOpt",
     "NoGrammarOpt",
     "JsonOpt",
     "IMAGE_FITS",
@@ -105,6 +106,17 @@ ThreadsOpt = Annotated[
 NCtxOpt = Annotated[
     int, typer.Option("--n-ctx", min=256, help="Context window in tokens.", rich_help_panel=_MODEL)
 ]
+ParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--parallel",
+        min=1,
+        max=16,
+        help="Judgments of one image decoded together as parallel sequences (samples, batch rows); "
+        "1 = one at a time.",
+        rich_help_panel=_MODEL,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 IMAGE_FITS = ("crop", "pad")
@@ -124,6 +136,7 @@ class GenerationOptions:
     n_gpu_layers: int = -1
     threads: int | None = None
     n_ctx: int = 4096
+    parallel: int = 4
     grammar: bool = True
 
     def __post_init__(self) -> None:
@@ -179,6 +192,7 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("n_gpu_layers", NGpuLayersOpt, -1),
     ("threads", ThreadsOpt, None),
     ("n_ctx", NCtxOpt, 4096),
+    ("parallel", ParallelOpt, 4),
     ("no_grammar", NoGrammarOpt, False),
 )
 
@@ -186,7 +200,7 @@ _SHARED: tuple[tuple[str, Any, Any], ...] = (
 def with_generation_options(func: Callable[..., None]) -> Callable[..., None]:
     """Give a command the shared model/generation options.
 
-    The command declares one keyword parameter ``options: GenerationOptions`` instead of the eleven
+    The command declares one keyword parameter ``options: GenerationOptions`` instead of the twelve
     options; ``--help`` shows them after the command's own (in the Model and Generation panels).
     """
     hints = typing.get_type_hints(func, include_extras=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark: would decoding K responses as parallel sequences speed up generation?
+"""Benchmark: how much does decoding K sequences per step speed up generation on this machine?
 
-A feasibility measurement for the judging benchmark's open step (not a feature edgejudge uses yet). On
+The raw llama.cpp side of edgejudge's parallel sequences (``LlamaCppEngine.generate_many``), without
+sampling or grammar, to read the judging benchmark's numbers against. On
 one text GGUF (default: the realistic-shape model that ``scripts/bench_judge.py`` caches in
 ``--bench-dir``), a context with ``n_seq_max = K`` and a unified KV cache evaluates an 800-token prompt
 on sequence 0, copies it to sequences 1..K-1, then times ``--steps`` decode steps of K tokens (one per

@@ -226,7 +226,8 @@ def run_batch(
     serves rows without their own. ``limit`` keeps only the first N input rows. Rows whose key (id + hash
     of inputs and settings) has an ``ok`` row in the output are skipped; error rows too unless
     ``retry_errors``. Bad rows become ``error`` rows and the batch goes on. ``should_stop`` is checked
-    between rows: when it returns True the batch stops after the row in flight (already written).
+    between groups of rows: when it returns True the batch stops after the rows in flight (already written;
+    up to the engine's ``max_parallel`` rows on one image are judged together, one row with a plain engine).
     Raises ``InputError`` only when the input file cannot be read or the output cannot be written.
     """
     started = time.perf_counter()

@@ -180,7 +180,7 @@ def test_batch_sigint_finishes_row_in_flight_then_exits_130(batch_input: Path, w
     proc, stderr = _spawn(batch_input, out, gate, gate_at=2)
     wait_for(lambda: (gate / "in-flight").exists() or proc.poll() is not None, "the 3rd judgment to start")
     proc.send_signal(signal.SIGINT)
-    wait_for(lambda: "stopping after the row in flight" in stderr.read_text(), "the stop message")
+    wait_for(lambda: "stopping after the rows in flight" in stderr.read_text(), "the stop message")
     (gate / "release").touch()
     assert proc.wait(timeout=60) == 130
     log = stderr.read_text(encoding="utf-8")
@@ -192,10 +192,10 @@ def test_batch_sigint_finishes_row_in_flight_then_exits_130(batch_input: Path, w
     proc, stderr = _spawn(batch_input, out, gate, gate_at=1)  # now a double Ctrl-C drops the row in flight
     wait_for(lambda: (gate / "in-flight").exists() or proc.poll() is not None, "the 2nd judgment to start")
     proc.send_signal(signal.SIGINT)
-    wait_for(lambda: "stopping after the row in flight" in stderr.read_text(), "the stop message")
+    wait_for(lambda: "stopping after the rows in flight" in stderr.read_text(), "the stop message")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    assert "row in flight was dropped" in stderr.read_text() and _ids(out) == ["r1", "r3", "r5", "r2"]
+    assert "rows in flight were dropped" in stderr.read_text() and _ids(out) == ["r1", "r3", "r5", "r2"]
 
     proc, _ = _spawn(batch_input, out, gate, gate_at=None)
     assert proc.wait(timeout=60) == 0

@@ -1,7 +1,7 @@
 """``edgejudge batch INPUT.jsonl --output OUT.jsonl``: judge a JSONL file, resumably, with live progress.
 
 Owns the terminal side of ``edgejudge.batch``: options, the Rich progress display on stderr (rows, rows/min,
-ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish the row in flight and stop;
+ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish the rows in flight and stop;
 second: drop it) and the resume hint. The logic lives in ``edgejudge.batch``.
 """
 
@@ -44,7 +44,8 @@ Relative image paths are read from --image-root (default: the input file's folde
 
 Rerunning the same command resumes: rows already judged with the same inputs and settings are skipped \
 (--retry-errors re-runs failed rows). Bad rows become error rows and the batch goes on. Ctrl-C finishes the \
-row in flight, then stops (a second Ctrl-C drops it); exit code 130.
+rows in flight (one row, or up to --parallel rows on one image), then stops (a second Ctrl-C drops \
+them); exit code 130.
 """
 
 _SPARK = " ▁▂▃▄▅▆▇█"
@@ -70,7 +71,7 @@ class _RateColumn(ProgressColumn):
 
 
 class _Stopper:
-    """SIGINT handler: the first Ctrl-C stops the batch after the row in flight, the second drops it."""
+    """SIGINT handler: the first Ctrl-C stops the batch after the rows in flight, the second drops them."""
 
     def __init__(self, on_first: Any) -> None:
         self.requested = False
@@ -190,7 +191,7 @@ def register(app: typer.Typer) -> None:
 
         def on_first_interrupt() -> None:
             progress.console.print(
-                "[yellow]stopping after the row in flight… (Ctrl-C again to drop it)[/yellow]"
+                "[yellow]stopping after the rows in flight… (Ctrl-C again to drop them)[/yellow]"
             )
 
         try:
@@ -210,7 +211,7 @@ def register(app: typer.Typer) -> None:
                 )
         except KeyboardInterrupt:
             console.print(
-                "[yellow]interrupted:[/yellow] the row in flight was dropped; finished rows are saved."
+                "[yellow]interrupted:[/yellow] the rows in flight were dropped; finished rows are saved."
             )
             console.print(f"resume with: {escape(resume)}", soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None

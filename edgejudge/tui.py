@@ -35,6 +35,7 @@ from .cli._common import (
     GenerationOptions,
     build_judge,
     human_bytes,
+    registered_name,
     stderr_console,
     verdict_panel,
 )
@@ -72,6 +73,7 @@ class Wizard(Prompter):
         super().__init__(console)
         self.factory = judge_factory
         self.options = options
+        self.model_label: str | None = None  # the registered name:QUANT, for the verdict panel
         self.judge: Judge | None = None
         self.fitted: FittedImage | None = None
         self.image_name = ""
@@ -118,6 +120,7 @@ class Wizard(Prompter):
         except EdgeJudgeError as err:
             self.error(err)
             return
+        self.model_label = registered_name(replace(self.options, model=value))
         engine = self.judge.engine
         self.console.print(
             f"[green]loaded[/green] {escape(engine.model_name)} · image {engine.image_size}px · "
@@ -227,7 +230,7 @@ class Wizard(Prompter):
             return
         elapsed = time.perf_counter() - began
         self.verdict = verdict
-        self.console.print(verdict_panel(verdict))
+        self.console.print(verdict_panel(verdict, model=self.model_label))
         self.console.print(f"[dim]{timing_line(elapsed, verdict)}[/dim]")
 
     def save(self) -> None:

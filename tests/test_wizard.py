@@ -170,6 +170,7 @@ def test_wizard_branches_on_a_fake_engine(work_dir: Path) -> None:
     type_line(child, "my-rubric.toml")
     child.expect(r"rubric \S*custom")
     child.expect(SCORE)
+    child.expect(r"[^:]judge-a:Q4_K_M · rubric")  # the panel names the registered model, not the engine
     child.expect(MENU)
     type_line(child, "a")
     child.expect("Another response")

@@ -97,12 +97,21 @@ class _Request:
     chunks: Chunks
     units: list[Hashable]
     layout: list[tuple[int, int, Chunk]]
-    budget: int
 
 
-def _budget(params: GenerationParams) -> int:
-    """Generated tokens to reserve: a constrained run always keeps room for the forced tail."""
-    return max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+def _check_fits(n_prompt: int, params: GenerationParams, n_ctx: int, index: int | None = None) -> None:
+    """Raise ``ContextOverflowError`` when the prompt plus the generation budget exceed ``n_ctx`` (a
+    constrained run always keeps room for the forced " [RESULT] d" tail)."""
+    budget = max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+    over_by = n_prompt + budget - n_ctx
+    if over_by > 0:
+        raise ContextOverflowError(
+            f"the prompt ({n_prompt} tokens) plus {budget} generated tokens exceed the "
+            f"context window ({n_ctx}) by {over_by} tokens",
+            over_by=over_by,
+            hint="shorten the inputs, lower max_tokens or raise n_ctx",
+            index=index,
+        )
 
 
 def _shared_prefix(group: Sequence[_Request]) -> int | None:
@@ -118,10 +127,9 @@ def _shared_prefix(group: Sequence[_Request]) -> int | None:
     return shared if shared >= image_end else None
 
 
-def _cells(group: Sequence[_Request]) -> int:
-    """KV cells a group may need: the shared prefix once, then each tail, its max_tokens and, when
-    constrained, room for a forced tail after them."""
-    shared = _shared_prefix(group) or 0
+def _cells(group: Sequence[_Request], shared: int) -> int:
+    """KV cells a group with ``shared`` prefix units may need: the prefix once, then each tail, its
+    max_tokens and, when constrained, room for a forced tail after them."""
     extra = sum(r.params.max_tokens + (TAIL_RESERVE if r.params.constrained else 0) for r in group)
     return shared + sum(len(r.units) - shared for r in group) + extra
 
@@ -139,7 +147,6 @@ class _Decoding:
     ) -> None:
         from ._sampling import Sampler, TextStream
 
-        self._sampler_cls = Sampler
         self.vocab = engine._vocab
         self.params = params
         self.n_ctx = engine.n_ctx
@@ -188,7 +195,9 @@ class _Decoding:
             # max_tokens ran out before the score: force the tail, still read the digit
             self.forced = True
             self.remaining = TAIL_RESERVE
-            self.sampler = self._sampler_cls(
+            from ._sampling import Sampler
+
+            self.sampler = Sampler(
                 self.vocab.vocab,
                 self.vocab.n_vocab,
                 self.params,
@@ -357,15 +366,7 @@ class LlamaCppEngine(Closing):
         validate_params(params)
         with self._tokenize(parts) as chunks:
             n_prompt = chunks.n_pos
-            budget = _budget(params)
-            over_by = n_prompt + budget - self.n_ctx
-            if over_by > 0:
-                raise ContextOverflowError(
-                    f"the prompt ({n_prompt} tokens) plus {budget} generated tokens exceed the "
-                    f"context window ({self.n_ctx}) by {over_by} tokens",
-                    over_by=over_by,
-                    hint="shorten the inputs, lower max_tokens or raise n_ctx",
-                )
+            _check_fits(n_prompt, params, self.n_ctx)
             stats = self._evaluate_prompt(chunks, parts.image_sha256)
         return self._sample(params, n_prompt, stats, on_text)
 
@@ -510,17 +511,8 @@ class LlamaCppEngine(Closing):
             for index, (parts, params) in enumerate(requests):
                 chunks = stack.enter_context(self._tokenize(parts))
                 units, layout = self._units(chunks, parts.image_sha256)
-                budget = _budget(params)
-                over_by = len(units) + budget - self.n_ctx
-                if over_by > 0:
-                    raise ContextOverflowError(
-                        f"the prompt ({len(units)} tokens) plus {budget} generated tokens exceed the "
-                        f"context window ({self.n_ctx}) by {over_by} tokens",
-                        over_by=over_by,
-                        hint="shorten the inputs, lower max_tokens or raise n_ctx",
-                        index=index,
-                    )
-                prepared.append(_Request(parts, params, chunks, units, layout, budget))
+                _check_fits(len(units), params, self.n_ctx, index)
+                prepared.append(_Request(parts, params, chunks, units, layout))
             results: list[Generation] = []
             for group in self._groups(prepared):
                 if len(group) == 1:
@@ -545,12 +537,12 @@ class LlamaCppEngine(Closing):
                 group is not None
                 and len(group) < self.max_parallel
                 and req.parts.image_sha256 == group[0].parts.image_sha256
-                and _shared_prefix([*group, req]) is not None
-                and _cells([*group, req]) <= self.n_ctx
             ):
-                group.append(req)
-            else:
-                groups.append([req])
+                shared = _shared_prefix([*group, req])
+                if shared is not None and _cells([*group, req], shared) <= self.n_ctx:
+                    group.append(req)
+                    continue
+            groups.append([req])
         return groups
 
     def _generate_group(self, group: list[_Request]) -> list[Generation]:

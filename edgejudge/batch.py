@@ -34,6 +34,7 @@ from .engine.base import GenerationParams
 from .errors import EdgeJudgeError, InputError
 
 if TYPE_CHECKING:
+    from .images import FittedImage
     from .judge import Judge, Task
     from .rubric import Rubric
 
@@ -352,23 +353,31 @@ def _groups(
     return groups
 
 
-def _row_task(row: BatchRow, root: Path) -> Task:
-    """The judge's task for a row (reads the image file; a missing or unreadable one is an error)."""
+def _row_task(
+    judge: Judge, row: BatchRow, root: Path, digest: str | None, fitted: dict[str, FittedImage]
+) -> Task:
+    """The judge's task for a row: its image read and fitted once per image file of a group (``fitted``
+    by digest); a missing, unreadable or broken image is an error."""
     from .errors import InvalidImageError
     from .judge import Task
 
     assert row.image is not None and row.instruction is not None and row.response is not None
     assert row.rubric is not None
-    path = resolve_image(row.image, root)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror or type(exc).__name__
-        raise InvalidImageError(
-            f"image {row.image}: {reason} (looked at {path})",
-            hint="check the row's image path or pass --image-root DIR",
-        ) from None
-    return Task(data, row.instruction, row.response, row.rubric, row.reference, image_name=row.image)
+    image = fitted.get(digest) if digest is not None else None
+    if image is None:
+        path = resolve_image(row.image, root)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror or type(exc).__name__
+            raise InvalidImageError(
+                f"image {row.image}: {reason} (looked at {path})",
+                hint="check the row's image path or pass --image-root DIR",
+            ) from None
+        image = judge.fit(data, name=row.image)
+        if digest is not None:
+            fitted[digest] = image
+    return Task(image, row.instruction, row.response, row.rubric, row.reference, image_name=row.image)
 
 
 def _judge_rows(
@@ -384,6 +393,7 @@ def _judge_rows(
     results: list[dict[str, Any] | None] = [None] * len(group)
     tasks: list[Task] = []
     bases: list[tuple[int, dict[str, Any]]] = []
+    fitted: dict[str, FittedImage] = {}
     for k, (row, key, digest) in enumerate(group):
         base = base_row(row, key, root, settings, judge.engine.image_size)
         if digest is not None and digest.startswith("sha256:"):
@@ -392,7 +402,7 @@ def _judge_rows(
             results[k] = error_row(base, row.problem, row.hint, began)
             continue
         try:
-            tasks.append(_row_task(row, root))
+            tasks.append(_row_task(judge, row, root, digest, fitted))
         except EdgeJudgeError as err:
             results[k] = error_row(base, str(err), err.hint, began)
             continue

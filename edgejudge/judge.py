@@ -239,7 +239,7 @@ class Judge(Closing):
         seeds = _seeds(params, samples)
         requests = [(prepared.parts, replace(params, seed=seed)) for seed in seeds]
         try:
-            if on_text is not None or samples == 1:
+            if on_text is not None:  # streamed: one sample after another
                 gens = [self.engine.generate(parts, p, on_text) for parts, p in requests]
             else:
                 gens = self._generate_many(requests)
@@ -264,7 +264,8 @@ class Judge(Closing):
         Raises the first error (a context overflow names the response's position)."""
         if isinstance(responses, str):
             raise InputError("responses must be a list of texts, not one text", hint="pass [response]")
-        tasks = [Task(image, instruction, r, rubric, reference, image_name) for r in responses]
+        fitted = self.fit(image, name=image_name)  # once, not once per response
+        tasks = [Task(fitted, instruction, r, rubric, reference, image_name) for r in responses]
         results = self.evaluate_tasks(tasks, samples=samples, params=params)
         for position, result in enumerate(results):
             if isinstance(result, EdgeJudgeError):

@@ -14,6 +14,7 @@ from edgejudge.engine.fake import FakeEngine
 from edgejudge.errors import InputError, RubricError
 from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge
+from edgejudge.verdict import Verdict
 
 RUBRIC = {"criteria": "Is the answer right?", **{f"score{k}": f"level {k}" for k in range(1, 6)}}
 PERCEPTION = {
@@ -53,6 +54,17 @@ def native(i: int, image: str = "a.png", **extra: Any) -> dict[str, Any]:
 def fake_judge(**kwargs: Any) -> tuple[Judge, FakeEngine]:
     engine = FakeEngine(**kwargs)
     return Judge(engine), engine
+
+
+def judged_alone(data: Path, row: dict[str, Any], params: GenerationParams, **engine: Any) -> Verdict:
+    """The verdict a fresh fake engine gives the native ``row`` on its own (vqa-helpfulness)."""
+    return Judge(FakeEngine(**engine)).evaluate(
+        data / row["image"],
+        instruction=row["instruction"],
+        response=row["response"],
+        rubric="vqa-helpfulness",
+        params=params,
+    )
 
 
 def test_native_and_perception_fields(data: Path) -> None:
@@ -285,13 +297,7 @@ def test_rows_sharing_an_image_run_together(data: Path) -> None:
     assert shas[0] == shas[1] == shas[2] != shas[3] == shas[4]
     results = read_results(data / "out.jsonl")
     for row in rows:  # the order does not change any verdict
-        alone = Judge(FakeEngine()).evaluate(
-            data / row["image"],
-            instruction=row["instruction"],
-            response=row["response"],
-            rubric="vqa-helpfulness",
-            params=params,
-        )
+        alone = judged_alone(data, row, params)
         assert results[row["id"]]["score"] == alone.score
 
 
@@ -387,12 +393,6 @@ def test_rows_on_one_image_are_judged_in_groups(data: Path) -> None:
     for row in rows:
         if results[row["id"]]["status"] != "ok":
             continue
-        alone = Judge(FakeEngine(n_ctx=1200)).evaluate(
-            data / row["image"],
-            instruction=row["instruction"],
-            response=row["response"],
-            rubric="vqa-helpfulness",
-            params=params,
-        )
+        alone = judged_alone(data, row, params, n_ctx=1200)
         assert results[row["id"]]["score"] == alone.score
         assert results[row["id"]]["raw_output"] == alone.raw_output

@@ -17,6 +17,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (tests/test_fuzz_*.py): a quick profile by default (CI), and "fuzz" for
+# scripts/fuzz.py, which sets EDGEJUDGE_FUZZ_EXAMPLES. Every example must finish within the deadline.
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("EDGEJUDGE_FUZZ_EXAMPLES_CI", "60")),
+    deadline=5000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("EDGEJUDGE_FUZZ_EXAMPLES", "10000")),
+    deadline=5000,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="edgejudge-tests-"))
 

@@ -1,0 +1,143 @@
+"""Reading user files safely: paths as typed, regular files only, bounded sizes, never a hang.
+
+Owns the checks every reader of a user-named file applies before reading anything (images, rubric files,
+batch inputs, resume hashing): the path is valid (no NUL byte, ``~`` and ``~user`` expand or are refused),
+it names a regular file (not a folder, FIFO, socket or device such as ``/dev/zero``, which would block or
+never end), and it is not larger than the caller's limit. Files are opened with ``O_NONBLOCK`` so that a
+FIFO never blocks the open, and checked with ``fstat`` on the open descriptor (no race between check and
+read). Errors are raised as the caller's ``EdgeJudgeError`` class with a one-line message naming the path
+as the user typed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from .errors import EdgeJudgeError, InputError
+
+__all__ = ["user_path", "open_regular", "read_regular", "sha256_regular", "same_file", "describe_kind"]
+
+
+def user_path(text: str | os.PathLike[str], *, what: str = "path", error: type[EdgeJudgeError] = InputError) -> Path:
+    """``text`` as a ``Path`` with ``~``/``~user`` expanded; a NUL byte or an unknown ``~user`` is an error."""
+    raw = os.fspath(text)
+    if "\x00" in raw:
+        raise error(f"{what} contains a NUL byte: {raw!r}", hint="remove the NUL character from the path")
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": the user does not exist
+        user = raw.split("/", 1)[0]
+        raise error(
+            f"{what} {raw}: unknown user {user!r} in '~user' prefix",
+            hint="write the full path, or ./" + raw + " for a folder literally named like that",
+        ) from None
+
+
+def describe_kind(mode: int) -> str:
+    """A short name for a file's kind (for messages): folder, named pipe (FIFO), socket, device, ..."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def open_regular(
+    path: Path, *, label: str, what: str, max_bytes: int | None, error: type[EdgeJudgeError] = InputError
+) -> tuple[int, os.stat_result]:
+    """Open ``path`` read-only and return ``(fd, stat)``; the caller closes ``fd``.
+
+    Refused, as ``error`` naming ``label``: a missing file, a folder, anything that is not a regular file
+    (checked on the open descriptor), a file over ``max_bytes``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {label}", hint="check the path") from None
+    except IsADirectoryError:
+        raise error(f"{what} is a folder: {label}", hint="pass a file, not a folder") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise error(f"cannot open {what} {label}: {reason}", hint="check the path and its permissions") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(
+                f"{what} is {describe_kind(info.st_mode)}, not a regular file: {label}",
+                hint="pass a regular file (not a folder, pipe or device)",
+            )
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(
+                f"{what} is too large ({info.st_size} bytes, limit {max_bytes}): {label}",
+                hint="pass a smaller file",
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_regular(
+    path: Path,
+    *,
+    label: str | None = None,
+    what: str = "file",
+    max_bytes: int | None,
+    error: type[EdgeJudgeError] = InputError,
+) -> bytes:
+    """The bytes of a regular file, at most ``max_bytes`` (a file that grows past it while read is refused)."""
+    label = label or str(path)
+    fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
+    limit = max_bytes if max_bytes is not None else info.st_size
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise error(
+            f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file"
+        )
+    return data
+
+
+def sha256_regular(
+    path: Path,
+    *,
+    label: str | None = None,
+    what: str = "file",
+    max_bytes: int | None,
+    error: type[EdgeJudgeError] = InputError,
+) -> str:
+    """The sha256 hex digest of a regular file's bytes, with the same checks as ``read_regular``."""
+    label = label or str(path)
+    fd, _ = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
+    digest = hashlib.sha256()
+    seen = 0
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                seen += len(chunk)
+                if max_bytes is not None and seen > max_bytes:
+                    raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
+                digest.update(chunk)
+    except OSError as exc:
+        raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
+    return digest.hexdigest()
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are the same file (device + inode: hard links, symlinks, other spellings)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False

@@ -6,15 +6,21 @@ with a reason, it never falls through to a weaker rule):
 1. ``[RESULT] N`` markers (``result_marker``), and ``[结果] N`` / ``【结果】N`` (``result_marker_zh``).
    The LAST marker followed by a number wins; markers followed by no number (a prompt echo such as
    ``[RESULT] (an integer number between 1 and 5)``, or a range ``1-5``) are skipped. Accepted after the
-   marker: ``: N``, ``(N)``, ``N/5``, ``N out of 5``, ``Score: N``, markdown ``**``, number words ``four``.
+   marker: ``: N``, ``(N)``, ``N/5``, ``N out of 5``, ``Score: N``, ``Result: N``, markdown ``**``, number
+   words ``four``.
 2. Phrases judges use, only near the end of the text (at most ``TAIL_CHARS`` characters after them), the last
    one wins: ``So the overall score is N`` (``overall_score``), ``Score: N`` / ``score of N`` / ``I would give
-   it a N`` (``score_phrase``), ``N/5`` / ``N out of 5`` (``fraction``).
+   it a N`` and a bracketed ``(Score N)`` / ``[Score N]`` closing the text (``score_phrase``), ``N/5`` /
+   ``N out of 5`` (``fraction``).
 3. Nothing: ``method="none"`` with a ``reason``. Never "the first digit anywhere".
 
-Trailing whitespace, punctuation and end-of-sequence tokens (``</s>`` …) are ignored. ``feedback`` is the text
-before the marker (stripped, a leading ``Feedback:``/``反馈:`` removed); for phrases, the whole text minus the
-phrase's line when that line holds nothing else.
+Trailing whitespace, punctuation and end-of-sequence tokens (``</s>`` …) are ignored. ``feedback`` is the
+text before the marker (stripped, a leading ``Feedback:``/``反馈:`` removed); for phrases, the whole text
+minus the phrase's line when that line holds nothing else.
+
+Every step runs in time linear in the text's length, whatever the text: runs of whitespace/markdown are
+squeezed before the patterns see them (no pattern can backtrack over a long run), and suffixes (``</s>``,
+markdown) are stripped by walking an index back, never by re-copying the text once per token.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ _JUNK = r"[\s*_`]*"
 _MARKER = re.compile(r"\[\s*RESULT\s*\]|(?P<zh>[\[【［]\s*结果\s*[\]】］])", re.IGNORECASE)
 _AFTER_MARKER = re.compile(
     _JUNK + r"(?:(?:[:：=]|-(?=\s))" + _JUNK + r")?"
-    r"(?:(?:score|rating|得分|分数)\s*[:：=]?" + _JUNK + r")?"
+    r"(?:(?:score|rating|result|得分|分数|结果)\s*[:：=]?" + _JUNK + r")?"
     r"[(\[（]?\s*" + _NUM + _NUM_TAIL,
     re.IGNORECASE,
 )
@@ -77,6 +83,15 @@ _PHRASES = (
         "score_phrase",
         re.compile(
             r"\b(?:give|assign|award)s?\s+(?:it|this(?:\s+response)?|the\s+response)?\s*" + _NUMFRAG,
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        # "(Score 4)" / "[Score: 4]" closing the text; not "(Score 5):" as in the template's reference header
+        "score_phrase",
+        re.compile(
+            r"[(\[]\s*(?:score|rating)\s*[:=：]?\s*(?P<num>[+-]?\d+(?:[.,]\d+)?)"
+            r"(?:\s*(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?\s*[)\]](?=[\s*_`.!。]*\Z)",
             re.IGNORECASE,
         ),
     ),
@@ -114,23 +129,31 @@ class ParseResult:
 
 
 def _strip_eos(text: str) -> str:
+    """``text`` without trailing whitespace and end-of-sequence tokens, in any mix and number.
+
+    Walks back from the end with an index (never re-copying the text per token), so a text made of
+    nothing but ``" </s>"`` costs linear time."""
+    end = len(text)
     while True:
-        stripped = text.rstrip()
+        while end and text[end - 1].isspace():
+            end -= 1
         for token in _EOS_TOKENS:
-            if stripped.endswith(token):
-                stripped = stripped[: -len(token)]
-        if stripped == text:
-            return text
-        text = stripped
+            if text.endswith(token, 0, end):
+                end -= len(token)
+                break
+        else:
+            return text[:end]
+
+
+_TRAILING_MARKDOWN = frozenset("*_`#>")
 
 
 def _clean_feedback(text: str) -> str:
-    while True:  # trailing whitespace and markdown left over from a marker such as "**[RESULT]**"
-        stripped = text.rstrip().rstrip("*_`#>")
-        if stripped == text:
-            break
-        text = stripped
-    text = _FEEDBACK_PREFIX.sub("", text, count=1)
+    # trailing whitespace and markdown left over from a marker such as "**[RESULT]**": one backwards walk
+    end = len(text)
+    while end and (text[end - 1].isspace() or text[end - 1] in _TRAILING_MARKDOWN):
+        end -= 1
+    text = _FEEDBACK_PREFIX.sub("", text[:end], count=1)
     return text.strip()
 
 

@@ -98,6 +98,15 @@ VALID = [
     ("marker-without-number-then-phrase", "So the overall score is 3.\n[RESULT]", 3, "overall_score"),
     ("bare-fraction", "Overall, 4/5.", 4, "fraction"),
     ("out-of-5", "Decent answer: 4 out of 5", 4, "fraction"),
+    # forms peers accept (issue 8, item 18)
+    ("paren-score-at-end", "The answer names the cat but not the sofa. (Score 4)", 4, "score_phrase"),
+    ("bracket-score-at-end", "The answer names the cat but not the sofa. [Score 4]", 4, "score_phrase"),
+    ("bracket-score-colon-period", "Right on every count. [Score: 5].", 5, "score_phrase"),
+    ("paren-score-then-eos", "Mostly wrong. (score 2)</s>", 2, "score_phrase"),
+    ("paren-score-fraction", "Partly right. (Score 3/5)", 3, "score_phrase"),
+    ("result-marker-then-result-word", "Fine. [Result] Result: 3", 3, "result_marker"),
+    ("result-marker-newline-result", "Fine.\n[RESULT]\nResult: 2", 2, "result_marker"),
+    ("result-marker-bold-result-word", "Fine. **[RESULT]** **Result:** 4", 4, "result_marker"),
 ]
 
 # (id, text, substring expected in the reason)
@@ -129,6 +138,11 @@ REJECTED = [
     ("date", "Taken on 1/5/2023 in the park.", "no [RESULT] marker"),
     ("phrase-far-from-end", "Score: 4. " + LONG_TAIL, "characters before the end"),
     ("phrase-out-of-range", "Excellent work overall. Score: 7", "7 is outside"),
+    ("paren-score-header", "###Reference Answer (Score 5):", "no [RESULT] marker"),
+    ("bracket-score-mid-text", "[Score 4] is what a lax judge says; this is worse.", "no [RESULT] marker"),
+    ("paren-score-out-of-range", "Superb. (Score 9)", "9 is outside"),
+    ("paren-score-ten-scale", "Superb. (Score 9/10)", "scale of 10"),
+    ("result-word-out-of-range", "Great. [RESULT] Result: 6", "6 is outside"),
 ]
 
 
@@ -216,3 +230,41 @@ def test_long_whitespace_runs_keep_feedback_intact() -> None:
     result = parse_output(text)
     assert result.score == 4
     assert result.feedback == "Good" + " " * 5000 + "answer."
+
+
+# Every fragment the parser looks for (markers, phrase words, EOS tokens, markdown, brackets, digits): a text
+# made of one of them repeated is the worst case for a loop that strips one suffix at a time or a pattern
+# that backtracks (issue 8, item 11: 1.6 MB of " </s>" took 8 s).
+ADVERSARIAL_FRAGMENTS = (
+    " </s>", "</s>", "<|endoftext|>", "<|im_end|>", "[RESULT]", "[RESULT] ", "[ RESULT ]", "[结果]",
+    "【结果】", "Feedback:", " * ", "> ", "*", "_", "`", "#", "\n", " ", "[", "(", "(Score ", "[Score 4] ",
+    "Score: ", "score of ", "overall score is ", "give it a ", "4/5 ", "1/5/", "4 out of ", "1-", "4.",
+    "9" * 30, "Result: ",
+)  # fmt: skip
+
+
+def _parse_seconds(text: str) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        parse_output(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("fragment", ADVERSARIAL_FRAGMENTS, ids=repr)
+def test_parse_time_grows_linearly(fragment: str) -> None:
+    small = fragment * (100_000 // len(fragment) + 1)
+    large = fragment * (400_000 // len(fragment) + 1)
+    t_small, t_large = _parse_seconds(small), _parse_seconds(large)
+    # 4x the text: linear code takes ~4x as long, quadratic ~16x; generous bounds for a busy CI machine
+    assert t_large < 9 * t_small + 0.05, (t_small, t_large)
+    assert t_large < 2.0
+
+
+def test_parse_of_megabytes_of_eos_tokens_is_fast() -> None:
+    result = parse_output("Good. [RESULT] 4" + " </s>" * 320_000)  # the audit's 1.6 MB input
+    assert result.score == 4
+    assert _parse_seconds(" </s>" * 320_000) < 1.0

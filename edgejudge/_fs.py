@@ -21,7 +21,9 @@ from .errors import EdgeJudgeError, InputError
 __all__ = ["user_path", "open_regular", "read_regular", "sha256_regular", "same_file", "describe_kind"]
 
 
-def user_path(text: str | os.PathLike[str], *, what: str = "path", error: type[EdgeJudgeError] = InputError) -> Path:
+def user_path(
+    text: str | os.PathLike[str], *, what: str = "path", error: type[EdgeJudgeError] = InputError
+) -> Path:
     """``text`` as a ``Path`` with ``~``/``~user`` expanded; a NUL byte or an unknown ``~user`` is an error."""
     raw = os.fspath(text)
     if "\x00" in raw:
@@ -66,7 +68,9 @@ def open_regular(
         raise error(f"{what} is a folder: {label}", hint="pass a file, not a folder") from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise error(f"cannot open {what} {label}: {reason}", hint="check the path and its permissions") from None
+        raise error(
+            f"cannot open {what} {label}: {reason}", hint="check the path and its permissions"
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -104,9 +108,7 @@ def read_regular(
     except OSError as exc:
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
     if max_bytes is not None and len(data) > max_bytes:
-        raise error(
-            f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file"
-        )
+        raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
     return data
 
 
@@ -128,10 +130,12 @@ def sha256_regular(
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 seen += len(chunk)
                 if max_bytes is not None and seen > max_bytes:
-                    raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
+                    break
                 digest.update(chunk)
     except OSError as exc:
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
+    if max_bytes is not None and seen > max_bytes:
+        raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
     return digest.hexdigest()
 
 

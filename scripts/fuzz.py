@@ -36,9 +36,20 @@ def run_target(name: str, examples: int, budget_mb: float) -> dict[str, object]:
     began = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-show-statistics",
-             str(TESTS / f"test_fuzz_{name}.py")],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--hypothesis-show-statistics",
+                str(TESTS / f"test_fuzz_{name}.py"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         log.seek(0)
@@ -51,8 +62,14 @@ def run_target(name: str, examples: int, budget_mb: float) -> dict[str, object]:
     peak = usage.ru_maxrss / 1024
     ok = code == 0 and peak <= budget_mb
     return {
-        "target": name, "ok": ok, "code": code, "examples": passing + failing, "failing": failing,
-        "seconds": time.perf_counter() - began, "peak_mb": peak, "log": text,
+        "target": name,
+        "ok": ok,
+        "code": code,
+        "examples": passing + failing,
+        "failing": failing,
+        "seconds": time.perf_counter() - began,
+        "peak_mb": peak,
+        "log": text,
     }
 
 
@@ -73,8 +90,11 @@ def main() -> int:
     for name in chosen:
         r = run_target(name, args.examples, args.budget_mb)
         verdict = "ok" if r["ok"] else ("over budget" if r["code"] == 0 else "FAILED")
-        print(f"{name:<14} {r['examples']:>9} {r['failing']:>8} {r['seconds']:>8.1f} {r['peak_mb']:>8.0f}  "
-              f"{verdict}", flush=True)
+        print(
+            f"{name:<14} {r['examples']:>9} {r['failing']:>8} {r['seconds']:>8.1f} {r['peak_mb']:>8.0f}  "
+            f"{verdict}",
+            flush=True,
+        )
         if args.verbose or not r["ok"]:
             tail = str(r["log"])[-6000:]
             print("\n".join("    " + line for line in tail.splitlines()), flush=True)

@@ -24,7 +24,7 @@ __all__ = ["user_path", "open_regular", "read_regular", "sha256_regular", "same_
 def user_path(
     text: str | os.PathLike[str], *, what: str = "path", error: type[EdgeJudgeError] = InputError
 ) -> Path:
-    """``text`` as a ``Path`` with ``~``/``~user`` expanded; a NUL byte or an unknown ``~user`` is an error."""
+    """``text`` as a ``Path``, ``~``/``~user`` expanded; a NUL byte or an unknown ``~user`` is an error."""
     raw = os.fspath(text)
     if "\x00" in raw:
         raise error(f"{what} contains a NUL byte: {raw!r}", hint="remove the NUL character from the path")
@@ -98,7 +98,7 @@ def read_regular(
     max_bytes: int | None,
     error: type[EdgeJudgeError] = InputError,
 ) -> bytes:
-    """The bytes of a regular file, at most ``max_bytes`` (a file that grows past it while read is refused)."""
+    """The bytes of a regular file, at most ``max_bytes`` (a file growing past it while read is refused)."""
     label = label or str(path)
     fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
     limit = max_bytes if max_bytes is not None else info.st_size

@@ -72,10 +72,14 @@ def test_parse_usage_and_missing_file(work_dir: Path) -> None:
     assert result.exit_code == 1 and result.stderr.startswith("error: --jsonl not found")
 
 
-def test_parse_jsonl_not_utf8_fails_before_any_output(work_dir: Path) -> None:
+def test_parse_jsonl_not_utf8_line_is_a_malformed_line(work_dir: Path) -> None:
+    # issue 8, item 13 changed this: a non-UTF-8 line is one reported malformed line, the others go on
     path = work_dir / "latin1.jsonl"
     path.write_bytes(b'{"id": "a", "text": "Fine. [RESULT] 4"}\n{"id": "b", "text": "caf\xe9 [RESULT] 2"}\n')
     result = runner.invoke(app, ["parse", "--jsonl", str(path)])
-    assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: cannot read --jsonl") and "UTF-8" in result.stderr
+    assert result.exit_code == 1
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert out[0]["id"] == "a" and out[0]["score"] == 4
+    assert out[1]["line"] == 2 and "UTF-8" in out[1]["error"]
+    assert "line 2" in result.stderr and "UTF-8" in result.stderr
     assert "Traceback" not in result.stderr

@@ -60,6 +60,10 @@ __all__ = [
     "reflow",
     "make_progress",
     "read_text_file",
+    "read_bytes_file",
+    "emit_jsonl",
+    "MAX_TEXT_BYTES",
+    "MAX_JSONL_BYTES",
     "JsonOpt",
     "GenerationOptions",
     "IMAGE_FITS",
@@ -97,8 +101,22 @@ def _json_safe(value: Any) -> Any:
 
 def emit_json(obj: Any, *, indent: int | None = 2) -> None:
     """Write one JSON document to stdout (NaN/inf become null, Paths strings). The only stdout writer
-    besides JSONL streams and ``--print-prompt``."""
-    typer.echo(json.dumps(_json_safe(obj), ensure_ascii=False, indent=indent))
+    besides JSONL streams and ``--print-prompt``. Text that cannot be encoded (lone surrogates, e.g. a
+    path typed as bytes that are not UTF-8) is written as ``\\uXXXX`` escapes instead of failing."""
+    safe = _json_safe(obj)
+    text = json.dumps(safe, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(safe, ensure_ascii=True, indent=indent)
+    typer.echo(text)
+
+
+def emit_jsonl(obj: Any) -> None:
+    """Write one JSON line to stdout through ``_jsonl.dumps_line`` (never raises on a string)."""
+    from .._jsonl import dumps_line
+
+    typer.echo(dumps_line(_json_safe(obj)), nl=False)
 
 
 def _print_error(message: str, hint: str | None) -> None:
@@ -203,19 +221,54 @@ def make_app(name: str, help: str, *, epilog: str | None = None, **kwargs: Any) 
     )
 
 
-def read_text_file(path: Path, *, option: str | None = None) -> str:
-    """The UTF-8 text of ``path`` (``-`` = stdin). Errors name ``option`` (e.g. ``--response-file``)
-    when the file came from one, else just the path."""
+#: The largest text file (``--response-file``, ``parse FILE``) read: far above any prompt the judge can hold.
+MAX_TEXT_BYTES = 64 * 2**20
+#: The largest JSONL file ``parse --jsonl`` and ``metrics`` read whole.
+MAX_JSONL_BYTES = 2 * 2**30
+
+
+def read_bytes_file(path: Path | str, *, option: str | None = None, max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a regular file (``-`` = stdin), ``~`` expanded; folders, FIFOs and devices are refused
+    (never a hang), and so is a file over ``max_bytes``. Errors name ``option`` when the file came from
+    one."""
+    from .._fs import read_regular, user_path
+
+    what = option or "file"
+    if str(path) == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text-only stdin (embedders): take it as it is
+            data = sys.stdin.read(max_bytes + 1).encode("utf-8", "surrogateescape")
+        else:
+            data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InputError(f"{what}: stdin holds more than {max_bytes} bytes", hint="pass a smaller input")
+        return data
+    label = os.fsdecode(path)
+    return read_regular(user_path(label, what=what), label=label, what=what, max_bytes=max_bytes)
+
+
+def read_text_file(
+    path: Path | str, *, option: str | None = None, warnings: list[str] | None = None
+) -> str:
+    """The UTF-8 text of ``path`` (``-`` = stdin), read with ``read_bytes_file``'s checks.
+
+    Bytes that are not UTF-8 are replaced with U+FFFD; with a ``warnings`` list a line saying so is
+    appended to it (the caller puts it on the verdict), without one the file is refused instead."""
+    data = read_bytes_file(path, option=option)
     try:
-        if str(path) == "-":
-            stream = getattr(sys.stdin, "buffer", None)
-            return stream.read().decode("utf-8") if stream is not None else sys.stdin.read()
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{option or 'file'} not found: {path}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        where = f"{option} {path}" if option else str(path)
-        raise InputError(f"cannot read {where}: {err}", hint="pass a UTF-8 text file") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"{option} {os.fsdecode(path)}" if option else os.fsdecode(path)
+        if warnings is None:
+            raise InputError(
+                f"{where} is not UTF-8 text (byte {err.start}: {err.reason})", hint="pass a UTF-8 text file"
+            ) from None
+        text = data.decode("utf-8", errors="replace")
+        warnings.append(
+            f"{where} is not valid UTF-8 (first bad byte at offset {err.start}): "
+            f"{text.count(chr(0xFFFD))} character(s) were replaced with U+FFFD; save it as UTF-8"
+        )
+        return text
 
 
 def examples(*lines: str) -> str:

@@ -8,7 +8,6 @@ no score) and unmatched rows are counted, not silently dropped. The statistics a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError
-from ._common import JsonOpt, emit_json, examples, stderr_console
+from ._common import MAX_JSONL_BYTES, JsonOpt, emit_json, examples, read_bytes_file, stderr_console
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -52,24 +51,23 @@ def read_rows(
 
     Predictions: the last row per id wins (``edgejudge batch`` appends a retried row after its failed
     one). Gold (``first_wins``): the first row wins and later duplicates are reported, as ``edgejudge
-    batch`` judges only the first row of an id in its input."""
+    batch`` judges only the first row of an id in its input. The file must be a regular file (``~``
+    expanded); every line goes through ``_jsonl.loads_line``, so a hostile line (not JSON, nested too
+    deep, a huge integer, not UTF-8) is one reported problem and the next line goes on."""
+    from .._jsonl import loads_line, split_lines
+
     rows: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"file not found: {path}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise InputError(f"cannot read {path}: {reason}", hint="pass a UTF-8 JSONL file") from None
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    data = read_bytes_file(path, max_bytes=MAX_JSONL_BYTES)
+    for n, line, replaced in split_lines(data):
+        if replaced:  # ids and scores of such a line cannot be trusted: reported, not joined
+            bad.append(f"{path.name}:{n}: not valid UTF-8 (undecodable bytes in the line)")
             continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            bad.append(f"{path.name}:{n}: malformed JSON ({err})")
+        decoded = loads_line(line)
+        if decoded.problem is not None:
+            bad.append(f"{path.name}:{n}: {decoded.problem}")
             continue
+        row = decoded.value
         if not isinstance(row, dict):
             bad.append(f"{path.name}:{n}: not a JSON object")
             continue
@@ -89,7 +87,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
         return None
     return number if math.isfinite(number) else None
 

@@ -1,22 +1,32 @@
 """``edgejudge parse``: score judge outputs produced elsewhere (the reference script, other runtimes).
 
 One text (FILE or stdin) → one JSON object; ``--jsonl FILE --field text`` → one JSON line per input line,
-keeping ``question_id``/``id``. Malformed lines are reported on stderr with their line number, emitted as
+keeping ``question_id``/``id``. Malformed lines (not JSON, nested too deep, an integer too long for Python,
+not a JSON object, the field missing) are reported on stderr with their line number, emitted as
 ``{"line": N, "error": ...}`` records so output lines stay aligned with input lines, and make the exit
 status 1 once every line has been processed.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.console import Console
 
-from ._common import EXIT_ERROR, examples, read_text_file, stderr_console, usage_error
+from ._common import (
+    EXIT_ERROR,
+    MAX_JSONL_BYTES,
+    emit_json,
+    emit_jsonl,
+    examples,
+    read_bytes_file,
+    read_text_file,
+    stderr_console,
+    usage_error,
+)
 
 __all__ = ["register", "parse_record"]
 
@@ -40,30 +50,43 @@ def _read_text(file: Path | None) -> str:
     if file is None or str(file) == "-":
         if sys.stdin.isatty():
             usage_error("give a FILE, or pipe the judge's output into stdin", "FILE")
-    return read_text_file(file or Path("-"))
+    warnings: list[str] = []
+    text = read_text_file(file or Path("-"), warnings=warnings)
+    for warning in warnings:
+        stderr_console().print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
+    return text
+
+
+def _problem(console: Console, lineno: int, message: str) -> None:
+    console.print(f"line {lineno}: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _jsonl(path: Path, field: str) -> int:
-    """Write one record per line of ``path``; returns the number of malformed lines."""
+    """Write one record per line of ``path``; returns the number of malformed lines.
+
+    Every line goes through ``_jsonl.loads_line``: a line that is not JSON, is nested too deep, holds an
+    integer too long for Python or is not UTF-8 becomes an ``error`` record, and the next line goes on.
+    Lone surrogates (``"\\ud800"``) in a valid line are replaced with U+FFFD."""
+    from .._jsonl import loads_line, split_lines
+
     console = stderr_console()
     bad = 0
-    # read (and decode) everything first: a bad file fails before any line is printed
-    content = read_text_file(path, option="--jsonl")
-    for lineno, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
+    # read everything first: a file that cannot be read fails before any line is printed
+    content = read_bytes_file(path, option="--jsonl", max_bytes=MAX_JSONL_BYTES)
+    for lineno, line, replaced in split_lines(content):
         record: dict[str, Any] = {"line": lineno}
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as err:
+        decoded = loads_line(line)
+        row: Any = decoded.value
+        problem = decoded.problem
+        if replaced:  # undecodable bytes: the text is not what was written, so no score is read from it
+            problem, row = "not valid UTF-8 (undecodable bytes in the line)", None
+        elif problem is None and not isinstance(row, dict):
+            problem = f"expected a JSON object, got {type(row).__name__}"
+        if problem is not None:
             bad += 1
-            console.print(
-                f"[red]line {lineno}:[/red] malformed JSON ({escape(str(err))})", markup=True, highlight=False
-            )
-            record["error"] = f"malformed JSON: {err}"
-            typer.echo(json.dumps(record, ensure_ascii=False))
+            _problem(console, lineno, problem)
+            record["error"] = problem
+            emit_jsonl(record)
             continue
         for key in KEEP_FIELDS:
             if key in row:
@@ -72,11 +95,11 @@ def _jsonl(path: Path, field: str) -> int:
         if not isinstance(text, str):
             bad += 1
             what = "missing" if text is None else f"not text ({type(text).__name__})"
-            console.print(f"line {lineno}: field {field!r} is {what}", highlight=False, markup=False)
+            _problem(console, lineno, f"field {field!r} is {what}")
             record["error"] = f"field {field!r} is {what}"
         else:
             record.update(parse_record(text))
-        typer.echo(json.dumps(record, ensure_ascii=False))
+        emit_jsonl(record)
     return bad
 
 
@@ -117,4 +140,4 @@ def register(app: typer.Typer) -> None:
                 stderr_console().print(f"{bad} line(s) could not be parsed (see above)")
                 raise typer.Exit(EXIT_ERROR)
             return
-        typer.echo(json.dumps(parse_record(_read_text(file)), ensure_ascii=False, indent=2))
+        emit_json(parse_record(_read_text(file)))

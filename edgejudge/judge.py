@@ -2,15 +2,20 @@
 
 The judge owns the sampling policy (``samples=N``: N generations with seeds ``seed, seed+1, …``; majority
 score, ties broken towards the mean expected score; mean distribution; agreement rate), the image fit
-(what the judge sees), the naming of the field to shorten when the context overflows and the warnings that
-belong on a verdict (prompt longer than the judge's 2048-token training length, engine warnings).
+(what the judge sees), the naming of the field to shorten when the context overflows, the validation of
+the inputs every caller shares (non-empty instruction and response, at most ``MAX_SAMPLES`` samples) and
+the warnings that belong on a verdict: prompt longer than the judge's 2048-token training length, engine
+warnings, text that was not valid Unicode (lone surrogates, e.g. from undecodable bytes, replaced with
+U+FFFD) and user text that imitates the prompt's layout (the wrapper's ``USER:``/``ASSISTANT:`` role
+markers, the template's ``###`` section headers): such text tokenizes exactly like the real turn, so a
+response can forge one; the verdict says so rather than pretending it cannot happen.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +33,73 @@ if TYPE_CHECKING:
 
     ImageInput = str | Path | bytes | Image | FittedImage
 
-__all__ = ["Judge", "Task", "TRAINING_CONTEXT", "IMAGE_FITS", "expected_score", "aggregate_samples"]
+__all__ = [
+    "Judge",
+    "Task",
+    "TRAINING_CONTEXT",
+    "IMAGE_FITS",
+    "MAX_SAMPLES",
+    "expected_score",
+    "aggregate_samples",
+    "check_texts",
+    "prompt_markers",
+]
 
 #: Prometheus-Vision was fine-tuned with model_max_length 2048: longer prompts are off-distribution.
 TRAINING_CONTEXT = 2048
 IMAGE_FITS = ("crop", "pad")
+#: The most samples one judgment may draw (the CLI's ``--samples`` bound is this same constant).
+MAX_SAMPLES = 64
+#: The role markers of the vicuna_v1 wrapper, as ``prompt.conversation_parts`` writes them.
+ROLE_MARKERS = ("USER:", "ASSISTANT:")
+
+
+def _template_headers() -> tuple[str, ...]:
+    from .prompt import JUDGE_TEMPLATE
+
+    return tuple(line for line in JUDGE_TEMPLATE.split("\n") if line.startswith("###"))
+
+
+def prompt_markers(text: str) -> list[str]:
+    """The wrapper's role markers and the template's ``###`` headers that ``text`` contains, in order."""
+    return [marker for marker in (*ROLE_MARKERS, *_template_headers()) if marker in text]
+
+
+def check_texts(instruction: object, response: object) -> None:
+    """Refuse what no judgment can use: an instruction or response that is not text, or is empty/blank."""
+    for label, value in (("instruction", instruction), ("response", response)):
+        if not isinstance(value, str):
+            raise InputError(
+                f"{label} must be text, got {type(value).__name__}", hint=f"pass the {label} as a string"
+            )
+        if not value.strip():
+            raise InputError(f"the {label} is empty", hint=f"give the {label} to judge (it is blank)")
+
+
+def _clean_text(label: str, value: str, notes: list[str]) -> str:
+    """``value`` with lone surrogates replaced by U+FFFD (the tokenizer cannot encode them); noted."""
+    from ._jsonl import scrub
+
+    cleaned, count = scrub(value)
+    if count:
+        notes.append(
+            f"the {label} held {count} character(s) that are not valid text (undecodable bytes or lone "
+            "surrogates); they were replaced with U+FFFD"
+        )
+    return str(cleaned)
+
+
+def _marker_notes(fields: dict[str, str | None]) -> list[str]:
+    notes = []
+    for label, value in fields.items():
+        found = prompt_markers(value) if value else []
+        if found:
+            shown = ", ".join(repr(m) for m in found)
+            notes.append(
+                f"the {label} contains {shown}, text of the judge's own prompt layout: it can imitate a "
+                "conversation turn or prompt section and steer the verdict; check this verdict by hand"
+            )
+    return notes
 
 
 def expected_score(probs: dict[int, float] | None) -> float | None:
@@ -120,11 +187,19 @@ class _Prepared:
     reference: str | None
     image_label: str
     parts: PromptParts
+    instruction: str
+    response: str
+    notes: tuple[str, ...] = ()
 
 
 def _check_run(samples: int, params: GenerationParams | None) -> tuple[int, GenerationParams]:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}", hint="use samples >= 1")
+    if samples > MAX_SAMPLES:
+        raise InputError(
+            f"samples must be at most {MAX_SAMPLES}, got {samples}",
+            hint=f"use {MAX_SAMPLES} samples or fewer (the majority settles long before)",
+        )
     params = params or GenerationParams()
     if params.max_tokens < 1:
         raise InputError(f"max_tokens must be positive, got {params.max_tokens}", hint="use max_tokens >= 1")
@@ -192,11 +267,7 @@ class Judge(Closing):
     def _judge_prompt(self, instruction: str, response: str, rubric: Rubric, reference: str | None) -> str:
         from .prompt import render_judge_prompt
 
-        for label, value in (("instruction", instruction), ("response", response)):
-            if not isinstance(value, str):
-                raise InputError(
-                    f"{label} must be text, got {type(value).__name__}", hint=f"pass the {label} as a string"
-                )
+        check_texts(instruction, response)
         return render_judge_prompt(instruction, response, rubric, reference)
 
     def prompt_text(
@@ -228,11 +299,13 @@ class Judge(Closing):
         params: GenerationParams | None = None,
         on_text: TokenCallback | None = None,
         image_name: str | None = None,
+        on_sample: Callable[[int, int], None] | None = None,
     ) -> Verdict:
         """Judge one response to one image; see the module docstring for the sampling policy.
 
         Several samples are decoded as parallel sequences when the engine can (not while streaming
-        through ``on_text``, which shows one sample after another)."""
+        through ``on_text``, which shows one sample after another). ``on_sample(done, total)`` is called
+        as samples finish (after each one when streaming, once when they were decoded together)."""
         samples, params = _check_run(samples, params)
         task = Task(image, instruction, response, rubric, reference, image_name)
         prepared = self._prepare(task)
@@ -240,9 +313,15 @@ class Judge(Closing):
         requests = [(prepared.parts, replace(params, seed=seed)) for seed in seeds]
         try:
             if on_text is not None:  # streamed: one sample after another
-                gens = [self.engine.generate(parts, p, on_text) for parts, p in requests]
+                gens = []
+                for parts, p in requests:
+                    gens.append(self.engine.generate(parts, p, on_text))
+                    if on_sample is not None:
+                        on_sample(len(gens), samples)
             else:
                 gens = self._generate_many(requests)
+                if on_sample is not None:
+                    on_sample(samples, samples)
         except ContextOverflowError as err:
             raise self._name_overflow(err, prepared, params.max_tokens) from None
         return self._verdict(prepared, gens, seeds, params, samples)
@@ -321,10 +400,25 @@ class Judge(Closing):
     def _prepare(self, task: Task) -> _Prepared:
         from .prompt import conversation_parts
 
-        rubric_obj = self._rubric(task.rubric)
+        check_texts(task.instruction, task.response)
+        notes: list[str] = []
+        instruction = _clean_text("instruction", task.instruction, notes)
+        response = _clean_text("response", task.response, notes)
+        rubric_obj = self._clean_rubric(self._rubric(task.rubric), notes)
         reference = self._reference(task.reference)
+        if reference is not None:
+            reference = _clean_text("reference answer", reference, notes)
+        rubric_text = "\n".join((rubric_obj.criteria, *rubric_obj.descriptions))
+        notes += _marker_notes(
+            {
+                "instruction": instruction,
+                "response": response,
+                "reference answer": reference,
+                "rubric": rubric_text,
+            }
+        )
         fitted = self.fit(task.image, name=task.image_name)
-        judge_prompt = self._judge_prompt(task.instruction, task.response, rubric_obj, reference)
+        judge_prompt = self._judge_prompt(instruction, response, rubric_obj, reference)
         before, after = conversation_parts(judge_prompt)
         parts = PromptParts(
             before_image=before,
@@ -334,7 +428,26 @@ class Judge(Closing):
             image_sha256=fitted.sha256,
             after_image=after,
         )
-        return _Prepared(task, rubric_obj, reference, task.image_name or fitted.name, parts)
+        return _Prepared(
+            task,
+            rubric_obj,
+            reference,
+            task.image_name or fitted.name,
+            parts,
+            instruction,
+            response,
+            tuple(notes),
+        )
+
+    @staticmethod
+    def _clean_rubric(rubric: Rubric, notes: list[str]) -> Rubric:
+        criteria = _clean_text("rubric criterion", rubric.criteria, notes)
+        descriptions = tuple(
+            _clean_text(f"rubric's score {k}", d, notes) for k, d in enumerate(rubric.descriptions, 1)
+        )
+        if criteria == rubric.criteria and descriptions == rubric.descriptions:
+            return rubric
+        return replace(rubric, criteria=criteria, descriptions=descriptions)  # type: ignore[arg-type]
 
     def _verdict(
         self,
@@ -364,7 +477,7 @@ class Judge(Closing):
                 )
             )
         agg = aggregate_samples(results)
-        warnings = list(self.engine.warnings)
+        warnings = [*self.engine.warnings, *prepared.notes]
         prompt_tokens = results[0].timings.prompt_tokens
         if prompt_tokens > TRAINING_CONTEXT:
             warnings.append(
@@ -396,7 +509,7 @@ class Judge(Closing):
     def _name_overflow(
         self, err: ContextOverflowError, prepared: _Prepared, max_tokens: int
     ) -> ContextOverflowError:
-        instruction, response = prepared.task.instruction, prepared.task.response
+        instruction, response = prepared.instruction, prepared.response
         rubric, reference = prepared.rubric, prepared.reference
         rubric_text = "\n".join((rubric.criteria, *rubric.descriptions))
         sizes = {

@@ -135,14 +135,18 @@ def test_unreadable_response_file_names_the_option(fake: FakeEngine, image: Path
     assert result.exit_code == 1 and result.stdout == ""
     lines = _one_line_error(result)
     assert lines[0].startswith("error: --response-file not found:") and "none.txt" in lines[0]
-    binary = work_dir / "answer.bin"
-    binary.write_bytes(b"\xff\xfe\x00 not utf-8")
-    result = runner.invoke(app, ["judge", str(image), "-i", "What?", "--response-file", str(binary)])
-    assert result.exit_code == 1
-    lines = _one_line_error(result)
-    assert lines[0].startswith(f"error: cannot read --response-file {binary}:")
-    assert lines[1] == "hint: pass a UTF-8 text file"
     assert not fake.history
+    # issue 8, item 15 changed this: a file that is not UTF-8 is judged with U+FFFD for the bad bytes,
+    # and the verdict carries a warning naming the option and the file (was: refused)
+    binary = work_dir / "answer.bin"
+    binary.write_bytes(b"caf\xe9 au lait")
+    args = ["judge", str(image), "-i", "What?", "--response-file", str(binary), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    warning = next(w for w in verdict["warnings"] if "not valid UTF-8" in w)
+    assert f"--response-file {binary}" in warning
+    assert "caf\ufffd au lait" in fake.history[-1][0].after_image
 
 
 def test_panel_names_the_registered_model(

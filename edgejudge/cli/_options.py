@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..judge import MAX_SAMPLES
+
 if TYPE_CHECKING:
     from ..engine.base import GenerationParams
 
@@ -46,7 +48,11 @@ _MODEL = "Model"
 SamplesOpt = Annotated[
     int,
     typer.Option(
-        "--samples", min=1, help="Number of verdicts to sample (majority score).", rich_help_panel=_GEN
+        "--samples",
+        min=1,
+        max=MAX_SAMPLES,
+        help=f"Number of verdicts to sample (majority score; at most {MAX_SAMPLES}).",
+        rich_help_panel=_GEN,
     ),
 ]
 TemperatureOpt = Annotated[

@@ -8,6 +8,7 @@ the exact prompt text with ``--print-prompt``.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -45,13 +46,18 @@ _ScoreOpt = Annotated[
 ]
 
 
-def read_text_arg(value: str | None, file: Path | None, name: str) -> str | None:
-    """The text of ``--name`` or ``--name-file`` (``-`` = stdin); both given is a usage error."""
+def read_text_arg(
+    value: str | None, file: Path | None, name: str, warnings: list[str] | None = None
+) -> str | None:
+    """The text of ``--name`` or ``--name-file`` (``-`` = stdin); both given is a usage error.
+
+    A file that is not valid UTF-8 is read with U+FFFD for the bad bytes and a line saying so appended to
+    ``warnings`` (it goes on the verdict); without a ``warnings`` list such a file is refused."""
     if value is not None and file is not None:
         usage_error(f"give --{name} or --{name}-file, not both", f"--{name}")
     if file is None:
         return value
-    return read_text_file(file, option=f"--{name}-file")
+    return read_text_file(file, option=f"--{name}-file", warnings=warnings)
 
 
 def choose_rubric(rubric: str | None, criteria: str | None, scores: list[str | None]) -> Rubric:
@@ -145,26 +151,44 @@ def register(app: typer.Typer) -> None:
         the score (or the whole verdict with [bold]--json[/bold]). Without [bold]--model[/bold] the default
         model is used (see [bold]edgejudge models default[/bold]).
         """
-        text = read_text_arg(response, response_file, "response")
+        from .._fs import user_path
+        from ..errors import InvalidImageError
+        from ..judge import check_texts
+
+        input_warnings: list[str] = []
+        text = read_text_arg(response, response_file, "response", input_warnings)
         if text is None:
             usage_error(
                 "give the response to judge with --response TEXT or --response-file FILE", "--response"
             )
+        check_texts(instruction, text)  # the library's rule (an empty response is refused), before any load
         the_rubric = choose_rubric(rubric, criteria, [score1, score2, score3, score4, score5])
         if print_prompt:
+            from .._jsonl import scrub
             from ..prompt import full_conversation, render_judge_prompt
 
             prompt = full_conversation(render_judge_prompt(instruction, text, the_rubric, reference))
+            prompt = str(scrub(prompt)[0])  # text typed as non-UTF-8 bytes: U+FFFD, as the judge sees it
             sys.stdout.write(prompt + ("\n" if sys.stdout.isatty() else ""))
             sys.stdout.flush()
             return
         from ..images import load_image
 
+        image = user_path(image, what="image", error=InvalidImageError)
         load_image(image)  # fail on a missing/corrupt image before loading a multi-GB model
         console = stderr_console()
         with status("loading the judge model…"):
             judge_obj = build_judge(options)
         with judge_obj, FeedbackStream(console) as stream:
+            on_sample = None
+            if stream.enabled and options.samples > 1:
+                stream.title = f"Feedback (sample 1/{options.samples})"
+
+                def on_sample(done: int, total: int) -> None:
+                    if done < total:
+                        stream.title = f"Feedback (sample {done + 1}/{total})"
+                        stream.on_text("\n\n")
+
             verdict = judge_obj.evaluate(
                 image,
                 instruction=instruction,
@@ -174,7 +198,10 @@ def register(app: typer.Typer) -> None:
                 samples=options.samples,
                 params=options.params(),
                 on_text=stream.on_text if stream.enabled else None,
+                on_sample=on_sample,
             )
+        if input_warnings:
+            verdict = replace(verdict, warnings=(*verdict.warnings, *input_warnings))
         if as_json:
             for warning in verdict.warnings:  # people still hear about them; the JSON carries them too
                 console.print(

@@ -23,13 +23,14 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import config
+from ._fs import user_path
 from ._registry_lock import locked
 from .errors import InputError, ModelNotFoundError, RegistryError
 
@@ -152,23 +153,72 @@ def registry_path() -> Path:
     return config.models_dir() / REGISTRY_FILE
 
 
-def load_registry() -> Registry:
-    """The registry of installed models (empty when none was written yet)."""
-    path = registry_path()
-    if not path.is_file():
-        return Registry()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-        models = tuple(InstalledModel(**m) for m in data.get("models", []))
-        default = data.get("default")
-    except (ValueError, TypeError) as err:
-        raise RegistryError(
-            f"the model registry {path} is unreadable ({err})",
-            hint="fix or delete the file, then re-add models with `edgejudge models add`",
-        ) from None
+#: The largest registry file read (an entry is ~1 KB; this is thousands of models).
+MAX_REGISTRY_BYTES = 16 * 2**20
+_REQUIRED = ("name", "quant", "text_model", "mmproj")
+
+
+def _entry(value: Any, where: str) -> InstalledModel:
+    """One registry entry, every field checked for its type (wrong types never reach the callers)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(value).__name__}")
+    known = {f.name: f.type for f in fields(InstalledModel)}
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        kind = known.get(key)
+        if kind is None:
+            continue  # a field a later edgejudge may add
+        if kind == "int":
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 2**63:
+                raise ValueError(f"{where}.{key} must be a byte count, got {item!r:.40}")
+        elif not isinstance(item, str):
+            raise ValueError(f"{where}.{key} must be text, got {type(item).__name__}")
+        values[key] = item
+    for key in _REQUIRED:
+        if not values.get(key):
+            raise ValueError(f"{where} has no {key!r}")
+    return InstalledModel(**values)
+
+
+def _parse_registry(text: str) -> Registry:
+    from ._jsonl import loads_line
+
+    decoded = loads_line(text)
+    if decoded.problem is not None:
+        raise ValueError(decoded.problem)
+    data = decoded.value
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    entries = data.get("models", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"'models' must be a list, got {type(entries).__name__}")
+    models = tuple(_entry(m, f"models[{i}]") for i, m in enumerate(entries))
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise ValueError(f"'default' must be a model name, got {type(default).__name__}")
     return Registry(models=models, default=default)
+
+
+def load_registry() -> Registry:
+    """The registry of installed models (empty when none was written yet).
+
+    Anything wrong with the file (not a regular file, too large, not UTF-8, not JSON, nested too deep,
+    a field of the wrong type) is a ``RegistryError`` naming the file and the problem."""
+    from ._fs import read_regular
+
+    path = registry_path()
+    if not os.path.lexists(path):
+        return Registry()
+    hint = "fix or delete the file, then re-add models with `edgejudge models add`"
+    data = read_regular(path, what="the model registry", max_bytes=MAX_REGISTRY_BYTES, error=RegistryError)
+    try:
+        return _parse_registry(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RegistryError(
+            f"the model registry {path} is unreadable (not UTF-8: byte {err.start})", hint=hint
+        ) from None
+    except (ValueError, TypeError) as err:
+        raise RegistryError(f"the model registry {path} is unreadable ({err})", hint=hint) from None
 
 
 def save_registry(registry: Registry) -> None:
@@ -291,7 +341,7 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
                 "or install the judge with `edgejudge models pull prometheus-vision-7b`",
             )
     if _looks_like_path(value, reg):
-        text = Path(value).expanduser()
+        text = user_path(value, what="model file", error=ModelNotFoundError)
         if text.is_dir():
             ggufs = sorted(p for p in text.glob("*.gguf") if not p.name.startswith("mmproj-"))
             if len(ggufs) != 1:
@@ -306,14 +356,17 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
                 hint="check the path, or use a name from `edgejudge models list`",
             )
         text = text.resolve()
-        proj = Path(mmproj).expanduser() if mmproj else _mmproj_beside(text)
+        if mmproj:
+            proj = user_path(mmproj, what="mmproj file", error=ModelNotFoundError)
+        else:
+            proj = _mmproj_beside(text)
     else:
         entry = find_installed(value, reg)
         if entry is None:
             raise _not_installed(value, reg)
         text, proj = entry.paths
         if mmproj:
-            proj = Path(mmproj).expanduser()
+            proj = user_path(mmproj, what="mmproj file", error=ModelNotFoundError)
         if not text.is_file():
             raise ModelNotFoundError(
                 f"the files of model {entry.key} are missing: {text}",
@@ -373,7 +426,8 @@ def make_entry(
     quant: str | None = None,
 ) -> InstalledModel:
     """A registry entry for an existing GGUF pair (quant read from the file, sizes and sha256 measured)."""
-    text_p, proj_p = Path(text).expanduser().resolve(), Path(mmproj).expanduser().resolve()
+    text_p = user_path(text, what="text model", error=ModelNotFoundError).resolve()
+    proj_p = user_path(mmproj, what="mmproj", error=ModelNotFoundError).resolve()
     for label, p in (("text model", text_p), ("mmproj", proj_p)):
         if not p.is_file():
             raise ModelNotFoundError(f"{label} file not found: {p}", hint="check the path")

@@ -11,6 +11,12 @@ Accepted keys (TOML or JSON object, or a batch row's inline ``rubric`` object):
 - optional: ``name``, ``title``, ``summary``. Other keys are ignored (Perception rows carry many).
 
 Fields are stripped of surrounding whitespace; their content is never altered. Pure: no printing.
+
+Loading never lets anything but ``RubricError`` out, whatever the file holds: the path is checked with
+``_fs`` (``~`` expanded, a NUL byte or unknown ``~user`` refused; only a regular file of at most
+``MAX_RUBRIC_BYTES``, so a FIFO or ``/dev/zero`` is refused, never waited on), the bytes must be UTF-8,
+JSON goes through ``_jsonl.loads_line`` (nesting depth, integer digit limits, lone surrogates replaced) and
+TOML nested too deep or holding a number Python cannot hold is refused; every message names the file.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ._fs import read_regular, user_path
 from .errors import RubricError
 
 if sys.version_info >= (3, 11):
@@ -50,6 +57,9 @@ EXPECTED_KEYS_HINT = (
     '(optional: name, title, summary); e.g. criteria = "Is the answer correct?" and '
     'score1 = "..." .. score5 = "..."'
 )
+
+#: The largest rubric file read (a rubric is a few KB of text).
+MAX_RUBRIC_BYTES = 1 * 2**20
 
 # For each field, the accepted spellings in order of preference.
 _CRITERIA_KEYS = ("criteria", "orig_criteria")
@@ -142,15 +152,28 @@ def _from_mapping(data: Mapping[str, Any], *, name: str, source: str | None) -> 
 
 
 def _parse_file_text(text: str, suffix: str, source: str) -> Mapping[str, Any]:
+    from ._jsonl import loads_line, scrub
+
     data: Any
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        else:
+    if suffix == ".json":
+        decoded = loads_line(text)
+        if decoded.problem is not None:
+            raise RubricError(f"{source} is not valid JSON: {decoded.problem}", hint=EXPECTED_KEYS_HINT)
+        data = decoded.value
+    else:
+        try:
             data = tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if suffix == ".json" else "TOML"
-        raise RubricError(f"{source} is not valid {kind}: {exc}", hint=EXPECTED_KEYS_HINT) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RubricError(f"{source} is not valid TOML: {exc}", hint=EXPECTED_KEYS_HINT) from None
+        except RecursionError:
+            raise RubricError(
+                f"{source} is not valid TOML: nested too deep", hint=EXPECTED_KEYS_HINT
+            ) from None
+        except (ValueError, OverflowError, MemoryError) as exc:  # e.g. an integer over Python's digit limit
+            raise RubricError(
+                f"{source} is not valid TOML: a value Python cannot hold ({exc})", hint=EXPECTED_KEYS_HINT
+            ) from None
+        data = scrub(data)[0]
     if isinstance(data, Mapping) and "rubric" in data and isinstance(data["rubric"], Mapping):
         data = data["rubric"]  # allow a [rubric] table / {"rubric": {...}} wrapper
     return data  # type: ignore[no-any-return]
@@ -185,8 +208,9 @@ def _looks_like_path(text: str) -> bool:
 def load_rubric(name_or_path: str | Path) -> Rubric:
     """A built-in rubric by name, or a rubric file (``.toml`` or ``.json``).
 
-    Raises ``RubricError``: unknown name (listing the available ones), missing/unreadable file, invalid
-    TOML/JSON, or a missing/empty field (named, with the file).
+    Raises ``RubricError`` (and nothing else): unknown name (listing the available ones), a missing,
+    unreadable, oversized or non-regular file, bytes that are not UTF-8, invalid or too deeply nested
+    TOML/JSON, numbers Python cannot hold, or a missing/empty/non-text field (named, with the file).
     """
     if isinstance(name_or_path, str) and not _looks_like_path(name_or_path):
         library = builtin_rubrics()
@@ -198,7 +222,7 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
                 f"unknown rubric '{name_or_path}'; available: {', '.join(library)}",
                 hint="pass a built-in name (edgejudge rubrics list) or the path of a .toml/.json rubric file",
             )
-    path = Path(name_or_path).expanduser()
+    path = user_path(name_or_path, what="rubric file", error=RubricError)
     if not path.exists():
         raise RubricError(
             f"rubric file not found: {path}",
@@ -211,11 +235,13 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
         raise RubricError(
             f"rubric file must end in .toml or .json: {path}", hint="rename it, or convert it to TOML/JSON"
         )
+    data_bytes = read_regular(path, what="rubric file", max_bytes=MAX_RUBRIC_BYTES, error=RubricError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise RubricError(
-            f"cannot read rubric file {path}: {exc}", hint="check the file's permissions"
+            f"rubric file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+            hint="save the rubric as UTF-8",
         ) from None
     data = _parse_file_text(text, suffix, str(path))
     return _from_mapping(data, name=path.stem, source=str(path))

@@ -3,7 +3,8 @@ and ``verify_model`` (sha256 against the registry + GGUF metadata checks with ``
 
 Library code: nothing prints; progress reaches the UI as ``progress(stage, done, total)`` calls.
 Downloads go through huggingface-hub (resumable: interrupted files are kept as ``.incomplete`` and
-continued); conversion is atomic (B's converter writes tmp files and renames them).
+continued); conversion is atomic (``convert_checkpoint`` writes temporaries and moves the complete pair
+into place; a failure leaves the previously installed files as they were).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config
+from ._fs import user_path
 from .errors import EdgeJudgeError, InputError, ModelNotFoundError
 from .registry import (
     InstalledModel,
@@ -89,6 +91,13 @@ def _download(repo: str, revision: str, progress: ProgressFn | None) -> Path:
     return resolve_source(repo, progress=progress, revision=None if revision == "main" else revision)
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long: not a local directory (resolve_source says why)
+        return False
+
+
 def pull_model(
     name: str,
     *,
@@ -114,8 +123,8 @@ def pull_model(
         return PullResult(entry=existing, already_installed=True, source_dir=existing.source)
     src, described = _source_for(name, source)
     start = time.perf_counter()
-    local = Path(src).expanduser()
-    if local.is_dir():
+    local = user_path(src, what="checkpoint", error=ModelNotFoundError)
+    if _is_dir(local):
         src_dir = local.resolve()
     elif known is not None and source is None:
         src_dir = _download(known.repo, known.revision, progress)

@@ -3,8 +3,11 @@
 ``convert_checkpoint(src, outdir)`` resolves ``src`` (local directory or hub repo id), reads and validates
 the checkpoint (``hparams``), checks the output directory and free disk space before writing anything,
 streams both F16 GGUFs to temporary names in ``outdir``, quantizes them with llama.cpp when asked, and only
-then renames them to ``<name>-<QUANT>.gguf`` and ``mmproj-<name>-<QUANT>.gguf``. On any failure every
-temporary file is removed: there is never partial output.
+when both are complete moves them onto ``<name>-<QUANT>.gguf`` and ``mmproj-<name>-<QUANT>.gguf``
+(:mod:`edgejudge.convert.install`). A failed or interrupted conversion leaves every file that existed before
+exactly as it was and removes only its own temporaries; a final name taken by a folder is refused before
+any work; temporaries a killed run left (``.<final>.<pid>.<tag>.<kind>.partial``, owner dead) are removed
+by the next conversion into the same folder.
 
 Progress reaches the caller through ``progress(stage, done, total)`` with these stages:
 ``STAGE_TEXT`` / ``STAGE_MMPROJ`` (bytes of source tensors), ``STAGE_TENSORS`` (tensors written, both files),
@@ -14,7 +17,6 @@ Progress reaches the caller through ``progress(stage, done, total)`` with these 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -25,7 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._fs import user_path
 from ..errors import ConversionError, EdgeJudgeError, InputError
+from .install import check_destination, clean_stale, install_pair, temp_path
+from .limits import shown
 
 __all__ = [
     "TEXT_QUANTS",
@@ -109,10 +114,21 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _prepare_outdir(outdir: Path) -> None:
+def _output_dir(outdir: str | Path) -> Path:
+    """``outdir`` as typed (``~`` expanded), made absolute; an unusable path is a ConversionError."""
+    path = user_path(outdir, what="output directory", error=ConversionError)
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
+        raise ConversionError(
+            f"output directory {shown(str(outdir))} cannot be used ({err})", hint="choose another --outdir"
+        ) from None
+
+
+def _prepare_outdir(outdir: Path, tag: str) -> None:
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".edgejudge-probe-{uuid.uuid4().hex}"
+        probe = temp_path(outdir, "edgejudge-probe", "probe", tag)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
@@ -120,6 +136,13 @@ def _prepare_outdir(outdir: Path) -> None:
             f"output directory {outdir} is not writable ({err.strerror or err})",
             hint="choose another --outdir or fix its permissions",
         ) from None
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # not ours to worry about (e.g. someone put a folder there); clean_stale retries later
 
 
 def _estimate_bytes(jobs: list[Any], quant: str) -> int:
@@ -173,19 +196,23 @@ def convert_checkpoint(
             f"cls_position must be 'first' or 'last', not {cls_position!r}", hint="or leave it unset"
         )
     name = _check_name(name if name is not None else _default_name(src))
-    out = Path(outdir).expanduser().resolve()
+    out = _output_dir(outdir)
     report: ProgressFn = progress or (lambda stage, done, total: None)
+    text_name, mm_name = output_names(name, quant, mmproj_quant)
+    check_destination(out / text_name, "text model")  # before any work: a folder there is refused
+    check_destination(out / mm_name, "mmproj")
 
     directory = resolve_source(src, progress=progress)
     created = not out.exists()
-    _prepare_outdir(out)
-    text_name, mm_name = output_names(name, quant, mmproj_quant)
     tag = uuid.uuid4().hex[:8]
+    _prepare_outdir(out, tag)
+    clean_stale(out)
     tmp = {
-        key: out / f".{text_name if key.startswith('t') else mm_name}.{tag}.{key}.tmp"
-        for key in ("t16", "tq", "m16", "mq")
+        "t16": temp_path(out, text_name, "f16", tag),
+        "tq": temp_path(out, text_name, "quant", tag),
+        "m16": temp_path(out, mm_name, "f16", tag),
+        "mq": temp_path(out, mm_name, "quant", tag),
     }
-    finals: list[Path] = []
     try:
         with ExitStack() as stack:
             ckpt = stack.enter_context(open_checkpoint(directory))
@@ -234,14 +261,10 @@ def convert_checkpoint(
             )
         text_tmp = _finish_quant(tmp["t16"], tmp["tq"], quant, STAGE_QUANT_TEXT, report, quantize_gguf)
         mm_tmp = _finish_quant(tmp["m16"], tmp["mq"], mmproj_quant, STAGE_QUANT_MMPROJ, report, quantize_gguf)
-        for src_tmp, final in ((text_tmp, out / text_name), (mm_tmp, out / mm_name)):
-            os.replace(src_tmp, final)
-            finals.append(final)
+        install_pair([(text_tmp, out / text_name, "text model"), (mm_tmp, out / mm_name, "mmproj")], tag)
     except BaseException as err:
         for path in tmp.values():
-            path.unlink(missing_ok=True)
-        for path in finals:
-            path.unlink(missing_ok=True)
+            _remove_quietly(path)
         if created:
             try:
                 out.rmdir()  # only if still empty
@@ -250,12 +273,14 @@ def convert_checkpoint(
         if isinstance(err, (EdgeJudgeError, KeyboardInterrupt, SystemExit)) or not isinstance(err, Exception):
             raise
         if isinstance(err, OSError):
+            where = f" ({shown(str(err.filename))})" if err.filename else ""
             raise ConversionError(
-                f"writing the GGUF files failed: {err.strerror or err}",
+                f"writing the GGUF files failed: {err.strerror or err}{where}",
                 hint="check the output directory and disk",
             ) from err
         raise ConversionError(
-            f"conversion failed: {err}", hint="report this with the checkpoint's config"
+            f"conversion failed: {type(err).__name__}: {shown(str(err))}",
+            hint="this is a bug in edgejudge; report it with the checkpoint's config.json",
         ) from err
     return ConvertResult(
         text_model=out / text_name,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .limits import quoted, shown
 from .tower import (
     BUILTIN_TOWERS,
     CLIP_MEAN,
@@ -57,7 +58,9 @@ _LLAMA_DEFAULTS: dict[str, Any] = {
     "rope_theta": 10000.0,
     "vocab_size": 32000,
 }
-_LAYER = re.compile(r"layers\.(\d+)\.")
+_LAYER = re.compile(r"layers\.([0-9]{1,9})\.")
+#: rows of the token embedding (LLaMA: 32000; the largest vocabularies in use: ~256K).
+_MAX_VOCAB = 2**22
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def _layout(config: Mapping[str, Any]) -> tuple[str, str]:
     if arch == "LlavaLlamaForCausalLM" or (not arch and model_type in ("llava_llama", "llava")):
         return arch or "LlavaLlamaForCausalLM", "original"
     raise bad(
-        f"unsupported architecture {arch or model_type or 'unknown'!r}: supported are "
+        f"unsupported architecture {quoted(arch or model_type or 'unknown')}: supported are "
         + "; ".join(SUPPORTED_ARCHITECTURES),
         "edgejudge converts LLaVA-1.5-style judges such as prometheus-eval/prometheus-vision-7b-v1.0",
     )
@@ -134,14 +137,23 @@ def _text_hparams(cfg: Mapping[str, Any], ckpt: Any, prefix: str, where: str) ->
     hidden = positive_int(cfg, "hidden_size", where)
     heads = positive_int(cfg, "num_attention_heads", where)
     kv_heads = cfg.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+    if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
         raise bad(
-            f"{where}: num_key_value_heads {kv_heads!r} does not divide {heads} heads", "fix config.json"
+            f"{where}: num_key_value_heads {quoted(kv_heads)} does not divide {heads} heads",
+            "fix config.json",
         )
     rope_scaling = cfg.get("rope_scaling")
     if rope_scaling:
-        raise bad(f"{where}: rope_scaling {rope_scaling!r} is not supported", "LLaVA-1.5 judges use none")
+        raise bad(
+            f"{where}: rope_scaling {quoted(rope_scaling)} is not supported", "LLaVA-1.5 judges use none"
+        )
     embed = ckpt.info(prefix + "embed_tokens.weight")
+    if len(embed.shape) != 2 or not 0 < embed.shape[0] <= _MAX_VOCAB:
+        raise bad(
+            f"the token embedding {prefix}embed_tokens.weight has shape {shown(tuple(embed.shape))}; "
+            f"expected (vocabulary of at most {_MAX_VOCAB}, hidden_size)",
+            "the checkpoint is corrupt or not a LLaMA-based LLaVA",
+        )
     text = TextHParams(
         hidden_size=hidden,
         n_layers=positive_int(cfg, "num_hidden_layers", where),
@@ -150,7 +162,7 @@ def _text_hparams(cfg: Mapping[str, Any], ckpt: Any, prefix: str, where: str) ->
         ffn_size=positive_int(cfg, "intermediate_size", where),
         context_length=positive_int(cfg, "max_position_embeddings", where),
         rms_eps=positive_float(cfg, "rms_norm_eps", where),
-        rope_theta=float(cfg.get("rope_theta") or 10000.0),
+        rope_theta=positive_float(cfg, "rope_theta", where, default=10000.0),
         vocab_size=int(embed.shape[0]),
     )
     if hidden % heads or (hidden // heads) % 2:
@@ -183,7 +195,7 @@ def _require(
     """Refuse a config value other than ``wanted`` (absent = ``default``, itself ``wanted`` unless given)."""
     value = config.get(key, wanted if default is None else default)
     if value != wanted:
-        raise bad(f"{key} {value!r}{note} is not supported", hint)
+        raise bad(f"{key} {quoted(value)}{note} is not supported", hint)
 
 
 def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
@@ -209,7 +221,7 @@ def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
         text_cfg = dict(text_cfg) if isinstance(text_cfg, Mapping) else {}
         if text_cfg.get("model_type", "llama") != "llama":
             raise bad(
-                f"unsupported language model {text_cfg.get('model_type')!r} in the llava-hf checkpoint",
+                f"unsupported language model {quoted(text_cfg.get('model_type'))} in the llava-hf checkpoint",
                 "only LLaMA-based LLaVA models are supported",
             )
         text_cfg = {**_LLAMA_DEFAULTS, **{k: v for k, v in text_cfg.items() if v is not None}}
@@ -263,6 +275,11 @@ def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
         if name not in ckpt:
             raise bad(f"the checkpoint has no projector tensor {name}", "is this a LLaVA-1.5 checkpoint?")
     w0, w2 = tuple(ckpt.info(projector[0]).shape), tuple(ckpt.info(projector[2]).shape)
+    if len(w0) != 2 or len(w2) != 2:
+        raise bad(
+            f"projector weights {projector[0]} {shown(w0)} / {projector[2]} {shown(w2)} are not matrices",
+            "the checkpoint is corrupt or not a LLaVA-1.5 checkpoint",
+        )
     if w2[0] != text.hidden_size or w2[1] != w0[0]:
         raise bad(
             f"projector output width {w2[0]} does not match the text model width {text.hidden_size}",
@@ -274,7 +291,7 @@ def plan_conversion(ckpt: Any, tower_ckpt: Any | None = None) -> ConvertPlan:
             "mm_vision_tower names a different tower than the projector was trained on",
         )
     if not isinstance(select, int) or isinstance(select, bool):
-        raise bad(f"vision select layer {select!r} is not an integer", "LLaVA-1.5 uses -2")
+        raise bad(f"vision select layer {quoted(select)} is not an integer", "LLaVA-1.5 uses -2")
     keep = vision.n_layers + select + 1 if select < 0 else select
     if not 1 <= keep <= vision.n_layers:
         raise bad(f"vision select layer {select} is out of range for {vision.n_layers} layers", "fix config")

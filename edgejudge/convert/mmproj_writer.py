@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .hparams import ConvertPlan
-from .stream import TensorJob, write_streaming
+from .stream import TensorJob, check_tensor_shape, write_streaming
 
 __all__ = ["CLS_POSITIONS", "CLS_POSITION_KEY", "mmproj_jobs", "write_mmproj_gguf"]
 
@@ -27,47 +27,67 @@ CLS_POSITION_KEY = "edgejudge.clip.cls_position"
 
 
 def _job(
-    source: Any, src: str, out: str, *, f32: bool = False, rows: tuple[int, ...] | None = None
+    source: Any,
+    src: str,
+    out: str,
+    want: tuple[int, ...],
+    *,
+    f32: bool = False,
+    rows: tuple[int, ...] | None = None,
 ) -> TensorJob:
     shape = tuple(source.info(src).shape)
+    check_tensor_shape(src, shape, want)
     dtype = np.dtype(np.float32) if f32 or len(shape) <= 1 else np.dtype(np.float16)
     return TensorJob(out, src, source, shape, dtype, rows)
 
 
 def mmproj_jobs(plan: ConvertPlan, ckpt: Any, tower: Any, cls_position: str) -> list[TensorJob]:
-    """The mmproj tensors in GGUF order; ``tower`` holds the vision weights (``ckpt`` itself or external)."""
+    """The mmproj tensors in GGUF order; ``tower`` holds the vision weights (``ckpt`` itself or external).
+    Every tensor is checked to have the shape the vision config implies."""
     if cls_position not in CLS_POSITIONS:
         raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, not {cls_position!r}")
     v = plan.names.vision_prefix
-    n_pos = plan.vision.n_patches + 1
+    vis = plan.vision
+    d, ffn, p = vis.hidden_size, vis.ffn_size, vis.patch_size
+    n_pos = vis.n_patches + 1
     rows = tuple(range(1, n_pos)) + (0,) if cls_position == "last" else None
     jobs = [
-        _job(tower, v + "embeddings.class_embedding", "v.class_embd", f32=True),
-        _job(tower, v + "embeddings.patch_embedding.weight", "v.patch_embd.weight"),
-        _job(tower, v + "embeddings.position_embedding.weight", "v.position_embd.weight", rows=rows),
-        _job(tower, v + "pre_layrnorm.weight", "v.pre_ln.weight"),
-        _job(tower, v + "pre_layrnorm.bias", "v.pre_ln.bias"),
+        _job(tower, v + "embeddings.class_embedding", "v.class_embd", (d,), f32=True),
+        _job(tower, v + "embeddings.patch_embedding.weight", "v.patch_embd.weight", (d, 3, p, p)),
+        _job(
+            tower,
+            v + "embeddings.position_embedding.weight",
+            "v.position_embd.weight",
+            (n_pos, d),
+            rows=rows,
+        ),
+        _job(tower, v + "pre_layrnorm.weight", "v.pre_ln.weight", (d,)),
+        _job(tower, v + "pre_layrnorm.bias", "v.pre_ln.bias", (d,)),
     ]
     parts = (
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.out_proj", "attn_out"),
-        ("layer_norm1", "ln1"),
-        ("layer_norm2", "ln2"),
-        ("mlp.fc1", "ffn_up"),
-        ("mlp.fc2", "ffn_down"),
+        ("self_attn.q_proj", "attn_q", (d, d)),
+        ("self_attn.k_proj", "attn_k", (d, d)),
+        ("self_attn.v_proj", "attn_v", (d, d)),
+        ("self_attn.out_proj", "attn_out", (d, d)),
+        ("layer_norm1", "ln1", (d,)),
+        ("layer_norm2", "ln2", (d,)),
+        ("mlp.fc1", "ffn_up", (ffn, d)),
+        ("mlp.fc2", "ffn_down", (d, ffn)),
     )
     for i in range(plan.keep_layers):
-        for src, out in parts:
-            for kind in ("weight", "bias"):
-                jobs.append(_job(tower, f"{v}encoder.layers.{i}.{src}.{kind}", f"v.blk.{i}.{out}.{kind}"))
+        for src, out, weight in parts:
+            for kind, want in (("weight", weight), ("bias", weight[:1])):
+                jobs.append(
+                    _job(tower, f"{v}encoder.layers.{i}.{src}.{kind}", f"v.blk.{i}.{out}.{kind}", want)
+                )
     w0, b0, w2, b2 = plan.names.projector
+    width = tuple(ckpt.info(w0).shape)[0]  # the projector's hidden width (checked 2-D by plan_conversion)
+    text = plan.text.hidden_size
     jobs += [
-        _job(ckpt, w0, "mm.0.weight"),
-        _job(ckpt, b0, "mm.0.bias"),
-        _job(ckpt, w2, "mm.2.weight"),
-        _job(ckpt, b2, "mm.2.bias"),
+        _job(ckpt, w0, "mm.0.weight", (width, d)),
+        _job(ckpt, b0, "mm.0.bias", (width,)),
+        _job(ckpt, w2, "mm.2.weight", (text, width)),
+        _job(ckpt, b2, "mm.2.bias", (text,)),
     ]
     return jobs
 

@@ -15,9 +15,9 @@ unpickler of :mod:`edgejudge.convert.torchzip`.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from edgejudge._fs import open_regular, user_path
+from edgejudge._jsonl import loads_line
+from edgejudge.convert.limits import MAX_ST_HEADER, check_shape, read_json_file, shown
 from edgejudge.convert.torchzip import contiguous_strides, read_torch_zip
 from edgejudge.errors import ConversionError
 
@@ -42,7 +45,7 @@ _SKIPPED_INT_DTYPES = {"I64": 8}
 
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
-_MAX_HEADER = 100 * 1024 * 1024
+_REDOWNLOAD = "re-download the shard"
 _MADV_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)  # Linux/macOS; absent on Windows
 
 
@@ -77,16 +80,16 @@ class _Shard:
         self.path = path
         self.entries: dict[str, _Entry] = {}
         self.skipped: set[str] = set()  # integer ``*position_ids`` buffers (validated, never converted)
+        fd, info = open_regular(path, label=path.name, what="shard", max_bytes=None, error=ConversionError)
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                self.mm: mmap.mmap | None = (
-                    mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-                )
-        except OSError as exc:
-            raise ConversionError(
-                f"cannot read shard {path.name}: {exc.strerror}", hint="check the file"
-            ) from None
+            self.mm: mmap.mmap | None = (
+                mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if info.st_size else None
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConversionError(f"cannot read shard {path.name}: {reason}", hint="check the file") from None
+        finally:
+            os.close(fd)
         if self.mm is None:
             raise ConversionError(f"shard {path.name} is empty", hint="re-download the shard")
         try:
@@ -103,45 +106,97 @@ class _Shard:
         assert mm is not None
         size = len(mm)
         if size < 8:
-            raise ConversionError(f"{name}: shard is truncated (no header)", hint="re-download the shard")
-        (hlen,) = np.frombuffer(mm, dtype="<u8", count=1).tolist()
-        if hlen > _MAX_HEADER or 8 + hlen > size:
+            raise ConversionError(f"{name}: shard is truncated (no header)", hint=_REDOWNLOAD)
+        hlen = int.from_bytes(mm[:8], "little")
+        if hlen > MAX_ST_HEADER:
             raise ConversionError(
-                f"{name}: corrupt or truncated safetensors header", hint="re-download the shard"
+                f"{name}: corrupt safetensors header (declares {hlen} bytes, limit {MAX_ST_HEADER})",
+                hint=_REDOWNLOAD,
+            )
+        if 8 + hlen > size:
+            raise ConversionError(
+                f"{name}: corrupt or truncated safetensors header ({hlen} bytes declared, "
+                f"{size - 8} in the file)",
+                hint=_REDOWNLOAD,
             )
         try:
-            header = json.loads(bytes(mm[8 : 8 + hlen]))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            text = bytes(mm[8 : 8 + hlen]).decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise ConversionError(
-                f"{name}: corrupt safetensors header (not JSON)", hint="re-download"
+                f"{name}: corrupt safetensors header (not UTF-8 at byte {8 + exc.start})", hint=_REDOWNLOAD
             ) from None
+        parsed = loads_line(text)
+        if parsed.problem is not None:
+            raise ConversionError(
+                f"{name}: corrupt safetensors header (not JSON: {parsed.problem})", hint=_REDOWNLOAD
+            )
+        header = parsed.value
         if not isinstance(header, dict):
-            raise ConversionError(f"{name}: corrupt safetensors header", hint="re-download the shard")
+            raise ConversionError(
+                f"{name}: corrupt safetensors header (not a JSON object)", hint=_REDOWNLOAD
+            )
+        meta = header.get("__metadata__")
+        if meta is not None and not (
+            isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+        ):
+            raise ConversionError(
+                f"{name}: corrupt safetensors header (__metadata__ is not a map of strings to strings)",
+                hint=_REDOWNLOAD,
+            )
         base = 8 + hlen
-        for tname, meta in header.items():
+        spans: list[tuple[int, int, str]] = []
+        for tname, entry in header.items():
             if tname == "__metadata__":
                 continue
-            try:
-                dtype, shape, (begin, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
-                ok = all(isinstance(d, int) and d >= 0 for d in shape) and 0 <= begin <= end
-            except (KeyError, TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ConversionError(
-                    f"{name}: corrupt header entry for {tname}", hint="re-download the shard"
-                )
+            begin, end, shape, dtype = self._st_entry(tname, entry, size - base)
             item = self._itemsize(tname, dtype)
             if end - begin != math.prod(shape) * item:
-                raise ConversionError(f"{name}: size of {tname} does not match its shape", hint="re-download")
-            if base + end > size:
                 raise ConversionError(
-                    f"{name}: shard is truncated ({tname} ends past the end of the file)",
-                    hint="re-download the shard",
+                    f"{name}: size of {shown(tname)} does not match its shape "
+                    f"({end - begin} bytes for {shown(shape)} {dtype})",
+                    hint=_REDOWNLOAD,
                 )
+            if end > begin:
+                spans.append((begin, end, tname))
             if dtype in DTYPES:
                 self.entries[tname] = _Entry(shape, dtype, base + begin, None)
             else:
                 self.skipped.add(tname)
+        spans.sort()
+        for (_, prev_end, prev), (begin, _, tname) in zip(spans, spans[1:], strict=False):
+            if begin < prev_end:
+                raise ConversionError(
+                    f"{name}: tensors {shown(prev)} and {shown(tname)} overlap in the file", hint=_REDOWNLOAD
+                )
+
+    def _st_entry(self, tname: str, entry: Any, data_size: int) -> tuple[int, int, tuple[int, ...], str]:
+        """(begin, end, shape, dtype) of one safetensors header entry, every field checked."""
+        where = f"{self.path.name}: tensor {shown(tname)}"
+        if not isinstance(entry, dict):
+            raise ConversionError(f"{where}: header entry is not an object", hint=_REDOWNLOAD)
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise ConversionError(f"{where}: dtype {shown(dtype)} is not a string", hint=_REDOWNLOAD)
+        checked = check_shape(shape, where)
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets)
+        ):
+            raise ConversionError(
+                f"{where}: data_offsets {shown(offsets)} is not a pair of integers", hint=_REDOWNLOAD
+            )
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            raise ConversionError(
+                f"{where}: data_offsets [{begin}, {end}] are negative or reversed", hint=_REDOWNLOAD
+            )
+        if end > data_size:
+            raise ConversionError(
+                f"{self.path.name}: shard is truncated ({shown(tname)} ends past the end of the file)",
+                hint=_REDOWNLOAD,
+            )
+        return begin, end, checked, dtype
 
     def _parse_torch(self) -> None:
         assert self.mm is not None
@@ -150,9 +205,10 @@ class _Shard:
         for tname, ref in index.tensors.items():
             member = index.storages[ref.storage.key]
             item = self._itemsize(tname, ref.storage.dtype)
+            check_shape(ref.shape, f"{name}: tensor {shown(tname)}")
             if ref.storage.numel * item > member.size:
                 raise ConversionError(
-                    f"{name}: shard is truncated (storage of {tname} is shorter than declared)",
+                    f"{name}: shard is truncated (storage of {shown(tname)} is shorter than declared)",
                     hint="re-download the shard",
                 )
             numel = math.prod(ref.shape)
@@ -163,12 +219,18 @@ class _Shard:
             )
             if extent > ref.storage.numel:
                 raise ConversionError(
-                    f"{name}: tensor {tname} reaches past the end of its storage",
+                    f"{name}: tensor {shown(tname)} reaches past the end of its storage",
                     hint="re-download the shard",
                 )
             if ref.storage.dtype not in DTYPES:
                 self.skipped.add(tname)
                 continue
+            if numel > ref.storage.numel:
+                raise ConversionError(
+                    f"{name}: tensor {shown(tname)} views {numel} elements of a storage of "
+                    f"{ref.storage.numel} (a broadcast view, not a saved weight)",
+                    hint="save contiguous tensors (tensor.contiguous()) in the state dict",
+                )
             contiguous = ref.stride == contiguous_strides(ref.shape) or numel <= 1
             self.entries[tname] = _Entry(
                 ref.shape,
@@ -185,7 +247,7 @@ class _Shard:
         if dtype in _SKIPPED_INT_DTYPES and tname.endswith("position_ids"):
             return _SKIPPED_INT_DTYPES[dtype]
         raise ConversionError(
-            f"{self.path.name}: tensor {tname} has unsupported dtype {dtype}",
+            f"{self.path.name}: tensor {shown(tname)} has unsupported dtype {shown(dtype)}",
             hint="only F32, F16 and BF16 checkpoints can be converted",
         )
 
@@ -299,44 +361,43 @@ class Checkpoint:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    return read_json_file(path, what, hint=f"repair or re-download {what}")
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, with an unusable name (too long, NUL byte) simply not a file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConversionError(
-            f"cannot read {what} {path.name}: {exc.strerror}", hint="check the file"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(
-            f"{path.name} is not valid JSON ({exc})", hint=f"repair or re-download {what}"
-        ) from None
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _discover(directory: Path) -> tuple[dict[str, str] | None, list[str]]:
     """(weight_map from an index, or None) and the shard file names to open, in order."""
     for index_name in _INDEX_FILES:
         index_path = directory / index_name
-        if index_path.is_file():
+        if _is_file(index_path):
             data = _read_json(index_path, "the index")
             wmap = data.get("weight_map") if isinstance(data, dict) else None
             if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
                 raise ConversionError(f"{index_name} has no weight_map", hint="re-download the index file")
             shards = list(dict.fromkeys(wmap.values()))
             for shard in shards:
-                if "/" in shard or "\\" in shard or shard.startswith("."):
+                if "/" in shard or "\\" in shard or shard.startswith(".") or "\x00" in shard:
                     raise ConversionError(
-                        f"{index_name} names a shard outside the directory: {shard}", hint="fix it"
+                        f"{index_name} names a shard outside the directory: {shown(shard)}", hint="fix it"
                     )
-                if not (directory / shard).is_file():
+                if not shard or not _is_file(directory / shard):
                     raise ConversionError(
-                        f"missing shard {shard} (listed in {index_name})",
+                        f"missing shard {shown(shard)} (listed in {index_name})",
                         hint=f"download every file of the checkpoint into {directory}",
                     )
             return dict(wmap), shards
     for single in _SINGLE_FILES:
-        if (directory / single).is_file():
+        if _is_file(directory / single):
             return None, [single]
     for pattern in ("model*.safetensors", "pytorch_model*.bin"):
-        found = sorted(p.name for p in directory.glob(pattern) if p.is_file())
+        found = sorted(p.name for p in directory.glob(pattern) if _is_file(p))
         if found:
             return None, found
     raise ConversionError(
@@ -345,12 +406,19 @@ def _discover(directory: Path) -> tuple[dict[str, str] | None, list[str]]:
     )
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _open(directory: str | Path, *, need_config: bool) -> Checkpoint:
-    path = Path(directory).expanduser()
-    if not path.is_dir():
+    path = user_path(directory, what="checkpoint directory", error=ConversionError)
+    if not _is_dir(path):
         raise ConversionError(f"checkpoint directory not found: {path}", hint="check the path")
     config_path = path / "config.json"
-    if config_path.is_file():
+    if _is_file(config_path):
         config = _read_json(config_path, "config.json")
         if not isinstance(config, dict):
             raise ConversionError("config.json is not a JSON object", hint="re-download config.json")
@@ -372,7 +440,8 @@ def _open(directory: str | Path, *, need_config: bool) -> Checkpoint:
             for tname, shard_name in wmap.items():
                 if tname not in shards[shard_name].entries and tname not in shards[shard_name].skipped:
                     raise ConversionError(
-                        f"tensor {tname} is listed in the index but missing from shard {shard_name}",
+                        f"tensor {shown(tname)} is listed in the index but missing from shard "
+                        f"{shown(shard_name)}",
                         hint="the shard and the index do not belong together; re-download both",
                     )
             wmap = {t: f for t, f in wmap.items() if t not in shards[f].skipped}

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._fs import user_path
 from ..errors import ConversionError, ModelNotFoundError
+from .limits import shown
 
 __all__ = ["CHECKPOINT_PATTERNS", "looks_like_repo_id", "resolve_source", "hub_file", "hub_snapshot"]
 
@@ -48,10 +50,16 @@ def resolve_source(
 ) -> Path:
     """A local checkpoint directory for ``src`` (a directory path, or a hub repo id to download at
     ``revision``: a branch, tag or commit hash; None = the default branch). A local directory ignores it."""
-    path = Path(src).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if path.exists():
+    path = user_path(src, what="checkpoint", error=ModelNotFoundError)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+        if is_dir:
+            return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        raise ModelNotFoundError(
+            f"checkpoint directory {shown(str(src))} cannot be used ({exc})", hint="check the path"
+        ) from None
+    if exists:
         raise ModelNotFoundError(
             f"{src} is a file, not a checkpoint directory",
             hint="pass the directory that holds config.json and the weight shards",
@@ -59,7 +67,7 @@ def resolve_source(
     text = str(src)
     if not looks_like_repo_id(text):
         raise ModelNotFoundError(
-            f"checkpoint directory {src} does not exist",
+            f"checkpoint directory {shown(text)} does not exist",
             hint="pass a local checkpoint directory or a hub repo id "
             "such as prometheus-eval/prometheus-vision-7b-v1.0",
         )

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from .limits import shown
 
-__all__ = ["TensorJob", "write_streaming"]
+__all__ = ["TensorJob", "check_tensor_shape", "write_streaming"]
 
 _GGML_CAST: Any = None  # ggml's cast function once probed, False if unavailable
 _CHUNK_ELEMENTS = 1 << 20  # elements converted per step: 4 MiB of float32, cache-friendly
@@ -48,6 +49,15 @@ class TensorJob:
     @property
     def src_nbytes(self) -> int:
         return int(self.source.info(self.src_name).nbytes)
+
+
+def check_tensor_shape(name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+    """A tensor's shape must be what the config implies (``want``), else ConversionError naming it."""
+    if tuple(got) != tuple(want):
+        raise ConversionError(
+            f"tensor {shown(name)} has shape {tuple(got)}, but the config implies {tuple(want)}",
+            hint="the config.json and the weights belong to different models, or a shard is corrupt",
+        )
 
 
 def _require(jobs: Sequence[TensorJob]) -> None:

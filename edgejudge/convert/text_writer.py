@@ -9,7 +9,8 @@ streams it all with ``gguf.GGUFWriter`` through :mod:`edgejudge.convert.stream` 
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from .._fs import read_regular
 from ..errors import ConversionError
 from .hparams import ConvertPlan
-from .stream import TensorJob, write_streaming
+from .limits import MAX_TOKENIZER_BYTES, read_json_file, shown
+from .stream import TensorJob, check_tensor_shape, write_streaming
 
 __all__ = [
     "TensorJob",
@@ -63,23 +66,33 @@ def qk_rows(n_heads: int, head_dim: int) -> tuple[int, ...]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    """A tokenizer-side JSON file as a dict ({} when absent or not an object); bounded, see limits."""
+    if not _is_file(path):
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConversionError(f"cannot read {path.name}: {err}", hint="the file must be valid JSON") from err
+    data = read_json_file(path, path.name, hint="the file must be valid JSON")
     return data if isinstance(data, dict) else {}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+_TOKEN_ID = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 
 def _added_tokens(directory: Path) -> dict[int, str]:
     added: dict[int, str] = {}
     for text, idx in _load_json(directory / "added_tokens.json").items():
-        if isinstance(idx, int):
+        if isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < 2**31:
             added[idx] = str(text)
-    decoder = _load_json(directory / "tokenizer_config.json").get("added_tokens_decoder") or {}
+    decoder = _load_json(directory / "tokenizer_config.json").get("added_tokens_decoder")
+    if not isinstance(decoder, dict):
+        decoder = {}
     for key, entry in decoder.items():
-        if str(key).isdigit() and isinstance(entry, dict) and isinstance(entry.get("content"), str):
+        if _TOKEN_ID.fullmatch(key) and isinstance(entry, dict) and isinstance(entry.get("content"), str):
             added.setdefault(int(key), entry["content"])
     return added
 
@@ -91,34 +104,27 @@ def _token_id(value: Any, tokens: Sequence[str]) -> int | None:
     return None
 
 
-def read_vocab(directory: Path, n_vocab: int, config: dict[str, Any]) -> Vocab:
-    """The SentencePiece vocabulary of ``directory/tokenizer.model``, padded to ``n_vocab`` entries."""
+def _read_sentencepiece(
+    data: bytes,
+) -> tuple[list[str], list[float], list[int], dict[str, int], bool]:
+    """(pieces, scores, token types, {bos, eos, unk} ids, adds a space prefix) of a serialized
+    SentencePiece model. A corrupt model raises whatever sentencepiece raises (the caller maps it)."""
     import sentencepiece as spm
 
-    model = directory / "tokenizer.model"
-    if not model.is_file():
-        raise ConversionError(
-            f"no tokenizer.model in {directory}", hint="download the checkpoint's tokenizer.model too"
-        )
     sp = spm.SentencePieceProcessor()
-    try:
-        sp.LoadFromFile(str(model))
-    except (OSError, RuntimeError) as err:
+    if not sp.LoadFromSerializedProto(data):
         raise ConversionError(
-            f"cannot read tokenizer.model: {err}", hint="re-download tokenizer.model"
-        ) from err
-    n_sp = sp.get_piece_size()
-    if n_sp > n_vocab:
-        raise ConversionError(
-            f"tokenizer.model has {n_sp} tokens but the embedding only {n_vocab} rows",
-            hint="the tokenizer belongs to a different model",
+            "cannot read tokenizer.model (not a SentencePiece model)", hint="re-download it"
         )
     tokens: list[str] = []
     scores: list[float] = []
     types: list[int] = []
-    for i in range(n_sp):
+    for i in range(sp.get_piece_size()):
         tokens.append(sp.id_to_piece(i))
-        scores.append(float(sp.get_score(i)))
+        score = float(sp.get_score(i))
+        if not math.isfinite(score):
+            raise ConversionError(f"tokenizer.model: token {i} has score {score}", hint="re-download it")
+        scores.append(score)
         if sp.is_unknown(i):
             types.append(TOKEN_UNKNOWN)
         elif sp.is_control(i):
@@ -129,6 +135,35 @@ def read_vocab(directory: Path, n_vocab: int, config: dict[str, Any]) -> Vocab:
             types.append(TOKEN_UNUSED)
         else:
             types.append(TOKEN_NORMAL)
+    ids = {"bos": int(sp.bos_id()), "eos": int(sp.eos_id()), "unk": int(sp.unk_id())}
+    return tokens, scores, types, ids, sp.encode("a", out_type=str)[:1] == ["\u2581a"]
+
+
+def read_vocab(directory: Path, n_vocab: int, config: dict[str, Any]) -> Vocab:
+    """The SentencePiece vocabulary of ``directory/tokenizer.model``, padded to ``n_vocab`` entries."""
+    model = directory / "tokenizer.model"
+    if not _is_file(model):
+        raise ConversionError(
+            f"no tokenizer.model in {directory}", hint="download the checkpoint's tokenizer.model too"
+        )
+    data = read_regular(
+        model, label=str(model), what="tokenizer.model", max_bytes=MAX_TOKENIZER_BYTES, error=ConversionError
+    )
+    try:
+        tokens, scores, types, sp_ids, space_prefix = _read_sentencepiece(data)
+    except ConversionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - sentencepiece raises assorted errors on garbage
+        raise ConversionError(
+            f"cannot read tokenizer.model: {type(err).__name__}: {shown(str(err))}",
+            hint="re-download tokenizer.model (it must be a SentencePiece model)",
+        ) from None
+    n_sp = len(tokens)
+    if n_sp > n_vocab:
+        raise ConversionError(
+            f"tokenizer.model has {n_sp} tokens but the embedding only {n_vocab} rows",
+            hint="the tokenizer belongs to a different model",
+        )
     added = _added_tokens(directory)
     seen = set(tokens)
     for i in range(n_sp, n_vocab):
@@ -166,7 +201,7 @@ def read_vocab(directory: Path, n_vocab: int, config: dict[str, Any]) -> Vocab:
     pad = pick("pad_token_id", None)
     if pad is None:
         pad = _token_id(special_map.get("pad_token"), tokens)
-    bos, eos = pick("bos_token_id", sp.bos_id()), pick("eos_token_id", sp.eos_id())
+    bos, eos = pick("bos_token_id", sp_ids["bos"]), pick("eos_token_id", sp_ids["eos"])
     if bos is None or bos < 0 or eos is None or eos < 0:
         raise ConversionError(
             "the tokenizer defines no BOS/EOS token", hint="check tokenizer.model/config.json"
@@ -177,42 +212,47 @@ def read_vocab(directory: Path, n_vocab: int, config: dict[str, Any]) -> Vocab:
         types=tuple(types),
         bos=bos,
         eos=eos,
-        unk=max(sp.unk_id(), 0),
+        unk=max(sp_ids["unk"], 0),
         pad=pad,
         add_bos=bool(tok_cfg.get("add_bos_token", True)),
         add_eos=bool(tok_cfg.get("add_eos_token", False)),
-        add_space_prefix=sp.encode("a", out_type=str)[:1] == ["\u2581a"],
+        add_space_prefix=space_prefix,
     )
 
 
-def _job(ckpt: Any, src: str, out: str, rows: tuple[int, ...] | None = None) -> TensorJob:
+def _job(
+    ckpt: Any, src: str, out: str, want: tuple[int, ...], rows: tuple[int, ...] | None = None
+) -> TensorJob:
     info = ckpt.info(src)
+    check_tensor_shape(src, tuple(info.shape), want)
     dtype = np.dtype(np.float32) if len(info.shape) <= 1 else np.dtype(np.float16)
     return TensorJob(out, src, ckpt, tuple(info.shape), dtype, rows)
 
 
 def text_jobs(plan: ConvertPlan, ckpt: Any) -> list[TensorJob]:
-    """The text model's tensors in GGUF order (validated to exist)."""
+    """The text model's tensors in GGUF order (validated to exist and to have the shapes the config
+    implies)."""
     p, t = plan.names.text_prefix, plan.text
-    jobs = [_job(ckpt, p + "embed_tokens.weight", "token_embd.weight")]
+    d, kv, ffn = t.hidden_size, t.n_kv_heads * t.head_dim, t.ffn_size
+    jobs = [_job(ckpt, p + "embed_tokens.weight", "token_embd.weight", (t.vocab_size, d))]
     q_rows = qk_rows(t.n_heads, t.head_dim)
     k_rows = qk_rows(t.n_kv_heads, t.head_dim)
     for i in range(t.n_layers):
         lp = f"{p}layers.{i}."
         jobs += [
-            _job(ckpt, lp + "input_layernorm.weight", f"blk.{i}.attn_norm.weight"),
-            _job(ckpt, lp + "self_attn.q_proj.weight", f"blk.{i}.attn_q.weight", q_rows),
-            _job(ckpt, lp + "self_attn.k_proj.weight", f"blk.{i}.attn_k.weight", k_rows),
-            _job(ckpt, lp + "self_attn.v_proj.weight", f"blk.{i}.attn_v.weight"),
-            _job(ckpt, lp + "self_attn.o_proj.weight", f"blk.{i}.attn_output.weight"),
-            _job(ckpt, lp + "post_attention_layernorm.weight", f"blk.{i}.ffn_norm.weight"),
-            _job(ckpt, lp + "mlp.gate_proj.weight", f"blk.{i}.ffn_gate.weight"),
-            _job(ckpt, lp + "mlp.up_proj.weight", f"blk.{i}.ffn_up.weight"),
-            _job(ckpt, lp + "mlp.down_proj.weight", f"blk.{i}.ffn_down.weight"),
+            _job(ckpt, lp + "input_layernorm.weight", f"blk.{i}.attn_norm.weight", (d,)),
+            _job(ckpt, lp + "self_attn.q_proj.weight", f"blk.{i}.attn_q.weight", (d, d), q_rows),
+            _job(ckpt, lp + "self_attn.k_proj.weight", f"blk.{i}.attn_k.weight", (kv, d), k_rows),
+            _job(ckpt, lp + "self_attn.v_proj.weight", f"blk.{i}.attn_v.weight", (kv, d)),
+            _job(ckpt, lp + "self_attn.o_proj.weight", f"blk.{i}.attn_output.weight", (d, d)),
+            _job(ckpt, lp + "post_attention_layernorm.weight", f"blk.{i}.ffn_norm.weight", (d,)),
+            _job(ckpt, lp + "mlp.gate_proj.weight", f"blk.{i}.ffn_gate.weight", (ffn, d)),
+            _job(ckpt, lp + "mlp.up_proj.weight", f"blk.{i}.ffn_up.weight", (ffn, d)),
+            _job(ckpt, lp + "mlp.down_proj.weight", f"blk.{i}.ffn_down.weight", (d, ffn)),
         ]
-    jobs.append(_job(ckpt, p + "norm.weight", "output_norm.weight"))
+    jobs.append(_job(ckpt, p + "norm.weight", "output_norm.weight", (d,)))
     if plan.names.lm_head is not None:
-        jobs.append(_job(ckpt, plan.names.lm_head, "output.weight"))
+        jobs.append(_job(ckpt, plan.names.lm_head, "output.weight", (t.vocab_size, d)))
     return jobs
 
 

@@ -5,9 +5,24 @@ Safety: the pickle is read by :class:`RestrictedUnpickler`, whose ``find_class``
 which a pickle can name Python objects (GLOBAL, STACK_GLOBAL, INST, OBJ and EXT opcodes all go through it).
 It allows exactly ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and the ``torch.*Storage``
 classes of :data:`STORAGE_DTYPES`; none of them is imported: each is mapped to a local stand-in (a plain
-OrderedDict, a function returning a :class:`TensorRef` descriptor, a dtype marker). Any other global raises
+OrderedDict, a callable returning a :class:`TensorRef` descriptor, a dtype marker). Any other global raises
 :class:`~edgejudge.errors.UnsafePickleError` naming it the moment the opcode is read, before a REDUCE
 could call it. Persistent ids must be ``('storage', <storage marker>, key, location, numel)``.
+
+Nothing a pickle does outlives its own load: every load builds its own allow-list (fresh marker and
+rebuild objects), and every stand-in is a frozen, slotted dataclass, so BUILD (``__setstate__`` /
+``__dict__`` update / setattr) cannot modify one even within the load (it fails as a corrupt pickle).
+``collections.OrderedDict`` is an immutable built-in type.
+
+Memory: before any unpickling, :func:`check_pickle` walks the opcode stream with ``pickletools.genops``
+(which allocates nothing per memo index) and refuses, as ``ConversionError`` naming the shard and member:
+a pickle over ``MAX_PICKLE_BYTES`` or ``MAX_PICKLE_OPS`` opcodes, a protocol above 5, a memo index
+(PUT/GET) beyond the number of opcodes read so far (the "memo bomb": one LONG_BINPUT near 2^28 makes
+Python's unpickler allocate 4 GB), a FRAME longer than the rest of the data, integers over 128 bits,
+out-of-band buffers and the copyreg extension registry. Containers can only grow by one opcode per item,
+so what the unpickler builds is bounded by the pickle's length. Zip members other than storages are read
+with a limit on both the declared and the actual uncompressed size; the central directory is bounded
+before ``zipfile`` reads it; encrypted members and compression other than stored/deflate are refused.
 
 Data: storages are ZIP_STORED members; their data offset is computed from the *local* file header, so the
 caller can memory-map the file and view each tensor with ``np.frombuffer`` (never ``ZipFile.read``).
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import struct
 import sys
 import zipfile
@@ -31,12 +47,26 @@ from typing import Any
 
 from edgejudge.errors import ConversionError, UnsafePickleError
 
+from .limits import (
+    MAX_DIM,
+    MAX_DIMS,
+    MAX_PICKLE_BYTES,
+    MAX_PICKLE_INT_BITS,
+    MAX_PICKLE_OPS,
+    MAX_PICKLE_PROTOCOL,
+    MAX_SMALL_MEMBER,
+    MAX_ZIP_DIRECTORY,
+    MAX_ZIP_MEMBERS,
+    shown,
+)
+
 __all__ = [
     "STORAGE_DTYPES",
     "StorageMarker",
     "StorageRef",
     "TensorRef",
     "RestrictedUnpickler",
+    "check_pickle",
     "ZipMember",
     "TorchZipIndex",
     "read_torch_zip",
@@ -57,18 +87,46 @@ STORAGE_DTYPES: dict[str, str] = {
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _LOCAL_SIG = b"PK\x03\x04"
-_MAX_PICKLE = 256 * 1024 * 1024  # a 13B state dict's pickle is well under 1 MB
+_REDOWNLOAD = "re-download the shard"
+_READ_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # small members; storages: stored only
+#: what zipfile raises on a damaged or unusual archive (bad headers, unsupported zip versions, compression
+#: methods or encryption, undecodable member names, I/O errors).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    ValueError,  # includes UnicodeDecodeError in member names
+    NotImplementedError,
+    RuntimeError,  # "File ... is encrypted, password required"
+    struct.error,
+    OverflowError,
+    IndexError,
+    KeyError,
+)
 
 
-@dataclass(frozen=True)
+class _MutationRefused(Exception):
+    """Raised when a pickle's BUILD targets one of the stand-ins (reported as a ConversionError)."""
+
+
+def _refuse_setstate(self: Any, state: Any) -> None:
+    """``__setstate__`` of every stand-in: BUILD may not modify them (dataclass(frozen=True, slots=True)
+    would otherwise add a ``__setstate__`` that sets the fields, frozen or not)."""
+    raise _MutationRefused(type(self).__name__)
+
+
+@dataclass(frozen=True, slots=True)
 class StorageMarker:
-    """Stand-in for a ``torch.XStorage`` class named by the pickle."""
+    """Stand-in for a ``torch.XStorage`` class named by the pickle (one fresh instance per load)."""
 
     qualname: str
     dtype: str
 
+    __setstate__ = _refuse_setstate
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class StorageRef:
     """A storage named by a persistent id: ``data/<key>`` holding ``numel`` elements of ``dtype``."""
 
@@ -76,8 +134,10 @@ class StorageRef:
     dtype: str
     numel: int
 
+    __setstate__ = _refuse_setstate
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """What ``_rebuild_tensor_v2`` would have built: a view of a storage (offset/stride in elements)."""
 
@@ -86,61 +146,157 @@ class TensorRef:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
 
+    __setstate__ = _refuse_setstate
+
 
 def _is_int_tuple(value: Any) -> bool:
-    return isinstance(value, tuple) and all(isinstance(v, int) and v >= 0 for v in value)
+    return (
+        isinstance(value, tuple)
+        and len(value) <= MAX_DIMS
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_DIM for v in value)
+    )
 
 
-def _rebuild_tensor_v2(
-    storage: Any,
-    storage_offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> TensorRef:
-    """Local stand-in for ``torch._utils._rebuild_tensor_v2``: validates the arguments, builds nothing."""
-    if not isinstance(storage, StorageRef):
-        raise ConversionError(
-            "corrupt checkpoint pickle: a tensor is not backed by a storage",
-            hint="re-download the shard; it was not written by torch.save",
-        )
-    if not isinstance(storage_offset, int) or storage_offset < 0 or not _is_int_tuple(size):
-        raise ConversionError(
-            "corrupt checkpoint pickle: bad tensor offset/size", hint="re-download the shard"
-        )
-    if not _is_int_tuple(stride) or len(stride) != len(size):
-        raise ConversionError("corrupt checkpoint pickle: bad tensor stride", hint="re-download the shard")
-    return TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+@dataclass(frozen=True, slots=True)
+class _Rebuild:
+    """Stand-in for ``torch._utils._rebuild_tensor_v2`` (one fresh instance per load): validates the
+    arguments and returns a TensorRef, builds nothing."""
+
+    source: str
+
+    __setstate__ = _refuse_setstate
+
+    def __call__(
+        self,
+        storage: Any,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any = False,
+        backward_hooks: Any = None,
+        metadata: Any = None,
+    ) -> TensorRef:
+        if not isinstance(storage, StorageRef):
+            raise ConversionError(
+                f"{self.source}: corrupt checkpoint pickle: a tensor is not backed by a storage",
+                hint="re-download the shard; it was not written by torch.save",
+            )
+        if (
+            not isinstance(storage_offset, int)
+            or isinstance(storage_offset, bool)
+            or not 0 <= storage_offset <= MAX_DIM
+            or not _is_int_tuple(size)
+        ):
+            raise ConversionError(
+                f"{self.source}: corrupt checkpoint pickle: bad tensor offset/size "
+                f"({shown(storage_offset)}, {shown(size)})",
+                hint=_REDOWNLOAD,
+            )
+        if not _is_int_tuple(stride) or len(stride) != len(size):
+            raise ConversionError(
+                f"{self.source}: corrupt checkpoint pickle: bad tensor stride {shown(stride)}",
+                hint=_REDOWNLOAD,
+            )
+        return TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+def _allow_list(source: str) -> dict[tuple[str, str], Any]:
+    """The globals a pickle may name, as fresh objects for one load."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _Rebuild(source),
+    }
+    for name, dtype in STORAGE_DTYPES.items():
+        allowed[("torch", name)] = StorageMarker(f"torch.{name}", dtype)
+    return allowed
+
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+_INT_OPS = frozenset({"INT", "LONG", "LONG1", "LONG4"})
+_REFUSED_OPS = {
+    "NEXT_BUFFER": "out-of-band buffers",
+    "READONLY_BUFFER": "out-of-band buffers",
+    "EXT1": "the copyreg extension registry",
+    "EXT2": "the copyreg extension registry",
+    "EXT4": "the copyreg extension registry",
 }
-for _name, _dtype in STORAGE_DTYPES.items():
-    _ALLOWED[("torch", _name)] = StorageMarker(f"torch.{_name}", _dtype)
+
+
+def check_pickle(data: bytes, where: str) -> None:
+    """Refuse a pickle that could make the unpickler allocate more than its own size (module docstring).
+
+    Reads the opcode stream only (``pickletools.genops``); nothing is built or looked up. ``where`` names
+    the shard and member in messages.
+    """
+    if len(data) > MAX_PICKLE_BYTES:
+        raise ConversionError(
+            f"{where} is {len(data)} bytes (limit {MAX_PICKLE_BYTES})", hint="not a plain state dict"
+        )
+    hint = "not a plain state dict written by torch.save; re-download the shard"
+    count = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            count += 1
+            name = opcode.name
+            if count > MAX_PICKLE_OPS:
+                raise ConversionError(f"{where}: more than {MAX_PICKLE_OPS} pickle opcodes", hint=hint)
+            if name in _MEMO_OPS:
+                if not isinstance(arg, int) or not 0 <= arg <= count:
+                    raise ConversionError(
+                        f"{where}: pickle memo index {shown(arg)} at byte {pos} is out of range "
+                        f"(at most {count} here)",
+                        hint=hint,
+                    )
+            elif name == "PROTO":
+                if not isinstance(arg, int) or arg > MAX_PICKLE_PROTOCOL:
+                    raise ConversionError(f"{where}: unsupported pickle protocol {shown(arg)}", hint=hint)
+            elif name == "FRAME":
+                if not isinstance(arg, int) or arg > len(data) - (pos or 0) - 9:
+                    raise ConversionError(
+                        f"{where}: pickle frame at byte {pos} is longer than the data", hint=hint
+                    )
+            elif name in _INT_OPS:
+                if isinstance(arg, int) and arg.bit_length() > MAX_PICKLE_INT_BITS:
+                    raise ConversionError(
+                        f"{where}: integer of {arg.bit_length()} bits at byte {pos} "
+                        f"(limit {MAX_PICKLE_INT_BITS})",
+                        hint=hint,
+                    )
+            elif name in _REFUSED_OPS:
+                raise ConversionError(
+                    f"{where}: the pickle uses {_REFUSED_OPS[name]} (opcode {name})", hint=hint
+                )
+    except ConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - genops raises assorted errors on malformed bytes
+        raise ConversionError(
+            f"{where}: corrupt checkpoint pickle ({type(exc).__name__}: {shown(str(exc))})",
+            hint=_REDOWNLOAD,
+        ) from None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the allow-listed globals (see module docstring)."""
+    """Unpickler that resolves only the allow-listed globals, as fresh objects (see module docstring).
+
+    Call :func:`check_pickle` on the bytes first (:func:`read_torch_zip` does)."""
 
     def __init__(self, data: bytes, *, source: str) -> None:
         super().__init__(io.BytesIO(data))
         self._source = source
+        self._allowed = _allow_list(source)
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _ALLOWED.get((module, name))
+        allowed = self._allowed.get((module, name))
         if allowed is not None:
             return allowed
         if module == "torch" and name.endswith("Storage"):
             raise ConversionError(
-                f"{self._source}: unsupported tensor dtype torch.{name}",
+                f"{self._source}: unsupported tensor dtype torch.{shown(name)}",
                 hint="only BF16, F16 and F32 checkpoints can be converted",
             )
         raise UnsafePickleError(
-            f"{self._source}: refusing to load pickle global {module}.{name} (not a plain state dict)",
+            f"{self._source}: refusing to load pickle global {shown(module)}.{shown(name)} "
+            "(not a plain state dict)",
             hint="this file may be malicious; only load checkpoints from sources you trust, "
             "or use a safetensors copy",
         )
@@ -151,13 +307,15 @@ class RestrictedUnpickler(pickle.Unpickler):
             or len(pid) != 5
             or pid[0] != "storage"
             or not isinstance(pid[1], StorageMarker)
+            or not any(pid[1] is marker for marker in self._allowed.values())
             or not isinstance(pid[2], str)
             or not isinstance(pid[4], int)
-            or pid[4] < 0
+            or isinstance(pid[4], bool)
+            or not 0 <= pid[4] <= MAX_DIM
         ):
             raise ConversionError(
                 f"{self._source}: corrupt checkpoint pickle (unexpected persistent id)",
-                hint="re-download the shard",
+                hint=_REDOWNLOAD,
             )
         return StorageRef(key=pid[2], dtype=pid[1].dtype, numel=pid[4])
 
@@ -179,12 +337,61 @@ class TorchZipIndex:
 
 
 def _data_offset(raw: bytes | memoryview, header_offset: int, source: str) -> int:
+    if header_offset < 0:
+        raise ConversionError(f"{source}: corrupt zip (bad local file header offset)", hint=_REDOWNLOAD)
     head = bytes(raw[header_offset : header_offset + _LOCAL_HEADER.size])
     if len(head) < _LOCAL_HEADER.size or head[:4] != _LOCAL_SIG:
-        raise ConversionError(f"{source}: corrupt zip (bad local file header)", hint="re-download the shard")
+        raise ConversionError(f"{source}: corrupt zip (bad local file header)", hint=_REDOWNLOAD)
     fields = _LOCAL_HEADER.unpack(head)
     name_len, extra_len = fields[9], fields[10]
     return header_offset + _LOCAL_HEADER.size + name_len + extra_len
+
+
+def _check_directory(path: Path, source: str) -> None:
+    """Bound the central directory (its size and member count) before ``zipfile`` reads it whole."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:  # a Python without it: zipfile's own checks still apply
+        return
+    try:
+        with open(path, "rb") as fh:
+            rec = end_record(fh)
+    except _ZIP_ERRORS:
+        return  # zipfile.ZipFile reports it
+    if rec is None:
+        return
+    size, entries = rec[zipfile._ECD_SIZE], rec[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
+    if size > MAX_ZIP_DIRECTORY or entries > MAX_ZIP_MEMBERS:
+        raise ConversionError(
+            f"{source}: zip directory of {entries} members / {size} bytes "
+            f"(limits {MAX_ZIP_MEMBERS} / {MAX_ZIP_DIRECTORY})",
+            hint="not a torch.save checkpoint",
+        )
+
+
+def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source: str) -> bytes:
+    """A non-storage member's bytes, at most ``limit`` (declared and actual size), never more in memory."""
+    label = f"{source}: member {shown(info.filename)}"
+    if info.flag_bits & 0x1:
+        raise ConversionError(f"{label} is encrypted", hint="torch.save never encrypts; re-download")
+    if info.compress_type not in _READ_COMPRESSIONS:
+        raise ConversionError(
+            f"{label} uses unsupported compression method {info.compress_type}",
+            hint="torch.save stores members uncompressed; re-save the checkpoint",
+        )
+    if info.file_size > limit:
+        raise ConversionError(
+            f"{label} is {info.file_size} bytes uncompressed (limit {limit})", hint="not a torch.save file"
+        )
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(limit + 1)
+    except _ZIP_ERRORS as exc:
+        raise ConversionError(
+            f"{label} is corrupt ({type(exc).__name__}: {shown(str(exc))})", hint=_REDOWNLOAD
+        ) from None
+    if len(data) > limit:
+        raise ConversionError(f"{label} is over {limit} bytes uncompressed", hint="not a torch.save file")
+    return data
 
 
 def read_torch_zip(path: Path, raw: bytes | memoryview) -> TorchZipIndex:
@@ -192,47 +399,60 @@ def read_torch_zip(path: Path, raw: bytes | memoryview) -> TorchZipIndex:
 
     Validates: it is a zip with one ``<root>/data.pkl``; little-endian; the pickle is a flat mapping of
     names to tensors; every storage member exists, is stored uncompressed, lies inside the file, and is
-    large enough for every view into it (else the shard is reported as truncated).
+    large enough for every view into it (else the shard is reported as truncated). Every problem is a
+    ConversionError naming the shard (and the member).
     """
     source = path.name
+    _check_directory(path, source)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {shown(str(exc))}"
         if bytes(raw[:4]) == _LOCAL_SIG:
             raise ConversionError(
-                f"{source}: shard is truncated or corrupt (zip directory unreadable: {exc})",
-                hint="re-download the shard",
+                f"{source}: shard is truncated or corrupt (zip directory unreadable: {reason})",
+                hint=_REDOWNLOAD,
             ) from None
         raise ConversionError(
-            f"{source}: not a PyTorch zip checkpoint or corrupt/truncated ({exc})",
+            f"{source}: not a PyTorch zip checkpoint or corrupt/truncated ({reason})",
             hint="re-download the shard; legacy non-zip torch files must be re-saved with a recent torch",
         ) from None
     with zf:
-        infos = {info.filename: info for info in zf.infolist()}
+        try:
+            infos = {info.filename: info for info in zf.infolist()}
+        except _ZIP_ERRORS as exc:  # pragma: no cover - infolist is a list copy
+            raise ConversionError(f"{source}: corrupt zip ({exc})", hint=_REDOWNLOAD) from None
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise ConversionError(f"{source}: more than {MAX_ZIP_MEMBERS} zip members", hint=_REDOWNLOAD)
         pkl = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
             raise ConversionError(f"{source}: no <root>/data.pkl in the zip", hint="not a torch.save file")
         root = pkl[0][: -len("data.pkl")]
-        if infos[pkl[0]].file_size > _MAX_PICKLE:
-            raise ConversionError(f"{source}: data.pkl is implausibly large", hint="not a plain state dict")
         order = infos.get(root + "byteorder")
-        if order is not None and zf.read(order).strip() not in (b"little", b""):
+        if order is not None and _read_small(zf, order, MAX_SMALL_MEMBER, source).strip() not in (
+            b"little",
+            b"",
+        ):
             raise ConversionError(
                 f"{source}: big-endian checkpoint", hint="re-save on a little-endian machine"
             )
-        try:
-            data = zf.read(pkl[0])  # the pickle itself is small; storages are never read this way
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ConversionError(
-                f"{source}: corrupt data.pkl ({exc})", hint="re-download the shard"
-            ) from None
+        # the pickle itself is small; storages are never read this way
+        data = _read_small(zf, infos[pkl[0]], MAX_PICKLE_BYTES, source)
+    where = f"{source}: member {shown(pkl[0])}"
+    check_pickle(data, where)
     try:
         obj = RestrictedUnpickler(data, source=source).load()
     except ConversionError:
         raise
-    except Exception as exc:  # malformed pickle bytes: any unpickling failure is a corrupt file
+    except _MutationRefused as exc:
         raise ConversionError(
-            f"{source}: corrupt checkpoint pickle ({type(exc).__name__}: {exc})", hint="re-download the shard"
+            f"{where}: the pickle tries to modify a {exc} (BUILD on an allow-listed object)",
+            hint="this file may be malicious; only load checkpoints from sources you trust",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - malformed pickle bytes: any unpickling failure is a corrupt file
+        raise ConversionError(
+            f"{where}: corrupt checkpoint pickle ({type(exc).__name__}: {shown(str(exc))})",
+            hint=_REDOWNLOAD,
         ) from None
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, TensorRef) for k, v in obj.items()
@@ -247,20 +467,21 @@ def read_torch_zip(path: Path, raw: bytes | memoryview) -> TorchZipIndex:
         key = ref.storage.key
         if key in storages:
             continue
+        label = f"{source}: storage data/{shown(key)}"
         info = infos.get(f"{root}data/{key}")
         if info is None:
-            raise ConversionError(f"{source}: storage data/{key} is missing", hint="re-download the shard")
-        if info.compress_type != zipfile.ZIP_STORED:
+            raise ConversionError(f"{label} is missing", hint=_REDOWNLOAD)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             raise ConversionError(
-                f"{source}: storage data/{key} is compressed", hint="re-save the checkpoint with torch.save"
+                f"{label} is compressed or encrypted", hint="re-save the checkpoint with torch.save"
             )
-        if info.header_offset + _LOCAL_HEADER.size > file_size:
-            raise ConversionError(f"{source}: shard is truncated", hint="re-download the shard")
+        if info.header_offset < 0 or info.header_offset + _LOCAL_HEADER.size > file_size:
+            raise ConversionError(f"{source}: shard is truncated", hint=_REDOWNLOAD)
         start = _data_offset(raw, info.header_offset, source)
         if start + info.file_size > file_size:
             raise ConversionError(
-                f"{source}: shard is truncated (storage data/{key} ends past the end of the file)",
-                hint="re-download the shard",
+                f"{source}: shard is truncated (storage data/{shown(key)} ends past the end of the file)",
+                hint=_REDOWNLOAD,
             )
         storages[key] = ZipMember(start, info.file_size)
     return TorchZipIndex(tensors=dict(obj), storages=storages)

@@ -9,13 +9,15 @@ to the checkpoint) with a CLIP ``config.json`` (``CLIPConfig`` with ``vision_con
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .._fs import user_path
 from ..errors import ConversionError
+from .limits import quoted, read_json_file, shown
 from .source import hub_file, looks_like_repo_id
 
 __all__ = [
@@ -88,17 +90,37 @@ def bad(message: str, hint: str) -> ConversionError:
     return ConversionError(message, hint=hint)
 
 
+#: integers are written as GGUF uint32/int32 values: a config value must fit.
+_MAX_INT = 2**31 - 1
+#: floats are written as float32.
+_MAX_FLOAT = 3.4e38
+
+
 def positive_int(cfg: Mapping[str, Any], key: str, where: str) -> int:
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise bad(f"{where}: {key} is missing or not a positive integer ({value!r})", "fix the config.json")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_INT:
+        raise bad(
+            f"{where}: {key} is missing or not a positive integer below 2^31 ({quoted(value)})",
+            "fix the config.json",
+        )
     return value
 
 
-def positive_float(cfg: Mapping[str, Any], key: str, where: str) -> float:
+def positive_float(cfg: Mapping[str, Any], key: str, where: str, default: float | None = None) -> float:
+    """A positive, finite number that fits a float32 (``default`` when the key is absent or null)."""
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise bad(f"{where}: {key} is missing or not a positive number ({value!r})", "fix the config.json")
+    if value is None and default is not None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= _MAX_FLOAT
+    ):
+        raise bad(
+            f"{where}: {key} is missing or not a positive float32 number ({quoted(value)})",
+            "fix the config.json",
+        )
     return float(value)
 
 
@@ -107,9 +129,11 @@ def vision_hparams_from_config(cfg: Mapping[str, Any], where: str) -> VisionHPar
     nested = cfg.get("vision_config")
     inner: Mapping[str, Any] = nested if isinstance(nested, Mapping) else cfg
     merged = {**_CLIP_VISION_DEFAULTS, **{k: v for k, v in dict(inner).items() if v is not None}}
-    act = str(merged.get("hidden_act"))
+    act = merged.get("hidden_act")
     if act != "quick_gelu":
-        raise bad(f"{where}: vision hidden_act {act!r} is not supported", "LLaVA-1.5 towers use quick_gelu")
+        raise bad(
+            f"{where}: vision hidden_act {quoted(act)} is not supported", "LLaVA-1.5 towers use quick_gelu"
+        )
     return VisionHParams(
         hidden_size=positive_int(merged, "hidden_size", where),
         ffn_size=positive_int(merged, "intermediate_size", where),
@@ -124,27 +148,52 @@ def vision_hparams_from_config(cfg: Mapping[str, Any], where: str) -> VisionHPar
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise bad(f"cannot read {what} {path}: {err}", "the file must be valid JSON") from err
+    data = read_json_file(path, what, hint="the file must be valid JSON")
     if not isinstance(data, dict):
         raise bad(f"{what} {path} is not a JSON object", "the file must be valid JSON")
     return data
 
 
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    if (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and all(abs(v) <= _MAX_FLOAT for v in value)
+    ):
+        return float(value[0]), float(value[1]), float(value[2])
+    return None
+
+
 def _with_preprocessor(vision: VisionHParams, directory: Path | None) -> VisionHParams:
-    if directory is None or not (directory / "preprocessor_config.json").is_file():
+    if directory is None or not _is_file(directory / "preprocessor_config.json"):
         return vision
-    pre = _read_json(directory / "preprocessor_config.json", "preprocessor config")
-    mean, std = pre.get("image_mean"), pre.get("image_std")
-    if isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3:
-        return replace(
-            vision,
-            image_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-            image_std=(float(std[0]), float(std[1]), float(std[2])),
+    path = directory / "preprocessor_config.json"
+    pre = _read_json(path, "preprocessor config")
+    if pre.get("image_mean") is None and pre.get("image_std") is None:
+        return vision
+    mean, std = _triple(pre.get("image_mean")), _triple(pre.get("image_std"))
+    if mean is None or std is None or not all(v > 0 for v in std):
+        raise bad(
+            f"{path}: image_mean/image_std must be lists of 3 finite numbers (std positive), not "
+            f"{shown(pre.get('image_mean'))} / {shown(pre.get('image_std'))}",
+            "fix preprocessor_config.json (CLIP uses mean 0.481,0.458,0.408 and std 0.269,0.261,0.276)",
         )
-    return vision
+    return replace(vision, image_mean=mean, image_std=std)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long: not a directory
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_tower(
@@ -157,11 +206,11 @@ def resolve_tower(
             "config.json names no vision tower (mm_vision_tower is missing)",
             "set mm_vision_tower to a CLIP tower directory or hub id, e.g. openai/clip-vit-large-patch14-336",
         )
-    candidate = Path(tower).expanduser()
+    candidate = user_path(tower, what="mm_vision_tower", error=ConversionError)
     candidate = candidate if candidate.is_absolute() else root / candidate
-    if candidate.is_dir():
+    if _is_dir(candidate):
         cfg_path = candidate / "config.json"
-        if not cfg_path.is_file():
+        if not _is_file(cfg_path):
             raise bad(
                 f"vision config missing: tower directory {candidate} has no config.json",
                 "put the CLIP tower's config.json (CLIPConfig or CLIPVisionConfig) in that directory",
@@ -178,7 +227,7 @@ def resolve_tower(
         )
         return tower, _with_preprocessor(vision, cfg_path.parent), None, tower
     raise bad(
-        f"vision config missing: mm_vision_tower {tower!r} is neither a directory nor a hub repo id",
+        f"vision config missing: mm_vision_tower {quoted(tower)} is neither a directory nor a hub repo id",
         "point mm_vision_tower at a local CLIP tower directory (absolute or relative to the checkpoint)",
     )
 

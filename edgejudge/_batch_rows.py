@@ -6,18 +6,29 @@ Owns the input side of ``edgejudge.batch``: native fields (``id``, ``image``, ``
 A row that cannot be judged (bad JSON, missing field, unknown rubric) is still a ``BatchRow``, with
 ``problem`` saying why, so the batch writes an error row for it and goes on. ``base_row``/``ok_row``/
 ``error_row`` build the output records (the format is documented in the README's batch section).
+
+Hostile input never stops the batch: every line is decoded with ``_jsonl`` (deep nesting, huge integers,
+over-long lines are a malformed row; lone surrogates and invalid UTF-8 are replaced with U+FFFD and put a
+warning on the row); a path with a NUL byte or an unknown ``~user`` is a row problem; files named by a row
+(images, rubric files) are read only when they are regular files within their size limit (``_fs``), so a
+FIFO or ``/dev/zero`` is an error row, never a hang. ``read_lines`` streams a JSONL file line by line in
+bounded memory (a line over its limit is reported, not held).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import _fs, _jsonl
 from .errors import InputError, RubricError
 
 if TYPE_CHECKING:
@@ -25,20 +36,36 @@ if TYPE_CHECKING:
     from .verdict import Verdict
 
 __all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_LINE_BYTES",
+    "MAX_RUBRIC_BYTES",
     "BatchRow",
+    "RawLine",
+    "read_lines",
+    "has_rows",
     "read_input_rows",
     "resolve_image",
     "image_digest",
+    "check_rubric_path",
     "row_key",
     "schedule",
     "base_row",
     "ok_row",
     "error_row",
+    "ROW_KEYS",
+    "is_batch_row",
 ]
 
 #: Input fields copied unchanged into the output row (gold scores, for ``edgejudge metrics``).
 PASS_THROUGH = ("orig_score",)
 _FIX_HINT = "fix the row in the input file (the batch skips rows already done when rerun)"
+#: The input JSONL must be a regular file of at most this size (it is streamed; rows are held in memory).
+MAX_INPUT_BYTES = 4 * 2**30
+#: A longer input line is a malformed row (``_jsonl.MAX_LINE_CHARS``, counted in bytes), never held whole.
+MAX_LINE_BYTES = _jsonl.MAX_LINE_CHARS
+#: A rubric file named by a row (or ``--rubric``) must be a regular file of at most this size.
+MAX_RUBRIC_BYTES = 2**20
+_BLANK = b" \t\n\r\x0b\x0c"
 
 
 @dataclass(frozen=True)
@@ -57,26 +84,110 @@ class BatchRow:
     malformed: bool = False
     source_sha256: str | None = None
     extra: tuple[tuple[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class RawLine(NamedTuple):
+    """One line of a JSONL file: its ``number`` (1-based), its bytes (``None`` when over the line limit),
+    whether it ended in ``\\n`` (``complete``), its ``size`` in bytes and, for an over-long line, the
+    sha256 of its bytes (``digest``)."""
+
+    number: int
+    data: bytes | None
+    complete: bool
+    size: int
+    digest: str | None = None
+
+
+def read_lines(
+    path: Path, *, label: str, what: str, max_bytes: int | None, max_line: int = MAX_LINE_BYTES
+) -> Iterator[RawLine]:
+    """Stream the lines of a regular file (split on ``\\n`` only), in memory bounded by ``max_line``.
+
+    Raises ``InputError`` (before the first line) when the file is missing, not a regular file (folder,
+    FIFO, device) or over ``max_bytes``, or when it cannot be read. Blank lines are yielded too; the last
+    line is yielded with ``complete=False`` when the file does not end in a newline.
+    """
+    fd, _ = _fs.open_regular(path, label=label, what=what, max_bytes=max_bytes)
+    with os.fdopen(fd, "rb", closefd=True) as fh:
+        number = 0
+        pending = bytearray()
+        long: Any = None  # the sha256 of an over-long line, fed as it streams by
+        size = 0
+        seen = 0
+        while True:
+            try:
+                chunk = fh.read(1 << 20)
+            except OSError as exc:
+                raise InputError(f"cannot read {what} {label}: {exc.strerror or exc}") from None
+            seen += len(chunk)
+            if max_bytes is not None and seen > max_bytes:
+                raise InputError(
+                    f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file"
+                )
+            if not chunk:
+                break
+            start = 0
+            while start <= len(chunk):
+                nl = chunk.find(b"\n", start)
+                piece = chunk[start : nl if nl >= 0 else len(chunk)]
+                size += len(piece)
+                if long is None and size > max_line:
+                    long = hashlib.sha256(pending)
+                    pending.clear()
+                if long is not None:
+                    long.update(piece)
+                else:
+                    pending += piece
+                if nl < 0:
+                    break
+                number += 1
+                yield _raw(number, pending, long, size, complete=True)
+                pending, long, size = bytearray(), None, 0
+                start = nl + 1
+        if size:
+            yield _raw(number + 1, pending, long, size, complete=False)
+
+
+def _raw(number: int, pending: bytearray, long: Any, size: int, *, complete: bool) -> RawLine:
+    if long is not None:
+        return RawLine(number, None, complete, size, long.hexdigest())
+    return RawLine(number, bytes(pending), complete, size)
+
+
+def has_rows(path: Path, *, label: str | None = None) -> bool:
+    """True when the input file has a non-blank line (reads only up to the first non-blank byte).
+
+    Raises ``InputError`` like ``read_input_rows`` when the file is not a readable regular file."""
+    label = label or str(path)
+    fd, _ = _fs.open_regular(path, label=label, what="input file", max_bytes=MAX_INPUT_BYTES)
+    with os.fdopen(fd, "rb", closefd=True) as fh:
+        while chunk := fh.read(1 << 20):
+            if chunk.strip(_BLANK):
+                return True
+    return False
 
 
 def resolve_image(image: str, root: Path) -> Path:
-    """An image path as written in a row, resolved against the image root when relative."""
-    path = Path(image).expanduser()
+    """An image path as written in a row, resolved against the image root when relative.
+
+    Raises ``InputError`` for a path with a NUL byte or an unknown ``~user`` (rows are checked when read,
+    so a row without a problem always resolves)."""
+    path = _fs.user_path(image, what="image path")
     return path if path.is_absolute() else root / path
 
 
 def image_digest(path: Path) -> str:
-    """``sha256:<hex>`` of the file's bytes, or ``missing``/``unreadable`` (a fixed file changes the key)."""
-    digest = hashlib.sha256()
+    """``sha256:<hex>`` of the file's bytes, or ``missing``/``unreadable`` (a fixed file changes the key).
+
+    Only a regular file within ``images.MAX_FILE_BYTES`` is hashed: a folder, FIFO, device or too large a
+    file is ``unreadable`` at once (never a hang); judging the row then reports why."""
+    from .images import MAX_FILE_BYTES
+
     try:
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except FileNotFoundError:
-        return "missing"
-    except OSError:
-        return "unreadable"
-    return "sha256:" + digest.hexdigest()
+        return "sha256:" + _fs.sha256_regular(path, what="image", max_bytes=MAX_FILE_BYTES)
+    except InputError:
+        return "unreadable" if os.path.lexists(path) else "missing"
 
 
 def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
@@ -96,7 +207,7 @@ def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
         "extra": [list(pair) for pair in row.extra],
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def schedule(
@@ -126,52 +237,74 @@ def read_input_rows(
 ) -> list[BatchRow]:
     """Read the input JSONL into rows (blank lines ignored; ``limit`` keeps the first N rows).
 
-    Raises ``InputError`` when the file cannot be read and ``RubricError`` when ``default_rubric`` is an
-    unknown name; everything wrong with a single row becomes that row's ``problem``.
+    The file must be a regular file of at most ``MAX_INPUT_BYTES``; it is streamed line by line. Raises
+    ``InputError`` when the file cannot be read (missing, a folder, FIFO or device, too large) and
+    ``RubricError`` when ``default_rubric`` is an unknown name; everything wrong with a single line (bad or
+    hostile JSON, a bad field, a bad path) becomes that row's ``problem``, and text that had to be replaced
+    (invalid UTF-8, lone surrogates) becomes a row warning.
     """
     from .rubric import Rubric, load_rubric
 
-    default = load_rubric(default_rubric) if isinstance(default_rubric, str) else default_rubric
+    default: Rubric | None = None
+    if isinstance(default_rubric, str):
+        check_rubric_path(default_rubric)
+        default = load_rubric(default_rubric)
+    else:
+        default = default_rubric
     if default is not None and not isinstance(default, Rubric):
         raise InputError(f"default rubric must be a Rubric or a name, got {type(default).__name__}")
     if limit is not None and limit < 0:
         raise InputError(f"limit must not be negative, got {limit}", hint="pass --limit 1 or more")
-    try:
-        # split on "\n" only: str.splitlines also breaks at U+2028/U+2029/U+0085, which JSON strings may
-        # hold unescaped (json.dumps(..., ensure_ascii=False) writes them raw)
-        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    except FileNotFoundError:
-        raise InputError(f"input file not found: {path}", hint="check the path of the JSONL file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read input file {path}: {exc.strerror}") from None
     rows: list[BatchRow] = []
     seen: dict[str, int] = {}
     cache: dict[str, Rubric] = {}
-    for number, text in _numbered(lines):
+    for raw in read_lines(path, label=str(path), what="input file", max_bytes=MAX_INPUT_BYTES):
         if limit is not None and len(rows) >= limit:
             break
-        row = _parse_line(number, text, default, cache)
+        row = _row_of(raw, default, cache)
+        if row is None:
+            continue
+        number = raw.number
         if row.id in seen:
             row = BatchRow(
                 id=f"{row.id}@line-{number}",
                 line=number,
                 problem=f"line {number}: duplicate id {row.id!r} (first on line {seen[row.id]})",
                 hint="give every row a unique id",
-                source_sha256=_sha(text),
+                source_sha256=row.source_sha256,
+                warnings=row.warnings,
             )
         seen.setdefault(row.id, number)
         rows.append(row)
     return rows
 
 
-def _numbered(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
-    for number, text in enumerate(lines, start=1):
-        if text.strip():
-            yield number, text
+def _sha(data: bytes | str) -> str:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _row_of(raw: RawLine, default: Rubric | None, cache: dict[str, Rubric]) -> BatchRow | None:
+    """The row for one input line (``None`` for a blank line)."""
+    number = raw.number
+    if raw.data is None:
+        problem = f"line too long ({raw.size} bytes, limit {MAX_LINE_BYTES})"
+        return _malformed(number, raw.digest or "", problem)
+    decoded = list(_jsonl.split_lines(raw.data))
+    if not decoded:
+        return None
+    _, text, replaced = decoded[0]
+    sha = _sha(raw.data)
+    warnings = [f"line {number}: text that is not valid UTF-8 was replaced with U+FFFD"] if replaced else []
+    result = _jsonl.loads_line(text)
+    if result.problem is not None:
+        return replace(_malformed(number, sha, result.problem), warnings=tuple(warnings))
+    if result.scrubbed:
+        warnings.append(
+            f"line {number}: {result.scrubbed} lone surrogate(s) (not valid Unicode) replaced with U+FFFD"
+        )
+    row = _parse_line(number, result.value, sha, default, cache, warnings)
+    return replace(row, warnings=(*row.warnings, *warnings)) if warnings else row
 
 
 #: Each field of a row and the keys it is read from, first found wins (native, Perception-Collection/Bench).
@@ -183,25 +316,42 @@ _FIELD_NAMES = {
 }
 
 
-def _malformed(number: int, text: str, problem: str) -> BatchRow:
+def _malformed(number: int, sha: str, problem: str) -> BatchRow:
     return BatchRow(
         id=f"line-{number}",
         line=number,
         problem=f"line {number}: {problem}",
         hint="each line of the input must be one JSON object",
         malformed=True,
-        source_sha256=_sha(text),
+        source_sha256=sha,
     )
 
 
-def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str, Rubric]) -> BatchRow:
+def _finite(value: Any) -> bool:
+    """False when a JSON value holds NaN or an infinity (not JSON; never written to the output)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _parse_line(
+    number: int,
+    data: Any,
+    sha: str,
+    default: Rubric | None,
+    cache: dict[str, Rubric],
+    warnings: list[str],
+) -> BatchRow:
     fallback_id = f"line-{number}"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return _malformed(number, text, f"malformed JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(data, dict):
-        return _malformed(number, text, f"expected a JSON object, got {type(data).__name__}")
+        return _malformed(number, sha, f"expected a JSON object, got {type(data).__name__}")
     raw_id = data.get("id", data.get("question_id"))
     if raw_id is None or raw_id == "":
         row_id = fallback_id
@@ -213,9 +363,16 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
             line=number,
             problem=f"line {number}: id must be a string or an integer",
             hint=_FIX_HINT,
-            source_sha256=_sha(text),
+            source_sha256=sha,
         )
-    extra = tuple((name, data[name]) for name in PASS_THROUGH if name in data)
+    extra = []
+    for name in PASS_THROUGH:
+        if name not in data:
+            continue
+        if _finite(data[name]):
+            extra.append((name, data[name]))
+        else:
+            warnings.append(f"line {number}: field {name!r} holds NaN or an infinity (not JSON); left out")
     fields = {name: _first(data, *keys) for name, keys in _FIELD_NAMES.items()}
     bad = [name for name, value in fields.items() if value is not None and not isinstance(value, str)]
     values = {k: v if isinstance(v, str) else None for k, v in fields.items()}
@@ -227,7 +384,7 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
         instruction=values["instruction"],
         response=values["response"],
         reference=reference,
-        extra=extra,
+        extra=tuple(extra),
     )
     problem = None
     if bad:
@@ -236,6 +393,11 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
         missing = [name for name in ("image", "instruction", "response") if not (values[name] or "").strip()]
         if missing:
             problem = f"line {number}: missing field {' or '.join(map(repr, _FIELD_NAMES[missing[0]]))}"
+    if problem is None and row.image is not None:
+        try:
+            _fs.user_path(row.image, what="image path")
+        except InputError as err:
+            return _with_problem(row, f"line {number}: {err}", err.hint or _FIX_HINT)
     if problem is not None:
         return _with_problem(row, problem, _FIX_HINT)
     try:
@@ -249,6 +411,30 @@ def _parse_line(number: int, text: str, default: Rubric | None, cache: dict[str,
             "add a 'rubric' field to the row or pass --rubric NAME for rows without one",
         )
     return replace(row, rubric=rubric)
+
+
+def check_rubric_path(value: str) -> None:
+    """Refuse, as ``RubricError``, a rubric name that names a file which must not be read: a path with a
+    NUL byte or an unknown ``~user``, or an existing ``.toml``/``.json`` path (the only ones ``load_rubric``
+    reads) that is not a regular file (FIFO, device, folder) or is over ``MAX_RUBRIC_BYTES``. Library names
+    and missing files are left to ``load_rubric``."""
+    path = _fs.user_path(value, what="rubric path", error=RubricError)
+    if not value.lower().endswith((".toml", ".json")):
+        return
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise RubricError(
+            f"rubric path is {_fs.describe_kind(info.st_mode)}, not a regular file: {value}",
+            hint="pass a .toml or .json rubric file (not a folder, pipe or device)",
+        )
+    if info.st_size > MAX_RUBRIC_BYTES:
+        raise RubricError(
+            f"rubric file is too large ({info.st_size} bytes, limit {MAX_RUBRIC_BYTES}): {value}",
+            hint="a rubric is a few KB of TOML or JSON",
+        )
 
 
 def _with_problem(row: BatchRow, problem: str, hint: str) -> BatchRow:
@@ -268,6 +454,7 @@ def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, R
     value = data.get("rubric")
     if isinstance(value, str) and value.strip():
         if value not in cache:
+            check_rubric_path(value)
             cache[value] = load_rubric(value)
         return cache[value]
     if isinstance(value, dict):
@@ -300,7 +487,7 @@ def base_row(
         "hint": None,
         "key": key,
         "image": row.image,
-        "image_path": str(resolve_image(row.image, root)) if row.image else None,
+        "image_path": _image_path(row.image, root),
         "image_sha256": None,
         "image_size": image_size,
         "instruction": row.instruction,
@@ -315,9 +502,46 @@ def base_row(
         "raw_output": None,
         "samples": [],
         "timings": None,
+        "warnings": list(row.warnings),
     }
     base.update(row.extra)
     return base
+
+
+#: The keys every output row has had since the first batch format (``base_row``); a line of an output file
+#: is an edgejudge batch row when it is a JSON object with all of them (see ``is_batch_row``).
+ROW_KEYS = frozenset(
+    "id line status score expected_score score_probs agreement feedback error hint key image image_path "
+    "image_sha256 image_size instruction response reference rubric criteria model image_fit settings "
+    "parse_method raw_output samples timings".split()
+)
+
+
+def is_batch_row(value: Any) -> bool:
+    """True for a JSON object shaped like a row ``base_row`` writes: every key of ``ROW_KEYS``, ``id`` a
+    string, ``line`` an integer, ``status`` "ok" or "error", ``key`` 64 hex digits, ``settings`` an object."""
+    if not isinstance(value, dict) or not ROW_KEYS <= value.keys():
+        return False
+    key = value["key"]
+    return (
+        isinstance(value["id"], str)
+        and isinstance(value["line"], int)
+        and not isinstance(value["line"], bool)
+        and value["status"] in ("ok", "error")
+        and isinstance(key, str)
+        and len(key) == 64
+        and all(c in "0123456789abcdef" for c in key)
+        and isinstance(value["settings"], dict)
+    )
+
+
+def _image_path(image: str | None, root: Path) -> str | None:
+    if not image:
+        return None
+    try:
+        return str(resolve_image(image, root))
+    except InputError:
+        return None
 
 
 def error_row(base: dict[str, Any], message: str, hint: str | None, began: float) -> dict[str, Any]:
@@ -350,7 +574,7 @@ def ok_row(base: dict[str, Any], verdict: Verdict, began: float) -> dict[str, An
             for s in verdict.samples
         ],
         "timings": data["timings"],
-        "warnings": list(verdict.warnings),
+        "warnings": [*base.get("warnings", ()), *verdict.warnings],
         "elapsed_s": _since(began),
     }
 

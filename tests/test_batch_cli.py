@@ -162,7 +162,7 @@ def test_batch_killed_mid_run_resumes_without_duplicates(batch_input: Path, work
     written = _ids(out)  # every line complete; the row in flight is lost, nothing else
     assert written == ["r1", "r3", "r5"]  # rows sharing image a.png run first
     with out.open("ab") as fh:  # and a crash in the middle of a write on top of it
-        fh.write(b'{"id": "r9", "status": "o')
+        fh.write(b'{"id": "r9", "line": 9, "status": "o')  # as edgejudge writes a row: id, line, status
 
     proc, stderr = _spawn(batch_input, out, gate, gate_at=None)
     assert proc.wait(timeout=60) == 0

@@ -136,92 +136,120 @@ def register(app: typer.Typer) -> None:
         *,
         options: GenerationOptions,
     ) -> None:
-        from ..batch import BatchEvent, check_output, run_batch
-        from ..errors import InputError
+        from .._batch_rows import check_rubric_path, has_rows
+        from .._fs import user_path
+        from ..batch import BatchEvent, OutputLock, check_output, run_batch
         from ..rubric import load_rubric
 
-        if not input_path.is_file():
-            raise InputError(f"input file not found: {input_path}", hint="check the path of the JSONL file")
-        default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
+        input_path = user_path(input_path, what="input path")
+        output = user_path(output, what="--output path")
+        image_root = None if image_root is None else user_path(image_root, what="--image-root")
+        rows_there = has_rows(input_path)  # a folder, FIFO or device is refused here, never read
+        if rubric:  # fail before loading a model
+            check_rubric_path(rubric)
+            default_rubric = load_rubric(rubric)
+        else:
+            default_rubric = None
         check_output(input_path, output)
+        console = stderr_console()
+        if not rows_there or limit == 0:
+            why = f"no rows in {input_path}" if not rows_there else "--limit 0"
+            console.print(f"{escape(why)}: nothing to judge (no output written)")
+            if json_out:
+                emit_json(_empty_summary(input_path, output))
+            return
         given = {"--rubric": rubric, "--image-root": image_root, "--limit": limit}
         extra = [f"{flag}={value}" for flag, value in given.items() if value is not None]
         resume = _resume_command(input_path, output, [*extra, *options.cli_args()])
-        console = stderr_console()
 
-        with status("loading the judge model…"):
-            judge = build_judge(options)
-        progress = make_progress(
-            TextColumn("[bold]judging[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
-            TextColumn("errors {task.fields[errors]}"),
-            TextColumn("{task.fields[hist]}"),
-            console=console,
-        )
-        state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
+        with OutputLock(output) as lock:  # one writer per output, taken before the model loads
+            with status("loading the judge model…"):
+                judge = build_judge(options)
+            progress = make_progress(
+                TextColumn("[bold]judging[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeRemainingColumn(),
+                TextColumn("errors {task.fields[errors]}"),
+                TextColumn("{task.fields[hist]}"),
+                console=console,
+            )
+            state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
 
-        def on_event(event: BatchEvent) -> None:
-            if event.kind == "repaired":
-                console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}")
-            elif event.kind == "started":
-                console.print(
-                    f"{event.total} rows in {escape(str(input_path))}: {event.skipped} already done, "
-                    f"{event.todo} to judge"
-                )
-                state["task"] = progress.add_task(
-                    "batch", total=event.todo, errors=0, hist=histogram_text({})
-                )
-            elif event.kind == "error":
-                state["errors"] += 1
-                row = event.row or {}
+            def on_event(event: BatchEvent) -> None:
+                if event.kind == "repaired":
+                    console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}")
+                elif event.kind == "ignored":
+                    console.print(f"[yellow]warning:[/yellow] {escape(event.message or '')}")
+                elif event.kind == "started":
+                    console.print(
+                        f"{event.total} rows in {escape(str(input_path))}: {event.skipped} already done, "
+                        f"{event.todo} to judge"
+                    )
+                    state["task"] = progress.add_task(
+                        "batch", total=event.todo, errors=0, hist=histogram_text({})
+                    )
+                elif event.kind == "error":
+                    state["errors"] += 1
+                    row = event.row or {}
+                    progress.console.print(
+                        f"[red]error[/red] {escape(str(row.get('id')))} (line {event.line}): "
+                        f"{escape(event.message or '')}"
+                    )
+                elif event.kind == "row_done":
+                    if event.score is not None:
+                        key = str(event.score)
+                        state["hist"][key] = state["hist"].get(key, 0) + 1
+                    progress.update(
+                        state["task"], advance=1, errors=state["errors"], hist=histogram_text(state["hist"])
+                    )
+
+            def on_first_interrupt() -> None:
                 progress.console.print(
-                    f"[red]error[/red] {escape(str(row.get('id')))} (line {event.line}): "
-                    f"{escape(event.message or '')}"
-                )
-            elif event.kind == "row_done":
-                if event.score is not None:
-                    key = str(event.score)
-                    state["hist"][key] = state["hist"].get(key, 0) + 1
-                progress.update(
-                    state["task"], advance=1, errors=state["errors"], hist=histogram_text(state["hist"])
+                    "[yellow]stopping after the rows in flight… (Ctrl-C again to drop them)[/yellow]"
                 )
 
-        def on_first_interrupt() -> None:
-            progress.console.print(
-                "[yellow]stopping after the rows in flight… (Ctrl-C again to drop them)[/yellow]"
-            )
-
-        try:
-            with judge, _Stopper(on_first_interrupt) as stopper, progress:
-                summary = run_batch(
-                    judge,
-                    input_path,
-                    output,
-                    image_root=image_root,
-                    default_rubric=default_rubric,
-                    limit=limit,
-                    retry_errors=retry_errors,
-                    samples=options.samples,
-                    params=options.params(),
-                    on_event=on_event,
-                    should_stop=stopper,
+            try:
+                with judge, _Stopper(on_first_interrupt) as stopper, progress:
+                    summary = run_batch(
+                        judge,
+                        input_path,
+                        output,
+                        image_root=image_root,
+                        default_rubric=default_rubric,
+                        limit=limit,
+                        retry_errors=retry_errors,
+                        samples=options.samples,
+                        params=options.params(),
+                        on_event=on_event,
+                        should_stop=stopper,
+                        lock=lock,
+                    )
+            except KeyboardInterrupt:
+                console.print(
+                    "[yellow]interrupted:[/yellow] the rows in flight were dropped; finished rows are saved."
                 )
-        except KeyboardInterrupt:
-            console.print(
-                "[yellow]interrupted:[/yellow] the rows in flight were dropped; finished rows are saved."
-            )
-            console.print(f"resume with: {escape(resume)}", soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        _print_summary(summary.to_dict())
-        if json_out:
-            emit_json(summary.to_dict())
-        if summary.stopped:
-            console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
-            console.print(f"resume with: {escape(resume)}", soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+                console.print(f"resume with: {escape(resume)}", soft_wrap=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            _print_summary(summary.to_dict())
+            if json_out:
+                emit_json(summary.to_dict())
+            if summary.stopped:
+                console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
+                console.print(f"resume with: {escape(resume)}", soft_wrap=True)
+                raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _empty_summary(input_path: Path, output: Path) -> dict[str, Any]:
+    """The ``--json`` summary of a run with nothing to judge (no model loaded, no output written)."""
+    from ..batch import BatchSummary
+
+    summary = BatchSummary(
+        input=str(input_path), output=str(output), total=0, skipped=0, judged=0, ok=0, errors=0, malformed=0,
+        remaining=0, stopped=False, repaired=0, elapsed_s=0.0, histogram={str(k): 0 for k in range(1, 6)},
+    )  # fmt: skip
+    return summary.to_dict()
 
 
 def _print_summary(data: dict[str, Any]) -> None:
@@ -231,6 +259,8 @@ def _print_summary(data: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("judged", f"{data['judged']} ({data['ok']} ok, {data['errors']} errors)")
     table.add_row("skipped", f"{data['skipped']} already done")
+    if data.get("warned"):
+        table.add_row("warnings", f"{data['warned']} rows (text replaced with U+FFFD: see their warnings)")
     if data["mean_score"] is not None:
         table.add_row("mean score", f"{data['mean_score']:.2f}")
         table.add_row("scores", histogram_text(data["histogram"]))

@@ -6,6 +6,10 @@ and the plain warning that the weights are random.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +26,7 @@ from ._common import (
     verdict_panel,
 )
 
-__all__ = ["register", "RANDOM_WEIGHTS_NOTE", "INSTALL_HINT"]
+__all__ = ["register", "RANDOM_WEIGHTS_NOTE", "INSTALL_HINT", "how_to_run"]
 
 INSTALL_HINT = "edgejudge models pull prometheus-vision-7b"
 RANDOM_WEIGHTS_NOTE = (
@@ -31,6 +35,36 @@ RANDOM_WEIGHTS_NOTE = (
     "run on llama.cpp + mtmd with the exact Prometheus-Vision prompt, the output grammar and the score "
     "distribution."
 )
+
+
+def how_to_run() -> tuple[str, str | None]:
+    """``(command, activate)``: how the user types ``edgejudge`` next. ``edgejudge`` when it is on PATH;
+    else the full path of the script beside this interpreter (a virtual environment that is not active)
+    and the ``source …/activate`` line that puts it on PATH."""
+    if shutil.which("edgejudge"):
+        return "edgejudge", None
+    bindir = Path(sys.executable).parent
+    script = bindir / "edgejudge"
+    if not script.is_file():
+        return f"{sys.executable} -c 'from edgejudge.cli import main; main()'", None
+    activate = bindir / "activate"
+    return _shown(script), (f"source {_shown(activate)}" if activate.is_file() else None)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when below it (``.venv/bin/edgejudge``), else absolute."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def _next_steps() -> Text:
+    command, activate = how_to_run()
+    install = INSTALL_HINT.replace("edgejudge", command, 1)
+    text = Text.assemble("\n\nInstall the real judge: ", (install, "bold cyan"))
+    if activate is not None:
+        text.append(f"\n(edgejudge is not on your PATH: run `{activate}` first, then `{INSTALL_HINT}` works)")
+    text.append("\n(about 14 GB to download; about 4.7 GB installed at Q4_K_M)")
+    return text
 
 
 def register(app: typer.Typer) -> None:
@@ -73,6 +107,8 @@ def register(app: typer.Typer) -> None:
                     "picture": str(result.picture),
                     "inputs": DEMO_INPUTS,
                     "next": INSTALL_HINT,
+                    "next_command": INSTALL_HINT.replace("edgejudge", how_to_run()[0], 1),
+                    "activate": how_to_run()[1],
                 }
             )
             return
@@ -95,12 +131,7 @@ def register(app: typer.Typer) -> None:
         console.print(verdict_panel(result.verdict, title="Demo verdict"))
         console.print(
             Panel(
-                Text.assemble(
-                    RANDOM_WEIGHTS_NOTE,
-                    "\n\nInstall the real judge: ",
-                    (INSTALL_HINT, "bold cyan"),
-                    "\n(about 14 GB to download; about 4.7 GB installed at Q4_K_M)",
-                ),
+                Text.assemble(RANDOM_WEIGHTS_NOTE, _next_steps()),
                 title="Random weights",
                 border_style="yellow",
             )

@@ -171,8 +171,11 @@ def register(app: typer.Typer) -> None:
         Interrupted downloads resume where they stopped. With HF_HUB_OFFLINE=1 only the local hub cache
         is used. The files go to the models directory (EDGEJUDGE_MODELS_DIR).
         """
+        from .._fs import user_path
         from ..modelops import pull_model
 
+        if source is not None and source.startswith("~"):  # a local checkpoint as the shell did not expand it
+            source = str(user_path(source, what="--source"))
         with StageProgress() as progress:
             result = pull_model(
                 name, quant=quant, mmproj_quant=mmproj_quant, source=source, force=force, progress=progress
@@ -290,9 +293,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Register an existing GGUF pair (converted elsewhere or earlier) under a name."""
+        from .._fs import user_path
         from ..registry import make_entry, resolve_model
         from ..registry import register as register_model
 
+        text_model = user_path(text_model, what="model file", error=ModelNotFoundError)
         if not text_model.is_file():
             raise ModelNotFoundError(f"model file not found: {text_model}", hint="check the path")
         text, proj = resolve_model(str(text_model), mmproj=mmproj)

@@ -98,14 +98,16 @@ def _to_float(value: object) -> float:
         return _NAN
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond the float range
         raise InputError(
-            f"score {value!r} is not a number", hint="metrics need numeric scores (or null for missing ones)"
+            f"score {value!r:.60} is not a number",
+            hint="metrics need numeric scores (or null for missing ones)",
         ) from None
 
 
 def _round_half_up(values: np.ndarray) -> np.ndarray:
-    return np.floor(values + 0.5).astype(np.int64)
+    # clipped first: a cast of a huge float (1e300) to int64 is undefined; anything this far is out of 1..5
+    return np.floor(np.clip(values, -1e9, 1e9) + 0.5).astype(np.int64)
 
 
 def _kendall_b(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -153,7 +155,17 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> dict[
 def agreement_metrics(
     pred: Sequence[float | None], gold: Sequence[float | None], *, bootstrap: int = 1000, seed: int = 0
 ) -> Metrics:
-    """Agreement between predicted and gold scores (same order, same length)."""
+    """Agreement between predicted and gold scores (same order, same length).
+
+    Any finite floats are accepted; sums that overflow (scores near 1e308) give undefined statistics
+    (None in ``to_dict``), never a warning or an exception."""
+    with np.errstate(all="ignore"):
+        return _agreement_metrics(pred, gold, bootstrap=bootstrap, seed=seed)
+
+
+def _agreement_metrics(
+    pred: Sequence[float | None], gold: Sequence[float | None], *, bootstrap: int, seed: int
+) -> Metrics:
     if len(pred) != len(gold):
         raise InputError(
             f"{len(pred)} predictions but {len(gold)} gold scores", hint="pass one gold score per prediction"

@@ -9,9 +9,10 @@ A row that cannot be judged (bad JSON, missing field, unknown rubric) is still a
 
 Hostile input never stops the batch: every line is decoded with ``_jsonl`` (deep nesting, huge integers,
 over-long lines are a malformed row; lone surrogates and invalid UTF-8 are replaced with U+FFFD and put a
-warning on the row); a path with a NUL byte or an unknown ``~user`` is a row problem; files named by a row
-(images, rubric files) are read only when they are regular files within their size limit (``_fs``), so a
-FIFO or ``/dev/zero`` is an error row, never a hang. ``read_lines`` streams a JSONL file line by line in
+warning on the row); a path with a NUL byte or an unknown ``~user`` is a row problem; images named by a
+row are hashed and read only when they are regular files within ``images.MAX_FILE_BYTES`` (``_fs``; rubric
+files get the same checks in ``rubric.load_rubric``), so a FIFO or ``/dev/zero`` is an error row, never a
+hang. ``read_lines`` streams a JSONL file line by line in
 bounded memory (a line over its limit is reported, not held).
 """
 
@@ -21,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_INPUT_BYTES",
     "MAX_LINE_BYTES",
-    "MAX_RUBRIC_BYTES",
     "BatchRow",
     "RawLine",
     "read_lines",
@@ -46,7 +45,6 @@ __all__ = [
     "read_input_rows",
     "resolve_image",
     "image_digest",
-    "check_rubric_path",
     "row_key",
     "schedule",
     "base_row",
@@ -63,8 +61,6 @@ _FIX_HINT = "fix the row in the input file (the batch skips rows already done wh
 MAX_INPUT_BYTES = 4 * 2**30
 #: A longer input line is a malformed row (``_jsonl.MAX_LINE_CHARS``, counted in bytes), never held whole.
 MAX_LINE_BYTES = _jsonl.MAX_LINE_CHARS
-#: A rubric file named by a row (or ``--rubric``) must be a regular file of at most this size.
-MAX_RUBRIC_BYTES = 2**20
 _BLANK = b" \t\n\r\x0b\x0c"
 
 
@@ -247,7 +243,6 @@ def read_input_rows(
 
     default: Rubric | None = None
     if isinstance(default_rubric, str):
-        check_rubric_path(default_rubric)
         default = load_rubric(default_rubric)
     else:
         default = default_rubric
@@ -413,30 +408,6 @@ def _parse_line(
     return replace(row, rubric=rubric)
 
 
-def check_rubric_path(value: str) -> None:
-    """Refuse, as ``RubricError``, a rubric name that names a file which must not be read: a path with a
-    NUL byte or an unknown ``~user``, or an existing ``.toml``/``.json`` path (the only ones ``load_rubric``
-    reads) that is not a regular file (FIFO, device, folder) or is over ``MAX_RUBRIC_BYTES``. Library names
-    and missing files are left to ``load_rubric``."""
-    path = _fs.user_path(value, what="rubric path", error=RubricError)
-    if not value.lower().endswith((".toml", ".json")):
-        return
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return
-    if not stat.S_ISREG(info.st_mode):
-        raise RubricError(
-            f"rubric path is {_fs.describe_kind(info.st_mode)}, not a regular file: {value}",
-            hint="pass a .toml or .json rubric file (not a folder, pipe or device)",
-        )
-    if info.st_size > MAX_RUBRIC_BYTES:
-        raise RubricError(
-            f"rubric file is too large ({info.st_size} bytes, limit {MAX_RUBRIC_BYTES}): {value}",
-            hint="a rubric is a few KB of TOML or JSON",
-        )
-
-
 def _with_problem(row: BatchRow, problem: str, hint: str) -> BatchRow:
     return replace(row, problem=problem, hint=hint)
 
@@ -454,7 +425,6 @@ def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, R
     value = data.get("rubric")
     if isinstance(value, str) and value.strip():
         if value not in cache:
-            check_rubric_path(value)
             cache[value] = load_rubric(value)
         return cache[value]
     if isinstance(value, dict):

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         *,
         options: GenerationOptions,
     ) -> None:
-        from .._batch_rows import check_rubric_path, has_rows
+        from .._batch_rows import has_rows
         from .._fs import user_path
         from ..batch import BatchEvent, OutputLock, check_output, run_batch
         from ..rubric import load_rubric
@@ -145,16 +145,12 @@ def register(app: typer.Typer) -> None:
         output = user_path(output, what="--output path")
         image_root = None if image_root is None else user_path(image_root, what="--image-root")
         rows_there = has_rows(input_path)  # a folder, FIFO or device is refused here, never read
-        if rubric:  # fail before loading a model
-            check_rubric_path(rubric)
-            default_rubric = load_rubric(rubric)
-        else:
-            default_rubric = None
+        default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
         check_output(input_path, output)
         console = stderr_console()
         if not rows_there or limit == 0:
             why = f"no rows in {input_path}" if not rows_there else "--limit 0"
-            console.print(f"{escape(why)}: nothing to judge (no output written)")
+            console.print(f"{escape(why)}: nothing to judge (no output written)", soft_wrap=True)
             if json_out:
                 emit_json(_empty_summary(input_path, output))
             return
@@ -179,9 +175,9 @@ def register(app: typer.Typer) -> None:
 
             def on_event(event: BatchEvent) -> None:
                 if event.kind == "repaired":
-                    console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}")
+                    console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}", soft_wrap=True)
                 elif event.kind == "ignored":
-                    console.print(f"[yellow]warning:[/yellow] {escape(event.message or '')}")
+                    console.print(f"[yellow]warning:[/yellow] {escape(event.message or '')}", soft_wrap=True)
                 elif event.kind == "started":
                     console.print(
                         f"{event.total} rows in {escape(str(input_path))}: {event.skipped} already done, "

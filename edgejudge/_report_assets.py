@@ -3,6 +3,8 @@
 The script filters cards by score: the buttons toggle scores in or out of the selection ("All" clears
 it), the selection is mirrored in the URL as ``#filter=4,5`` (so a link or a bookmark keeps it, and a page
 opened with one applies it on load), and ``body[data-shown]`` / ``#shown-count`` say how many cards show.
+Any hash text is accepted: a malformed escape (``#filter=%``) is read as typed, and values that name no
+button are ignored (all cards show), never an exception in the page.
 """
 
 from __future__ import annotations
@@ -78,10 +80,16 @@ SCRIPT = """
   var buttons = Array.prototype.slice.call(document.querySelectorAll('#filters button'));
   var counter = document.getElementById('shown-count');
   var selection = [];
+  var known = buttons.map(function (button) { return button.getAttribute('data-filter'); });
+  function decoded(text) {
+    try { return decodeURIComponent(text); } catch (e) { return text; }  /* '%' or '%zz': keep it raw */
+  }
   function fromHash() {
-    var match = /(?:^#|&)filter=([^&]*)/.exec(window.location.hash);
+    var hash = '';
+    try { hash = String(window.location.hash || ''); } catch (e) { return []; }
+    var match = /(?:^#|&)filter=([^&]*)/.exec(hash);
     if (!match) { return []; }
-    return decodeURIComponent(match[1]).split(',').filter(function (f) { return f && f !== 'all'; });
+    return decoded(match[1]).split(',').filter(function (f) { return f !== 'all' && known.indexOf(f) >= 0; });
   }
   function apply() {
     var shown = 0;

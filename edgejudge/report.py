@@ -6,12 +6,22 @@ the expected score, the feedback, the inputs and the rubric; error rows shown di
 filter (small inline script; ``#filter=4,5`` or ``#filter=error`` in the URL applies one on load). Every
 piece of user or model text is HTML-escaped; a Content-Security-Policy forbids any network access. Nothing
 here prints.
+
+Rows are untrusted (a results file may come from anyone): a field of the wrong type (a score that is a
+string, feedback that is a list, a huge or negative ``image_size``, lone surrogates, missing keys) is shown
+as text or left out, never an error; a row that is not a JSON object is skipped and counted. Images are
+embedded only from under the image root (``image_root``, else the results file's folder; symlinks
+resolved) unless ``embed_outside_root`` is set, so a shared report cannot carry pictures from anywhere on
+the machine; the others get a placeholder saying why. Thumbnails are fitted at the row's ``image_size``
+clamped to ``MAX_THUMBNAIL_FIT`` whatever the row says.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -19,19 +29,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _fs
 from ._report_assets import CSS, SCRIPT
 from .errors import EdgeJudgeError, InputError
 
-__all__ = ["ReportSummary", "render_report", "write_report", "DEFAULT_TITLE"]
+__all__ = ["ReportSummary", "render_report", "write_report", "DEFAULT_TITLE", "MAX_THUMBNAIL_FIT"]
 
 DEFAULT_TITLE = "edgejudge report"
 THUMBNAIL_SIDE = 224
+MAX_THUMBNAIL_FIT = 1024  # a row's image_size above this is fitted at this size (the look is the same)
+_DEFAULT_FIT_SIZE = 336  # a row without a usable image_size: the vision tower's usual size
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
 class ReportSummary:
     """What ``write_report`` wrote: ``rows`` cards (``ok`` + ``errors``), ``images_missing`` of them without
-    a thumbnail (image not found or unreadable), ``bytes`` the size of the HTML file."""
+    a thumbnail (no image, image not found, unreadable, or outside the image root), ``images_outside_root``
+    of those because the image lies outside the image root, ``skipped`` input rows that were not JSON
+    objects, ``bytes`` the size of the HTML file."""
 
     output: str
     rows: int
@@ -40,71 +56,129 @@ class ReportSummary:
     images_missing: int
     mean_score: float | None
     bytes: int
+    images_outside_root: int = 0
+    skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _text(value: Any) -> str:
+    """Any row value as text, never raising (huge ints, deep nesting), lone surrogates replaced."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = str(value)
+        except Exception:  # noqa: BLE001 - ValueError (int over 4300 digits), RecursionError, ...
+            text = f"<{type(value).__name__} value>"
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(_text(value), quote=True)
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
-class _Thumbnails:
-    """Data URIs of the images as judged (fitted with each row's size and fit), cached per file."""
+def _score(row: Mapping[str, Any]) -> int | None:
+    score = row.get("score")
+    return score if type(score) is int and 1 <= score <= 5 else None
 
-    def __init__(self, image_root: Path | None, results_dir: Path) -> None:
-        self.image_root = image_root
-        self.results_dir = results_dir
-        self.cache: dict[tuple[str, int, str], str | None] = {}
 
-    def candidates(self, row: Mapping[str, Any]) -> list[Path]:
-        image = row.get("image")
-        paths: list[Path] = []
-        if isinstance(image, str) and image:
-            name = Path(image).expanduser()
-            if name.is_absolute():
-                paths.append(name)
-            elif self.image_root is not None:
-                paths.append(self.image_root / name)
-        if isinstance(row.get("image_path"), str):
-            paths.append(Path(row["image_path"]))
-        if isinstance(image, str) and image and not Path(image).is_absolute():
-            paths.append(self.results_dir / image)
-        return paths
+def _ok(row: Mapping[str, Any]) -> bool:
+    return isinstance(row.get("status"), str) and row["status"] == "ok"
 
-    def uri(self, row: Mapping[str, Any]) -> str | None:
-        from .images import prepare_image, thumbnail_data_uri
 
-        raw_size, raw_fit = row.get("image_size"), row.get("image_fit")
-        size = raw_size if isinstance(raw_size, int) and raw_size > 0 else 336
-        fit = raw_fit if isinstance(raw_fit, str) and raw_fit in ("crop", "pad") else "crop"
-        for path in self.candidates(row):
-            key = (str(path), size, fit)
-            if key in self.cache:
-                if self.cache[key] is not None:
-                    return self.cache[key]
-                continue
-            try:
-                fitted = prepare_image(path, size, fit)
-                self.cache[key] = thumbnail_data_uri(fitted.image, THUMBNAIL_SIDE)
-            except (EdgeJudgeError, OSError):
-                self.cache[key] = None
-                continue
-            return self.cache[key]
+def _user_path(text: Any) -> Path | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return _fs.user_path(text, what="image path")
+    except EdgeJudgeError:
         return None
 
 
+def _real(path: Path) -> Path | None:
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return None
+
+
+class _Thumbnails:
+    """Data URIs of the images as judged (fitted with each row's size and fit), cached per file; only
+    files under the image root (symlinks resolved) unless ``embed_outside_root``."""
+
+    def __init__(self, image_root: Path | None, results_dir: Path, *, embed_outside_root: bool) -> None:
+        self.image_root = image_root
+        self.results_dir = results_dir
+        self.root = _real(image_root if image_root is not None else results_dir)
+        self.embed_outside_root = embed_outside_root
+        self.cache: dict[tuple[str, int, str], str | None] = {}
+
+    def candidates(self, row: Mapping[str, Any]) -> list[Path]:
+        name, recorded = _user_path(row.get("image")), _user_path(row.get("image_path"))
+        paths: list[Path] = []
+        if name is not None and name.is_absolute():
+            paths.append(name)
+        elif name is not None and self.image_root is not None:
+            paths.append(self.image_root / name)
+        if recorded is not None:
+            paths.append(recorded)
+        if name is not None and not name.is_absolute():
+            paths.append(self.results_dir / name)
+        return paths
+
+    def inside(self, real: Path) -> bool:
+        return self.embed_outside_root or (self.root is not None and real.is_relative_to(self.root))
+
+    def uri(self, row: Mapping[str, Any]) -> tuple[str | None, str]:
+        """``(data URI, "")`` or ``(None, why)`` with why "no image", "image not found", "image
+        unreadable" or "outside the image root"."""
+        from .images import prepare_image, thumbnail_data_uri
+
+        raw_size, raw_fit = row.get("image_size"), row.get("image_fit")
+        size = raw_size if type(raw_size) is int and 1 <= raw_size else _DEFAULT_FIT_SIZE
+        size = min(size, MAX_THUMBNAIL_FIT)
+        fit = raw_fit if isinstance(raw_fit, str) and raw_fit in ("crop", "pad") else "crop"
+        paths = self.candidates(row)
+        why = "no image" if not paths and not row.get("image") else "image not found"
+        for path in paths:
+            real = _real(path)
+            if real is None:
+                continue
+            if not self.inside(real):
+                why = "outside the image root"
+                continue
+            key = (str(real), size, fit)
+            if key not in self.cache:
+                try:  # the resolved path: what was checked is what is opened
+                    self.cache[key] = thumbnail_data_uri(prepare_image(real, size, fit).image, THUMBNAIL_SIDE)
+                except (EdgeJudgeError, OSError):
+                    self.cache[key] = None
+            if self.cache[key] is not None:
+                return self.cache[key], ""
+            if os.path.lexists(real):
+                why = "image unreadable"
+        return None, why
+
+
 def _score_class(row: Mapping[str, Any]) -> str:
-    if row.get("status") != "ok":
+    if not _ok(row):
         return "error"
-    score = row.get("score")
-    return str(score) if score in (1, 2, 3, 4, 5) else "none"
+    score = _score(row)
+    return str(score) if score is not None else "none"
 
 
 def _prob_bars(row: Mapping[str, Any]) -> str:
@@ -114,7 +188,7 @@ def _prob_bars(row: Mapping[str, Any]) -> str:
     lines = []
     for k in range(1, 6):
         p = _number(probs.get(str(k), probs.get(k))) or 0.0  # type: ignore[call-overload]
-        chosen = " chosen" if row.get("score") == k else ""
+        chosen = " chosen" if _score(row) == k else ""
         lines.append(
             f'<div class="prob{chosen}"><span class="k">{k}</span>'
             f'<span class="track"><span class="fill s{k}" style="width:{max(0.0, min(p, 1.0)) * 100:.1f}%">'
@@ -129,22 +203,22 @@ def _field(label: str, value: Any, *, cls: str = "") -> str:
     return f'<div class="field {cls}"><h4>{_e(label)}</h4><p>{_e(value)}</p></div>'
 
 
-def _card(row: Mapping[str, Any], thumb: str | None) -> str:
+def _card(row: Mapping[str, Any], thumb: str | None, why: str) -> str:
     cls = _score_class(row)
     score = row.get("score")
     expected = _number(row.get("expected_score"))
     image_html = (
         f'<img class="thumb" src="{_e(thumb)}" alt="{_e(row.get("image"))} as judged">'
         if thumb
-        else f'<div class="thumb missing">image not found<br><small>{_e(row.get("image"))}</small></div>'
+        else f'<div class="thumb missing">{_e(why)}<br><small>{_e(row.get("image"))}</small></div>'
         if row.get("image")
-        else '<div class="thumb missing">no image</div>'
+        else f'<div class="thumb missing">{_e(why)}</div>'
     )
     head = (
         f'<header><span class="rid">{_e(row.get("id"))}</span>'
         f'<span class="badge b{cls}">{_e(score) if cls not in ("error", "none") else _e(cls)}</span></header>'
     )
-    if row.get("status") == "ok":
+    if _ok(row):
         body = (
             f'<p class="expected">score <b>{_e(score if score is not None else "?")}</b> / 5'
             + (f" · expected {expected:.2f}" if expected is not None else "")
@@ -157,13 +231,14 @@ def _card(row: Mapping[str, Any], thumb: str | None) -> str:
             "Hint", row.get("hint")
         )
     reference = row.get("reference")
+    model_line = f"{_text(row.get('model') or '?')} · image fit {_text(row.get('image_fit') or '?')}"
     details = (
         _field("Instruction", row.get("instruction"))
         + _field("Response", row.get("response"))
         + _field("Reference answer", reference if reference else "(none given)")
-        + _field("Rubric", f"{row.get('rubric') or '?'}: {row.get('criteria') or ''}")
+        + _field("Rubric", f"{_text(row.get('rubric') or '?')}: {_text(row.get('criteria') or '')}")
         + _field("Image", row.get("image"))
-        + _field("Model", f"{row.get('model') or '?'} · image fit {row.get('image_fit') or '?'}")
+        + _field("Model", model_line)
     )
     return (
         f'<article class="card c{cls}" data-score="{_e(cls)}" data-id="{_e(row.get("id"))}">'
@@ -194,38 +269,51 @@ def _chart(counts: dict[int, int], errors: int) -> str:
 
 def _line_of(row: Mapping[str, Any]) -> int:
     line = row.get("line")
-    return line if isinstance(line, int) else 1 << 62
+    return line if type(line) is int else 1 << 62
 
 
 def render_report(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Any],
     *,
     title: str = DEFAULT_TITLE,
     source: str = "",
     image_root: str | Path | None = None,
     results_dir: str | Path = ".",
+    embed_outside_root: bool = False,
 ) -> tuple[str, ReportSummary]:
-    """The report page for batch output rows (deduped by the caller; shown in input-line order)."""
-    ordered = sorted(rows, key=_line_of)
-    thumbs = _Thumbnails(Path(image_root) if image_root is not None else None, Path(results_dir))
-    cards, missing = [], 0
+    """The report page for batch output rows (deduped by the caller; shown in input-line order).
+
+    Never raises on row contents: rows that are not mappings are skipped (``summary.skipped``)."""
+    given = list(rows)
+    mappings = [row for row in given if isinstance(row, Mapping)]
+    ordered = sorted(mappings, key=_line_of)
+    thumbs = _Thumbnails(
+        Path(image_root) if image_root is not None else None,
+        Path(results_dir),
+        embed_outside_root=embed_outside_root,
+    )
+    cards, missing, outside = [], 0, 0
     counts = {k: 0 for k in range(1, 6)}
     expected: list[float] = []
     for row in ordered:
-        thumb = thumbs.uri(row)
+        thumb, why = thumbs.uri(row)
         missing += thumb is None
-        cards.append(_card(row, thumb))
-        if row.get("status") == "ok" and row.get("score") in counts:
-            counts[row["score"]] += 1
+        outside += why == "outside the image root"
+        cards.append(_card(row, thumb, why))
+        score = _score(row)
+        if _ok(row) and score is not None:
+            counts[score] += 1
         value = _number(row.get("expected_score"))
-        if row.get("status") == "ok" and value is not None:
+        if _ok(row) and value is not None:
             expected.append(value)
-    ok = sum(1 for r in ordered if r.get("status") == "ok")
+    ok = sum(1 for r in ordered if _ok(r))
     errors = len(ordered) - ok
     scored = sum(counts.values())
     mean = sum(k * n for k, n in counts.items()) / scored if scored else None
-    mean_expected = sum(expected) / len(expected) if expected else None
-    models = sorted({str(r.get("model")) for r in ordered if r.get("model")})
+    mean_expected = math.fsum(expected) / len(expected) if expected else None
+    if mean_expected is not None and not math.isfinite(mean_expected):
+        mean_expected = None
+    models = sorted({_text(r.get("model")) for r in ordered if r.get("model")})
     tiles = [
         ("rows", str(len(ordered))),
         ("judged", str(ok)),
@@ -266,6 +354,8 @@ style-src 'unsafe-inline'; script-src 'unsafe-inline'">
         images_missing=missing,
         mean_score=round(mean, 4) if mean is not None else None,
         bytes=len(page.encode("utf-8")),
+        images_outside_root=outside,
+        skipped=len(given) - len(mappings),
     )
     return page, summary
 
@@ -276,21 +366,29 @@ def write_report(
     *,
     image_root: str | Path | None = None,
     title: str | None = None,
+    embed_outside_root: bool = False,
 ) -> ReportSummary:
-    """Read a batch output file (last row per id wins) and write the report atomically (tmp + rename)."""
+    """Read a batch output file (last row per id wins) and write the report atomically (tmp + rename).
+
+    Images are embedded from under ``image_root`` (default: the results file's folder) only, unless
+    ``embed_outside_root``."""
     from .batch import read_results
 
     results_path = Path(results_path)
     output_path = Path(output_path)
-    if not results_path.is_file():
-        raise InputError(
-            f"results file not found: {results_path}", hint="pass the OUT.jsonl of edgejudge batch"
-        )
+    fd, _ = _fs.open_regular(  # not found / a folder / a device such as /dev/null: say which
+        results_path,
+        label=str(results_path),
+        what="results file",
+        max_bytes=None,
+        error=InputError,
+    )
+    os.close(fd)
     if output_path.is_dir():
         raise InputError(
             f"the report path is a folder: {output_path}", hint="pass a file name, e.g. report.html"
         )
-    if output_path.resolve() == results_path.resolve():
+    if _fs.same_file(output_path, results_path) or _real(output_path) == _real(results_path):
         raise InputError(
             "the report would overwrite the results file", hint="pass a different --output, e.g. report.html"
         )
@@ -306,6 +404,7 @@ def write_report(
         source=results_path.name,
         image_root=image_root,
         results_dir=results_path.parent,
+        embed_outside_root=embed_outside_root,
     )
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +421,12 @@ def write_report(
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, output_path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(
+            f"cannot write the report {output_path}: {err.strerror or err}",
+            hint="pass an --output path in a folder you can write to",
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

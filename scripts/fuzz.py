@@ -24,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
-_PASSING = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid examples?")
+# "N passing examples, M failing examples, K invalid examples" (older hypothesis) or
+# "N passing, M failing, and K invalid test cases" (newer)
+_PASSING = re.compile(r"(\d+) passing(?: examples?)?, (\d+) failing(?: examples?)?,(?: and)? (\d+) invalid")
 
 
 def targets() -> list[str]:

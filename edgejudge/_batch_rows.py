@@ -425,7 +425,12 @@ def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, R
     value = data.get("rubric")
     if isinstance(value, str) and value.strip():
         if value not in cache:
-            cache[value] = load_rubric(value)
+            try:
+                cache[value] = load_rubric(value)
+            except OSError as exc:  # rubric.load_rubric lets e.g. ENAMETOOLONG out of Path.is_file
+                raise RubricError(
+                    f"cannot use rubric {value!r}: {exc.strerror or exc}", hint="pass a rubric name or file"
+                ) from None
         return cache[value]
     if isinstance(value, dict):
         name = value.get("name")

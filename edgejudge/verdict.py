@@ -102,7 +102,14 @@ class Verdict:
         return cls(**values)
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+        """The verdict as JSON text; a string that cannot be encoded as UTF-8 (a lone surrogate, e.g. an
+        image name that was not UTF-8) makes the whole text ASCII with ``\\uXXXX`` escapes instead."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(self.to_dict(), ensure_ascii=True, **kwargs)
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> Verdict:

@@ -308,6 +308,10 @@ def test_judge_with_surrogates_in_text_and_image_name(fake: FakeEngine, work_dir
     assert any("the instruction held 1 character" in w for w in verdict["warnings"])
     assert any("the response held 1 character" in w for w in verdict["warnings"])
     assert "caf\ufffd?" in fake.history[0][0].after_image
+    from edgejudge.verdict import Verdict
+
+    again = Verdict.from_dict(verdict).to_json()  # what the wizard saves: writable as UTF-8
+    assert json.loads(again.encode("utf-8"))["image"] == "\udcff.png"
 
 
 # -------------------------------------------------------------------------- 15: text files not UTF-8

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._jsonl import loads_line
 from ..config import cache_dir
 from ..errors import EngineError
 
@@ -147,10 +148,12 @@ def run_selftest() -> SelftestReport:
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache file's JSON object; anything unreadable (missing, damaged, too deep) is an empty cache."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, ValueError):
         return {}
+    data = loads_line(text).value
     return data if isinstance(data, dict) else {}
 
 

@@ -408,6 +408,11 @@ def read_torch_zip(path: Path, raw: bytes | memoryview) -> TorchZipIndex:
         zf = zipfile.ZipFile(path)
     except _ZIP_ERRORS as exc:
         reason = f"{type(exc).__name__}: {shown(str(exc))}"
+        if isinstance(exc, NotImplementedError):  # a zip version, spanning or method zipfile cannot read
+            raise ConversionError(
+                f"{source}: uses a zip feature that cannot be read ({reason})",
+                hint="torch.save writes plain zip files; re-save or re-download the shard",
+            ) from None
         if bytes(raw[:4]) == _LOCAL_SIG:
             raise ConversionError(
                 f"{source}: shard is truncated or corrupt (zip directory unreadable: {reason})",

@@ -177,6 +177,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
     """The one place where Pillow decodes untrusted bytes: only ``ALLOWED_FORMATS``, first frame, the pixel
     limit enforced; whatever a decoder raises on corrupt data becomes ``InvalidImageError``."""
     with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the image works or it fails
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -208,6 +209,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
         raise _fail(label, "image has no pixels")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error, EOFError, ...
@@ -320,10 +322,12 @@ def _finish(img: Image.Image, label: str, *, owned: bool) -> Image.Image:
     copy at all; a caller's image is never modified."""
     oriented = img
     try:
-        if owned:
-            ImageOps.exif_transpose(img, in_place=True)
-        else:
-            oriented = ImageOps.exif_transpose(img) or img
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a corrupt EXIF block is ignored, silently
+            if owned:
+                ImageOps.exif_transpose(img, in_place=True)
+            else:
+                oriented = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the picture unusable
         oriented = img
     try:

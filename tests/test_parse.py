@@ -247,7 +247,7 @@ def _parse_seconds(text: str) -> float:
     import time
 
     best = float("inf")
-    for _ in range(2):
+    for _ in range(3):  # the best of three: a busy CI machine slows single runs, never speeds them up
         start = time.perf_counter()
         parse_output(text)
         best = min(best, time.perf_counter() - start)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _support import cli, run_measured
+from _support import cli, only_documented, run_measured
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from edgejudge.cli import app
@@ -672,3 +674,77 @@ def test_every_error_is_documented(ckpt: Callable[..., Path]) -> None:
     with pytest.raises(EdgeJudgeError) as info:
         convert_checkpoint(src, src.parent / "out", name="tj", quant="F16", cls_position="last")
     assert "\n" not in str(info.value) and info.value.hint
+
+
+def test_zip_directory_bounded_before_reading(ckpt: Callable[..., Path]) -> None:
+    src = ckpt()
+    raw = bytearray((src / SHARD1).read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", raw, end + 12, 0xFFFFFFF0)  # the central directory "is" 4 GB
+    (src / SHARD1).write_bytes(bytes(raw))
+    with pytest.raises(ConversionError, match="zip directory of .* members / 4294967280 bytes"):
+        open_checkpoint(src)
+
+
+# ---- property: any JSON value in any config key is a documented error or a conversion ---------------------
+
+_JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False),
+        st.text(max_size=10),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_CONFIG_KEYS = st.sampled_from(
+    [
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+        "architectures", "model_type",
+        "mm_vision_tower", "mm_vision_select_layer", "mm_projector_type", "mm_vision_select_feature",
+        "mm_patch_merge_type", "bos_token_id", "eos_token_id", "pad_token_id", "text_config", "vision_config",
+    ]
+)  # fmt: skip
+_OTHER_FILES = st.sampled_from(
+    [
+        ("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer_config.json", "add_bos_token"),
+        ("added_tokens.json", "<image>"), ("special_tokens_map.json", "pad_token"),
+        ("generation_config.json", "eos_token_id"), ("clip-vision-tower/config.json", "hidden_size"),
+        ("clip-vision-tower/config.json", "image_size"), ("clip-vision-tower/config.json", "hidden_act"),
+        ("clip-vision-tower/config.json", "layer_norm_eps"),
+        ("clip-vision-tower/preprocessor_config.json", "image_std"),
+    ]
+)  # fmt: skip
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.tuples(st.just("config.json"), _CONFIG_KEYS), _OTHER_FILES), _JSON_VALUES),
+        min_size=1,
+        max_size=3,
+    )
+)  # fmt: skip
+def test_any_config_value_is_a_documented_outcome(
+    tiny_sources: dict[str, Path], edits: list[tuple[tuple[str, str], object]]
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cfg-prop-") as tmp:
+        src = Path(shutil.copytree(tiny_sources["bin"], Path(tmp) / "ckpt"))
+        for (file, key), value in edits:
+            path = src / file
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            data[key] = value
+            path.write_text(json.dumps(data))
+        outcome = only_documented(
+            convert_checkpoint, src, Path(tmp) / "out", name="tj", quant="F16", cls_position="last"
+        )
+        if isinstance(outcome, EdgeJudgeError):
+            assert "conversion failed" not in str(outcome), outcome
+            assert not (Path(tmp) / "out").exists() or _partials(Path(tmp) / "out") == []

@@ -179,6 +179,13 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         if self._fd is not None:
             return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the output {self.output}: {exc.strerror or exc}",
+                hint="pass an --output path in a folder you can write to",
+            ) from None
         for _ in range(50):
             try:
                 flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK

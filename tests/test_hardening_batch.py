@@ -405,8 +405,8 @@ def test_hostile_lines_in_the_output_break_neither_resume_nor_report(
 def test_hostile_lines_in_the_output_do_not_break_report(data: Path, fake_factory: list[FakeEngine]) -> None:
     out = data / "out.jsonl"
     assert batch(str(data / "in.jsonl"), "-o", str(out), "--limit", "2").exit_code == 0
-    with out.open("ab") as fh:  # what report reads: any object with a string id (the ~user rows: see below)
-        fh.write(b"\n".join(line.encode() for line in HOSTILE if "~" not in line) + b"\n\xff\xfe not utf-8\n")
+    with out.open("ab") as fh:  # what report reads: any object with a string id, ~user image paths too
+        fh.write(b"\n".join(line.encode() for line in HOSTILE) + b"\n\xff\xfe not utf-8\n")
     report = CliRunner().invoke(app, ["report", str(out), "-o", str(data / "report.html")])
     assert report.exit_code == 0, report.stderr
     assert "surrogate-key" in (data / "report.html").read_text(encoding="utf-8")
@@ -454,3 +454,9 @@ def test_the_lock_is_per_output_and_released(work_dir: Path) -> None:
         with OutputLock(work_dir / "other.jsonl"):
             pass
     assert not (work_dir / "out.jsonl.lock").exists()
+
+
+def test_the_library_writes_into_a_new_folder_and_leaves_no_lock(data: Path) -> None:
+    out = data / "new" / "deeper" / "out.jsonl"
+    summary = run_batch(Judge(FakeEngine()), data / "in.jsonl", out, default_rubric="vqa-helpfulness")
+    assert summary.ok == 4 and len(strict_lines(out)) == 4 and list(out.parent.iterdir()) == [out]

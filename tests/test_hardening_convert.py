@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from edgejudge.cli import app
 from edgejudge.convert import convert_checkpoint
-from edgejudge.convert.install import STALE_AFTER_S, clean_stale, install_pair
+from edgejudge.convert.install import STALE_AFTER_S, clean_stale, install_pair, temp_name
 from edgejudge.convert.readers import open_checkpoint
 from edgejudge.convert.tiny import make_tiny_llava
 from edgejudge.convert.torchzip import StoredTensor, torch_pickle, write_torch_zip
@@ -141,9 +141,9 @@ def test_folder_appearing_mid_conversion_keeps_old_files(ckpt: Callable[..., Pat
 def test_install_pair_rolls_back_a_failed_second_move(tmp_path: Path) -> None:
     (tmp_path / "a.gguf").write_bytes(b"old a")
     (tmp_path / "b.gguf").write_bytes(b"old b")
-    new_a = tmp_path / ".a.gguf.1.deadbeef.f16.partial"
+    new_a = tmp_path / temp_name("a.gguf", "f16", "deadbeef")
     new_a.write_bytes(b"new a")
-    missing_b = tmp_path / ".b.gguf.1.deadbeef.f16.partial"  # never written: its move fails
+    missing_b = tmp_path / temp_name("b.gguf", "f16", "deadbeef")  # never written: its move fails
     with pytest.raises(FileNotFoundError):
         install_pair(
             [(new_a, tmp_path / "a.gguf", "text"), (missing_b, tmp_path / "b.gguf", "mmproj")], "0badc0de"
@@ -212,9 +212,11 @@ def test_stale_cleanup_keeps_live_owners(tmp_path: Path) -> None:
     dead.wait()
     try:
         names = {
-            "live": f".x.gguf.{live.pid}.0123abcd.f16.partial",
-            "dead": f".x.gguf.{dead.pid}.0123abcd.quant.partial",
-            "old_live": f".y.gguf.{live.pid}.0123abcd.f16.partial",
+            "live": temp_name("x.gguf", "f16", "0123abcd", pid=live.pid),
+            "dead": temp_name("x.gguf", "quant", "0123abcd", pid=dead.pid),
+            "old_live": temp_name("y.gguf", "f16", "0123abcd", pid=live.pid),
+            "other_host_dead": temp_name("x.gguf", "f16", "0123abcd", pid=dead.pid, host="elsewhere-1"),
+            "old_other_host": temp_name("z.gguf", "f16", "0123abcd", pid=dead.pid, host="elsewhere-1"),
             "not_ours": f".x.gguf.{dead.pid}.notatag.f16.partial",
             "legacy_old": ".x-F16.gguf.0123abcd.t16.tmp",
         }
@@ -223,11 +225,15 @@ def test_stale_cleanup_keeps_live_owners(tmp_path: Path) -> None:
         two_days = time.time() - 2 * STALE_AFTER_S
         os.utime(tmp_path / names["old_live"], (two_days, two_days))
         os.utime(tmp_path / names["legacy_old"], (two_days, two_days))
-        (tmp_path / f".d.gguf.{dead.pid}.0123abcd.f16.partial").mkdir()  # folders are never touched
+        os.utime(tmp_path / names["old_other_host"], (two_days, two_days))
+        folder = tmp_path / temp_name("d.gguf", "f16", "0123abcd", pid=dead.pid)
+        folder.mkdir()  # folders are never touched
         removed = clean_stale(tmp_path)
-        assert sorted(removed) == sorted([names["dead"], names["old_live"], names["legacy_old"]])
-        assert (tmp_path / names["live"]).exists() and (tmp_path / names["not_ours"]).exists()
-        assert (tmp_path / f".d.gguf.{dead.pid}.0123abcd.f16.partial").is_dir()
+        gone = ("dead", "old_live", "legacy_old", "old_other_host")
+        assert sorted(removed) == sorted(names[k] for k in gone)
+        for kept in ("live", "not_ours", "other_host_dead"):
+            assert (tmp_path / names[kept]).exists(), kept
+        assert folder.is_dir()
     finally:
         live.kill()
         live.wait()

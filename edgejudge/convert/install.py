@@ -1,8 +1,8 @@
 """Putting a converted pair into the output folder without ever losing what was there, and cleaning up
 after runs that were killed.
 
-- Temporaries are named ``.<final-name>.<pid>.<tag>.<kind>.partial`` in the output folder (``kind``:
-  ``f16``, ``quant``, ``backup``, ``probe``), so a later run can tell whose they are.
+- Temporaries are named ``.<final-name>.<host>.<pid>.<tag>.<kind>.partial`` in the output folder
+  (``kind``: ``f16``, ``quant``, ``backup``, ``probe``), so a later run can tell whose they are.
 - :func:`check_destination` refuses, before any work, a final name that is taken by a folder or by
   anything else that is not a regular file (or a symlink): edgejudge never replaces those.
 - :func:`install_pair` moves complete temporaries into place. Each existing final file is first
@@ -12,12 +12,15 @@ after runs that were killed.
   leave a new text model beside the old projector; nothing is deleted.
 - :func:`clean_stale` removes temporaries whose owning process is gone (or that are older than
   :data:`STALE_AFTER_S`), such as those a ``kill -9`` left; temporaries of running converts are kept.
+  The owner is judged only for temporaries of this host: on a folder shared by several machines, another
+  host's temporary is removed by age alone.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import time
 from collections.abc import Sequence
@@ -26,25 +29,48 @@ from pathlib import Path
 from ..errors import ConversionError
 from .limits import shown
 
-__all__ = ["STALE_AFTER_S", "TEMP_KINDS", "temp_path", "check_destination", "install_pair", "clean_stale"]
+__all__ = [
+    "STALE_AFTER_S",
+    "TEMP_KINDS",
+    "temp_name",
+    "temp_path",
+    "check_destination",
+    "install_pair",
+    "clean_stale",
+]
 
 #: a temporary older than this is removed whatever its pid says (pids are reused).
 STALE_AFTER_S = 24 * 3600
 TEMP_KINDS = ("f16", "quant", "backup", "probe")
 
 _TEMP = re.compile(
-    r"^\.(?P<final>.+)\.(?P<pid>[0-9]{1,10})\.(?P<tag>[0-9a-f]{8})"
+    r"^\.(?P<final>.+)\.(?P<host>[A-Za-z0-9-]{1,32})\.(?P<pid>[0-9]{1,10})\.(?P<tag>[0-9a-f]{8})"
     r"\.(?P<kind>" + "|".join(TEMP_KINDS) + r")\.partial$"
 )
 #: temporaries of edgejudge versions before the pid scheme (no owner recorded): removed by age only.
 _LEGACY_TEMP = re.compile(r"^\..+\.gguf\.[0-9a-f]{8}\.(t16|tq|m16|mq)\.tmp$")
 
 
-def temp_path(outdir: Path, final_name: str, kind: str, tag: str) -> Path:
-    """The temporary of ``kind`` for ``final_name`` owned by this process (``tag``: 8 hex digits)."""
+def _host() -> str:
+    """This machine's name as it appears in temporary names (letters, digits and '-', at most 32)."""
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:32]
+    return name or "host"
+
+
+def temp_name(
+    final_name: str, kind: str, tag: str, *, pid: int | None = None, host: str | None = None
+) -> str:
+    """The name of the temporary of ``kind`` for ``final_name`` (``tag``: 8 hex digits), owned by ``pid``
+    on ``host`` (default: this process on this machine)."""
     if kind not in TEMP_KINDS:
         raise ValueError(f"unknown temporary kind {kind!r}")
-    return outdir / f".{final_name}.{os.getpid()}.{tag}.{kind}.partial"
+    owner = os.getpid() if pid is None else pid
+    return f".{final_name}.{host or _host()}.{owner}.{tag}.{kind}.partial"
+
+
+def temp_path(outdir: Path, final_name: str, kind: str, tag: str) -> Path:
+    """The temporary of ``kind`` for ``final_name`` owned by this process, in ``outdir``."""
+    return outdir / temp_name(final_name, kind, tag)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,6 +94,7 @@ def clean_stale(outdir: Path, *, now: float | None = None) -> list[str]:
     their names. Only regular files matching the temporary names are touched; errors are ignored."""
     removed: list[str] = []
     now = time.time() if now is None else now
+    host = _host()
     try:
         entries = list(os.scandir(outdir))
     except OSError:
@@ -84,8 +111,11 @@ def clean_stale(outdir: Path, *, now: float | None = None) -> list[str]:
         if not stat.S_ISREG(info.st_mode):
             continue
         old = now - info.st_mtime > STALE_AFTER_S
-        if not old and (legacy or (match is not None and _pid_alive(int(match.group("pid"))))):
-            continue
+        if not old:
+            if legacy or match is None or match.group("host") != host:
+                continue  # no owner this machine can check: removed by age only
+            if _pid_alive(int(match.group("pid"))):
+                continue
         try:
             os.unlink(entry.path)
         except OSError:

@@ -6,8 +6,8 @@ streams both F16 GGUFs to temporary names in ``outdir``, quantizes them with lla
 when both are complete moves them onto ``<name>-<QUANT>.gguf`` and ``mmproj-<name>-<QUANT>.gguf``
 (:mod:`edgejudge.convert.install`). A failed or interrupted conversion leaves every file that existed before
 exactly as it was and removes only its own temporaries; a final name taken by a folder is refused before
-any work; temporaries a killed run left (``.<final>.<pid>.<tag>.<kind>.partial``, owner dead) are removed
-by the next conversion into the same folder.
+any work; temporaries a killed run left (``.<final>.<host>.<pid>.<tag>.<kind>.partial``, owner dead) are
+removed by the next conversion into the same folder.
 
 Progress reaches the caller through ``progress(stage, done, total)`` with these stages:
 ``STAGE_TEXT`` / ``STAGE_MMPROJ`` (bytes of source tensors), ``STAGE_TENSORS`` (tensors written, both files),

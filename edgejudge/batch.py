@@ -494,8 +494,14 @@ def _repair_locked(
     assert fd is not None
     try:
         now = os.fstat(fd)
+        try:
+            named = os.stat(output)  # the file scanned by name is still the one repaired through fd
+        except OSError:
+            named = None
         if (
-            not os.path.samestat(now, info)
+            named is None
+            or not os.path.samestat(now, info)
+            or not os.path.samestat(now, named)
             or now.st_size != info.st_size
             or now.st_mtime_ns != info.st_mtime_ns
         ):

@@ -146,7 +146,6 @@ def register(app: typer.Typer) -> None:
         image_root = None if image_root is None else user_path(image_root, what="--image-root")
         rows_there = has_rows(input_path)  # a folder, FIFO or device is refused here, never read
         default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
-        check_output(input_path, output)
         console = stderr_console()
         if not rows_there or limit == 0:
             why = f"no rows in {input_path}" if not rows_there else "--limit 0"
@@ -159,6 +158,7 @@ def register(app: typer.Typer) -> None:
         resume = _resume_command(input_path, output, [*extra, *options.cli_args()])
 
         with OutputLock(output) as lock:  # one writer per output, taken before the model loads
+            check_output(input_path, output)  # under the lock: what it reads is not being written
             with status("loading the judge model…"):
                 judge = build_judge(options)
             progress = make_progress(

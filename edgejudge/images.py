@@ -15,16 +15,21 @@
   never a hang on a FIFO or device); images over ``max_pixels`` (default 64 MP) are refused before
   decoding (decompression bombs); every decoder failure, whatever Pillow raises on corrupt data, becomes
   one ``InvalidImageError`` naming the file, with a hint (``_decode``).
-- Memory: loading needs the file, the decoded image and (for modes other than RGB) its RGB copy; fitting
-  needs that plus O(output), whatever the aspect ratio (a 1 x 64,000,000 strip included).
+- Memory: loading needs the file's bytes, the decoded image and (for modes other than RGB) its RGB copy;
+  fitting adds O(output) (at most ``_SMALL`` pixels or 4x the image for crop's intermediate), whatever the
+  aspect ratio: a 1 x 64,000,000 strip included (Pillow itself keeps one pointer per row, so such a strip
+  is ~770 MB decoded).
 - Fitting (``fit_image``): ``crop`` (default) = CLIPImageProcessor as in the reference evaluation: shortest
   side → ``size`` (bicubic; long side ``int(size * long / short)``), then centre crop ``size × size``.
   ``pad`` = LLaVA's ``expand2square``: pad to a square with the CLIP mean colour ``PAD_COLOR``
   (122, 116, 104), centred, then resize to ``size × size`` (bicubic); the whole image stays visible.
-  Strips: ``crop`` resizes only the centre box (in source coordinates; pixels identical to the full
-  resize); ``pad`` of a strip whose square canvas would be huge shrinks the strip first (long side
-  ``8 × size``; Pillow's box ``reduce`` first when the long side is over 65,536 px), which differs from
-  padding at full size by anti-aliasing only.
+  Every normal image gets exactly those pixels. Strips (only where the full-size intermediate would be
+  over 16.7 MP and over 4x the image): ``crop`` runs the same two bicubic passes, horizontal then
+  vertical, over only the source rows the centre box needs; Pillow takes a box's coordinates as 32-bit
+  floats, so some pixels can differ from the full resize by 1 or 2 levels (none in the evenly dividing
+  cases of tests/test_images.py). ``pad`` of a strip whose square canvas would be over 16.7 MP and 16x
+  the image shrinks it first (long side ``8 × size``; Pillow's box ``reduce`` first when the long side is
+  over 65,536 px), which differs from padding at full size by anti-aliasing only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fuzz target "torchzip": random and mutated PyTorch zip-pickle shards through the reader ``convert`` uses.
 
-Four generators, each written as ``pytorch_model.bin`` into a fresh checkpoint folder, opened with
+Five generators, each written as ``pytorch_model.bin`` into a fresh checkpoint folder, opened with
 ``open_checkpoint`` and every listed tensor loaded:
 
 - random zip archives with random members (names around ``<root>/data.pkl``, ``byteorder``,
@@ -8,7 +8,8 @@ Four generators, each written as ``pytorch_model.bin`` into a fresh checkpoint f
 - bit flips and byte overwrites of a real small shard's ``data.pkl`` (torch's exact opcodes);
 - random opcode sequences (the opcodes a state dict uses plus memo, frame, long and BUILD opcodes, with
   random arguments) after a PROTO header;
-- bit flips of the whole shard file (zip headers, directory, storage bytes).
+- bit flips of the whole shard file (zip headers, directory, storage bytes);
+- well-formed pickles describing random views (shapes, offsets, strides, storage sizes, dtypes).
 
 The only exceptions allowed out are documented ``EdgeJudgeError``s (``only_documented``: ConversionError,
 UnsafePickleError, ...); every example is small and fast (the profile's deadline).
@@ -160,3 +161,37 @@ def test_mutated_shard_files(edits: list[tuple[int, int]], keep: int) -> None:
     for pos, value in edits:
         data[pos] = value
     _check(bytes(data[: max(keep, len(data) - 64)] if keep % 3 else data))
+
+
+_DIMS = st.one_of(st.integers(-2, 6), st.sampled_from([2**20, 2**31, 2**40, 2**41, 2**62, 2**64]))
+
+
+@st.composite
+def _described(draw: st.DrawFn) -> tuple[list[StoredTensor], dict[str, tuple[str, int]], dict[str, bytes]]:
+    """Well-formed pickles describing random views: shapes, offsets, strides, storage sizes and dtypes."""
+    keys = draw(st.lists(st.sampled_from(["0", "1", "2"]), min_size=1, max_size=3, unique=True))
+    storages = {
+        k: (draw(st.sampled_from(["BF16", "F16", "F32", "I64"])), draw(st.one_of(st.integers(0, 12), _DIMS)))
+        for k in keys
+    }
+    data = {k: draw(st.binary(max_size=48)) for k in keys}
+    tensors = []
+    for i in range(draw(st.integers(1, 3))):
+        shape = tuple(draw(st.lists(_DIMS, max_size=4)))
+        strides = st.lists(_DIMS, min_size=len(shape), max_size=len(shape)).map(tuple)
+        stride = draw(st.one_of(st.none(), strides))
+        name = draw(st.sampled_from([f"t{i}", f"t{i}.position_ids"]))
+        tensors.append(StoredTensor(name, draw(st.sampled_from(keys)), shape, draw(_DIMS), stride))
+    return tensors, storages, data
+
+
+@given(_described())
+def test_random_tensor_descriptions(
+    described: tuple[list[StoredTensor], dict[str, tuple[str, int]], dict[str, bytes]],
+) -> None:
+    tensors, storages, data = described
+    with tempfile.TemporaryDirectory(prefix="fuzz-tz-") as tmp:
+        folder = Path(tmp)
+        (folder / "config.json").write_text("{}")
+        write_torch_zip(folder / "pytorch_model.bin", tensors, storages, lambda key: data[key])
+        only_documented(_open_and_load, folder)

@@ -235,7 +235,7 @@ class _Shard:
             self.entries[tname] = _Entry(
                 ref.shape,
                 ref.storage.dtype,
-                member.offset + ref.offset * item,
+                member.offset + ref.offset * item if numel else member.offset,  # empty: offset unused
                 None if contiguous else ref.stride,
             )
 

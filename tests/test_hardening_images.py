@@ -269,7 +269,7 @@ def test_special_files_are_refused_without_hanging(tmp_path: Path) -> None:
         prepare_image(big, 336)
 
 
-def test_odd_paths_are_image_errors(tmp_path: Path) -> None:
+def test_odd_paths_are_image_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InvalidImageError, match="unknown user"):
         load_image("~no-such-user-edgejudge/x.png")
     with pytest.raises(InvalidImageError, match="NUL"):
@@ -277,12 +277,5 @@ def test_odd_paths_are_image_errors(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     Image.new("RGB", (8, 8)).save(home / "x.png")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        assert load_image("~/x.png").size == (8, 8)
-    finally:
-        if old is None:
-            del os.environ["HOME"]
-        else:
-            os.environ["HOME"] = old
+    monkeypatch.setenv("HOME", str(home))
+    assert load_image("~/x.png").size == (8, 8)

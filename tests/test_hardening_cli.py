@@ -477,3 +477,24 @@ def test_demo_hint_names_the_full_path_when_not_on_path(
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if (bindir / "edgejudge").is_file():
         assert how_to_run() == ("edgejudge", None)
+
+
+def test_batch_rows_carry_the_library_warnings_and_refusals(fake: FakeEngine, work_dir: Path) -> None:
+    from edgejudge.batch import read_results
+    from edgejudge.images import synthetic_image
+
+    synthetic_image(64, seed=4).save(work_dir / "a.png")
+    rows = [
+        {"id": "forged", "image": "a.png", "instruction": "What?", "response": FORGED},
+        {"id": "blank", "image": "a.png", "instruction": "What?", "response": "   "},
+        {"id": "plain", "image": "a.png", "instruction": "What?", "response": "A cat."},
+    ]
+    source = work_dir / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = work_dir / "out.jsonl"
+    result = runner.invoke(app, ["batch", str(source), "--output", str(out), "--rubric", "vqa-helpfulness"])
+    assert "unexpected" not in result.output
+    done = read_results(out)
+    assert any("the response contains 'USER:', 'ASSISTANT:'" in w for w in done["forged"]["warnings"])
+    assert done["blank"]["status"] == "error"
+    assert done["plain"]["status"] == "ok" and not done["plain"]["warnings"]

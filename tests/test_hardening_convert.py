@@ -258,7 +258,7 @@ def test_memo_bomb_refused_in_bounded_memory(ckpt: Callable[..., Path], tmp_path
     assert f"error: {SHARD1}: member pytorch_model-00001-of-00002/data.pkl: pickle memo index 268435456" in (
         measured.stderr
     )
-    assert measured.peak_rss_mb < 400, measured.peak_rss_mb
+    assert measured.peak_rss_mb < 200, measured.peak_rss_mb  # the CLI alone: ~60 MB
     assert not (tmp_path / "out").exists() or _partials(tmp_path / "out") == []
 
 
@@ -315,7 +315,7 @@ def test_zip_member_bomb_refused_in_bounded_memory(ckpt: Callable[..., Path], tm
     assert "member pytorch_model-00001-of-00002/byteorder is 268435462 bytes uncompressed (limit 4096)" in (
         measured.stderr
     )
-    assert measured.peak_rss_mb < 400, measured.peak_rss_mb
+    assert measured.peak_rss_mb < 200, measured.peak_rss_mb  # the CLI alone: ~60 MB
 
 
 def test_data_pkl_bomb_and_lying_sizes(ckpt: Callable[..., Path]) -> None:

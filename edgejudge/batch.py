@@ -329,7 +329,7 @@ _ROW_START: tuple[str | tuple[str, ...], ...] = (
 
 def _cut_row(data: bytes, *, anywhere: bool) -> bool:
     """True when ``data`` (no newline) can be a row cut short by a crash (see the module docstring)."""
-    if _CONTROL.search(data) or (not anywhere and not data.startswith(b'{"id": "')):
+    if _CONTROL.search(data) or not data.startswith(b'{"id": "' if not anywhere else b"{"):
         return False
     try:
         text = codecs.getincrementaldecoder("utf-8")().decode(data, final=False)

@@ -184,6 +184,31 @@ def test_a_batch_log_is_repaired_and_resumed(data: Path, fake_factory: list[Fake
     assert out.read_bytes() == cut and "4 already done" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("tail", "cut"),
+    [
+        (b"\xc2", False),  # a cut UTF-8 character alone is not a row
+        (b"x", False),
+        (b'{"id": "r9", "status": "o', False),  # not the order edgejudge writes
+        (b'{"id": "r9", "line": 9\t', False),  # a raw control character
+        (b"{", True),
+        (b'{"id": "caf\xc3', True),  # cut inside a character of the id
+        (b'{"id": "r9", "line": 9, "status": "error", "score": nu', True),
+    ],
+)
+def test_repair_cuts_only_a_row_cut_short(data: Path, tail: bytes, cut: bool) -> None:
+    out = data / "out.jsonl"
+    run_batch(Judge(FakeEngine()), data / "in.jsonl", out, default_rubric="vqa-helpfulness", limit=1)
+    whole = out.read_bytes()
+    out.write_bytes(whole + tail)
+    if cut:
+        assert repair_output(out) == len(tail) and out.read_bytes() == whole
+    else:
+        with pytest.raises(InputError, match="not a batch row cut short"):
+            repair_output(out)
+        assert out.read_bytes() == whole + tail
+
+
 # -- 2. the output is never the input, whatever its name ---------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Owns the terminal side of ``edgejudge.batch``: options, the Rich progress display on stderr (rows, rows/min,
 ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish the rows in flight and stop;
-second: drop it) and the resume hint. The logic lives in ``edgejudge.batch``.
+second: drop it) and the resume hint. It holds the output's lock (``batch.OutputLock``) from before the
+model loads, so a second run on the same output stops at once; an input without rows loads no model and
+writes nothing. The logic lives in ``edgejudge.batch``.
 """
 
 from __future__ import annotations

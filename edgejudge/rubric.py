@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -205,6 +206,17 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or text.lower().endswith((".toml", ".json")) or text.startswith(".")
 
 
+def _stat_kind(path: Path) -> str | None:
+    """"file", "dir", "other", None (missing) or "error:<reason>" (name too long, …); never raises."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return "error:" + (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+
 def load_rubric(name_or_path: str | Path) -> Rubric:
     """A built-in rubric by name, or a rubric file (``.toml`` or ``.json``).
 
@@ -217,18 +229,21 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
         key = _normalise_name(name_or_path)
         if key in library:
             return library[key]
-        if not Path(name_or_path).is_file():
+        if not _stat_kind(Path(name_or_path)) == "file":
             raise RubricError(
                 f"unknown rubric '{name_or_path}'; available: {', '.join(library)}",
                 hint="pass a built-in name (edgejudge rubrics list) or the path of a .toml/.json rubric file",
             )
     path = user_path(name_or_path, what="rubric file", error=RubricError)
-    if not path.exists():
+    kind = _stat_kind(path)
+    if kind is None:
         raise RubricError(
             f"rubric file not found: {path}",
             hint="check the path, or use a built-in name (edgejudge rubrics list)",
         )
-    if path.is_dir():
+    if kind.startswith("error:"):
+        raise RubricError(f"cannot open rubric file {path}: {kind[6:]}", hint="check the path")
+    if kind == "dir":
         raise RubricError(f"rubric path is a directory: {path}", hint="pass a .toml or .json rubric file")
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):

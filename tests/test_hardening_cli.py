@@ -203,6 +203,22 @@ def test_rubrics_show_and_judge_name_the_rubric_file(work_dir: Path, image: Path
             assert why in first and os.path.basename(str(path)) in first, first
 
 
+@pytest.mark.parametrize("name", ["x" * 300, "x" * 300 + ".toml", "sub/" + "y" * 300 + ".json"])
+def test_rubric_names_too_long_for_the_file_system_are_one_error(name: str, image: Path) -> None:
+    from edgejudge.rubric import load_rubric
+
+    err = only_documented(load_rubric, name)
+    assert isinstance(err, RubricError), err
+    for args in (
+        ["judge", str(image), "-i", "Q?", "--response", "A.", "--rubric", name, "--print-prompt"],
+        ["rubrics", "show", name],
+    ):
+        proc = _child(*args, timeout=30)
+        assert proc.returncode == 1, (args, proc.stderr)
+        first = _one_error(proc.stderr.decode())
+        assert "unexpected" not in first and "rubric" in first, first
+
+
 def test_rubric_with_lone_surrogate_is_scrubbed(work_dir: Path) -> None:
     from edgejudge.rubric import load_rubric
 

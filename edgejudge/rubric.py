@@ -207,7 +207,7 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _stat_kind(path: Path) -> str | None:
-    """"file", "dir", "other", None (missing) or "error:<reason>" (name too long, …); never raises."""
+    """The kind of ``path``: file, dir, other, None (missing) or "error:<reason>"; never raises."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

@@ -23,4 +23,5 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 "$VENV/bin/ruff" check edgejudge scripts tests
+"$VENV/bin/mypy" edgejudge
 "$VENV/bin/python" -m pytest -q "$@"

@@ -42,40 +42,65 @@ class Measured:
     elapsed_s: float
 
 
+#: Runs in a small fresh interpreter between the test process and the measured command. Linux carries a
+#: process's peak RSS across fork+exec (``ru_maxrss`` of an exec'd child starts at its parent's high-water
+#: mark, and vfork/posix_spawn children inherit pytest's, hundreds of MB), so the command is started from
+#: this ~10 MB process instead, and its own ``ru_maxrss`` is reported back through a file.
+_SPAWNER = """
+import json, os, subprocess, sys, time
+args, timeout, report = json.loads(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+deadline = time.monotonic() + timeout
+while True:
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.monotonic() > deadline:
+        proc.kill()
+        _, status, usage = os.wait4(proc.pid, 0)
+        with open(report, "w") as fh:
+            json.dump({"timeout": True}, fh)
+        sys.exit(0)
+    time.sleep(0.01)
+with open(report, "w") as fh:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, fh)
+"""
+
+
 def run_measured(
     args: Sequence[str], *, timeout: float = 120, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> Measured:
-    """Run ``args`` to completion; the peak RSS is the child's own (``ru_maxrss`` from ``os.wait4``)."""
+    """Run ``args`` to completion; ``peak_rss_mb`` is that command's own peak RSS (see ``_SPAWNER``)."""
+    import json
+
     began = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            list(args),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-        )
-        deadline = began + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        with open(os.path.join(tmp, "out"), "w+b") as out, open(os.path.join(tmp, "err"), "w+b") as err:
+            proc = subprocess.run(
+                [sys.executable, "-S", "-c", _SPAWNER, json.dumps(list(args)), str(timeout), report],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                timeout=timeout + 30,
+                check=False,
+            )
+            with open(report) as fh:
+                result = json.load(fh)
+            if result.get("timeout"):
                 raise subprocess.TimeoutExpired(list(args), timeout)
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Measured(
-            returncode=proc.returncode,
-            stdout=out.read().decode("utf-8", "replace"),
-            stderr=err.read().decode("utf-8", "replace"),
-            peak_rss_mb=usage.ru_maxrss / 1024,  # Linux: KiB
-            elapsed_s=time.perf_counter() - began,
-        )
+            assert proc.returncode == 0, "the measuring wrapper failed"
+            out.seek(0)
+            err.seek(0)
+            return Measured(
+                returncode=int(result["code"]),
+                stdout=out.read().decode("utf-8", "replace"),
+                stderr=err.read().decode("utf-8", "replace"),
+                peak_rss_mb=result["maxrss_kib"] / 1024,  # Linux: KiB
+                elapsed_s=time.perf_counter() - began,
+            )
 
 
 def cli(*args: str) -> list[str]:

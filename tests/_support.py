@@ -1,7 +1,8 @@
 """Test-only helpers shared by the hardening and fuzz tests.
 
 - ``only_documented(fn, *args)``: call ``fn``; an ``EdgeJudgeError`` (the documented tree) is fine and
-  returned, anything else propagates and fails the test (hypothesis then shrinks the input).
+  returned, anything else propagates and fails the test (hypothesis then shrinks the input); the call's own
+  peak memory must stay under ``EXAMPLE_BUDGET_MB``.
 - ``run_measured(args)``: run a command in a child process and return its exit code, output and peak RSS
   (from ``os.wait4``, that child alone), for regressions that are about memory.
 - ``cli(*args)``: the ``edgejudge`` command line as a child-process argv (``python -m edgejudge.cli``).
@@ -23,14 +24,50 @@ from edgejudge.errors import EdgeJudgeError
 __all__ = ["only_documented", "Measured", "run_measured", "cli"]
 
 
-def only_documented(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, with an EdgeJudgeError returned instead of raised; other errors propagate."""
+#: What one call under ``only_documented`` may add to the process's resident memory at its peak.
+EXAMPLE_BUDGET_MB = 256
+
+
+def _status_kib(field: str) -> int | None:
     try:
-        return fn(*args, **kwargs)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> int | None:
+    """Reset this process's peak RSS to its current RSS (Linux ``clear_refs`` 5); the current RSS in KiB,
+    or None where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def only_documented(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with an EdgeJudgeError returned instead of raised; other errors propagate.
+
+    The call's own peak memory is bounded too: the process's peak RSS is reset before the call (Linux),
+    and what the call added at its peak must stay under ``EXAMPLE_BUDGET_MB`` (hypothesis's bookkeeping,
+    which grows with the number of examples, is not counted: it happens between calls)."""
+    before = _reset_peak()
+    try:
+        result = fn(*args, **kwargs)
     except EdgeJudgeError as err:
         assert str(err).strip(), "an EdgeJudgeError must carry a message"
         assert "\n" not in str(err), "an EdgeJudgeError's message must be one line"
-        return err
+        result = err
+    peak = _status_kib("VmHWM") if before is not None else None
+    if before is not None and peak is not None:
+        grew_mb = (peak - before) / 1024
+        assert grew_mb < EXAMPLE_BUDGET_MB, f"one call took {grew_mb:.0f} MB at its peak"
+    return result
 
 
 @dataclass(frozen=True)

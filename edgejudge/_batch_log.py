@@ -20,12 +20,14 @@ Safety of the output (what ``check_output``, ``repair_output`` and ``run_batch``
 - **Repair** touches only the bytes after the last newline, and only when they are a batch row cut short:
   valid UTF-8 (a character cut at the end allowed), no control character, a prefix of a row as edgejudge
   writes it (``{"id": "…", "line": N, "status": "ok"|"error", …``; at least ``{"id": "`` when the file has
-  no complete row) and every complete line of the file a batch row. Then they are cut (``ftruncate``, one
+  no complete row), not valid JSON on their own (a complete JSON document is somebody's file) and every
+  complete line of the file a batch row. Then they are cut (``ftruncate``, one
   system call, fsync). A last row complete but for its newline gets the newline instead (nothing cut).
 - The output is never the input (compared as files: device + inode, so hard links, symlinks and other
   spellings are caught), never a folder, FIFO or device.
-- **One writer**: ``run_batch`` holds an exclusive ``flock`` on ``<output>.lock`` (beside the output's real
-  path; the pid inside, for the message) for the whole run, and a second ``flock`` on the output file itself
+- **One writer**: ``run_batch`` holds an exclusive ``flock`` on ``.<output>.edgejudge-lock`` (a hidden file
+  beside the output's real path, named so that no other tool's file, e.g. ``uv.lock``, is ever taken; the
+  pid inside, for the message) for the whole run, and a second ``flock`` on the output file itself
   (so a hard-linked name is caught too). A second run gets "already being written by another edgejudge
   (pid N)". The kernel drops the locks when a run dies, so a stale lock file never blocks; the lock file is
   removed at the end of a run.
@@ -70,7 +72,7 @@ _NOT_A_ROW = "not a JSON object with the batch row fields"
 
 
 class OutputLock:
-    """An exclusive lock on one batch output: ``flock`` on ``<output>.lock`` beside the output's real path.
+    """An exclusive lock on one batch output: ``flock`` on ``.<output>.edgejudge-lock`` beside its real path.
 
     ``acquire`` raises ``InputError`` "… is already being written by another edgejudge (pid N)" when
     another process holds it (never waits). The lock file holds the holder's pid; ``release`` removes it.
@@ -81,7 +83,7 @@ class OutputLock:
     def __init__(self, output: str | Path) -> None:
         self.output = _fs.user_path(output, what="output path")
         real = Path(os.path.realpath(self.output))
-        self.path = real.with_name(real.name + ".lock")
+        self.path = real.with_name(f".{real.name}.edgejudge-lock")  # a name no other tool uses
         self._fd: int | None = None
 
     @property
@@ -222,7 +224,8 @@ def scan_output(path: Path, label: str) -> _Scan:
         scan.tail_size = raw.size
         if row_like:  # a hand-written last line without a newline: readers still see it
             scan.rows[value["id"]] = value
-        if raw.data is not None and _cut_row(raw.data, anywhere=scan.batch_rows > 0):
+        # a row cut short is never valid JSON: a complete JSON value here is someone's file, not a cut row
+        if raw.data is not None and problem is not None and _cut_row(raw.data, anywhere=scan.batch_rows > 0):
             scan.tail = "cut"
         else:
             scan.tail = "bad"

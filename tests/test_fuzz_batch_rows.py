@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgejudge._batch_rows import BatchRow, base_row, error_row, is_batch_row, read_input_rows
-from edgejudge.batch import read_results, repair_output, run_batch
+from edgejudge.batch import OutputLock, read_results, repair_output, run_batch
 from edgejudge.engine.fake import FakeEngine
 from edgejudge.errors import EdgeJudgeError, InputError
 from edgejudge.images import synthetic_image
@@ -191,7 +191,7 @@ def test_repair_output_changes_only_a_batch_log(data: bytes) -> None:
         path.write_bytes(data)
         result = only_documented(repair_output, path)
         after = path.read_bytes()
-        assert not (Path(tmp) / "out.jsonl.lock").exists()
+        assert not OutputLock(Path(tmp) / "out.jsonl").path.exists()
         if isinstance(result, EdgeJudgeError):
             assert isinstance(result, InputError) and after == data
             return

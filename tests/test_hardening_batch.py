@@ -128,6 +128,9 @@ NOT_OURS = {
     "brace.txt": b"{",
     "other.jsonl": b'{"id": "a", "score": 4}\n{"id": "b", "score": 5}\n',
     "other-cut.jsonl": b'{"id": "a", "score": 4}\n{"id": "b", "sc',
+    # complete JSON documents that begin the way a batch row does: somebody's file, never a row cut short
+    "rowlike.json": json.dumps({"id": "set-1", "line": 1, "status": "ok", "rows": [1, 2]}).encode(),
+    "rowlike-error.json": b'{"id": "x", "line": 7, "status": "error", "note": "kept"}',
 }
 
 
@@ -150,7 +153,7 @@ def test_a_file_that_is_not_a_batch_log_is_refused_and_left_as_it_was(
             repair_output(out)
     with pytest.raises(InputError, match="not an edgejudge batch log"):
         run_batch(Judge(FakeEngine()), data / "in.jsonl", out, default_rubric="vqa-helpfulness")
-    assert sha(out) == before and not (data / f"{name}.lock").exists()
+    assert sha(out) == before and not OutputLock(data / name).path.exists()
 
 
 def test_a_batch_log_with_a_foreign_last_line_is_not_cut(data: Path, fake_factory: list[FakeEngine]) -> None:
@@ -256,7 +259,7 @@ def test_a_second_run_on_a_locked_output_is_refused_and_a_stale_lock_never_block
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    lock_file = data / "out.jsonl.lock"
+    lock_file = OutputLock(data / "out.jsonl").path
     assert lock_file.read_text().strip() == str(holder.pid)  # left behind by the killed run
     result = batch(str(data / "in.jsonl"), "--output", str(out))
     assert result.exit_code == 0, result.stderr
@@ -380,8 +383,9 @@ HOSTILE = [
 
 def hostile_input(data: Path) -> Path:
     inp = data / "hostile.jsonl"
-    lines = [line.encode() for line in HOSTILE] + ['{"id": "latin1", "image": "a.png", "instruction": "q", '
-                                                   '"response": "café"}'.encode("latin-1")]
+    lines = [line.encode() for line in HOSTILE] + [
+        '{"id": "latin1", "image": "a.png", "instruction": "q", "response": "café"}'.encode("latin-1")
+    ]
     lines.append(json.dumps({"id": "fine", **ROW}).encode())
     inp.write_bytes(b"\n".join(lines) + b"\n")
     return inp
@@ -464,7 +468,7 @@ def test_an_input_without_rows_creates_no_output(
     result = CliRunner().invoke(app, ["batch", str(inp), "-o", str(out), "--json"])
     assert result.exit_code == 0 and f"no rows in {inp}" in result.stderr
     assert json.loads(result.stdout)["total"] == 0
-    assert not out.exists() and not (work_dir / "out.jsonl.lock").exists() and fake_factory == []
+    assert not out.exists() and not OutputLock(work_dir / "out.jsonl").path.exists() and fake_factory == []
     summary = run_batch(Judge(FakeEngine()), inp, out)  # the library makes no file either
     assert summary.total == 0 and not out.exists()
 
@@ -472,16 +476,29 @@ def test_an_input_without_rows_creates_no_output(
 def test_the_lock_is_per_output_and_released(work_dir: Path) -> None:
     out = work_dir / "out.jsonl"
     with OutputLock(out) as lock:
-        assert lock.held and (work_dir / "out.jsonl.lock").read_text().strip() == str(os.getpid())
+        assert lock.held and OutputLock(work_dir / "out.jsonl").path.read_text().strip() == str(os.getpid())
         busy = f"already being written by another edgejudge \\(pid {os.getpid()}\\)"
         with pytest.raises(InputError, match=busy):
             OutputLock(work_dir / "." / "out.jsonl").acquire()
         with OutputLock(work_dir / "other.jsonl"):
             pass
-    assert not (work_dir / "out.jsonl.lock").exists()
+    assert not OutputLock(work_dir / "out.jsonl").path.exists()
 
 
 def test_the_library_writes_into_a_new_folder_and_leaves_no_lock(data: Path) -> None:
     out = data / "new" / "deeper" / "out.jsonl"
     summary = run_batch(Judge(FakeEngine()), data / "in.jsonl", out, default_rubric="vqa-helpfulness")
     assert summary.ok == 4 and len(strict_lines(out)) == 4 and list(out.parent.iterdir()) == [out]
+
+
+def test_the_lock_never_takes_another_tools_lock_file(data: Path, fake_factory: list[FakeEngine]) -> None:
+    """``uv.lock``, ``poetry.lock``…: an output named ``uv`` must not truncate or delete ``uv.lock``."""
+    for name in ("uv", "poetry", "out.jsonl"):
+        theirs = data / f"{name}.lock"
+        theirs.write_bytes(b"important\n")
+        with OutputLock(data / name) as lock:
+            assert lock.path != theirs and theirs.read_bytes() == b"important\n"
+        assert theirs.read_bytes() == b"important\n"
+        result = batch(str(data / "in.jsonl"), "--output", str(data / name))
+        assert result.exit_code == 0, result.stderr
+        assert theirs.read_bytes() == b"important\n"

@@ -239,6 +239,22 @@ def test_stale_cleanup_keeps_live_owners(tmp_path: Path) -> None:
         live.wait()
 
 
+def test_backup_of_a_killed_run_is_put_back_when_the_final_name_is_missing(tmp_path: Path) -> None:
+    """Where hard links are missing the old model is moved aside; a kill -9 then must not lose it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    moved = tmp_path / temp_name("tiny-F16.gguf", "backup", "0123abcd", pid=dead.pid)
+    moved.write_bytes(b"the old model")
+    kept = tmp_path / temp_name("mmproj-tiny-F16.gguf", "backup", "0123abcd", pid=dead.pid)
+    kept.write_bytes(b"a second link of the old projector")
+    (tmp_path / "mmproj-tiny-F16.gguf").write_bytes(b"the old projector")
+    removed = clean_stale(tmp_path)
+    assert sorted(removed) == sorted([moved.name, kept.name])
+    assert (tmp_path / "tiny-F16.gguf").read_bytes() == b"the old model"
+    assert (tmp_path / "mmproj-tiny-F16.gguf").read_bytes() == b"the old projector"
+    assert not moved.exists() and not kept.exists()
+
+
 # ---- item 5: the pickle memo bomb ------------------------------------------------------------------------
 
 

@@ -91,7 +91,9 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(outdir: Path, *, now: float | None = None) -> list[str]:
     """Remove temporaries in ``outdir`` left by dead processes (or older than STALE_AFTER_S); return
-    their names. Only regular files matching the temporary names are touched; errors are ignored."""
+    their names. Only regular files matching the temporary names are touched; errors are ignored. A
+    ``backup`` whose final name is missing (a run killed after moving the old file aside, where hard links
+    are not available) is renamed back onto it instead: the old model is never lost."""
     removed: list[str] = []
     now = time.time() if now is None else now
     host = _host()
@@ -115,6 +117,15 @@ def clean_stale(outdir: Path, *, now: float | None = None) -> list[str]:
             if legacy or match is None or match.group("host") != host:
                 continue  # no owner this machine can check: removed by age only
             if _pid_alive(int(match.group("pid"))):
+                continue
+        if match is not None and match.group("kind") == "backup":
+            final = Path(outdir) / match.group("final")
+            if not os.path.lexists(final):  # killed while the old file was moved aside: put it back
+                try:
+                    os.rename(entry.path, final)
+                except OSError:
+                    continue
+                removed.append(entry.name)
                 continue
         try:
             os.unlink(entry.path)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.pickles import write_malicious_shard
 
 from edgejudge.convert import MMPROJ_QUANTS, TEXT_QUANTS, convert_checkpoint, normalize_quant
-from edgejudge.convert.tiny import TOWER_DIR, make_tiny_llava, write_malicious_shard
+from edgejudge.convert.tiny import TOWER_DIR, make_tiny_llava
 from edgejudge.errors import (
     ConversionError,
     EdgeJudgeError,

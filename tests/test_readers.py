@@ -274,7 +274,7 @@ def _malicious_dir(tmp_path: Path, pkl: bytes) -> Path:
 @pytest.mark.parametrize(("kind", "global_name"), [("system", "posix.system"), ("eval", "__builtin__.eval"),
                                                    ("exec", "__builtin__.exec")])  # fmt: skip
 def test_malicious_reduce_refused_before_running(tmp_path: Path, kind: str, global_name: str) -> None:
-    from edgejudge.convert.tiny import write_malicious_shard
+    from helpers.pickles import write_malicious_shard
 
     marker = tmp_path / "pwned"
     ckpt_dir = tmp_path / "ckpt"
@@ -289,7 +289,7 @@ def test_malicious_reduce_refused_before_running(tmp_path: Path, kind: str, glob
 
 def test_malicious_payload_is_live_under_plain_pickle(tmp_path: Path) -> None:
     """Control: an unrestricted unpickler (torch.load-like) really runs the payload and creates the marker."""
-    from edgejudge.convert.tiny import write_malicious_shard
+    from helpers.pickles import write_malicious_shard
 
     marker = tmp_path / "pwned"
     shard = write_malicious_shard(tmp_path / "evil.bin", marker, kind="exec")

@@ -1,0 +1,1 @@
+"""Test-only helpers (never shipped in the wheel)."""

@@ -15,9 +15,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from edgejudge.engine.fake import FakeEngine
+
+if TYPE_CHECKING:
+    from edgejudge.cli._options import GenerationOptions
 
 # Property-based tests (tests/test_fuzz_*.py): a quick profile by default (CI), and "fuzz" for
 # scripts/fuzz.py, which sets EDGEJUDGE_FUZZ_EXAMPLES. Every example must finish within the deadline.
@@ -114,3 +120,30 @@ def work_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "work"
     path.mkdir()
     yield path
+
+
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    """The CLI's judge replaced by one scripted FakeEngine (CLI plumbing only, never llama.cpp tests)."""
+    from edgejudge.cli import _common
+    from edgejudge.judge import Judge
+
+    engine = FakeEngine(model_name="fake-judge")
+    monkeypatch.setattr(_common, "JUDGE_FACTORY", lambda options: Judge(engine, image_fit=options.image_fit))
+    return engine
+
+
+@pytest.fixture()
+def fake_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeEngine]]:
+    """The CLI's judge factory replaced by one that makes a new FakeEngine per command (listed in order)."""
+    from edgejudge.cli import _common
+    from edgejudge.judge import Judge
+
+    engines: list[FakeEngine] = []
+
+    def factory(options: GenerationOptions) -> Judge:
+        engines.append(FakeEngine())
+        return Judge(engines[-1], image_fit=options.image_fit)
+
+    monkeypatch.setattr(_common, "JUDGE_FACTORY", factory)
+    yield engines

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,18 +73,6 @@ def batch_input(work_dir: Path) -> Path:
     path = work_dir / "in.jsonl"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-@pytest.fixture()
-def fake_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeEngine]]:
-    engines: list[FakeEngine] = []
-
-    def factory(options: common.GenerationOptions) -> Judge:
-        engines.append(FakeEngine())
-        return Judge(engines[-1], image_fit=options.image_fit)
-
-    monkeypatch.setattr(common, "JUDGE_FACTORY", factory)
-    yield engines
 
 
 def test_batch_cli_json_summary_and_resume(batch_input: Path, fake_factory: list[FakeEngine]) -> None:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import pytest
 from _support import run_measured
 from typer.testing import CliRunner
 
-import edgejudge.cli._common as common
 from edgejudge.batch import OutputLock, read_results, repair_output, run_batch
 from edgejudge.cli import app
 from edgejudge.engine.fake import FakeEngine
@@ -83,18 +81,6 @@ def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-@pytest.fixture()
-def fake_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeEngine]]:
-    engines: list[FakeEngine] = []
-
-    def factory(options: common.GenerationOptions) -> Judge:
-        engines.append(FakeEngine())
-        return Judge(engines[-1], image_fit=options.image_fit)
-
-    monkeypatch.setattr(common, "JUDGE_FACTORY", factory)
-    yield engines
 
 
 @pytest.fixture()

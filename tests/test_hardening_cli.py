@@ -51,13 +51,6 @@ def image(work_dir: Path) -> Path:
     return _png(work_dir / "cat.png")
 
 
-@pytest.fixture()
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
-    engine = FakeEngine(model_name="fake-judge")
-    monkeypatch.setattr(_common, "JUDGE_FACTORY", lambda options: Judge(engine, image_fit=options.image_fit))
-    return engine
-
-
 def _child(
     *args: str | bytes, timeout: float = 60, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:

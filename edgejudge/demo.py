@@ -1,7 +1,7 @@
 """``edgejudge demo``: the whole pipeline on a tiny random-weight judge, offline, on a fresh machine.
 
 ``ensure_demo_model`` builds once (cached in ``config.cache_dir()/demo``) a tiny LLaVA-1.5 checkpoint in the
-real layout (``edgejudge.convert.tiny``) and converts it with the real converter and quantizer;
+real layout (``edgejudge.fixtures.tiny``) and converts it with the real converter and quantizer;
 ``run_demo`` judges a generated picture with ``Judge`` on real llama.cpp + mtmd. The weights are random, so
 the feedback is gibberish; the mechanics (conversion, CLS compensation, grammar, score distribution) are
 the real ones. Nothing here prints; progress goes through callbacks.
@@ -75,7 +75,7 @@ def _stamp(directory: Path) -> dict[str, object] | None:
 def ensure_demo_model(*, rebuild: bool = False, progress: ProgressFn | None = None) -> DemoModel:
     """The demo GGUF pair, built on first use with the real fixture generator, converter and quantizer."""
     from .convert import convert_checkpoint
-    from .convert.tiny import make_tiny_llava
+    from .fixtures.tiny import make_tiny_llava
 
     final = demo_dir()
     stamp = _stamp(final)

@@ -169,7 +169,7 @@ def memory_info(meminfo: str | None = None) -> dict[str, int | None]:
 
 def model_needs(text_model: str | Path, mmproj: str | Path, *, n_ctx: int = DEFAULT_N_CTX) -> dict[str, int]:
     """Estimated memory to run a pair: file sizes + f16 KV cache for ``n_ctx`` + an overhead allowance."""
-    from .modelops import gguf_metadata
+    from .install import gguf_metadata
 
     meta = gguf_metadata(text_model)
     layers = int(meta.get("llama.block_count") or 0)
@@ -227,7 +227,7 @@ def _models(available: int | None, problems: list[str], notes: list[str]) -> tup
 
 def _selftest(problems: list[str]) -> dict[str, Any] | None:
     try:
-        from .convert.selftest import run_selftest
+        from .probe import run_selftest
 
         report = run_selftest()
     except Exception as err:  # noqa: BLE001 - a failing self-test is a finding, not a crash

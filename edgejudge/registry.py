@@ -10,7 +10,7 @@ Two small data files:
   (``update_registry``) so concurrent commands lose no update.
 
 ``resolve_model`` turns what a user typed (a ``.gguf`` path, ``name``, ``name:QUANT``, or nothing = the
-default) into the (text model, mmproj) pair. Pulling and verifying live in ``edgejudge.modelops``. Nothing
+default) into the (text model, mmproj) pair. Pulling and verifying live in ``edgejudge.install``. Nothing
 here prints: progress goes through callbacks.
 """
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from edgejudge.convert.readers import open_checkpoint
-    from edgejudge.convert.tiny import TinySpec, make_tiny_llava
+    from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="edgejudge-bench-"))
     work.mkdir(parents=True, exist_ok=True)

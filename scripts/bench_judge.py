@@ -74,7 +74,7 @@ def machine_info() -> str:
 
 def ensure_model(bench_dir: Path, quant: str) -> tuple[Path, Path]:
     from edgejudge.convert import convert_checkpoint
-    from edgejudge.convert.tiny import TinySpec, make_tiny_llava
+    from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
 
     out = bench_dir / "gguf"
     text, mmproj = out / f"realistic-{quant}.gguf", out / "mmproj-realistic-F16.gguf"
@@ -246,8 +246,8 @@ def main() -> int:
     parser.add_argument("--n-batch", type=int, default=512)
     args = parser.parse_args()
 
-    from edgejudge.engine._mtmd import set_native_logging
     from edgejudge.images import synthetic_image
+    from edgejudge.native.mtmd import set_native_logging
 
     text, mmproj = ensure_model(args.bench_dir, args.quant)
     buf = io.BytesIO()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a random-weight LLaVA-1.5 checkpoint in the real layout (thin entry to edgejudge.convert.tiny).
+"""Write a random-weight LLaVA-1.5 checkpoint in the real layout (thin entry to edgejudge.fixtures.tiny).
 
 Usage: make_tiny_llava.py DIR [--format bin|safetensors] [--layout original|llava-hf] [--dtype bf16|f16]
        [--shards N] [--tower-weights inside|external|both] [--clip-config vision|clip] [--seed N]
@@ -14,8 +14,8 @@ import argparse
 import sys
 import time
 
-from edgejudge.convert.tiny import TinySpec, make_tiny_llava
 from edgejudge.errors import EdgeJudgeError
+from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
 
 
 def _end_line(last: list[float]) -> str:

@@ -83,7 +83,7 @@ def _isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
     """A tiny random-weight LLaVA-1.5 checkpoint (original layout, BF16 zip-pickle shards)."""
-    from edgejudge.convert.tiny import make_tiny_llava
+    from edgejudge.fixtures.tiny import make_tiny_llava
 
     return make_tiny_llava(_SESSION_ROOT / "fixtures" / "tiny-bin", fmt="bin")
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from edgejudge.convert import STAGE_MMPROJ, STAGE_TENSORS, STAGE_TEXT, ConvertResult, convert_checkpoint
-from edgejudge.convert.reference import image_features, text_logits
-from edgejudge.convert.selftest import encode_image, rel_err, runtime_cls_position
-from edgejudge.convert.tiny import TinySpec, make_tiny_llava
+from edgejudge.fixtures.reference import image_features, text_logits
+from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
+from edgejudge.probe import encode_image, rel_err, runtime_cls_position
 
 SPEC = TinySpec()
 TOKENS = [1, 417, 467, 418, 389, 445, 264, 421, 431, 351, 362, 454, 13, 29, 100]
@@ -59,7 +59,7 @@ def image() -> np.ndarray:
 def _llama(path: Path) -> Any:
     from llama_cpp import Llama
 
-    from edgejudge.engine._mtmd import quiet_native_logs
+    from edgejudge.native.mtmd import quiet_native_logs
 
     with quiet_native_logs():
         return Llama(str(path), n_ctx=128, n_batch=128, logits_all=True, verbose=False, n_threads=2)
@@ -193,7 +193,7 @@ def test_mmproj_metadata_and_layout(converted: dict) -> None:
 
 
 def test_llava_hf_vocab_includes_image_token(converted: dict) -> None:
-    from edgejudge.convert.tiny import hf_vocab_rows
+    from edgejudge.fixtures.tiny import hf_vocab_rows
 
     _, result, _ = converted["llava-hf"]
     kv, tensors = _fields(result.text_model)

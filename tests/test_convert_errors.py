@@ -16,7 +16,6 @@ import pytest
 from helpers.pickles import write_malicious_shard
 
 from edgejudge.convert import MMPROJ_QUANTS, TEXT_QUANTS, convert_checkpoint, normalize_quant
-from edgejudge.convert.tiny import TOWER_DIR, make_tiny_llava
 from edgejudge.errors import (
     ConversionError,
     EdgeJudgeError,
@@ -24,6 +23,7 @@ from edgejudge.errors import (
     ModelNotFoundError,
     UnsafePickleError,
 )
+from edgejudge.fixtures.tiny import TOWER_DIR, make_tiny_llava
 
 
 @pytest.fixture(scope="module")

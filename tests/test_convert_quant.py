@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edgejudge.convert import ConvertResult, convert_checkpoint
-from edgejudge.convert.selftest import encode_image, rel_err
-from edgejudge.convert.tiny import TinySpec, make_tiny_llava
+from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
+from edgejudge.probe import encode_image, rel_err
 
 SPEC = TinySpec()
 PAIRS = [("Q8_0", "Q8_0"), ("Q5_K_M", "F16"), ("Q4_K_M", "F16")]
@@ -78,7 +78,7 @@ def test_loads_encodes_and_generates(results: dict[str, ConvertResult], quant: s
     from llama_cpp import llama_cpp as lc
     from llama_cpp import mtmd_cpp as mtmd
 
-    from edgejudge.engine._mtmd import quiet_native_logs
+    from edgejudge.native.mtmd import quiet_native_logs
 
     result = results[quant]
     image = np.random.default_rng(3).integers(

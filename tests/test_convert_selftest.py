@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgejudge.config import cache_dir
-from edgejudge.convert.selftest import cache_key, rel_err, run_selftest, runtime_cls_position
+from edgejudge.probe import cache_key, rel_err, run_selftest, runtime_cls_position
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from _support import only_documented
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgejudge._batch_rows import BatchRow, base_row, error_row, is_batch_row, read_input_rows
 from edgejudge.batch import OutputLock, read_results, repair_output, run_batch
+from edgejudge.batch.rows import BatchRow, base_row, error_row, is_batch_row, read_input_rows
 from edgejudge.engine.fake import FakeEngine
 from edgejudge.errors import EdgeJudgeError, InputError
 from edgejudge.images import synthetic_image

@@ -31,9 +31,9 @@ from edgejudge.cli import app
 from edgejudge.convert import convert_checkpoint
 from edgejudge.convert.install import STALE_AFTER_S, clean_stale, install_pair, temp_name
 from edgejudge.convert.readers import open_checkpoint
-from edgejudge.convert.tiny import make_tiny_llava
 from edgejudge.convert.torchzip import StoredTensor, torch_pickle, write_torch_zip
 from edgejudge.errors import ConversionError, EdgeJudgeError
+from edgejudge.fixtures.tiny import make_tiny_llava
 
 runner = CliRunner()
 SHARD1 = "pytorch_model-00001-of-00002.bin"

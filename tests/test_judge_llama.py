@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from edgejudge.convert import convert_checkpoint
-from edgejudge.convert.selftest import runtime_cls_position
 from edgejudge.engine.base import GenerationParams
 from edgejudge.engine.llama import CLS_KEY, LlamaCppEngine
 from edgejudge.errors import CLSOrderMismatchError, ContextOverflowError, InvalidImageError
 from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge
+from edgejudge.probe import runtime_cls_position
 from edgejudge.verdict import Verdict
 
 GREEDY = GenerationParams(temperature=0.0, max_tokens=16)

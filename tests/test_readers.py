@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from edgejudge.convert.readers import bf16_to_f32, open_checkpoint, open_tensor_dir
-from edgejudge.convert.tiny import TOWER_DIR, TinySpec, make_tiny_llava, plan_tensors, round_to
 from edgejudge.convert.torchzip import StoredTensor, torch_pickle, write_torch_zip
 from edgejudge.errors import ConversionError, UnsafePickleError
+from edgejudge.fixtures.tiny import TOWER_DIR, TinySpec, make_tiny_llava, plan_tensors, round_to
 
 SPEC = TinySpec()
 

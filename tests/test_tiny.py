@@ -10,9 +10,9 @@ import pytest
 import sentencepiece as spm
 
 from edgejudge.convert.readers import open_checkpoint, open_tensor_dir
-from edgejudge.convert.reference import image_features, text_logits
-from edgejudge.convert.tiny import TOWER_DIR, TinySpec, make_tiny_llava, plan_tensors
 from edgejudge.errors import ConversionError, InputError
+from edgejudge.fixtures.reference import image_features, text_logits
+from edgejudge.fixtures.tiny import TOWER_DIR, TinySpec, make_tiny_llava, plan_tensors
 
 SPEC = TinySpec()
 

@@ -220,9 +220,9 @@ def test_wizard_save_leaves_no_temp_file_when_it_fails(work_dir: Path) -> None:
     from rich.console import Console
 
     from edgejudge.cli._common import GenerationOptions
+    from edgejudge.cli.tui import Wizard
     from edgejudge.engine.fake import FakeEngine
     from edgejudge.judge import Judge
-    from edgejudge.tui import Wizard
 
     judge = Judge(FakeEngine())
     verdict = judge.evaluate(

@@ -88,7 +88,7 @@ def _root(
             "(see edgejudge --help)"
         )
         raise typer.Exit(EXIT_USAGE)
-    from ..tui import run_wizard
+    from .tui import run_wizard
 
     run_wizard()
 

@@ -138,9 +138,9 @@ def register(app: typer.Typer) -> None:
         *,
         options: GenerationOptions,
     ) -> None:
-        from .._batch_rows import has_rows
         from .._fs import user_path
         from ..batch import BatchEvent, OutputLock, check_output, run_batch
+        from ..batch.rows import has_rows
         from ..rubric import load_rubric
 
         input_path = user_path(input_path, what="input path")

@@ -1,6 +1,6 @@
 """``edgejudge models …``: list, pull, verify, locate, register and choose judge models.
 
-Thin over ``edgejudge.registry`` (names → files, manifest, registry file) and ``edgejudge.modelops``
+Thin over ``edgejudge.registry`` (names → files, manifest, registry file) and ``edgejudge.install``
 (pull = download + convert + hash + register; verify = sha256 + GGUF metadata).
 """
 
@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
         is used. The files go to the models directory (EDGEJUDGE_MODELS_DIR).
         """
         from .._fs import user_path
-        from ..modelops import pull_model
+        from ..install import pull_model
 
         if source is not None and source.startswith("~"):  # a local checkpoint as the shell did not expand it
             source = str(user_path(source, what="--source"))
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Re-hash installed models against the registry and check their GGUF metadata."""
-        from ..modelops import installed_for, verify_model
+        from ..install import installed_for, verify_model
 
         entries = installed_for(name)
         console = stderr_console()
@@ -318,7 +318,7 @@ def register(app: typer.Typer) -> None:
         """Unregister a model (and optionally delete its files)."""
         from dataclasses import replace
 
-        from ..modelops import installed_for
+        from ..install import installed_for
         from ..registry import Registry, update_registry
 
         gone = installed_for(name)

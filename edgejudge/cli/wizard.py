@@ -28,6 +28,6 @@ def register(app: typer.Typer) -> None:
     )
     @with_generation_options
     def tui(*, options: GenerationOptions) -> None:
-        from ..tui import run_wizard
+        from .tui import run_wizard
 
         run_wizard(options=options)

@@ -223,7 +223,7 @@ def convert_checkpoint(
                 tower = stack.enter_context(open_tensor_dir(tower_dir))
                 plan = plan_conversion(ckpt, tower)
             if cls_position is None:
-                from .selftest import runtime_cls_position
+                from ..probe import runtime_cls_position
 
                 report(STAGE_SELFTEST, 0, 1)
                 cls_position = runtime_cls_position()

@@ -32,7 +32,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = Non
     """Quantize the F16 GGUF ``src`` into ``dst`` (``quant`` canonical, not F16). Raises ConversionError."""
     import llama_cpp
 
-    from ..engine._mtmd import quiet_native_logs
+    from ..native.mtmd import quiet_native_logs
 
     if quant not in FTYPES or quant == "F16":
         raise ValueError(f"cannot quantize to {quant!r}")

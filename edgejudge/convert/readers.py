@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from edgejudge._fs import open_regular, user_path
-from edgejudge._jsonl import loads_line
-from edgejudge.convert.limits import MAX_ST_HEADER, check_shape, read_json_file, shown
-from edgejudge.convert.torchzip import contiguous_strides, read_torch_zip
-from edgejudge.errors import ConversionError
+from .._fs import open_regular, user_path
+from .._jsonl import loads_line
+from ..errors import ConversionError
+from .limits import MAX_ST_HEADER, check_shape, read_json_file, shown
+from .torchzip import contiguous_strides, read_torch_zip
 
 __all__ = ["TensorInfo", "Checkpoint", "open_checkpoint", "open_tensor_dir", "bf16_to_f32", "DTYPES"]
 

@@ -45,8 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgejudge.errors import ConversionError, UnsafePickleError
-
+from ..errors import ConversionError, UnsafePickleError
 from .limits import (
     MAX_DIM,
     MAX_DIMS,

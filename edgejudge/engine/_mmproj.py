@@ -116,7 +116,7 @@ def check_cls_position(info: MmprojInfo) -> list[str]:
     """Warnings for a projector without the key; CLSOrderMismatchError when it contradicts the runtime."""
     if info.cls_position is None:
         return [NO_CLS_KEY_WARNING]
-    from ..convert.selftest import runtime_cls_position
+    from ..probe import runtime_cls_position
 
     runtime = runtime_cls_position()
     if info.cls_position != runtime:

@@ -38,7 +38,7 @@ from .base import Generation, GenerationParams, PromptParts, StageTimings, Token
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-    from ._mtmd import Chunk, Chunks
+    from ..native.mtmd import Chunk, Chunks
     from ._sampling import Sampler
 
 __all__ = ["LlamaCppEngine", "find_mmproj", "read_mmproj_info", "MmprojInfo", "CLS_KEY", "TAIL_RESERVE"]
@@ -117,7 +117,7 @@ def _check_fits(n_prompt: int, params: GenerationParams, n_ctx: int, index: int 
 def _shared_prefix(group: Sequence[_Request]) -> int | None:
     """Units every prompt of ``group`` starts with, image included and at least one unit short of the
     shortest prompt (each sequence evaluates a tail of its own); None when the image is not shared."""
-    from ._mtmd import TEXT
+    from ..native.mtmd import TEXT
 
     first = group[0]
     shared = min(len(r.units) for r in group) - 1
@@ -254,7 +254,7 @@ class LlamaCppEngine(Closing):
     ) -> None:
         import llama_cpp
 
-        from ._mtmd import MtmdContext, set_native_logging
+        from ..native.mtmd import MtmdContext, set_native_logging
         from ._sampling import Vocab
 
         self._closed = True
@@ -406,7 +406,7 @@ class LlamaCppEngine(Closing):
 
     def tokenize_chunks(self, parts: PromptParts) -> list[tuple[str, tuple[int, ...] | str]]:
         """The chunk structure of a prompt: ("text", token ids) / ("image", id) (for tests and tools)."""
-        from ._mtmd import TEXT
+        from ..native.mtmd import TEXT
 
         self._check_open()
         with self._tokenize(parts) as chunks:
@@ -415,7 +415,7 @@ class LlamaCppEngine(Closing):
     @staticmethod
     def _units(chunks: Chunks, sha: str) -> tuple[list[Hashable], list[tuple[int, int, Chunk]]]:
         """The prompt as units (text token ids; ``(sha, i)`` per image position) and each chunk's span."""
-        from ._mtmd import TEXT
+        from ..native.mtmd import TEXT
 
         layout = []
         units: list[Hashable] = []
@@ -428,7 +428,7 @@ class LlamaCppEngine(Closing):
     def _evaluate_prompt(self, chunks: Chunks, sha: str, stop: int | None = None) -> _PromptStats:
         """Evaluate the prompt into sequence 0, reusing the cached prefix; with ``stop``, only its first
         ``stop`` units (a shared prefix: no logits needed at its end, so it may be reused whole)."""
-        from ._mtmd import TEXT
+        from ..native.mtmd import TEXT
 
         units, layout = self._units(chunks, sha)
         end_at = len(units) if stop is None else stop

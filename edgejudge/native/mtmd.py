@@ -20,8 +20,8 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
+from ..engine._closing import Closing
 from ..errors import EngineError
-from ._closing import Closing
 
 __all__ = ["MtmdContext", "Chunks", "Chunk", "TEXT", "IMAGE", "set_native_logging", "quiet_native_logs"]
 

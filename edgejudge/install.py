@@ -201,7 +201,7 @@ def _check_pair(text: Path, mmproj: Path) -> tuple[list[str], list[str], dict[st
         notes.append("mmproj was not converted by edgejudge: its image features are off on this llama.cpp")
     else:
         try:
-            from .convert.selftest import runtime_cls_position
+            from .probe import runtime_cls_position
 
             runtime = runtime_cls_position()
             facts["runtime_cls_position"] = runtime

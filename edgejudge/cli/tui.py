@@ -6,7 +6,7 @@ instruction, the response (multi-line or ``@file``), an optional reference, a ru
 step by step, or a file); then the feedback streams live and a score panel follows. Afterwards: judge
 another response to the same image (prefix reuse; the time is shown), change the rubric, take a new image,
 save the verdict as JSON, or quit. Ctrl-C cancels the current step (back to the menu; at the top level the
-wizard exits with code 130). The prompts and the preview live in ``edgejudge._tui_prompts``; only these
+wizard exits with code 130). The prompts and the preview live in ``edgejudge.cli._tui_prompts``; only these
 two modules and ``edgejudge.cli`` import Rich/Typer.
 """
 
@@ -27,8 +27,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from ._tui_prompts import Cancel, Prompter, enable_path_completion, preview, timing_line
-from .cli._common import (
+from ..errors import EdgeJudgeError
+from ._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     FeedbackStream,
@@ -39,13 +39,13 @@ from .cli._common import (
     stderr_console,
     verdict_panel,
 )
-from .errors import EdgeJudgeError
+from ._tui_prompts import Cancel, Prompter, enable_path_completion, preview, timing_line
 
 if TYPE_CHECKING:
-    from .images import FittedImage
-    from .judge import Judge
-    from .rubric import Rubric
-    from .verdict import Verdict
+    from ..images import FittedImage
+    from ..judge import Judge
+    from ..rubric import Rubric
+    from ..verdict import Verdict
 
 __all__ = ["run_wizard", "preview", "NOT_A_TERMINAL"]
 
@@ -85,7 +85,7 @@ class Wizard(Prompter):
 
     # -- steps -----------------------------------------------------------------------------------------
     def step_model(self) -> None:
-        from .registry import load_registry
+        from ..registry import load_registry
 
         if self.options.model is not None:
             self._load(self.options.model)
@@ -159,7 +159,7 @@ class Wizard(Prompter):
         self.reference = self.ask_text("Reference answer (score 5)", required=False) or None
 
     def step_rubric(self) -> None:
-        from .rubric import builtin_rubrics, load_rubric
+        from ..rubric import builtin_rubrics, load_rubric
 
         library = sorted(builtin_rubrics().values(), key=lambda r: r.name)
         table = Table(title="Rubrics", title_justify="left")
@@ -193,7 +193,7 @@ class Wizard(Prompter):
             return
 
     def _write_rubric(self) -> Rubric:
-        from .rubric import Rubric, save_rubric
+        from ..rubric import Rubric, save_rubric
 
         criteria = self.ask_text("Criterion (a question, e.g. 'Is the answer grounded in the image?')")
         descriptions = tuple(self.ask_text(f"What does a score of {k} mean?") for k in range(1, 6))

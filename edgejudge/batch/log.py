@@ -3,7 +3,7 @@
 Owns ``OutputLock``, the checks on an output path (``check_output``, ``output_state``), the scan of an
 output file, the cut-row rule, ``repair_output`` and ``read_results``. ``edgejudge.batch`` re-exports the
 public names and its ``run_batch`` writes through them. The row shape (``is_batch_row``, ``ROW_KEYS``) lives
-beside ``base_row`` in ``_batch_rows``, its one home.
+beside ``base_row`` in ``batch.rows``, its one home.
 
 Output semantics: the output file is append-only; each judged row is written (and fsync'd) as one line as
 soon as it is done. When an id is judged again (changed inputs, ``retry_errors``), a new line is appended
@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _fs, _jsonl
-from ._batch_lock import OutputLock
-from ._batch_rows import is_batch_row, read_lines
-from .errors import InputError
+from .. import _fs, _jsonl
+from ..errors import InputError
+from .lock import OutputLock
+from .rows import is_batch_row, read_lines
 
 __all__ = [
     "MAX_OUTPUT_BYTES",

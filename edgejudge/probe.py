@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .._jsonl import loads_line
-from ..config import cache_dir
-from ..errors import EngineError
+from ._jsonl import loads_line
+from .config import cache_dir
+from .errors import EngineError
 
 __all__ = ["SelftestReport", "run_selftest", "runtime_cls_position", "cache_key", "encode_image", "rel_err"]
 
@@ -68,8 +68,8 @@ def cache_key() -> str:
 
 def encode_image(llm: Any, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2) -> np.ndarray:
     """mtmd's image embeddings [n_tokens, n_embd] for a square RGB image of exactly the tower's size
-    (through the engine's own :class:`~edgejudge.engine._mtmd.MtmdContext`, on the CPU, logs silenced)."""
-    from ..engine._mtmd import IMAGE, MtmdContext, quiet_native_logs
+    (through the engine's own :class:`~edgejudge.native.mtmd.MtmdContext`, on the CPU, logs silenced)."""
+    from .native.mtmd import IMAGE, MtmdContext, quiet_native_logs
 
     height, width = rgb.shape[:2]
     pixels = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
@@ -92,13 +92,13 @@ def run_selftest() -> SelftestReport:
     """Build, convert and run a tiny LLaVA on the installed llama.cpp; see the module docstring."""
     from llama_cpp import Llama
 
-    from ..engine._mtmd import quiet_native_logs
-    from . import convert_checkpoint
-    from .hparams import plan_conversion
-    from .mmproj_writer import mmproj_jobs, write_mmproj_gguf
-    from .readers import open_checkpoint
-    from .reference import image_features, text_logits
-    from .tiny import TinySpec, make_tiny_llava
+    from .convert import convert_checkpoint
+    from .convert.hparams import plan_conversion
+    from .convert.mmproj_writer import mmproj_jobs, write_mmproj_gguf
+    from .convert.readers import open_checkpoint
+    from .fixtures.reference import image_features, text_logits
+    from .fixtures.tiny import TinySpec, make_tiny_llava
+    from .native.mtmd import quiet_native_logs
 
     started = time.perf_counter()
     spec = TinySpec.minimal()

@@ -2,8 +2,8 @@
 
 Owns the judging loop: ``run_batch`` (resume by content-hash key, rows sharing an image judged together,
 each verdict written and fsync'd as soon as it is done), its ``BatchEvent`` progress values and the
-``BatchSummary``. Input rows, keys and the output row format are ``_batch_rows``; the batch log on disk (what
-counts as one, the lock, repair, last-row-wins reading) is ``_batch_log``, with the rules in its docstring.
+``BatchSummary``. Input rows, keys and the output row format are ``batch.rows``; the batch log on disk (what
+counts as one, the lock, repair, last-row-wins reading) is ``batch.log``, with the rules in its docstring.
 Both are re-exported here. Nothing here prints: progress reaches the UI as ``BatchEvent`` values through
 ``on_event``.
 
@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _fs, _jsonl
-from ._batch_log import (
+from .. import _fs, _jsonl
+from ..engine.base import GenerationParams
+from ..errors import EdgeJudgeError, InputError
+from .log import (
     MAX_OUTPUT_BYTES,
     OutputLock,
     check_output,
@@ -33,7 +35,7 @@ from ._batch_log import (
     scan_output,
     write_all,
 )
-from ._batch_rows import (
+from .rows import (
     BatchRow,
     base_row,
     error_row,
@@ -45,13 +47,11 @@ from ._batch_rows import (
     row_key,
     schedule,
 )
-from .engine.base import GenerationParams
-from .errors import EdgeJudgeError, InputError
 
 if TYPE_CHECKING:
-    from .images import FittedImage
-    from .judge import Judge, Task
-    from .rubric import Rubric
+    from ..images import FittedImage
+    from ..judge import Judge, Task
+    from ..rubric import Rubric
 
 __all__ = [
     "BatchEvent",
@@ -372,9 +372,9 @@ def _row_task(
 ) -> Task:
     """The judge's task for a row: its image read and fitted once per image file of a group (``fitted``
     by digest); a missing, unreadable or broken image is an error."""
-    from .errors import InvalidImageError
-    from .images import MAX_FILE_BYTES
-    from .judge import Task
+    from ..errors import InvalidImageError
+    from ..images import MAX_FILE_BYTES
+    from ..judge import Task
 
     assert row.image is not None and row.instruction is not None and row.response is not None
     assert row.rubric is not None

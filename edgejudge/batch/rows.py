@@ -28,12 +28,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import _fs, _jsonl
-from .errors import InputError, RubricError
+from .. import _fs, _jsonl
+from ..errors import InputError, RubricError
 
 if TYPE_CHECKING:
-    from .rubric import Rubric
-    from .verdict import Verdict
+    from ..rubric import Rubric
+    from ..verdict import Verdict
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -178,7 +178,7 @@ def image_digest(path: Path) -> str:
 
     Only a regular file within ``images.MAX_FILE_BYTES`` is hashed: a folder, FIFO, device or too large a
     file is ``unreadable`` at once (never a hang); judging the row then reports why."""
-    from .images import MAX_FILE_BYTES
+    from ..images import MAX_FILE_BYTES
 
     try:
         return "sha256:" + _fs.sha256_regular(path, what="image", max_bytes=MAX_FILE_BYTES)
@@ -239,7 +239,7 @@ def read_input_rows(
     hostile JSON, a bad field, a bad path) becomes that row's ``problem``, and text that had to be replaced
     (invalid UTF-8, lone surrogates) becomes a row warning.
     """
-    from .rubric import Rubric, load_rubric
+    from ..rubric import Rubric, load_rubric
 
     default: Rubric | None = None
     if isinstance(default_rubric, str):
@@ -420,7 +420,7 @@ def _first(data: dict[str, Any], *names: str) -> Any:
 
 
 def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, Rubric]) -> Rubric | None:
-    from .rubric import Rubric, load_rubric
+    from ..rubric import Rubric, load_rubric
 
     value = data.get("rubric")
     if isinstance(value, str) and value.strip():

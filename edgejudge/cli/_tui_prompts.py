@@ -16,11 +16,11 @@ from rich.markup import escape
 from rich.prompt import Prompt
 from rich.text import Text
 
-from .errors import EdgeJudgeError
+from ..errors import EdgeJudgeError
 
 if TYPE_CHECKING:
-    from .images import FittedImage
-    from .verdict import Verdict
+    from ..images import FittedImage
+    from ..verdict import Verdict
 
 __all__ = ["Cancel", "Prompter", "preview", "timing_line", "enable_path_completion"]
 
@@ -35,7 +35,7 @@ class Cancel(Exception):
 
 def preview(fitted: FittedImage, cols: int) -> Text:
     """The fitted image drawn with "▀" (top pixel = foreground, bottom pixel = background)."""
-    from .images import pixel_grid
+    from ..images import pixel_grid
 
     cols = max(8, cols)
     grid = pixel_grid(fitted.image, cols, cols)  # square image, 2 pixel rows per character line

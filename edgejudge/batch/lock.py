@@ -3,7 +3,7 @@ beside the output's real path, holding the holder's pid (for the message a secon
 
 The name is edgejudge's own, so no other tool's file (``uv.lock``, ``poetry.lock``) is ever taken. The kernel
 drops the lock when its holder dies, so a lock file left by a killed run never blocks; the holder removes
-the file when it releases the lock. Used by ``_batch_log`` (repair under the lock) and ``batch.run_batch``.
+the file when it releases the lock. Used by ``batch.log`` (repair under the lock) and ``batch.run_batch``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from . import _fs
-from .errors import InputError
+from .. import _fs
+from ..errors import InputError
 
 __all__ = ["OutputLock"]
 

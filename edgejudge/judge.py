@@ -425,7 +425,7 @@ class Judge(Closing):
             image_rgb=fitted.rgb,
             image_width=fitted.width,
             image_height=fitted.height,
-            image_sha256=fitted.sha256,
+            pixels_sha256=fitted.sha256,
             after_image=after,
         )
         return _Prepared(

@@ -293,7 +293,7 @@ def test_rows_sharing_an_image_run_together(data: Path) -> None:
     run_batch(judge, inp, data / "out.jsonl", default_rubric="vqa-helpfulness", params=params)
     order = [row["id"] for row in lines_of(data / "out.jsonl")]
     assert order == ["r1", "r5", "r3", "r2", "r4"]  # image a (same instruction first), then image b
-    shas = [parts.image_sha256 for parts, _ in engine.history]
+    shas = [parts.pixels_sha256 for parts, _ in engine.history]
     assert shas[0] == shas[1] == shas[2] != shas[3] == shas[4]
     results = read_results(data / "out.jsonl")
     for row in rows:  # the order does not change any verdict

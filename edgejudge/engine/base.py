@@ -33,15 +33,15 @@ class PromptParts:
 
     ``before_image`` is the system message plus ``" USER: "``; ``after_image`` starts with ``"\\n"`` and ends
     with ``" ASSISTANT:"``. ``image_rgb`` is raw RGB bytes of ``image_width`` × ``image_height`` (already
-    fitted to the tower's input size, so the runtime does no resampling); ``image_sha256`` identifies it
-    for caches. The engine adds the single BOS itself and never parses special tokens in either text.
+    fitted to the tower's input size, so the runtime does no resampling); ``pixels_sha256`` is the sha256
+    of those fitted pixels (not of the image file) and identifies the image for caches. The engine adds the single BOS itself and never parses special tokens in either text.
     """
 
     before_image: str
     image_rgb: bytes
     image_width: int
     image_height: int
-    image_sha256: str
+    pixels_sha256: str
     after_image: str
 
 

@@ -165,7 +165,7 @@ class FakeEngine(Closing):
 
     def _default_output(self, parts: PromptParts, params: GenerationParams) -> tuple[str, dict[int, float]]:
         digest = hashlib.sha256()
-        for piece in (parts.before_image, parts.image_sha256, parts.after_image):
+        for piece in (parts.before_image, parts.pixels_sha256, parts.after_image):
             digest.update(piece.encode("utf-8"))
             digest.update(b"\0")
         if params.temperature > 0 and params.seed is not None:

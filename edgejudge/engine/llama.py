@@ -367,7 +367,7 @@ class LlamaCppEngine(Closing):
         with self._tokenize(parts) as chunks:
             n_prompt = chunks.n_pos
             _check_fits(n_prompt, params, self.n_ctx)
-            stats = self._evaluate_prompt(chunks, parts.image_sha256)
+            stats = self._evaluate_prompt(chunks, parts.pixels_sha256)
         return self._sample(params, n_prompt, stats, on_text)
 
     def clear_cache(self) -> None:
@@ -400,7 +400,7 @@ class LlamaCppEngine(Closing):
             parts.image_rgb,
             parts.image_width,
             parts.image_height,
-            parts.image_sha256,
+            parts.pixels_sha256,
             parts.after_image,
         )
 
@@ -510,7 +510,7 @@ class LlamaCppEngine(Closing):
             prepared = []
             for index, (parts, params) in enumerate(requests):
                 chunks = stack.enter_context(self._tokenize(parts))
-                units, layout = self._units(chunks, parts.image_sha256)
+                units, layout = self._units(chunks, parts.pixels_sha256)
                 _check_fits(len(units), params, self.n_ctx, index)
                 prepared.append(_Request(parts, params, chunks, units, layout))
             results: list[Generation] = []
@@ -521,7 +521,7 @@ class LlamaCppEngine(Closing):
                         self._sample(
                             only.params,
                             len(only.units),
-                            self._evaluate_prompt(only.chunks, only.parts.image_sha256),
+                            self._evaluate_prompt(only.chunks, only.parts.pixels_sha256),
                             None,
                         )
                     )
@@ -536,7 +536,7 @@ class LlamaCppEngine(Closing):
             if (
                 group is not None
                 and len(group) < self.max_parallel
-                and req.parts.image_sha256 == group[0].parts.image_sha256
+                and req.parts.pixels_sha256 == group[0].parts.pixels_sha256
             ):
                 shared = _shared_prefix([*group, req])
                 if shared is not None and _cells([*group, req], shared) <= self.n_ctx:
@@ -556,7 +556,7 @@ class LlamaCppEngine(Closing):
         decodings: list[_Decoding] = []
         prefix_done = False
         try:
-            stats = self._evaluate_prompt(group[0].chunks, group[0].parts.image_sha256, stop=shared)
+            stats = self._evaluate_prompt(group[0].chunks, group[0].parts.pixels_sha256, stop=shared)
             prefix_done = True
             for seq in range(1, len(group)):
                 llm._ctx.kv_cache_seq_cp(0, seq, 0, shared)

@@ -1,4 +1,5 @@
-"""Reading user files safely: paths as typed, regular files only, bounded sizes, never a hang.
+"""Reading user files safely (paths as typed, regular files only, bounded sizes, never a hang) and writing
+artefacts atomically.
 
 Owns the checks every reader of a user-named file applies before reading anything (images, rubric files,
 batch inputs, resume hashing): the path is valid (no NUL byte, ``~`` and ``~user`` expand or are refused),
@@ -7,6 +8,12 @@ never end), and it is not larger than the caller's limit. Files are opened with 
 FIFO never blocks the open, and checked with ``fstat`` on the open descriptor (no race between check and
 read). Errors are raised as the caller's ``EdgeJudgeError`` class with a one-line message naming the path
 as the user typed it.
+
+Also owns THE atomic file write (``atomic_write``): every artefact (report page, rubric, registry, saved
+verdict, probe cache, demo picture) is written to a uniquely named hidden temp file in the target's folder,
+fsynced, then renamed over the target, so a reader sees the old file or the new one, never a partial one.
+(Publishing a whole folder, and the two-file judge-pair install in ``convert/install.py``, are other
+protocols and live with their owners.)
 """
 
 from __future__ import annotations
@@ -14,11 +21,22 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import EdgeJudgeError, InputError
 
-__all__ = ["user_path", "open_regular", "read_regular", "sha256_regular", "same_file", "describe_kind"]
+__all__ = [
+    "user_path",
+    "open_regular",
+    "read_regular",
+    "sha256_regular",
+    "same_file",
+    "describe_kind",
+    "atomic_write",
+]
 
 
 def user_path(
@@ -145,3 +163,47 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except (OSError, ValueError):
         return False
+
+
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *, mode: int = 0o644
+) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a part.
+
+    ``data`` is the file's bytes, or a function that writes them to the binary handle it is given. The
+    bytes go to a temp file with a unique hidden name (``.<name>.<random>.tmp``) in the same folder (so
+    the rename never crosses file systems), are flushed and fsynced, the file gets ``mode``, then
+    ``os.replace`` puts it in place. On any failure (an ``OSError``, an exception raised by ``data``,
+    ``KeyboardInterrupt``) the temp file is removed and the exception propagates unchanged; the target is
+    untouched. The folder must exist (callers decide whether to create it).
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                data(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every platform or file system can fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config
+from ._fs import atomic_write
 
 if TYPE_CHECKING:
     from .convert import ProgressFn
@@ -138,9 +139,7 @@ def run_demo(
     buffer = BytesIO()
     synthetic_image(336, seed=seed).save(buffer, format="PNG")
     data = buffer.getvalue()
-    tmp = picture.with_name(f".{picture.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, picture)
+    atomic_write(picture, data)
     with Judge.from_files(model.text_model, model.mmproj, n_ctx=4096) as judge:
         verdict = judge.evaluate(
             data,

@@ -17,7 +17,6 @@ llama-cpp-python version and libmtmd's file size and mtime; a fresh run takes ab
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._fs import atomic_write
 from ._jsonl import loads_line
 from .config import cache_dir
 from .errors import EngineError
@@ -169,9 +169,7 @@ def runtime_cls_position() -> str:
     data[key] = asdict(report)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, indent=2).encode("utf-8"))
     except OSError:
         pass  # an unwritable cache only costs a re-run next time
     return report.cls_position

@@ -6,7 +6,7 @@ Two small data files:
   in the source tree links to it): hub repo, revision, vision tower, licence, expected sizes;
 - the **registry** of installed models, ``<models_dir>/registry.json``: one entry per (name, quant) with
   the text/mmproj paths, sha256s, sizes, source and conversion time, plus the stored default model.
-  Written atomically (tmp + ``os.replace``); read-modify-write cycles hold a lock file
+  Written atomically (``_fs.atomic_write``: tmp + rename); read-modify-write cycles hold a lock file
   (``update_registry``) so concurrent commands lose no update.
 
 ``resolve_model`` turns what a user typed (a ``.gguf`` path, ``name``, ``name:QUANT``, or nothing = the
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from ._fs import user_path
+from ._fs import atomic_write, user_path
 from ._registry_lock import locked
 from .errors import InputError, ModelNotFoundError, RegistryError
 
@@ -222,19 +221,11 @@ def load_registry() -> Registry:
 
 
 def save_registry(registry: Registry) -> None:
-    """Write the registry atomically (tmp file in the same directory + ``os.replace``)."""
+    """Write the registry atomically (``_fs.atomic_write``: tmp file in the same directory + rename)."""
     path = registry_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(registry.to_dict(), fh, indent=2)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, (json.dumps(registry.to_dict(), indent=2) + "\n").encode("utf-8"))
     except OSError as err:
         raise RegistryError(
             f"cannot write the model registry {path}: {err.strerror or err}",

@@ -22,7 +22,6 @@ import html
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -408,26 +407,10 @@ def write_report(
     )
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+        _fs.atomic_write(output_path, page.encode("utf-8"))
     except OSError as err:
         raise InputError(
             f"cannot write the report {output_path}: {err.strerror or err}",
             hint="pass an --output path in a folder you can write to",
         ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output_path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(
-            f"cannot write the report {output_path}: {err.strerror or err}",
-            hint="pass an --output path in a folder you can write to",
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return ReportSummary(**{**summary.to_dict(), "output": str(output_path)})

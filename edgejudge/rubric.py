@@ -26,7 +26,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._fs import read_regular, user_path
+from ._fs import atomic_write, read_regular, user_path
 from .errors import RubricError
 
 if sys.version_info >= (3, 11):
@@ -294,13 +293,4 @@ def save_rubric(rubric: Rubric, path: str | Path) -> None:
         raise RubricError(
             f"folder does not exist: {path.parent}", hint="create it first or pick another path"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))

@@ -12,9 +12,7 @@ two modules and ``edgejudge.cli`` import Rich/Typer.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +25,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from .._fs import atomic_write
 from ..errors import EdgeJudgeError
 from ._common import (
     EXIT_INTERRUPTED,
@@ -240,14 +239,7 @@ class Wizard(Prompter):
         target = Path(self.ask("Save the verdict as", default="verdict.json")).expanduser()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(self.verdict.to_json(indent=2) + "\n")
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)  # never leave a partial file behind
-                raise
+            atomic_write(target, (self.verdict.to_json(indent=2) + "\n").encode("utf-8"))
         except OSError as err:
             self.console.print(f"[red]cannot write {escape(str(target))}:[/red] {escape(str(err))}")
             return

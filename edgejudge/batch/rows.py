@@ -46,6 +46,7 @@ __all__ = [
     "resolve_image",
     "image_digest",
     "row_key",
+    "id_of",
     "schedule",
     "base_row",
     "ok_row",
@@ -336,6 +337,19 @@ def _finite(value: Any) -> bool:
     return True
 
 
+def id_of(data: dict[str, Any], number: int, field: str = "id") -> str | None:
+    """The id of the JSON object on line ``number``: its ``field`` as text (for ``id``: ``question_id`` when
+    there is no ``id`` key), ``line-N`` when it has none (missing, null or ""), None when it is neither a
+    string nor an integer (a row problem). THE id rule: batch input rows, and ``edgejudge.join`` pairing a
+    batch output with its input."""
+    raw = data.get(field, data.get("question_id")) if field == "id" else data.get(field)
+    if raw is None or raw == "":
+        return f"line-{number}"
+    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
 def _parse_line(
     number: int,
     data: Any,
@@ -347,12 +361,8 @@ def _parse_line(
     fallback_id = f"line-{number}"
     if not isinstance(data, dict):
         return _malformed(number, sha, f"expected a JSON object, got {type(data).__name__}")
-    raw_id = data.get("id", data.get("question_id"))
-    if raw_id is None or raw_id == "":
-        row_id = fallback_id
-    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
-        row_id = str(raw_id)
-    else:
+    row_id = id_of(data, number)
+    if row_id is None:
         return BatchRow(
             id=fallback_id,
             line=number,

@@ -1,0 +1,391 @@
+"""The one settings record: every setting's default, bounds, help text and CLI flag, written once.
+
+``SETTINGS`` maps each setting's name to its ``Setting``: the value's kind, its default, its bounds, the
+help line and the command-line flag that sets it (the CLI builds its options from this table and turns a
+setting name in a library hint into that flag). Two groups:
+
+- generation settings (``GENERATION``): temperature, top_p, repeat_penalty, max_tokens, seed, samples,
+  grammar (the constrained output format; ``GenerationParams`` calls it ``constrained`` inside the
+  engine, every output calls it ``grammar``);
+- load settings (``LOAD``): model, mmproj, n_ctx, n_threads, n_gpu_layers, parallel (the engine's
+  ``max_parallel``), image_fit, verbose, and the engine tunings without a flag (mmproj_offload,
+  image_cache_size, n_batch).
+
+``check(name, value)`` is THE validation of one value against its bounds (an ``InputError`` whose hint
+names the setting bare, in library words); the engines, ``GenerationSettings``, ``load.LoadOptions`` and
+the judge call it. ``image_fit``'s vocabulary is ``images.FIT_MODES``, checked by ``images.check_fit``
+(this module only checks that it is text: it sits below ``images``).
+
+``GenerationSettings`` is the frozen record of the generation settings; ``settings_object`` writes THE
+``settings`` object that ``judge --json`` verdicts and batch rows carry (same keys in both: the settings
+that change a verdict; batch resume keys hash it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = [
+    "Setting",
+    "SETTINGS",
+    "GENERATION",
+    "LOAD",
+    "MAX_SAMPLES",
+    "MAX_PARALLEL",
+    "GENERATION_PANEL",
+    "MODEL_PANEL",
+    "setting",
+    "default",
+    "check",
+    "flag_names",
+    "GenerationSettings",
+    "SETTINGS_KEYS",
+    "settings_object",
+]
+
+#: The most samples one judgment may draw.
+MAX_SAMPLES = 64
+#: The most sequences one context decodes together (the engine's ``generate_many``).
+MAX_PARALLEL = 16
+
+GENERATION_PANEL = "Generation"
+MODEL_PANEL = "Model"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: what it is, its default and bounds, and how the CLI offers it.
+
+    ``kind`` is the value's type (``int``, ``float``, ``bool``, ``str`` or ``Path``); ``optional`` allows
+    None (its meaning is in ``help``). ``minimum``/``maximum`` are inclusive bounds, ``above`` an exclusive
+    lower bound. ``flag`` is the command-line option (None: library only; for an ``inverted`` bool the flag
+    turns the setting off, ``--no-grammar``), ``short`` its one-letter form, ``panel`` the ``--help`` panel.
+    ``aliases`` are other names the library uses for the same setting (the engine's ``max_parallel``).
+    ``advice`` is the hint of a refused value, in library words (``{name}`` is the name it was given as).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    flag: str | None = None
+    short: str | None = None
+    panel: str = GENERATION_PANEL
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    optional: bool = False
+    inverted: bool = False
+    aliases: tuple[str, ...] = ()
+    advice: str | None = None
+
+    def range_text(self) -> str:
+        """The allowed values in words ("from 1 to 64", "above 0 and at most 1", ""), for hints."""
+        low = f"above {_num(self.above)}" if self.above is not None else None
+        if self.minimum is not None:
+            low = (
+                f"from {_num(self.minimum)}" if self.maximum is not None else f"at least {_num(self.minimum)}"
+            )
+        if self.maximum is None:
+            return low or ""
+        if self.minimum is not None:
+            return f"{low} to {_num(self.maximum)}"
+        return f"{low} and at most {_num(self.maximum)}" if low else f"at most {_num(self.maximum)}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+#: The generation settings, in the order ``--help`` lists them.
+GENERATION: tuple[Setting, ...] = (
+    Setting(
+        "samples",
+        int,
+        1,
+        f"Number of verdicts to sample (majority score; at most {MAX_SAMPLES}).",
+        flag="--samples",
+        minimum=1,
+        maximum=MAX_SAMPLES,
+        advice=f"use 1 to {MAX_SAMPLES} samples (the majority settles long before {MAX_SAMPLES})",
+    ),
+    Setting(
+        "temperature",
+        float,
+        1.0,
+        "Sampling temperature; 0 = greedy, reproducible.",
+        flag="--temperature",
+        minimum=0.0,
+        advice="use temperature 0 (greedy) or a positive value (the reference evaluation uses 1.0)",
+    ),
+    Setting(
+        "top_p",
+        float,
+        0.9,
+        "Nucleus sampling: draw from the most likely tokens whose probabilities add up to this (1 = off).",
+        flag="--top-p",
+        above=0.0,
+        maximum=1.0,
+        advice="use top_p above 0 and at most 1 (the reference evaluation uses 0.9)",
+    ),
+    Setting(
+        "repeat_penalty",
+        float,
+        1.0,
+        "Penalty on tokens repeated from the last 64; 1 = off (as in the reference evaluation).",
+        flag="--repeat-penalty",
+        above=0.0,
+        advice="use repeat_penalty 1 (off) or another positive value",
+    ),
+    Setting(
+        "seed",
+        int,
+        None,
+        "Random seed (default: random); several samples use seed, seed+1, ...",
+        flag="--seed",
+        optional=True,
+    ),
+    Setting(
+        "max_tokens",
+        int,
+        1024,
+        "Generation budget in tokens.",
+        flag="--max-tokens",
+        minimum=1,
+        advice="use max_tokens >= 1",
+    ),
+    Setting(
+        "grammar",
+        bool,
+        True,
+        "Do not constrain the output format (the parser reads the score).",
+        flag="--no-grammar",
+        inverted=True,
+    ),
+)
+
+#: The load settings (model files and the runtime), in the order ``--help`` lists them.
+LOAD: tuple[Setting, ...] = (
+    Setting(
+        "model",
+        str,
+        None,
+        "Registered model name (name or name:QUANT) or path to the text GGUF.",
+        flag="--model",
+        short="-m",
+        panel=MODEL_PANEL,
+        optional=True,
+    ),
+    Setting(
+        "mmproj",
+        Path,
+        None,
+        "Projector GGUF (found beside the model when named mmproj-<name>-*.gguf).",
+        flag="--mmproj",
+        panel=MODEL_PANEL,
+        optional=True,
+    ),
+    Setting(  # a load setting (Judge(engine, image_fit=...) holds it), shown with the generation options
+        "image_fit",
+        str,
+        "crop",
+        "crop: shortest side to the tower's size, centre crop (as in training); pad: keep it all.",
+        flag="--image-fit",
+    ),
+    Setting(
+        "n_gpu_layers",
+        int,
+        -1,
+        "Layers to offload to the GPU (-1 = all).",
+        flag="--n-gpu-layers",
+        panel=MODEL_PANEL,
+    ),
+    Setting(
+        "n_threads",
+        int,
+        None,
+        "CPU threads (default: the available cores, half of them above 4).",
+        flag="--threads",
+        panel=MODEL_PANEL,
+        minimum=1,
+        optional=True,
+        advice="use n_threads >= 1, or leave it unset for the available cores",
+    ),
+    Setting(
+        "n_ctx",
+        int,
+        4096,
+        "Context window in tokens.",
+        flag="--n-ctx",
+        panel=MODEL_PANEL,
+        minimum=256,
+        advice="use n_ctx >= 2048 (4096 recommended; the image alone takes 576 tokens)",
+    ),
+    Setting(
+        "parallel",
+        int,
+        4,
+        "Judgments of one image decoded together as parallel sequences (samples, batch rows); "
+        "1 = one at a time.",
+        flag="--parallel",
+        panel=MODEL_PANEL,
+        minimum=1,
+        maximum=MAX_PARALLEL,
+        aliases=("max_parallel",),
+        advice="use {name} 4 (1 decodes one sequence at a time)",
+    ),
+    Setting(
+        "verbose",
+        bool,
+        False,
+        "Show llama.cpp's own log messages on stderr (they explain why a model fails to load).",
+        flag="--verbose",
+        panel=MODEL_PANEL,
+    ),
+    Setting(
+        "mmproj_offload",
+        bool,
+        True,
+        "Run the vision encoder on the GPU when there is one.",
+        panel=MODEL_PANEL,
+    ),
+    Setting(
+        "image_cache_size",
+        int,
+        8,
+        "Image embeddings kept (least recently used first out); 0 disables the cache.",
+        panel=MODEL_PANEL,
+        minimum=0,
+        advice="use image_cache_size >= 0 (0 disables the cache)",
+    ),
+    Setting(
+        "n_batch",
+        int,
+        512,
+        "Prompt tokens evaluated per batch.",
+        panel=MODEL_PANEL,
+        minimum=1,
+        advice="use n_batch >= 1 (512 is the default)",
+    ),
+)
+
+#: Every setting by name (aliases included: ``SETTINGS["max_parallel"] is SETTINGS["parallel"]``).
+SETTINGS: Mapping[str, Setting] = {
+    **{s.name: s for s in (*GENERATION, *LOAD)},
+    **{alias: s for s in (*GENERATION, *LOAD) for alias in s.aliases},
+}
+
+
+def setting(name: str) -> Setting:
+    """The ``Setting`` called ``name`` (or one of its aliases); KeyError for an unknown name."""
+    return SETTINGS[name]
+
+
+def default(name: str) -> Any:
+    """The default value of setting ``name``."""
+    return SETTINGS[name].default
+
+
+def flag_names() -> dict[str, str]:
+    """Setting name (aliases included) → its CLI flag, for every setting that has one (e.g. ``n_threads``
+    → ``--threads``, ``max_parallel`` → ``--parallel``)."""
+    return {name: s.flag for name, s in SETTINGS.items() if s.flag is not None}
+
+
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+
+
+def _refuse(spec: Setting, name: str, problem: str, value: Any) -> InputError:
+    advice = spec.advice.format(name=name) if spec.advice else None
+    if advice is None:
+        allowed = spec.range_text()
+        advice = f"use {name} {allowed}" if allowed else f"give {name} as {_KIND_WORDS[spec.kind]}"
+    return InputError(f"{name} must be {problem}, got {value!r}", hint=advice)
+
+
+def check(name: str, value: Any) -> Any:
+    """Return ``value`` when it is a valid value of setting ``name``; else raise ``InputError`` naming the
+    setting as ``name`` (so ``check("max_parallel", 0)`` says ``max_parallel``) with a hint in library words.
+
+    Integers must be ``int`` (not bool), numbers ``int`` or finite ``float``, flags ``bool``; None only for
+    optional settings. ``image_fit`` is only checked to be text here (``images.check_fit`` owns its modes).
+    """
+    spec = SETTINGS[name]
+    if value is None:
+        if spec.optional:
+            return value
+        raise _refuse(spec, name, _KIND_WORDS[spec.kind], value)
+    kind = spec.kind
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is Path:
+        ok = isinstance(value, (str, os.PathLike))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise _refuse(spec, name, _KIND_WORDS[kind], value)
+    if kind in (int, float):
+        if spec.minimum is not None and value < spec.minimum:
+            raise _refuse(spec, name, f"at least {_num(spec.minimum)}", value)
+        if spec.above is not None and value <= spec.above:
+            raise _refuse(spec, name, f"above {_num(spec.above)}", value)
+        if spec.maximum is not None and value > spec.maximum:
+            raise _refuse(spec, name, f"at most {_num(spec.maximum)}", value)
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The generation settings of one judgment, checked on creation (``check``); defaults from ``SETTINGS``.
+
+    ``grammar`` True constrains the output to feedback then ``[RESULT] d``; ``seed`` None means random.
+    """
+
+    temperature: float = default("temperature")
+    top_p: float = default("top_p")
+    repeat_penalty: float = default("repeat_penalty")
+    max_tokens: int = default("max_tokens")
+    seed: int | None = default("seed")
+    samples: int = default("samples")
+    grammar: bool = default("grammar")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check(f.name, getattr(self, f.name))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: The keys of the ``settings`` object, in the order it is written.
+SETTINGS_KEYS = (
+    "model",
+    "temperature",
+    "top_p",
+    "seed",
+    "samples",
+    "max_tokens",
+    "repeat_penalty",
+    "image_fit",
+    "grammar",
+)
+
+
+def settings_object(generation: GenerationSettings, *, model: str, image_fit: str) -> dict[str, Any]:
+    """THE ``settings`` object of a judgment: the model, the image fit and the generation settings, i.e.
+    what changes a verdict (``SETTINGS_KEYS``). ``judge --json`` verdicts and batch rows carry it, and a
+    batch row's resume key hashes it. Capacity settings (n_ctx, parallel, threads, GPU layers) are not in
+    it: they decide whether and how fast a prompt runs, not what the judge answers."""
+    values = {"model": model, "image_fit": image_fit, **generation.to_json()}
+    return {key: values[key] for key in SETTINGS_KEYS}

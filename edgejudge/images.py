@@ -57,6 +57,8 @@ __all__ = [
     "ALPHA_BACKGROUND",
     "FIT_MODES",
     "FittedImage",
+    "ImageInput",
+    "check_fit",
     "load_image",
     "fit_image",
     "prepare_image",
@@ -94,6 +96,17 @@ class FittedImage:
     sha256: str
     name: str
     mode: str
+
+
+#: What the judge takes as an image: a path, the file's bytes, a PIL image or an already fitted image.
+ImageInput = str | Path | bytes | Image.Image | FittedImage
+
+
+def check_fit(mode: object) -> str:
+    """``mode`` when it is one of ``FIT_MODES``; else ``InputError`` (the one check of a fit-mode name)."""
+    if not isinstance(mode, str) or mode not in FIT_MODES:
+        raise InputError(f"unknown image fit mode {mode!r}", hint=f"use one of: {', '.join(FIT_MODES)}")
+    return mode
 
 
 def _fail(name: str, problem: str, hint: str = _HINT) -> InvalidImageError:
@@ -347,8 +360,7 @@ def fit_image(img: Image.Image, size: int, mode: str = "crop") -> Image.Image:
     """Fit an image to ``size × size`` RGB: ``crop`` (CLIP processor) or ``pad`` (LLaVA expand2square).
 
     Needs the input plus O(output) memory whatever the aspect ratio (see the module docstring)."""
-    if mode not in FIT_MODES:
-        raise InputError(f"unknown image fit mode '{mode}'", hint="use 'crop' or 'pad'")
+    check_fit(mode)
     if size < 1:
         raise InputError(f"image size must be positive, got {size}", hint="use the vision tower's size (336)")
     try:

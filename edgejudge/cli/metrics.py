@@ -1,15 +1,13 @@
 """``edgejudge metrics PRED.jsonl GOLD.jsonl``: agreement between judge scores and gold scores.
 
-Rows are joined by id (``--id-field``; rows without one get ``line-N``, as ``edgejudge batch`` names them;
-the last row of an id wins, so resumed batch outputs count once). Failed predictions (``status`` error or
-no score) and unmatched rows are counted, not silently dropped. The statistics are P's
-``agreement_metrics`` (scipy.stats); this module only joins, counts and draws.
+Owns the command's options and how the result is shown (tables on stderr, or ``--json``). Pairing the rows
+by id (the batch's id rule, which row of an id wins, what counts as failed or unmatched) is
+``edgejudge.join``; the statistics are ``edgejudge.metrics.agreement_metrics`` (scipy.stats).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,114 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError
-from ._common import MAX_JSONL_BYTES, JsonOpt, emit_json, examples, read_bytes_file, stderr_console
+from ._common import JsonOpt, emit_json, examples, stderr_console
 
 if TYPE_CHECKING:
+    from ..join import Joined
     from ..metrics import Metrics
 
-__all__ = ["register", "Joined", "read_rows", "join_scores"]
-
-
-@dataclass(frozen=True)
-class Joined:
-    """Matched (pred, gold) pairs and what did not match, with counts for the report."""
-
-    ids: tuple[str, ...]
-    pred: tuple[float, ...]
-    gold: tuple[float, ...]
-    pred_rows: int
-    gold_rows: int
-    unmatched_pred: int
-    unmatched_gold: int
-    failed_pred: int
-    missing_gold: int
-    malformed_lines: tuple[str, ...]
-
-
-def read_rows(
-    path: Path, id_field: str, *, first_wins: bool = False
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``{id: row}`` of a JSONL file and the lines with problems ("file:line: why").
-
-    Predictions: the last row per id wins (``edgejudge batch`` appends a retried row after its failed
-    one). Gold (``first_wins``): the first row wins and later duplicates are reported, as ``edgejudge
-    batch`` judges only the first row of an id in its input. The file must be a regular file (``~``
-    expanded); every line goes through ``_jsonl.loads_line``, so a hostile line (not JSON, nested too
-    deep, a huge integer, not UTF-8) is one reported problem and the next line goes on."""
-    from .._jsonl import loads_line, split_lines
-
-    rows: dict[str, dict[str, Any]] = {}
-    bad: list[str] = []
-    data = read_bytes_file(path, max_bytes=MAX_JSONL_BYTES)
-    for n, line, replaced in split_lines(data):
-        if replaced:  # ids and scores of such a line cannot be trusted: reported, not joined
-            bad.append(f"{path.name}:{n}: not valid UTF-8 (undecodable bytes in the line)")
-            continue
-        decoded = loads_line(line)
-        if decoded.problem is not None:
-            bad.append(f"{path.name}:{n}: {decoded.problem}")
-            continue
-        row = decoded.value
-        if not isinstance(row, dict):
-            bad.append(f"{path.name}:{n}: not a JSON object")
-            continue
-        raw = row.get(id_field)
-        if raw is None and id_field == "id":
-            raw = row.get("question_id")
-        key = f"line-{n}" if raw is None or raw == "" else str(raw)
-        if key in rows and first_wins:
-            bad.append(f"{path.name}:{n}: duplicate {id_field} {key!r} ignored (its first row is used)")
-            continue
-        rows[key] = row
-    return rows, bad
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
-        return None
-    return number if math.isfinite(number) else None
-
-
-def join_scores(
-    pred_path: Path, gold_path: Path, *, pred_field: str, gold_field: str, id_field: str
-) -> Joined:
-    """Join the two files by id and pick the scores; count everything that does not pair up."""
-    preds, bad_p = read_rows(pred_path, id_field)
-    golds, bad_g = read_rows(gold_path, id_field, first_wins=True)
-    ids: list[str] = []
-    xs: list[float] = []
-    ys: list[float] = []
-    failed = missing = 0
-    for key, row in preds.items():
-        x = _number(row.get(pred_field))
-        if row.get("status") == "error" or x is None:
-            failed += 1  # counted whether or not the id is in the gold file
-            continue
-        if key not in golds:
-            continue
-        y = _number(golds[key].get(gold_field))
-        if y is None:
-            missing += 1
-            continue
-        ids.append(key)
-        xs.append(x)
-        ys.append(y)
-    return Joined(
-        ids=tuple(ids),
-        pred=tuple(xs),
-        gold=tuple(ys),
-        pred_rows=len(preds),
-        gold_rows=len(golds),
-        unmatched_pred=sum(1 for k in preds if k not in golds),
-        unmatched_gold=sum(1 for k in golds if k not in preds),
-        failed_pred=failed,
-        missing_gold=missing,
-        malformed_lines=tuple(bad_p + bad_g),
-    )
+__all__ = ["register"]
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -213,6 +110,7 @@ def register(app: typer.Typer) -> None:
         Rows are joined by id; predictions with status "error" or no score are counted as failed, rows
         present in only one file as unmatched.
         """
+        from ..join import join_scores
         from ..metrics import agreement_metrics
 
         joined = join_scores(
@@ -235,13 +133,7 @@ def register(app: typer.Typer) -> None:
                     **result.to_dict(),
                     "pred_field": pred_field,
                     "gold_field": gold_field,
-                    "pred_rows": joined.pred_rows,
-                    "gold_rows": joined.gold_rows,
-                    "unmatched_pred": joined.unmatched_pred,
-                    "unmatched_gold": joined.unmatched_gold,
-                    "failed_pred": joined.failed_pred,
-                    "missing_gold": joined.missing_gold,
-                    "malformed_lines": len(joined.malformed_lines),
+                    **joined.counts(),
                 }
             )
             return

@@ -21,6 +21,9 @@ minus the phrase's line when that line holds nothing else.
 Every step runs in time linear in the text's length, whatever the text: runs of whitespace/markdown are
 squeezed before the patterns see them (no pattern can backtrack over a long run), and suffixes (``</s>``,
 markdown) are stripped by walking an index back, never by re-copying the text once per token.
+
+``parse_jsonl`` applies ``parse_output`` to one field of each line of a JSONL file's bytes (the records of
+``edgejudge parse --jsonl``); a line that cannot be read is an ``error`` record, never an exception.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ParseResult", "parse_output", "METHODS", "TAIL_CHARS"]
+from . import _jsonl
+
+__all__ = ["ParseResult", "parse_output", "parse_jsonl", "METHODS", "TAIL_CHARS", "KEEP_FIELDS"]
 
 METHODS = ("result_marker", "result_marker_zh", "overall_score", "score_phrase", "fraction", "none")
 TAIL_CHARS = 200
@@ -126,6 +133,10 @@ class ParseResult:
     @property
     def ok(self) -> bool:
         return self.score is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record of the result (``edgejudge parse``): score, feedback, method, reason."""
+        return {"score": self.score, "feedback": self.feedback, "method": self.method, "reason": self.reason}
 
 
 def _strip_eos(text: str) -> str:
@@ -274,3 +285,37 @@ def parse_output(text: str) -> ParseResult:
         "no [RESULT] marker and no score phrase (e.g. 'Score: 4', '4/5') near the end",
         raw,
     )
+
+
+#: Id fields copied from each input line into its ``parse_jsonl`` record.
+KEEP_FIELDS = ("question_id", "id", "answer_id")
+
+
+def parse_jsonl(data: bytes, *, field: str = "text") -> Iterator[dict[str, Any]]:
+    """One record per non-blank line of the JSONL bytes ``data``: ``{"line": N, <the line's id fields>,
+    score, feedback, method, reason}`` parsed from the line's ``field``, or ``{"line": N, ..., "error":
+    why}`` when the line cannot be (not JSON, nested too deep, an integer too long for Python, not valid
+    UTF-8, not a JSON object, the field missing or not text). Never raises; lone surrogates in a valid line
+    are replaced with U+FFFD (``_jsonl``)."""
+    for lineno, line, replaced in _jsonl.split_lines(data):
+        record: dict[str, Any] = {"line": lineno}
+        decoded = _jsonl.loads_line(line)
+        row: Any = decoded.value
+        problem = decoded.problem
+        if replaced:  # undecodable bytes: the text is not what was written, so no score is read from it
+            problem, row = "not valid UTF-8 (undecodable bytes in the line)", None
+        elif problem is None and not isinstance(row, dict):
+            problem = f"expected a JSON object, got {type(row).__name__}"
+        if problem is not None:
+            yield {**record, "error": problem}
+            continue
+        for key in KEEP_FIELDS:
+            if key in row:
+                record[key] = row[key]
+        text = row.get(field)
+        if isinstance(text, str):
+            record.update(parse_output(text).to_dict())
+        else:
+            what = "missing" if text is None else f"not text ({type(text).__name__})"
+            record["error"] = f"field {field!r} is {what}"
+        yield record

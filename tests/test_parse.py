@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from edgejudge.parse import METHODS, TAIL_CHARS, ParseResult, parse_output
+from edgejudge.parse import METHODS, TAIL_CHARS, ParseResult, parse_jsonl, parse_output
 from edgejudge.prompt import JUDGE_TEMPLATE
 
 ECHO = JUDGE_TEMPLATE.format(
@@ -268,3 +268,53 @@ def test_parse_of_megabytes_of_eos_tokens_is_fast() -> None:
     result = parse_output("Good. [RESULT] 4" + " </s>" * 320_000)  # the audit's 1.6 MB input
     assert result.score == 4
     assert _parse_seconds(" </s>" * 320_000) < 1.0
+
+
+# ------------------------------------------------------------------------------ records (library level)
+def test_to_dict_is_the_record_without_the_raw_text() -> None:
+    result = parse_output(TRAINING)
+    assert result.to_dict() == {
+        "score": 3,
+        "feedback": result.feedback,
+        "method": "result_marker",
+        "reason": None,
+    }
+    assert parse_output("").to_dict() == {
+        "score": None,
+        "feedback": "",
+        "method": "none",
+        "reason": "empty output",
+    }
+
+
+def test_parse_jsonl_one_record_per_line_never_raises() -> None:
+    import json
+
+    data = b"\n".join(
+        [
+            json.dumps({"question_id": 7, "answer_id": "x", "text": "Good. [RESULT] 5", "other": 1}).encode(),
+            b"",
+            b"{not json",
+            b"[1, 2]",
+            json.dumps({"id": "c", "text": 4}).encode(),
+            json.dumps({"id": "d"}).encode(),
+            b'{"id": "e", "text": "caf\xe9 [RESULT] 2"}',
+            b"[" * 200,
+        ]
+    )
+    out = list(parse_jsonl(data, field="text"))
+    assert out[0] == {
+        "line": 1,
+        "question_id": 7,
+        "answer_id": "x",
+        "score": 5,
+        "feedback": "Good.",
+        "method": "result_marker",
+        "reason": None,
+    }
+    assert [r["line"] for r in out] == [1, 3, 4, 5, 6, 7, 8]
+    assert "malformed JSON" in out[1]["error"] and out[2]["error"] == "expected a JSON object, got list"
+    assert out[3] == {"line": 5, "id": "c", "error": "field 'text' is not text (int)"}
+    assert out[4] == {"line": 6, "id": "d", "error": "field 'text' is missing"}
+    assert "UTF-8" in out[5]["error"] and "id" not in out[5]  # nothing is read from a line with bad bytes
+    assert "nested deeper" in out[6]["error"]

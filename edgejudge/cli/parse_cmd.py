@@ -1,17 +1,18 @@
 """``edgejudge parse``: score judge outputs produced elsewhere (the reference script, other runtimes).
 
 One text (FILE or stdin) → one JSON object; ``--jsonl FILE --field text`` → one JSON line per input line,
-keeping ``question_id``/``id``. Malformed lines (not JSON, nested too deep, an integer too long for Python,
-not a JSON object, the field missing) are reported on stderr with their line number, emitted as
-``{"line": N, "error": ...}`` records so output lines stay aligned with input lines, and make the exit
-status 1 once every line has been processed.
+keeping ``question_id``/``id`` (the records are ``edgejudge.parse.parse_jsonl``'s). Malformed lines (not
+JSON, nested too deep, an integer too long for Python, not a JSON object, the field missing) are reported
+on stderr with their line number, emitted as ``{"line": N, "error": ...}`` records so output lines stay
+aligned with input lines, and make the exit status 1 once every line has been processed. This module owns
+the options, reading the input and printing.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,22 +29,7 @@ from ._common import (
     usage_error,
 )
 
-__all__ = ["register", "parse_record"]
-
-KEEP_FIELDS = ("question_id", "id", "answer_id")
-
-
-def parse_record(text: str) -> dict[str, Any]:
-    """The JSON record of one parsed output: score, feedback, method, reason."""
-    from ..parse import parse_output
-
-    result = parse_output(text)
-    return {
-        "score": result.score,
-        "feedback": result.feedback,
-        "method": result.method,
-        "reason": result.reason,
-    }
+__all__ = ["register"]
 
 
 def _read_text(file: Path | None) -> str:
@@ -62,43 +48,18 @@ def _problem(console: Console, lineno: int, message: str) -> None:
 
 
 def _jsonl(path: Path, field: str) -> int:
-    """Write one record per line of ``path``; returns the number of malformed lines.
-
-    Every line goes through ``_jsonl.loads_line``: a line that is not JSON, is nested too deep, holds an
-    integer too long for Python or is not UTF-8 becomes an ``error`` record, and the next line goes on.
-    Lone surrogates (``"\\ud800"``) in a valid line are replaced with U+FFFD."""
-    from .._jsonl import loads_line, split_lines
+    """Write one record per line of ``path`` (``parse.parse_jsonl``) and report the lines that could not
+    be parsed on stderr; returns their number."""
+    from ..parse import parse_jsonl
 
     console = stderr_console()
     bad = 0
     # read everything first: a file that cannot be read fails before any line is printed
     content = read_bytes_file(path, option="--jsonl", max_bytes=MAX_JSONL_BYTES)
-    for lineno, line, replaced in split_lines(content):
-        record: dict[str, Any] = {"line": lineno}
-        decoded = loads_line(line)
-        row: Any = decoded.value
-        problem = decoded.problem
-        if replaced:  # undecodable bytes: the text is not what was written, so no score is read from it
-            problem, row = "not valid UTF-8 (undecodable bytes in the line)", None
-        elif problem is None and not isinstance(row, dict):
-            problem = f"expected a JSON object, got {type(row).__name__}"
-        if problem is not None:
+    for record in parse_jsonl(content, field=field):
+        if "error" in record:
             bad += 1
-            _problem(console, lineno, problem)
-            record["error"] = problem
-            emit_jsonl(record)
-            continue
-        for key in KEEP_FIELDS:
-            if key in row:
-                record[key] = row[key]
-        text = row.get(field)
-        if not isinstance(text, str):
-            bad += 1
-            what = "missing" if text is None else f"not text ({type(text).__name__})"
-            _problem(console, lineno, f"field {field!r} is {what}")
-            record["error"] = f"field {field!r} is {what}"
-        else:
-            record.update(parse_record(text))
+            _problem(console, record["line"], record["error"])
         emit_jsonl(record)
     return bad
 
@@ -140,4 +101,6 @@ def register(app: typer.Typer) -> None:
                 stderr_console().print(f"{bad} line(s) could not be parsed (see above)")
                 raise typer.Exit(EXIT_ERROR)
             return
-        emit_json(parse_record(_read_text(file)))
+        from ..parse import parse_output
+
+        emit_json(parse_output(_read_text(file)).to_dict())

@@ -44,7 +44,7 @@ _LAZY = {
     "GenerationParams": "edgejudge.engine.base",
     "FakeEngine": "edgejudge.engine.fake",
     "LlamaCppEngine": "edgejudge.engine.llama",
-    "convert_checkpoint": "edgejudge.convert",
+    "convert_checkpoint": "edgejudge.install",
 }
 
 __all__ = [

@@ -75,8 +75,8 @@ def _stamp(directory: Path) -> dict[str, object] | None:
 
 def ensure_demo_model(*, rebuild: bool = False, progress: ProgressFn | None = None) -> DemoModel:
     """The demo GGUF pair, built on first use with the real fixture generator, converter and quantizer."""
-    from .convert import convert_checkpoint
     from .fixtures.tiny import make_tiny_llava
+    from .install import convert_checkpoint
 
     final = demo_dir()
     stamp = _stamp(final)

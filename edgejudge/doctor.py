@@ -2,6 +2,8 @@
 
 ``collect(selftest=True)`` gathers everything into a ``DoctorReport`` (frozen, ``to_dict()`` for JSON).
 Nothing here prints and nothing raises for a missing piece: a failing check becomes a ``problem`` line.
+What the llama.cpp build says about itself comes from :mod:`edgejudge.native.system`; a model's size
+facts from the pair contract's metadata reader (:func:`edgejudge.judgefile.read_metadata`).
 """
 
 from __future__ import annotations
@@ -86,13 +88,9 @@ def versions() -> dict[str, str | None]:
 
 
 def _system_info() -> str | None:
-    try:
-        import llama_cpp
+    from .native.system import system_info
 
-        raw = llama_cpp.llama_print_system_info()
-    except Exception:  # noqa: BLE001 - reported as a problem by the caller
-        return None
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return system_info()
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
@@ -123,13 +121,10 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
 
 def gpu_info(system_info: str | None = None) -> dict[str, Any]:
     """Whether this llama.cpp build can offload to a GPU, and its backends (parsed from the system info)."""
-    info = system_info if system_info is not None else _system_info()
-    try:
-        import llama_cpp
+    from .native.system import supports_gpu_offload
 
-        offload: bool | None = bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # noqa: BLE001
-        offload = None
+    info = system_info if system_info is not None else _system_info()
+    offload = supports_gpu_offload()
     backends = re.findall(r"(?:^|\|\s*)([A-Za-z][A-Za-z0-9_]*) : ", info or "")
     gpu_backends = [b for b in backends if b.upper() not in ("CPU", "BLAS", "LLAMAFILE")]
     return {
@@ -169,9 +164,9 @@ def memory_info(meminfo: str | None = None) -> dict[str, int | None]:
 
 def model_needs(text_model: str | Path, mmproj: str | Path, *, n_ctx: int = DEFAULT_N_CTX) -> dict[str, int]:
     """Estimated memory to run a pair: file sizes + f16 KV cache for ``n_ctx`` + an overhead allowance."""
-    from .install import gguf_metadata
+    from .judgefile import read_metadata
 
-    meta = gguf_metadata(text_model)
+    meta = read_metadata(text_model, hint="re-convert or re-download it")
     layers = int(meta.get("llama.block_count") or 0)
     embd = int(meta.get("llama.embedding_length") or 0)
     heads = int(meta.get("llama.attention.head_count") or 1)

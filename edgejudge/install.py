@@ -1,5 +1,14 @@
-"""Installing and checking judge models: ``pull_model`` (download → convert → quantize → sha256 → registry)
-and ``verify_model`` (sha256 against the registry + GGUF metadata checks with ``gguf.GGUFReader``).
+"""Installing and checking judge models, the operations on a pair's files:
+
+- ``convert_checkpoint``: the public ``edgejudge.convert_checkpoint``, the converter
+  (:func:`edgejudge.convert.convert_checkpoint`) for the installed runtime: without a ``cls_position`` it
+  asks the cached runtime probe (:func:`edgejudge.probe.runtime_cls_position`) where libmtmd puts CLIP's
+  class token (the converter itself never runs the probe);
+- ``pull_model`` (download → convert → quantize → sha256 → registry), ``register_pair`` (hash and register
+  a pair on disk: ``convert --register``), ``add_model`` (``models add``: a pair converted elsewhere or
+  earlier), ``remove_model`` (unregister, optionally delete the files no other entry uses);
+- ``verify_model``: sha256 against the registry + the pair's GGUF metadata (read with
+  :func:`edgejudge.judgefile.read_metadata`, the CLS stamp judged by :func:`edgejudge.judgefile.check_cls`).
 
 Library code: nothing prints; progress reaches the UI as ``progress(stage, done, total)`` calls.
 Downloads go through huggingface-hub (resumable: interrupted files are kept as ``.incomplete`` and
@@ -9,27 +18,49 @@ into place; a failure leaves the previously installed files as they were).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config
 from ._fs import user_path
-from .errors import EdgeJudgeError, InputError, ModelNotFoundError
+from .errors import CLSOrderMismatchError, EdgeJudgeError, ModelNotFoundError
+from .judgefile import (
+    DEFAULT_MMPROJ_QUANT,
+    DEFAULT_QUANT,
+    MMPROJ_QUANTS,
+    TEXT_QUANTS,
+    check_cls,
+    normalize_quant,
+    read_metadata,
+)
 from .registry import (
     InstalledModel,
     find_installed,
+    installed_for,
     known_models,
-    load_registry,
     make_entry,
     register,
+    resolve_model,
     split_name,
+    unregister,
 )
 
 if TYPE_CHECKING:
-    from .convert import ProgressFn
+    from .convert import ConvertResult, ProgressFn
 
-__all__ = ["PullResult", "VerifyReport", "pull_model", "verify_model", "gguf_metadata", "installed_for"]
+__all__ = [
+    "PullResult",
+    "VerifyReport",
+    "convert_checkpoint",
+    "pull_model",
+    "register_pair",
+    "add_model",
+    "remove_model",
+    "verify_model",
+    "installed_for",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,37 @@ class VerifyReport:
         }
 
 
+# ---------------------------------------------------------------------------------------------- convert
+def convert_checkpoint(
+    src: str | Path,
+    outdir: str | Path,
+    *,
+    name: str | None = None,
+    quant: str = DEFAULT_QUANT,
+    mmproj_quant: str = DEFAULT_MMPROJ_QUANT,
+    progress: ProgressFn | None = None,
+    cls_position: str | Callable[[], str] | None = None,
+) -> ConvertResult:
+    """Convert ``src`` into ``outdir/<name>-<QUANT>.gguf`` + ``outdir/mmproj-<name>-<QUANT>.gguf`` for the
+    installed llama.cpp (see :func:`edgejudge.convert.convert_checkpoint` for everything else).
+
+    ``cls_position`` None asks the cached runtime probe where the installed libmtmd puts CLIP's class
+    token (a second or two the first time on a runtime); "first" / "last" write for that order instead.
+    Raises ``EdgeJudgeError`` subclasses only."""
+    from .convert import convert_checkpoint as convert
+    from .probe import runtime_cls_position
+
+    return convert(
+        src,
+        outdir,
+        name=name,
+        quant=quant,
+        mmproj_quant=mmproj_quant,
+        progress=progress,
+        cls_position=runtime_cls_position if cls_position is None else cls_position,
+    )
+
+
 # ------------------------------------------------------------------------------------------------- pull
 def _source_for(name: str, source: str | None) -> tuple[str, str]:
     """(source to convert from, human description) for a pull."""
@@ -78,7 +140,7 @@ def _source_for(name: str, source: str | None) -> tuple[str, str]:
     if name not in known:
         raise ModelNotFoundError(
             f"unknown model {name!r}: not in the manifest of known judges ({', '.join(known)})",
-            hint="pull a known judge, or give a checkpoint directory or hub repo with --source",
+            hint="pull a known judge, or give a checkpoint directory or hub repo as its source",
         )
     entry = known[name]
     return entry.repo, f"{entry.repo}@{entry.revision}"
@@ -102,7 +164,7 @@ def pull_model(
     name: str,
     *,
     quant: str | None = None,
-    mmproj_quant: str = "F16",
+    mmproj_quant: str = DEFAULT_MMPROJ_QUANT,
     source: str | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
@@ -112,11 +174,11 @@ def pull_model(
     → returned as is unless ``force``."""
     import time
 
-    from .convert import MMPROJ_QUANTS, TEXT_QUANTS, convert_checkpoint, normalize_quant
-
     name, name_quant = split_name(name)
     known = known_models().get(name)
-    quant = normalize_quant(quant or name_quant or (known.default_quant if known else "Q4_K_M"), TEXT_QUANTS)
+    quant = normalize_quant(
+        quant or name_quant or (known.default_quant if known else DEFAULT_QUANT), TEXT_QUANTS
+    )
     mmproj_quant = normalize_quant(mmproj_quant, MMPROJ_QUANTS)
     existing = find_installed(f"{name}:{quant}")
     if existing is not None and existing.present and not force:
@@ -136,45 +198,67 @@ def pull_model(
     result = convert_checkpoint(
         src_dir, outdir, name=name, quant=quant, mmproj_quant=mmproj_quant, progress=progress
     )
-    entry = make_entry(
-        name, result.text_model, result.mmproj, source=described, progress=progress, quant=result.quant
-    )
-    register(entry)
+    entry = register_pair(result, source=described, progress=progress)
     return PullResult(
         entry=entry, already_installed=False, source_dir=str(src_dir), seconds=time.perf_counter() - start
     )
 
 
+# -------------------------------------------------------------------------------------- register, remove
+def register_pair(
+    result: ConvertResult, *, source: str, progress: ProgressFn | None = None
+) -> InstalledModel:
+    """Hash and register a converted pair under its name and quant (``edgejudge convert --register``);
+    replaces an entry of the same name and quant."""
+    entry = make_entry(
+        result.name, result.text_model, result.mmproj, source=source, progress=progress, quant=result.quant
+    )
+    register(entry)
+    return entry
+
+
+def add_model(
+    text_model: str | Path,
+    name: str,
+    *,
+    mmproj: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> InstalledModel:
+    """Register an existing GGUF pair (converted elsewhere or earlier) as ``name`` (``models add``): the
+    text model's path as typed, its projector given or found beside it; quant read, sizes and sha256s
+    measured."""
+    path = user_path(text_model, what="model file", error=ModelNotFoundError)
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file not found: {path}", hint="check the path")
+    text, proj = resolve_model(str(path), mmproj=mmproj)
+    entry = make_entry(name, text, proj, source=f"added from {text}", progress=progress)
+    register(entry)
+    return entry
+
+
+def remove_model(value: str, *, delete_files: bool = False) -> tuple[InstalledModel, ...]:
+    """Unregister the entries ``value`` (``name`` or ``name:QUANT``) names (the default too, when it named
+    one); with ``delete_files`` also delete their files, except a file another entry still uses (one
+    mmproj may serve several quantizations). Returns the removed entries."""
+    gone, kept = unregister(value)
+    if delete_files:
+        still_used = {p for m in kept.models for p in m.paths}
+        for entry in gone:
+            for path in entry.paths:
+                if path not in still_used:
+                    path.unlink(missing_ok=True)
+    return gone
+
+
 # ----------------------------------------------------------------------------------------------- verify
-def gguf_metadata(path: str | Path) -> dict[str, Any]:
-    """The scalar/string metadata of a GGUF file plus ``tensors`` {name: shape in GGUF (ne) order}."""
-    from gguf import GGUFReader, GGUFValueType
-
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as err:  # noqa: BLE001 - gguf raises assorted errors on garbage
-        raise InputError(
-            f"{path} is not a readable GGUF file ({err})", hint="re-convert or re-download it"
-        ) from None
-    meta: dict[str, Any] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("tokenizer.ggml.") or not fld.types:
-            continue
-        if fld.types[0] == GGUFValueType.ARRAY and len(fld.data) > 16:
-            continue
-        try:
-            meta[key] = fld.contents()
-        except Exception:  # noqa: BLE001 - skip exotic fields
-            continue
-    meta["tensors"] = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
-    return meta
-
-
 def _check_pair(text: Path, mmproj: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+    from .probe import runtime_cls_position
+
     problems: list[str] = []
     notes: list[str] = []
-    tmeta = gguf_metadata(text)
-    pmeta = gguf_metadata(mmproj)
+    hint = "re-convert or re-download it"
+    tmeta = read_metadata(text, hint=hint)
+    pmeta = read_metadata(mmproj, hint=hint)
     facts: dict[str, Any] = {
         "text_architecture": tmeta.get("general.architecture"),
         "mmproj_architecture": pmeta.get("general.architecture"),
@@ -182,7 +266,7 @@ def _check_pair(text: Path, mmproj: Path) -> tuple[list[str], list[str], dict[st
         "n_layers": tmeta.get("llama.block_count"),
         "projector_type": pmeta.get("clip.projector_type"),
         "image_size": pmeta.get("clip.vision.image_size"),
-        "cls_position": pmeta.get("edgejudge.clip.cls_position"),
+        "cls_position": pmeta.cls_position,
     }
     if facts["text_architecture"] != "llama":
         problems.append(f"text model architecture is {facts['text_architecture']!r}, expected 'llama'")
@@ -192,26 +276,22 @@ def _check_pair(text: Path, mmproj: Path) -> tuple[list[str], list[str], dict[st
         problems.append("mmproj has no vision encoder (clip.has_vision_encoder is not true)")
     if facts["projector_type"] != "mlp":
         problems.append(f"mmproj projector type is {facts['projector_type']!r}, expected 'mlp'")
-    proj = pmeta["tensors"].get("mm.2.weight")
+    proj = pmeta.tensors.get("mm.2.weight")
     if proj is not None and facts["n_embd"] is not None:
         facts["projector_width"] = proj[-1]
         if proj[-1] != facts["n_embd"]:
             problems.append(f"projector output width {proj[-1]} != text embedding width {facts['n_embd']}")
-    if facts["cls_position"] is None:
-        notes.append("mmproj was not converted by edgejudge: its image features are off on this llama.cpp")
-    else:
-        try:
-            from .probe import runtime_cls_position
 
-            runtime = runtime_cls_position()
-            facts["runtime_cls_position"] = runtime
-            if runtime != facts["cls_position"]:
-                problems.append(
-                    f"mmproj was converted for CLS {facts['cls_position']}, "
-                    f"but this llama.cpp puts it {runtime}"
-                )
-        except EdgeJudgeError as err:
-            notes.append(f"CLS self-test unavailable: {err}")
+    def runtime() -> str:
+        facts["runtime_cls_position"] = runtime_cls_position()
+        return str(facts["runtime_cls_position"])
+
+    try:
+        notes += check_cls(pmeta.cls_position, runtime)
+    except CLSOrderMismatchError as err:
+        problems.append(str(err))
+    except EdgeJudgeError as err:
+        notes.append(f"CLS self-test unavailable: {err}")
     return problems, notes, facts
 
 
@@ -240,15 +320,3 @@ def verify_model(entry: InstalledModel, *, progress: ProgressFn | None = None) -
         problems += more
         status = "invalid" if status in ("ok", "unhashed") else status
     return VerifyReport(entry.key, status, problems=tuple(problems), notes=tuple(notes), metadata=facts)
-
-
-def installed_for(value: str | None) -> list[InstalledModel]:
-    """The registry entries ``value`` (``name`` or ``name:QUANT``) names, all when None."""
-    reg = load_registry()
-    if value is None:
-        return list(reg.models)
-    name, quant = split_name(value)
-    entries = [m for m in reg.models if m.name == name and (quant is None or m.quant.upper() == quant)]
-    if not entries:
-        raise ModelNotFoundError(f"model {value!r} is not installed", hint="see `edgejudge models list`")
-    return entries

@@ -5,33 +5,49 @@ Two small data files:
 - the **manifest** of known judges (``edgejudge/data/models.toml``, package data; ``models/manifest.toml``
   in the source tree links to it): hub repo, revision, vision tower, licence, expected sizes;
 - the **registry** of installed models, ``<models_dir>/registry.json``: one entry per (name, quant) with
-  the text/mmproj paths, sha256s, sizes, source and conversion time, plus the stored default model.
-  Written atomically (``_fs.atomic_write``: tmp + rename); read-modify-write cycles hold a lock file
-  (``update_registry``) so concurrent commands lose no update.
+  the text/mmproj paths, sha256s, sizes, source and conversion time, plus the stored default model. The
+  file's records, reading and atomic writing live in :mod:`edgejudge._registry_file` (re-exported here);
+  every change here is one ``update_registry`` cycle under its lock file, so concurrent commands lose no
+  update (``register``, ``set_default``, ``unregister``).
 
 ``resolve_model`` turns what a user typed (a ``.gguf`` path, ``name``, ``name:QUANT``, or nothing = the
-default) into the (text model, mmproj) pair. Pulling and verifying live in ``edgejudge.install``. Nothing
-here prints: progress goes through callbacks.
+default) into the (text model, mmproj) pair; ``models_overview`` is the known and installed models as plain
+data. File names, the name rule and quant names are the pair contract's (:mod:`edgejudge.judgefile`).
+Pulling, adding, verifying and removing files live in ``edgejudge.install``. Nothing here prints: progress
+goes through callbacks.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import config
-from ._fs import atomic_write, user_path
-from ._registry_lock import locked
-from .errors import InputError, ModelNotFoundError, RegistryError
+from ._fs import user_path
+from ._registry_file import (
+    InstalledModel,
+    Registry,
+    load_registry,
+    registry_path,
+    save_registry,
+    update_registry,
+)
+from .errors import ModelNotFoundError
+from .judgefile import (
+    DEFAULT_QUANT,
+    QUANT_PREFERENCE,
+    check_name,
+    find_mmproj,
+    is_projector_name,
+    read_metadata,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,23 +66,18 @@ __all__ = [
     "update_registry",
     "register",
     "set_default",
+    "unregister",
     "find_installed",
+    "installed_for",
     "resolve_model",
+    "models_overview",
     "sha256_file",
     "gguf_quant",
     "make_entry",
     "split_name",
 ]
 
-REGISTRY_FILE = "registry.json"
-LOCK_FILE = ".registry.lock"
-REGISTRY_VERSION = 1
-#: When a name has several quantizations installed and none is asked for, the first of these wins.
-QUANT_PREFERENCE = ("Q4_K_M", "Q5_K_M", "Q8_0", "F16")
-_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 17: "Q5_K_M", 32: "BF16", 2: "Q4_0", 18: "Q6_K"}
-
 ProgressFn = Callable[[str, int, int], None]
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the converter's rule for model names
 
 
 @dataclass(frozen=True)
@@ -80,60 +91,12 @@ class KnownModel:
     license: str
     description: str = ""
     parameters: str = ""
-    default_quant: str = "Q4_K_M"
+    default_quant: str = DEFAULT_QUANT
     source_bytes: int = 0
     n_layers: int = 0
     n_embd: int = 0
     gguf_bytes: Mapping[str, int] = field(default_factory=dict)
     mmproj_bytes: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class InstalledModel:
-    """One installed GGUF pair as recorded in the registry (paths absolute)."""
-
-    name: str
-    quant: str
-    text_model: str
-    mmproj: str
-    mmproj_quant: str = ""
-    text_sha256: str = ""
-    mmproj_sha256: str = ""
-    text_bytes: int = 0
-    mmproj_bytes: int = 0
-    source: str = ""
-    converted_at: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}:{self.quant}"
-
-    @property
-    def paths(self) -> tuple[Path, Path]:
-        return Path(self.text_model), Path(self.mmproj)
-
-    @property
-    def present(self) -> bool:
-        return all(p.is_file() for p in self.paths)
-
-    @property
-    def total_bytes(self) -> int:
-        return self.text_bytes + self.mmproj_bytes
-
-
-@dataclass(frozen=True)
-class Registry:
-    """The installed models and the stored default (``name`` or ``name:QUANT``)."""
-
-    models: tuple[InstalledModel, ...] = ()
-    default: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": REGISTRY_VERSION,
-            "default": self.default,
-            "models": [asdict(m) for m in self.models],
-        }
 
 
 # -------------------------------------------------------------------------------------------- manifest
@@ -148,99 +111,6 @@ def known_models() -> dict[str, KnownModel]:
 
 
 # -------------------------------------------------------------------------------------------- registry
-def registry_path() -> Path:
-    return config.models_dir() / REGISTRY_FILE
-
-
-#: The largest registry file read (an entry is ~1 KB; this is thousands of models).
-MAX_REGISTRY_BYTES = 16 * 2**20
-_REQUIRED = ("name", "quant", "text_model", "mmproj")
-
-
-def _entry(value: Any, where: str) -> InstalledModel:
-    """One registry entry, every field checked for its type (wrong types never reach the callers)."""
-    if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(value).__name__}")
-    known = {f.name: f.type for f in fields(InstalledModel)}
-    values: dict[str, Any] = {}
-    for key, item in value.items():
-        kind = known.get(key)
-        if kind is None:
-            continue  # a field a later edgejudge may add
-        if kind == "int":
-            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 2**63:
-                raise ValueError(f"{where}.{key} must be a byte count, got {item!r:.40}")
-        elif not isinstance(item, str):
-            raise ValueError(f"{where}.{key} must be text, got {type(item).__name__}")
-        values[key] = item
-    for key in _REQUIRED:
-        if not values.get(key):
-            raise ValueError(f"{where} has no {key!r}")
-    return InstalledModel(**values)
-
-
-def _parse_registry(text: str) -> Registry:
-    from ._jsonl import loads_line
-
-    decoded = loads_line(text)
-    if decoded.problem is not None:
-        raise ValueError(decoded.problem)
-    data = decoded.value
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    entries = data.get("models", [])
-    if not isinstance(entries, list):
-        raise ValueError(f"'models' must be a list, got {type(entries).__name__}")
-    models = tuple(_entry(m, f"models[{i}]") for i, m in enumerate(entries))
-    default = data.get("default")
-    if default is not None and not isinstance(default, str):
-        raise ValueError(f"'default' must be a model name, got {type(default).__name__}")
-    return Registry(models=models, default=default)
-
-
-def load_registry() -> Registry:
-    """The registry of installed models (empty when none was written yet).
-
-    Anything wrong with the file (not a regular file, too large, not UTF-8, not JSON, nested too deep,
-    a field of the wrong type) is a ``RegistryError`` naming the file and the problem."""
-    from ._fs import read_regular
-
-    path = registry_path()
-    if not os.path.lexists(path):
-        return Registry()
-    hint = "fix or delete the file, then re-add models with `edgejudge models add`"
-    data = read_regular(path, what="the model registry", max_bytes=MAX_REGISTRY_BYTES, error=RegistryError)
-    try:
-        return _parse_registry(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise RegistryError(
-            f"the model registry {path} is unreadable (not UTF-8: byte {err.start})", hint=hint
-        ) from None
-    except (ValueError, TypeError) as err:
-        raise RegistryError(f"the model registry {path} is unreadable ({err})", hint=hint) from None
-
-
-def save_registry(registry: Registry) -> None:
-    """Write the registry atomically (``_fs.atomic_write``: tmp file in the same directory + rename)."""
-    path = registry_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(registry.to_dict(), indent=2) + "\n").encode("utf-8"))
-    except OSError as err:
-        raise RegistryError(
-            f"cannot write the model registry {path}: {err.strerror or err}",
-            hint="check permissions, or point EDGEJUDGE_MODELS_DIR to a writable directory",
-        ) from None
-
-
-def update_registry(change: Callable[[Registry], Registry]) -> Registry:
-    """Read, ``change`` and write the registry under a lock file (concurrent commands lose no update)."""
-    with locked(registry_path().with_name(LOCK_FILE)):
-        new = change(load_registry())
-        save_registry(new)
-    return new
-
-
 def register(entry: InstalledModel) -> Registry:
     """Add or replace (same name and quant) an installed model; returns the new registry."""
 
@@ -260,12 +130,45 @@ def split_name(value: str) -> tuple[str, str | None]:
 def find_installed(value: str, registry: Registry | None = None) -> InstalledModel | None:
     """The installed entry for ``name`` or ``name:QUANT`` (preferring QUANT_PREFERENCE order), or None."""
     reg = registry or load_registry()
-    name, quant = split_name(value)
-    matches = [m for m in reg.models if m.name == name and (quant is None or m.quant.upper() == quant)]
+    matches = _matching(value, reg)
     if not matches:
         return None
     rank = {q: i for i, q in enumerate(QUANT_PREFERENCE)}
     return min(matches, key=lambda m: rank.get(m.quant.upper(), len(rank)))
+
+
+def _matching(value: str, reg: Registry) -> list[InstalledModel]:
+    name, quant = split_name(value)
+    return [m for m in reg.models if m.name == name and (quant is None or m.quant.upper() == quant)]
+
+
+def installed_for(value: str | None, registry: Registry | None = None) -> list[InstalledModel]:
+    """The registry entries ``value`` (``name`` or ``name:QUANT``) names, all when None; ModelNotFoundError
+    when it names none."""
+    reg = registry or load_registry()
+    if value is None:
+        return list(reg.models)
+    entries = _matching(value, reg)
+    if not entries:
+        raise ModelNotFoundError(f"model {value!r} is not installed", hint="see `edgejudge models list`")
+    return entries
+
+
+def unregister(value: str) -> tuple[tuple[InstalledModel, ...], Registry]:
+    """Remove every entry ``value`` (``name`` or ``name:QUANT``) names, and the stored default when it
+    named one of them; ModelNotFoundError when none is installed. Returns (removed entries, new registry),
+    decided and written in one locked cycle."""
+    gone: list[InstalledModel] = []
+
+    def drop(reg: Registry) -> Registry:
+        gone[:] = installed_for(value, reg)
+        keys = {m.key for m in gone}
+        names = {m.name for m in gone}
+        default = None if reg.default in keys or reg.default in names else reg.default
+        return replace(reg, models=tuple(m for m in reg.models if m.key not in keys), default=default)
+
+    new = update_registry(drop)
+    return tuple(gone), new
 
 
 def set_default(value: str) -> InstalledModel:
@@ -304,12 +207,6 @@ def _looks_like_path(value: str, reg: Registry) -> bool:
     return find_installed(value, reg) is None and Path(value).exists()
 
 
-def _mmproj_beside(text: Path) -> Path:
-    from .engine.llama import find_mmproj
-
-    return Path(find_mmproj(text))
-
-
 def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None) -> tuple[Path, Path]:
     """(text model, mmproj) for a ``.gguf`` path, a registered ``name``/``name:QUANT``, or the default.
 
@@ -328,13 +225,14 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
             raise ModelNotFoundError(
                 "no model given and no default model set"
                 + (f" ({len(present)} installed)" if present else " (none installed)"),
-                hint="pass --model NAME|PATH, set one with `edgejudge models default NAME`, "
+                hint="name a model (a registered name or a .gguf path), set a default with "
+                "`edgejudge models default NAME`, "
                 "or install the judge with `edgejudge models pull prometheus-vision-7b`",
             )
     if _looks_like_path(value, reg):
         text = user_path(value, what="model file", error=ModelNotFoundError)
         if text.is_dir():
-            ggufs = sorted(p for p in text.glob("*.gguf") if not p.name.startswith("mmproj-"))
+            ggufs = sorted(p for p in text.glob("*.gguf") if not is_projector_name(p))
             if len(ggufs) != 1:
                 raise ModelNotFoundError(
                     f"{text} holds {len(ggufs)} text models, expected one",
@@ -350,7 +248,7 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
         if mmproj:
             proj = user_path(mmproj, what="mmproj file", error=ModelNotFoundError)
         else:
-            proj = _mmproj_beside(text)
+            proj = find_mmproj(text)
     else:
         entry = find_installed(value, reg)
         if entry is None:
@@ -366,7 +264,7 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
             )
     if not proj.is_file():
         raise ModelNotFoundError(
-            f"projector (mmproj) file not found: {proj}", hint="pass --mmproj PATH to the mmproj-*.gguf file"
+            f"projector (mmproj) file not found: {proj}", hint="name the mmproj-*.gguf file of this model"
         )
     return text, proj.resolve()
 
@@ -388,22 +286,9 @@ def sha256_file(path: str | Path, progress: ProgressFn | None = None, *, chunk: 
 
 
 def gguf_quant(path: str | Path) -> str:
-    """The quantization of a GGUF file from ``general.file_type`` (e.g. ``Q4_K_M``), or the file name."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as err:  # gguf raises ValueError/struct errors on garbage
-        raise InputError(
-            f"{path} is not a GGUF file ({err})", hint="pass a .gguf file written by llama.cpp"
-        ) from None
-    fld = reader.fields.get("general.file_type")
-    if fld is not None:
-        value = int(fld.contents())
-        if value in _FILE_TYPES:
-            return _FILE_TYPES[value]
-    stem = Path(path).stem
-    return stem.rsplit("-", 1)[-1].upper() if "-" in stem else "unknown"
+    """The quantization of a GGUF file from ``general.file_type`` (e.g. ``Q4_K_M``), or the file name;
+    InputError when it is not a GGUF file."""
+    return read_metadata(path).quant_or_name()
 
 
 def make_entry(
@@ -422,11 +307,7 @@ def make_entry(
     for label, p in (("text model", text_p), ("mmproj", proj_p)):
         if not p.is_file():
             raise ModelNotFoundError(f"{label} file not found: {p}", hint="check the path")
-    if not _NAME.fullmatch(name):
-        raise InputError(
-            f"invalid model name {name!r}",
-            hint="use letters, digits, '.', '_' and '-' (no slashes or spaces)",
-        )
+    check_name(name)
     return InstalledModel(
         name=name,
         quant=(quant or gguf_quant(text_p)).upper(),
@@ -440,3 +321,48 @@ def make_entry(
         source=source,
         converted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+# ---------------------------------------------------------------------------------------------- overview
+def models_overview() -> dict[str, Any]:
+    """Known and installed models as plain data (``edgejudge models list --json``): ``default``,
+    ``installed`` (one dict per entry, with whether its files are present) and ``known`` (the manifest,
+    with the quantizations of each that are installed)."""
+    reg = load_registry()
+    known = known_models()
+    installed = [
+        {
+            "name": m.name,
+            "quant": m.quant,
+            "mmproj_quant": m.mmproj_quant,
+            "key": m.key,
+            "text_model": m.text_model,
+            "mmproj": m.mmproj,
+            "bytes": m.total_bytes,
+            "present": m.present,
+            "sha256": "recorded" if m.text_sha256 and m.mmproj_sha256 else "none",
+            "text_sha256": m.text_sha256,
+            "mmproj_sha256": m.mmproj_sha256,
+            "source": m.source,
+            "converted_at": m.converted_at,
+            "known": m.name in known,
+            "default": reg.default in (m.name, m.key),
+        }
+        for m in reg.models
+    ]
+    catalog = [
+        {
+            "name": k.name,
+            "repo": k.repo,
+            "revision": k.revision,
+            "vision_tower": k.vision_tower,
+            "license": k.license,
+            "description": k.description,
+            "source_bytes": k.source_bytes,
+            "gguf_bytes": dict(k.gguf_bytes),
+            "mmproj_bytes": dict(k.mmproj_bytes),
+            "installed": sorted(m.quant for m in reg.models if m.name == k.name),
+        }
+        for k in known.values()
+    ]
+    return {"default": reg.default, "installed": installed, "known": catalog}

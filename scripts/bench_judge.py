@@ -73,7 +73,7 @@ def machine_info() -> str:
 
 
 def ensure_model(bench_dir: Path, quant: str) -> tuple[Path, Path]:
-    from edgejudge.convert import convert_checkpoint
+    from edgejudge import convert_checkpoint
     from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
 
     out = bench_dir / "gguf"

@@ -91,7 +91,7 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_checkpoint: Path) -> tuple[Path, Path]:
     """(text model, mmproj) converted at F16/F16 by the real converter."""
-    from edgejudge.convert import convert_checkpoint
+    from edgejudge import convert_checkpoint
 
     result = convert_checkpoint(
         tiny_checkpoint, _SESSION_ROOT / "fixtures" / "gguf-f16", name="tiny", quant="F16", mmproj_quant="F16"
@@ -102,7 +102,7 @@ def tiny_gguf(tiny_checkpoint: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_gguf_q4(tiny_checkpoint: Path) -> tuple[Path, Path]:
     """(text model, mmproj) converted at Q4_K_M/F16 by the real converter."""
-    from edgejudge.convert import convert_checkpoint
+    from edgejudge import convert_checkpoint
 
     result = convert_checkpoint(
         tiny_checkpoint,

@@ -18,9 +18,10 @@ import gguf
 import numpy as np
 import pytest
 
-from edgejudge.convert import STAGE_MMPROJ, STAGE_TENSORS, STAGE_TEXT, ConvertResult, convert_checkpoint
+from edgejudge.convert import STAGE_MMPROJ, STAGE_TENSORS, STAGE_TEXT, ConvertResult
 from edgejudge.fixtures.reference import image_features, text_logits
 from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
+from edgejudge.install import convert_checkpoint  # the converter for the installed runtime (probes CLS)
 from edgejudge.probe import encode_image, rel_err, runtime_cls_position
 
 SPEC = TinySpec()

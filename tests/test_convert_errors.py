@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers.pickles import write_malicious_shard
 
-from edgejudge.convert import MMPROJ_QUANTS, TEXT_QUANTS, convert_checkpoint, normalize_quant
+from edgejudge.convert import convert_checkpoint
 from edgejudge.errors import (
     ConversionError,
     EdgeJudgeError,
@@ -24,6 +24,7 @@ from edgejudge.errors import (
     UnsafePickleError,
 )
 from edgejudge.fixtures.tiny import TOWER_DIR, make_tiny_llava
+from edgejudge.judgefile import MMPROJ_QUANTS, TEXT_QUANTS, normalize_quant
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ import gguf
 import numpy as np
 import pytest
 
-from edgejudge.convert import ConvertResult, convert_checkpoint
+from edgejudge.convert import ConvertResult
 from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
+from edgejudge.install import convert_checkpoint  # the converter for the installed runtime (probes CLS)
 from edgejudge.probe import encode_image, rel_err
 
 SPEC = TinySpec()

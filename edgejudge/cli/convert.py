@@ -1,7 +1,8 @@
 """``edgejudge convert SRC --outdir DIR``: a LLaVA-1.5 checkpoint → GGUF text model + mmproj.
 
-Thin over ``edgejudge.convert.convert_checkpoint`` (torch-free, streaming, atomic); this module only draws
-its progress (bytes and tensors) on stderr and prints the result.
+Thin over ``edgejudge.install.convert_checkpoint`` (the converter for the installed runtime: torch-free,
+streaming, atomic) and, with ``--register``, ``edgejudge.install.register_pair``; this module only draws
+the progress (bytes and tensors) on stderr and prints the result.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
         <name>-<QUANT>.gguf and mmproj-<name>-<QUANT>.gguf. The CLS-order self-test decides how the
         position table is written for the installed llama.cpp.
         """
-        from ..convert import convert_checkpoint
+        from ..install import convert_checkpoint
 
         with StageProgress() as progress:
             result = convert_checkpoint(
@@ -68,12 +69,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"  mmproj:     {result.mmproj}", highlight=False, markup=False)
         data = result.to_dict()
         if register_it:
-            from ..registry import make_entry, register
+            from ..install import register_pair
 
-            entry = make_entry(
-                result.name, result.text_model, result.mmproj, source=str(src), quant=result.quant
-            )
-            register(entry)
+            entry = register_pair(result, source=str(src))
             console.print(f"registered as {entry.key}", highlight=False)
             data["registered"] = asdict(entry)
         if as_json:

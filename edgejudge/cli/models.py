@@ -1,7 +1,8 @@
 """``edgejudge models …``: list, pull, verify, locate, register and choose judge models.
 
-Thin over ``edgejudge.registry`` (names → files, manifest, registry file) and ``edgejudge.install``
-(pull = download + convert + hash + register; verify = sha256 + GGUF metadata).
+Thin over ``edgejudge.registry`` (names → files, manifest, registry file, ``models_overview``) and
+``edgejudge.install`` (pull = download + convert + hash + register; add; remove; verify = sha256 + GGUF
+metadata): this module parses arguments, draws tables and progress, and prints.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import ModelNotFoundError
 from ._common import (
     EXIT_ERROR,
     JsonOpt,
@@ -27,57 +27,11 @@ from ._common import (
     stderr_console,
 )
 
-__all__ = ["register", "models_overview"]
+__all__ = ["register"]
 
 NameArg = Annotated[
     str, typer.Argument(metavar="NAME", help="A model name, or name:QUANT (e.g. prometheus-vision-7b:Q8_0).")
 ]
-
-
-def models_overview() -> dict[str, Any]:
-    """Known and installed models as plain data (``models list --json``; doctor reuses it)."""
-    from ..registry import known_models, load_registry
-
-    reg = load_registry()
-    known = known_models()
-    installed = []
-    for m in reg.models:
-        installed.append(
-            {
-                "name": m.name,
-                "quant": m.quant,
-                "mmproj_quant": m.mmproj_quant,
-                "key": m.key,
-                "text_model": m.text_model,
-                "mmproj": m.mmproj,
-                "bytes": m.total_bytes,
-                "present": m.present,
-                "sha256": "recorded" if m.text_sha256 and m.mmproj_sha256 else "none",
-                "text_sha256": m.text_sha256,
-                "mmproj_sha256": m.mmproj_sha256,
-                "source": m.source,
-                "converted_at": m.converted_at,
-                "known": m.name in known,
-                "default": reg.default in (m.name, m.key),
-            }
-        )
-    catalog = []
-    for k in known.values():
-        catalog.append(
-            {
-                "name": k.name,
-                "repo": k.repo,
-                "revision": k.revision,
-                "vision_tower": k.vision_tower,
-                "license": k.license,
-                "description": k.description,
-                "source_bytes": k.source_bytes,
-                "gguf_bytes": dict(k.gguf_bytes),
-                "mmproj_bytes": dict(k.mmproj_bytes),
-                "installed": sorted(m.quant for m in reg.models if m.name == k.name),
-            }
-        )
-    return {"default": reg.default, "installed": installed, "known": catalog}
 
 
 def _list_tables(data: dict[str, Any]) -> list[Table]:
@@ -126,6 +80,8 @@ def register(app: typer.Typer) -> None:
     @models.command("list", epilog=examples("edgejudge models list", "edgejudge models list --json"))
     def list_(as_json: JsonOpt = False) -> None:
         """Known judges and installed models, with sizes, quantization and sha256 status."""
+        from ..registry import models_overview
+
         data = models_overview()
         if as_json:
             emit_json(data)
@@ -205,7 +161,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Re-hash installed models against the registry and check their GGUF metadata."""
-        from ..install import installed_for, verify_model
+        from ..install import verify_model
+        from ..registry import installed_for
 
         entries = installed_for(name)
         console = stderr_console()
@@ -293,17 +250,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Register an existing GGUF pair (converted elsewhere or earlier) under a name."""
-        from .._fs import user_path
-        from ..registry import make_entry, resolve_model
-        from ..registry import register as register_model
+        from ..install import add_model
 
-        text_model = user_path(text_model, what="model file", error=ModelNotFoundError)
-        if not text_model.is_file():
-            raise ModelNotFoundError(f"model file not found: {text_model}", hint="check the path")
-        text, proj = resolve_model(str(text_model), mmproj=mmproj)
         with StageProgress(transient=True) as progress:
-            entry = make_entry(name, text, proj, source=f"added from {text}", progress=progress)
-        register_model(entry)
+            entry = add_model(text_model, name, mmproj=mmproj, progress=progress)
         stderr_console().print(f"[green]registered[/green] {entry.key}", highlight=False)
         if as_json:
             emit_json(asdict(entry))
@@ -316,23 +266,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Unregister a model (and optionally delete its files)."""
-        from dataclasses import replace
+        from ..install import remove_model
 
-        from ..install import installed_for
-        from ..registry import Registry, update_registry
-
-        gone = installed_for(name)
-        keys = {m.key for m in gone}
-
-        def drop(reg: Registry) -> Registry:
-            default = None if reg.default in keys or reg.default in {m.name for m in gone} else reg.default
-            return replace(reg, models=tuple(m for m in reg.models if m.key not in keys), default=default)
-
-        kept = update_registry(drop).models
-        still_used = {p for m in kept for p in m.paths}  # an mmproj may serve several quantizations
-        for entry in gone:
-            if delete_files:
-                for p in entry.paths:
-                    if p not in still_used:
-                        p.unlink(missing_ok=True)
+        for entry in remove_model(name, delete_files=delete_files):
             stderr_console().print(f"removed {entry.key}" + (" and its files" if delete_files else ""))

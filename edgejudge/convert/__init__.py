@@ -4,20 +4,26 @@
 the checkpoint (``hparams``), checks the output directory and free disk space before writing anything,
 streams both F16 GGUFs to temporary names in ``outdir``, quantizes them with llama.cpp when asked, and only
 when both are complete moves them onto ``<name>-<QUANT>.gguf`` and ``mmproj-<name>-<QUANT>.gguf``
-(:mod:`edgejudge.convert.install`). A failed or interrupted conversion leaves every file that existed before
-exactly as it was and removes only its own temporaries; a final name taken by a folder is refused before
-any work; temporaries a killed run left (``.<final>.<host>.<pid>.<tag>.<kind>.partial``, owner dead) are
-removed by the next conversion into the same folder.
+(:mod:`edgejudge.convert.install`). The file names, the quantization vocabulary, the name rule and the CLS
+stamp are the pair contract's (:mod:`edgejudge.judgefile`). A failed or interrupted conversion leaves
+every file that existed before exactly as it was and removes only its own temporaries; a final name taken
+by a folder is refused before any work; temporaries a killed run left
+(``.<final>.<host>.<pid>.<tag>.<kind>.partial``, owner dead) are removed by the next conversion into the
+same folder.
 
 Progress reaches the caller through ``progress(stage, done, total)`` with these stages:
 ``STAGE_TEXT`` / ``STAGE_MMPROJ`` (bytes of source tensors), ``STAGE_TENSORS`` (tensors written, both files),
-``STAGE_QUANT_TEXT`` / ``STAGE_QUANT_MMPROJ`` (0/1 then 1/1), ``STAGE_SELFTEST`` (0/1 then 1/1) and
-``"downloading <repo>"`` (bytes) for hub sources.
+``STAGE_QUANT_TEXT`` / ``STAGE_QUANT_MMPROJ`` (0/1 then 1/1), ``STAGE_SELFTEST`` (0/1 then 1/1, when the
+runtime's CLS order is asked for) and ``"downloading <repo>"`` (bytes) for hub sources.
+
+The converter never runs the runtime probe: the caller says where the installed libmtmd puts CLIP's class
+token (``cls_position``: "first", "last", or a function returning it, asked once the checkpoint is known to
+be valid). ``edgejudge.convert_checkpoint`` (:func:`edgejudge.install.convert_checkpoint`) is this
+function with the cached probe (:func:`edgejudge.probe.runtime_cls_position`) as that function.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import uuid
@@ -29,17 +35,25 @@ from typing import Any
 
 from .._fs import user_path
 from ..errors import ConversionError, EdgeJudgeError, InputError
+from ..judgefile import (
+    DEFAULT_MMPROJ_QUANT,
+    DEFAULT_QUANT,
+    MMPROJ_QUANTS,
+    TEXT_QUANTS,
+    check_cls_value,
+    check_name,
+    default_name,
+    normalize_quant,
+    pair_names,
+    size_ratio,
+)
 from .install import check_destination, clean_stale, install_pair, temp_path
 from .limits import shown
 
 __all__ = [
-    "TEXT_QUANTS",
-    "MMPROJ_QUANTS",
     "ProgressFn",
     "ConvertResult",
-    "normalize_quant",
     "convert_checkpoint",
-    "output_names",
     "STAGE_TEXT",
     "STAGE_MMPROJ",
     "STAGE_TENSORS",
@@ -48,8 +62,6 @@ __all__ = [
     "STAGE_SELFTEST",
 ]
 
-TEXT_QUANTS = ("F16", "Q8_0", "Q5_K_M", "Q4_K_M")
-MMPROJ_QUANTS = ("F16", "Q8_0")
 ProgressFn = Callable[[str, int, int], None]
 
 STAGE_TEXT = "text model"
@@ -84,36 +96,6 @@ class ConvertResult:
         return data
 
 
-def normalize_quant(value: str, allowed: tuple[str, ...] | list[str]) -> str:
-    """The canonical (upper-case) spelling of ``value`` if it is one of ``allowed``; else InputError."""
-    canon = str(value).strip().upper()
-    if canon in allowed:
-        return canon
-    raise InputError(
-        f"unknown quantization {value!r}; choose one of: {', '.join(allowed)}",
-        hint=f"quantization names are case-insensitive, e.g. {allowed[-1].lower()}",
-    )
-
-
-def output_names(name: str, quant: str, mmproj_quant: str) -> tuple[str, str]:
-    """File names of the text model and the mmproj."""
-    return f"{name}-{quant}.gguf", f"mmproj-{name}-{mmproj_quant}.gguf"
-
-
-def _default_name(src: str | Path) -> str:
-    raw = Path(str(src).rstrip("/")).name or "model"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "model"
-
-
-def _check_name(name: str) -> str:
-    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise InputError(
-            f"invalid model name {name!r}",
-            hint="use letters, digits, '.', '_' and '-' (no slashes or spaces)",
-        )
-    return name
-
-
 def _output_dir(outdir: str | Path) -> Path:
     """``outdir`` as typed (``~`` expanded), made absolute; an unusable path is a ConversionError."""
     path = user_path(outdir, what="output directory", error=ConversionError)
@@ -121,7 +103,8 @@ def _output_dir(outdir: str | Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
         raise ConversionError(
-            f"output directory {shown(str(outdir))} cannot be used ({err})", hint="choose another --outdir"
+            f"output directory {shown(str(outdir))} cannot be used ({err})",
+            hint="choose another output directory",
         ) from None
 
 
@@ -134,7 +117,7 @@ def _prepare_outdir(outdir: Path, tag: str) -> None:
     except OSError as err:
         raise ConversionError(
             f"output directory {outdir} is not writable ({err.strerror or err})",
-            hint="choose another --outdir or fix its permissions",
+            hint="choose another output directory or fix its permissions",
         ) from None
 
 
@@ -146,8 +129,6 @@ def _remove_quietly(path: Path) -> None:
 
 
 def _estimate_bytes(jobs: list[Any], quant: str) -> int:
-    from .quantize import size_ratio
-
     f16 = sum(j.nbytes for j in jobs) + _KV_MARGIN
     if quant == "F16":
         return f16
@@ -161,7 +142,7 @@ def _check_disk(outdir: Path, need: int) -> None:
         raise ConversionError(
             f"not enough disk space in {outdir}: the conversion needs about {need / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB are free",
-            hint="free some space or choose another --outdir",
+            hint="free some space or choose another output directory",
         )
 
 
@@ -170,18 +151,21 @@ def convert_checkpoint(
     outdir: str | Path,
     *,
     name: str | None = None,
-    quant: str = "Q4_K_M",
-    mmproj_quant: str = "F16",
+    quant: str = DEFAULT_QUANT,
+    mmproj_quant: str = DEFAULT_MMPROJ_QUANT,
     progress: ProgressFn | None = None,
-    cls_position: str | None = None,
+    cls_position: str | Callable[[], str] | None = None,
 ) -> ConvertResult:
     """Convert ``src`` into ``outdir/<name>-<QUANT>.gguf`` + ``outdir/mmproj-<name>-<QUANT>.gguf``.
 
-    ``cls_position`` None detects the installed libmtmd's CLS order with the cached self-test; "first" writes
-    the standard position table, "last" the rotated one. Raises ``EdgeJudgeError`` subclasses only.
+    ``cls_position`` is where the target runtime puts CLIP's class token: "first" writes the standard
+    position table, "last" the rotated one; a function is asked once the checkpoint is read and valid
+    (progress stage ``STAGE_SELFTEST``). It is required (InputError without it): use
+    ``edgejudge.convert_checkpoint`` to have the installed runtime's order measured. Raises
+    ``EdgeJudgeError`` subclasses only.
     """
     from .hparams import plan_conversion
-    from .mmproj_writer import CLS_POSITIONS, mmproj_jobs, write_mmproj_gguf
+    from .mmproj_writer import mmproj_jobs, write_mmproj_gguf
     from .quantize import quantize_gguf
     from .readers import open_checkpoint, open_tensor_dir
     from .source import resolve_source
@@ -191,14 +175,17 @@ def convert_checkpoint(
     started = time.perf_counter()
     quant = normalize_quant(quant, TEXT_QUANTS)
     mmproj_quant = normalize_quant(mmproj_quant, MMPROJ_QUANTS)
-    if cls_position is not None and cls_position not in CLS_POSITIONS:
+    if isinstance(cls_position, str):
+        check_cls_value(cls_position)
+    name = check_name(name if name is not None else default_name(src))
+    if cls_position is None:
         raise InputError(
-            f"cls_position must be 'first' or 'last', not {cls_position!r}", hint="or leave it unset"
+            "no cls_position given: the converter must know where the target runtime puts CLIP's class token",
+            hint="give 'first' or 'last', or convert with edgejudge.convert_checkpoint, which measures it",
         )
-    name = _check_name(name if name is not None else _default_name(src))
     out = _output_dir(outdir)
     report: ProgressFn = progress or (lambda stage, done, total: None)
-    text_name, mm_name = output_names(name, quant, mmproj_quant)
+    text_name, mm_name = pair_names(name, quant, mmproj_quant)
     check_destination(out / text_name, "text model")  # before any work: a folder there is refused
     check_destination(out / mm_name, "mmproj")
 
@@ -222,14 +209,14 @@ def convert_checkpoint(
                 tower_dir = plan.tower_dir or _hub_tower(str(plan.tower_repo), progress)
                 tower = stack.enter_context(open_tensor_dir(tower_dir))
                 plan = plan_conversion(ckpt, tower)
-            if cls_position is None:
-                from ..probe import runtime_cls_position
-
+            if callable(cls_position):
                 report(STAGE_SELFTEST, 0, 1)
-                cls_position = runtime_cls_position()
+                position = check_cls_value(cls_position())
                 report(STAGE_SELFTEST, 1, 1)
+            else:
+                position = cls_position
             tjobs = text_jobs(plan, ckpt)
-            mjobs = mmproj_jobs(plan, ckpt, tower, cls_position)
+            mjobs = mmproj_jobs(plan, ckpt, tower, position)
             _check_disk(out, _estimate_bytes(tjobs, quant) + _estimate_bytes(mjobs, mmproj_quant))
 
             n_total = len(tjobs) + len(mjobs)
@@ -256,7 +243,7 @@ def convert_checkpoint(
                 plan,
                 mjobs,
                 name=name,
-                cls_position=cls_position,
+                cls_position=position,
                 on_tensor=on_tensor(STAGE_MMPROJ),
             )
         text_tmp = _finish_quant(tmp["t16"], tmp["tq"], quant, STAGE_QUANT_TEXT, report, quantize_gguf)
@@ -288,7 +275,7 @@ def convert_checkpoint(
         name=name,
         quant=quant,
         mmproj_quant=mmproj_quant,
-        cls_position=cls_position,
+        cls_position=position,
         n_tensors=n_total,
         source_bytes=totals[STAGE_TEXT] + totals[STAGE_MMPROJ],
         seconds=time.perf_counter() - started,

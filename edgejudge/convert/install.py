@@ -151,7 +151,7 @@ def check_destination(path: Path, what: str) -> None:
     kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
     raise ConversionError(
         f"the {what} would be written to {shown(str(path))}, which is {kind}",
-        hint="move it away, or choose another --outdir or --name",
+        hint="move it away, or choose another output directory or model name",
     )
 
 

@@ -6,7 +6,8 @@ Layout (see docs gguf-llava.md B.2–B.5): projector type ``mlp``; only the towe
 post-layernorm, no ``use_gelu`` (quick-GELU); typed values (u32/f32, float lists for mean/std); class
 embedding F32. With ``cls_position="last"`` (a libmtmd that concatenates CLS after the patches, #25814) the
 position table is written rotated by one row, ``[1..N, 0]``, so every patch and CLS get their own
-embedding; ``edgejudge.clip.cls_position`` records which table was written.
+embedding; the pair contract's CLS stamp (:data:`edgejudge.judgefile.CLS_KEY`) records which table was
+written.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ..judgefile import CLS_KEY, CLS_POSITIONS
 from .hparams import ConvertPlan
 from .stream import TensorJob, check_tensor_shape, write_streaming
 
-__all__ = ["CLS_POSITIONS", "CLS_POSITION_KEY", "mmproj_jobs", "write_mmproj_gguf"]
-
-CLS_POSITIONS = ("first", "last")
-CLS_POSITION_KEY = "edgejudge.clip.cls_position"
+__all__ = ["mmproj_jobs", "write_mmproj_gguf"]
 
 
 def _job(
@@ -124,7 +123,7 @@ def write_mmproj_gguf(
         w.add_array("clip.vision.image_mean", [float(x) for x in vis.image_mean])
         w.add_array("clip.vision.image_std", [float(x) for x in vis.image_std])
         w.add_array("clip.vision.feature_layer", [int(plan.keep_layers)])
-        w.add_string(CLS_POSITION_KEY, cls_position)
+        w.add_string(CLS_KEY, cls_position)
         w.add_int32("edgejudge.clip.select_layer", int(plan.select_layer))
         write_streaming(w, jobs, on_tensor)
     finally:

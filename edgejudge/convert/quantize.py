@@ -1,49 +1,36 @@
-"""Quantization through llama.cpp's own ``llama_model_quantize`` (text model and mmproj alike).
+"""Quantizing a converted F16 GGUF (text model and mmproj alike) with llama.cpp's own quantizer.
 
-The converter writes F16 GGUFs; ``quantize_gguf`` turns one into ``Q8_0`` / ``Q5_K_M`` / ``Q4_K_M`` (the
-mmproj: ``Q8_0``). llama.cpp keeps 1-D tensors, norms and the vision position/patch embeddings in
-float and copies every metadata key (``edgejudge.clip.cls_position`` included). Native logs are silenced
-while it runs (the engine layer's ``quiet_native_logs``) and restored to llama-cpp-python's handler after.
+The converter writes F16 GGUFs; ``quantize_gguf`` turns one into a quantization of the pair contract's
+vocabulary (:data:`edgejudge.judgefile.QUANTS`: its ``llama_ftype``) through
+:func:`edgejudge.native.quantize.quantize_file`, and turns a failure into one ``ConversionError``. llama.cpp
+copies every metadata key (the CLS-position stamp included).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
 from ..errors import ConversionError
+from ..judgefile import quant_info
 
-__all__ = ["FTYPES", "quantize_gguf", "size_ratio"]
-
-#: canonical quant name → llama_ftype.
-FTYPES = {"F16": 1, "Q8_0": 7, "Q5_K_M": 17, "Q4_K_M": 15}
-
-#: approximate output/input size ratio of 2-D tensors vs F16 (bits per weight / 16; upper estimates).
-_RATIOS = {"F16": 1.0, "Q8_0": 8.5 / 16, "Q5_K_M": 6.0 / 16, "Q4_K_M": 5.2 / 16}
-
-
-def size_ratio(quant: str) -> float:
-    """Upper estimate of (quantized bytes / F16 bytes) for matrices, used by the disk-space check."""
-    return _RATIOS[quant]
+__all__ = ["quantize_gguf"]
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> None:
     """Quantize the F16 GGUF ``src`` into ``dst`` (``quant`` canonical, not F16). Raises ConversionError."""
-    import llama_cpp
+    from ..native.quantize import quantize_file
 
-    from ..native.mtmd import quiet_native_logs
-
-    if quant not in FTYPES or quant == "F16":
+    try:
+        ftype = quant_info(quant).ftype
+    except KeyError:
+        raise ValueError(f"cannot quantize to {quant!r}") from None
+    if quant == "F16":
         raise ValueError(f"cannot quantize to {quant!r}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[quant]
-    params.nthread = int(threads or os.cpu_count() or 1)
-    with quiet_native_logs():
-        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    rc = quantize_file(src, dst, ftype, threads=int(threads or os.cpu_count() or 1))
     if rc != 0 or not dst.is_file():
         dst.unlink(missing_ok=True)
         raise ConversionError(
             f"llama.cpp could not quantize {src.name} to {quant} (code {rc})",
-            hint="check free disk space; try --quant F16 to keep the unquantized file",
+            hint="check free disk space; or choose quant F16 to keep the unquantized file",
         )

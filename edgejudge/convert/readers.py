@@ -82,9 +82,7 @@ class _Shard:
         self.skipped: set[str] = set()  # integer ``*position_ids`` buffers (validated, never converted)
         fd, info = open_regular(path, label=path.name, what="shard", max_bytes=None, error=ConversionError)
         try:
-            self.mm: mmap.mmap | None = (
-                mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if info.st_size else None
-            )
+            self.mm: mmap.mmap | None = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if info.st_size else None
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConversionError(f"cannot read shard {path.name}: {reason}", hint="check the file") from None
@@ -132,9 +130,7 @@ class _Shard:
             )
         header = parsed.value
         if not isinstance(header, dict):
-            raise ConversionError(
-                f"{name}: corrupt safetensors header (not a JSON object)", hint=_REDOWNLOAD
-            )
+            raise ConversionError(f"{name}: corrupt safetensors header (not a JSON object)", hint=_REDOWNLOAD)
         meta = header.get("__metadata__")
         if meta is not None and not (
             isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())

@@ -4,8 +4,9 @@ A ``TensorJob`` says where an output tensor comes from (an open Checkpoint and a
 shape, output dtype (float16 matrices, float32 vectors) and an optional row order (Q/K permutation, rotated
 position table). ``write_streaming`` registers every tensor info first, writes header, key/values and
 tensor infos, then converts and writes each tensor's data one at a time, in cache-sized row chunks (BF16
-widened bit-wise; float32→float16 with ggml's SIMD routine when loadable, else numpy), checking for
-inf/NaN, and drops each tensor's memory-mapped pages afterwards: peak memory stays near one tensor.
+widened bit-wise; float32→float16 with ggml's SIMD routine when loadable, :mod:`edgejudge.native.f16`,
+else numpy), checking for inf/NaN, and drops each tensor's memory-mapped pages afterwards: peak memory
+stays near one tensor.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConversionError
+from ..native.f16 import f32_to_f16_kernel
 from .limits import shown
 
 __all__ = ["TensorJob", "check_tensor_shape", "write_streaming"]
 
-_GGML_CAST: Any = None  # ggml's cast function once probed, False if unavailable
 _CHUNK_ELEMENTS = 1 << 20  # elements converted per step: 4 MiB of float32, cache-friendly
 
 
@@ -68,40 +68,9 @@ def _require(jobs: Sequence[TensorJob]) -> None:
             )
 
 
-def _ggml_f32_to_f16() -> Callable[[int, int, int], None] | None:
-    """ggml's SIMD float32→float16 row conversion (public ggml-cpu API; ~10x numpy's cast), if loadable."""
-    global _GGML_CAST
-    if _GGML_CAST is None:
-        _GGML_CAST = False
-        try:
-            import ctypes
-
-            import llama_cpp
-
-            libdir = Path(llama_cpp.__file__).parent / "lib"
-            for candidate in sorted(libdir.glob("*ggml-cpu*")):
-                try:
-                    fn = ctypes.CDLL(str(candidate)).ggml_cpu_fp32_to_fp16
-                except (OSError, AttributeError):
-                    continue
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-                fn.restype = None
-                probe = np.array([1.0, -2.5, 1e-7, 7e4, 3.14159], dtype=np.float32)
-                got = np.empty(5, dtype=np.float16)
-                fn(probe.ctypes.data, got.ctypes.data, 5)
-                with np.errstate(over="ignore"):
-                    want = probe.astype(np.float16)
-                if got.view(np.uint16).tolist() == want.view(np.uint16).tolist():
-                    _GGML_CAST = fn
-                    break
-        except Exception:  # noqa: BLE001 - any problem: numpy's cast is the (slower) fallback
-            _GGML_CAST = False
-    return _GGML_CAST or None
-
-
 def _f32_to_f16(src: np.ndarray, dst: np.ndarray) -> None:
     """Round contiguous float32 ``src`` to float16 into contiguous ``dst`` (IEEE round-to-nearest-even)."""
-    fast = _ggml_f32_to_f16()
+    fast = f32_to_f16_kernel()
     ok = src.dtype == np.float32 and dst.dtype == np.float16 and src.size == dst.size
     if fast is not None and ok and src.flags.c_contiguous and dst.flags.c_contiguous:
         fast(src.ctypes.data, dst.ctypes.data, src.size)

@@ -1,0 +1,30 @@
+"""What the installed llama.cpp build says about itself, for ``edgejudge doctor``: its system-info line
+(backends and CPU features it was built with) and whether it can offload layers to a GPU.
+
+Both answer None instead of raising when the bindings cannot be loaded: doctor reports that as a problem.
+"""
+
+from __future__ import annotations
+
+__all__ = ["system_info", "supports_gpu_offload"]
+
+
+def system_info() -> str | None:
+    """``llama_print_system_info()`` as text, or None when llama-cpp-python cannot be loaded."""
+    try:
+        import llama_cpp
+
+        raw = llama_cpp.llama_print_system_info()
+    except Exception:  # noqa: BLE001 - reported as a problem by the caller
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def supports_gpu_offload() -> bool | None:
+    """Whether this build can offload layers to a GPU; None when llama-cpp-python cannot be loaded."""
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # noqa: BLE001
+        return None

@@ -6,7 +6,8 @@ Rules kept here so the commands stay thin:
 - stdout carries data only (``emit_json``); everything for people goes to ``stderr_console()``.
 - Errors are turned into ``error: <message>`` / ``hint: <hint>`` lines and exit codes in ONE place:
   ``guard`` (applied to every command and callback by ``EdgeJudgeTyper``, so modules never catch errors
-  themselves). Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted.
+  themselves). Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted. Library words become CLI words there
+  (``_hints.for_people``: setting names → flags, verbose logging → ``--verbose``).
 - ``build_judge`` is the single seam between the CLI and the model runtime; tests replace
   ``JUDGE_FACTORY`` (e.g. with a ``FakeEngine``-backed factory) to exercise the plumbing.
 """
@@ -39,6 +40,7 @@ from ._console import (
     stderr_console,
     verdict_panel,
 )
+from ._hints import for_people
 from ._options import IMAGE_FITS, GenerationOptions, JsonOpt, with_generation_options
 
 if TYPE_CHECKING:
@@ -128,9 +130,13 @@ def _print_error(message: str, hint: str | None) -> None:
 
 
 def fail(err: EdgeJudgeError | str, hint: str | None = None, *, code: int = EXIT_ERROR) -> NoReturn:
-    """Print ``error:``/``hint:`` lines on stderr and exit with ``code`` (1 by default)."""
-    if isinstance(err, EdgeJudgeError):
-        _print_error(str(err), hint or err.hint)
+    """Print ``error:``/``hint:`` lines on stderr and exit with ``code`` (1 by default).
+
+    A library error's message and hint name settings by field name; they are printed with the flags that
+    set them (``_hints.for_people``: ``raise n_ctx`` → ``raise --n-ctx``). A ``hint`` given here, and a
+    plain ``err`` string, are the CLI's own words and are printed as they are."""
+    if isinstance(err, EdgeJudgeError):  # library words: settings become the flags that set them
+        _print_error(for_people(str(err)) or "", hint or for_people(err.hint))
     else:
         _print_error(err, hint)
     raise typer.Exit(code)

@@ -1,7 +1,7 @@
 """Terminal pieces of the guided wizard: the prompts (one line, several lines, ``@FILE``), Ctrl-C as
 "cancel this step", path completion, the half-block image preview and the timing line.
 
-Used by ``edgejudge.tui`` only; like it, this module may import Rich.
+Used by the wizard (``edgejudge.cli.tui``) only.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.prompt import Prompt
 from rich.text import Text
 
 from ..errors import EdgeJudgeError
+from ._hints import for_people
 
 if TYPE_CHECKING:
     from ..images import FittedImage
@@ -155,6 +156,8 @@ class Prompter:
             return None
 
     def error(self, err: EdgeJudgeError) -> None:
-        self.console.print(Text.assemble(("error: ", "bold red"), str(err)))
+        """A library error as ``error:``/``hint:`` lines, in CLI words (``_hints.for_people``), and the
+        step goes on."""
+        self.console.print(Text.assemble(("error: ", "bold red"), for_people(str(err)) or ""))
         if err.hint:
-            self.console.print(Text.assemble(("hint: ", "yellow"), err.hint))
+            self.console.print(Text.assemble(("hint: ", "yellow"), for_people(err.hint) or ""))

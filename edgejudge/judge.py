@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine._closing import Closing
+from ._closing import Closing
 from .engine.base import Engine, Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 from .errors import ContextOverflowError, EdgeJudgeError, InputError
 from .verdict import Sample, Verdict
@@ -385,9 +385,8 @@ class Judge(Closing):
         return [r for r in results if r is not None]
 
     def _generate_many(self, requests: list[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
-        many = getattr(self.engine, "generate_many", None)
-        if len(requests) > 1 and many is not None:
-            return list(many(requests))
+        if len(requests) > 1:
+            return list(self.engine.generate_many(requests))
         gens = []
         for index, (parts, p) in enumerate(requests):
             try:

@@ -12,6 +12,10 @@ compares each with the numpy reference (Hugging Face semantics):
 The layout that matches decides ``cls_position``. It also checks the text model's logits against the
 reference. ``runtime_cls_position`` caches the answer in ``config.cache_dir()`` keyed by the
 llama-cpp-python version and libmtmd's file size and mtime; a fresh run takes about a second or two.
+
+The native runtime is reached only through ``edgejudge.native`` (``TextModel``, ``MtmdContext``, log
+control); the tiny model comes from ``edgejudge.fixtures`` and is converted with ``edgejudge.convert``.
+Nothing below imports this module: the engine and the converter receive the CLS position from their caller.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +34,17 @@ from ._jsonl import loads_line
 from .config import cache_dir
 from .errors import EngineError
 
-__all__ = ["SelftestReport", "run_selftest", "runtime_cls_position", "cache_key", "encode_image", "rel_err"]
+if TYPE_CHECKING:
+    from .native.model import TextModel
+
+__all__ = [
+    "SelftestReport",
+    "run_selftest",
+    "runtime_cls_position",
+    "cache_key",
+    "encode_image",
+    "rel_err",
+]
 
 _CACHE_FILE = "cls-selftest.json"
 _MATCH_TOL = 0.05  # relative error below which a layout "matches" (fixture reaches ~1e-3)
@@ -52,33 +66,27 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(got, np.float64) - want) / max(np.linalg.norm(want), 1e-30))
 
 
-def _libmtmd_path() -> Path:
-    from llama_cpp import mtmd_cpp
-
-    return Path(mtmd_cpp._libmtmd._name)
-
-
 def cache_key() -> str:
     """llama-cpp-python version + libmtmd size and mtime: changes whenever the runtime does."""
-    import llama_cpp
+    from .native.mtmd import bindings_version, library_file
 
-    stat = _libmtmd_path().stat()
-    return f"llama-cpp-python {llama_cpp.__version__} libmtmd {stat.st_size} {stat.st_mtime_ns}"
+    stat = library_file().stat()
+    return f"llama-cpp-python {bindings_version()} libmtmd {stat.st_size} {stat.st_mtime_ns}"
 
 
-def encode_image(llm: Any, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2) -> np.ndarray:
+def encode_image(model: TextModel, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2) -> np.ndarray:
     """mtmd's image embeddings [n_tokens, n_embd] for a square RGB image of exactly the tower's size
     (through the engine's own :class:`~edgejudge.native.mtmd.MtmdContext`, on the CPU, logs silenced)."""
-    from .native.mtmd import IMAGE, MtmdContext, quiet_native_logs
+    from .native.log import quiet_native_logs
 
     height, width = rgb.shape[:2]
     pixels = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
     with quiet_native_logs():
-        ctx = MtmdContext(mmproj, llm.model, use_gpu=False, n_threads=n_threads)
+        ctx = model.open_projector(mmproj, use_gpu=False, n_threads=n_threads)
         try:
             chunks = ctx.tokenize("", pixels, width, height, "selftest", "")
             try:
-                chunk = next((c for c in chunks if c.kind == IMAGE), None)
+                chunk = next((c for c in chunks if not c.is_text), None)
                 if chunk is None:
                     raise EngineError("mtmd produced no image chunk", hint="reinstall llama-cpp-python")
                 return ctx.encode(chunk).reshape(chunk.n_tokens, ctx.n_embd)
@@ -90,15 +98,14 @@ def encode_image(llm: Any, mmproj: Path, rgb: np.ndarray, *, n_threads: int = 2)
 
 def run_selftest() -> SelftestReport:
     """Build, convert and run a tiny LLaVA on the installed llama.cpp; see the module docstring."""
-    from llama_cpp import Llama
-
     from .convert import convert_checkpoint
     from .convert.hparams import plan_conversion
     from .convert.mmproj_writer import mmproj_jobs, write_mmproj_gguf
     from .convert.readers import open_checkpoint
     from .fixtures.reference import image_features, text_logits
     from .fixtures.tiny import TinySpec, make_tiny_llava
-    from .native.mtmd import quiet_native_logs
+    from .native.log import quiet_native_logs
+    from .native.model import TextModel
 
     started = time.perf_counter()
     spec = TinySpec.minimal()
@@ -120,16 +127,14 @@ def run_selftest() -> SelftestReport:
         ref_logits = text_logits(ckpt_dir, tokens)
         ref_patches, ref_cls = image_features(ckpt_dir, rgb)
         with quiet_native_logs():
-            llm = Llama(
-                str(result.text_model), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2
-            )
+            model = TextModel(result.text_model, n_ctx=64, n_batch=64, n_threads=2, logits_all=True)
             try:
-                llm.eval(tokens)
-                logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)
-                out_first = encode_image(llm, result.mmproj, rgb)
-                out_last = encode_image(llm, rotated, rgb)
+                model.eval(tokens)
+                logits = model.scores(len(tokens))
+                out_first = encode_image(model, result.mmproj, rgb)
+                out_last = encode_image(model, rotated, rgb)
             finally:
-                llm.close()
+                model.close()
     err_first = rel_err(out_first, ref_patches)
     err_last = max(rel_err(out_last[:-1], ref_patches[1:]), rel_err(out_last[-1], ref_cls))
     best = min(err_first, err_last)

@@ -247,7 +247,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgejudge.images import synthetic_image
-    from edgejudge.native.mtmd import set_native_logging
+    from edgejudge.native.log import set_native_logging
 
     text, mmproj = ensure_model(args.bench_dir, args.quant)
     buf = io.BytesIO()

@@ -58,12 +58,11 @@ def image() -> np.ndarray:
 
 
 def _llama(path: Path) -> Any:
-    from llama_cpp import Llama
-
-    from edgejudge.native.mtmd import quiet_native_logs
+    from edgejudge.native.log import quiet_native_logs
+    from edgejudge.native.model import TextModel
 
     with quiet_native_logs():
-        return Llama(str(path), n_ctx=128, n_batch=128, logits_all=True, verbose=False, n_threads=2)
+        return TextModel(path, n_ctx=128, n_batch=128, logits_all=True, n_threads=2)
 
 
 def _fields(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,7 +78,7 @@ def test_text_logits_match_reference(converted: dict, key: str) -> None:
     llm = _llama(result.text_model)
     try:
         llm.eval(TOKENS)
-        got = np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
+        got = llm.scores(len(TOKENS))
     finally:
         llm.close()
     want = text_logits(ckpt, TOKENS)

@@ -79,7 +79,8 @@ def test_loads_encodes_and_generates(results: dict[str, ConvertResult], quant: s
     from llama_cpp import llama_cpp as lc
     from llama_cpp import mtmd_cpp as mtmd
 
-    from edgejudge.native.mtmd import quiet_native_logs
+    from edgejudge.native.log import quiet_native_logs
+    from edgejudge.native.model import TextModel
 
     result = results[quant]
     image = np.random.default_rng(3).integers(
@@ -88,12 +89,13 @@ def test_loads_encodes_and_generates(results: dict[str, ConvertResult], quant: s
     with quiet_native_logs():
         llm = Llama(str(result.text_model), n_ctx=128, n_batch=64, verbose=False, n_threads=2)
     try:
-        embd = encode_image(llm, result.mmproj, image)
+        with TextModel(result.text_model, n_ctx=128, n_batch=64, n_threads=2) as model:
+            embd = encode_image(model, result.mmproj, image)
         assert embd.shape == (SPEC.n_patches, SPEC.text_hidden) and np.isfinite(embd).all()
         if quant != "F16":
             base = results["F16"]
             with quiet_native_logs():
-                ref_llm = Llama(str(base.text_model), n_ctx=64, verbose=False, n_threads=2)
+                ref_llm = TextModel(base.text_model, n_ctx=64, n_threads=2)
             try:
                 ref = encode_image(ref_llm, base.mmproj, image)
             finally:

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -51,8 +50,7 @@ def _parts(
 
 
 def _logits(engine: LlamaCppEngine) -> np.ndarray:
-    ptr = llama_cpp.llama_get_logits_ith(engine._llm._ctx.ctx, -1)
-    return np.ctypeslib.as_array(ptr, shape=(engine._llm.n_vocab(),)).copy()
+    return engine._model.logits(-1).copy()
 
 
 def test_constrained_generation_ends_with_score_and_distribution(engine: LlamaCppEngine) -> None:
@@ -75,7 +73,7 @@ def test_score_probs_are_the_digit_distribution_at_the_choice(engine: LlamaCppEn
     assert gen.score_probs is not None
     # generation stops right after the digit is drawn: the last logits are those of the digit position
     logits = _logits(engine).astype(np.float64)
-    groups = engine._vocab.digits
+    groups = engine._digits.digits
     per_digit = np.array([np.logaddexp.reduce(logits[ids]) for ids in groups])
     expected = np.exp(per_digit - per_digit.max())
     expected /= expected.sum()
@@ -159,10 +157,10 @@ INJECTIONS = [
 
 @pytest.mark.parametrize("attack", INJECTIONS)
 def test_injection_keeps_one_image_and_one_bos(engine: LlamaCppEngine, attack: str) -> None:
-    bos, eos = engine._llm.token_bos(), engine._llm.token_eos()
+    bos, eos = engine._model.vocab.bos, engine._model.vocab.eos
     # the attack would produce control tokens if specials were parsed: the test is meaningful
     if attack in ("</s>", "<s>"):
-        assert set(engine._llm.tokenize(attack.encode(), add_bos=False, special=True)) & {bos, eos}
+        assert set(engine._model.tokenize(attack, add_bos=False, special=True)) & {bos, eos}
     benign = engine.tokenize_chunks(_parts(engine, "A plain answer."))
     chunks = engine.tokenize_chunks(_parts(engine, f"A plain answer. {attack}"))
     assert [kind for kind, _ in chunks] == [kind for kind, _ in benign] == ["text", "image", "text"]
@@ -176,7 +174,7 @@ def test_injection_keeps_one_image_and_one_bos(engine: LlamaCppEngine, attack: s
 
 def test_count_tokens_matches_tokenizer(engine: LlamaCppEngine) -> None:
     text = "Hello world, [RESULT] 3"
-    assert engine.count_tokens(text) == len(engine._llm.tokenize(text.encode(), add_bos=False))
+    assert engine.count_tokens(text) == len(engine._model.tokenize(text, add_bos=False))
     assert engine.count_tokens("") == 0
 
 
@@ -187,12 +185,12 @@ def test_context_overflow_before_evaluating(tiny_gguf: tuple[Path, Path]) -> Non
             eng.generate(parts, GenerationParams(max_tokens=50))
         n_prompt = sum(len(t) if k == "text" else eng.image_tokens for k, t in eng.tokenize_chunks(parts))
         assert info.value.over_by == n_prompt + 50 - 256
-        assert eng._kv_units == [] and eng._llm.n_tokens == 0  # nothing was evaluated
+        assert eng._kv_units == [] and eng._model.n_past == 0  # nothing was evaluated
 
 
 def test_digit_tokens_looked_up_in_vocab(engine: LlamaCppEngine) -> None:
-    for d, ids in enumerate(engine._vocab.digits, start=1):
-        assert ids and all(engine._vocab.piece(i) == str(d).encode() for i in ids)
+    for d, ids in enumerate(engine._digits.digits, start=1):
+        assert ids and all(engine._model.vocab.piece(i) == str(d).encode() for i in ids)
 
 
 def test_unconstrained_generation_runs(engine: LlamaCppEngine) -> None:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from llama_cpp import _internals
 
-from edgejudge.engine._sampling import Sampler, TextStream, softmax_digits
+from edgejudge.engine._decoding import TextStream, softmax_digits
 from edgejudge.engine.base import GenerationParams
 from edgejudge.engine.grammar import VERDICT_GRAMMAR, tail_grammar, tail_text
 from edgejudge.engine.llama import LlamaCppEngine
+from edgejudge.native.sampling import Sampler
 
 
 @pytest.mark.parametrize(
@@ -62,36 +63,41 @@ def engine(tiny_gguf: tuple[Path, Path]) -> Iterator[LlamaCppEngine]:
 
 @pytest.fixture(scope="module")
 def vocab(engine: LlamaCppEngine) -> llama_cpp.llama_vocab_p:
-    return engine._llm._model.vocab
+    return engine._model.vocab.ptr
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_lazy_grammar_matches_full_masking(engine: LlamaCppEngine, temperature: float) -> None:
     """Greedy: the lazy grammar check picks exactly what masking the whole vocabulary first picks."""
-    llm = engine._llm
+    model = engine._model
+    ctx = model._llm._ctx.ctx  # the raw context, for llama.cpp's own sampler (the reference)
     params = GenerationParams(temperature=temperature, top_p=1.0, seed=5)
-    lazy = Sampler(llm._model.vocab, llm.n_vocab(), params, VERDICT_GRAMMAR, seed=5)
+    lazy = Sampler(
+        model.vocab,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        repeat_penalty=params.repeat_penalty,
+        grammar=VERDICT_GRAMMAR,
+        seed=5,
+    )
     reference = _internals.LlamaSampler()
-    g = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, VERDICT_GRAMMAR.encode(), b"root")
+    g = llama_cpp.llama_sampler_init_grammar(model.vocab.ptr, VERDICT_GRAMMAR.encode(), b"root")
     llama_cpp.llama_sampler_chain_add(reference.sampler, g)
     reference.add_greedy()
-    llm.reset()
-    llm._ctx.kv_cache_clear()
-    llm.eval(llm.tokenize(b"USER: judge this ASSISTANT:", add_bos=True))
+    model.clear()
+    model.eval(model.tokenize("USER: judge this ASSISTANT:", add_bos=True))
     engine._kv_units = []  # the engine's prefix record no longer matches the cache
     try:
         for _ in range(20):
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)
-            )
+            logits = model.logits(-1)
             token = lazy.sample(logits)
             if temperature == 0.0:
-                assert token == llama_cpp.llama_sampler_sample(reference.sampler, llm._ctx.ctx, -1)
+                assert token == llama_cpp.llama_sampler_sample(reference.sampler, ctx, -1)
             else:  # sampled: whatever was drawn must be allowed by the grammar
                 reference.accept(token)
-            if engine._vocab.is_eog(token):
+            if model.vocab.is_eog(token):
                 break
-            llm.eval([token])
+            model.eval([token])
     finally:
         lazy.close()
         reference.close()

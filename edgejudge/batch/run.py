@@ -272,7 +272,7 @@ def _judge_all(
     ok = errors = malformed = done = warned = 0
     scores: list[int] = []
     stopped = False
-    group_size = max(1, int(getattr(judge.engine, "max_parallel", 1)))
+    group_size = judge.engine.max_parallel
     created: int | None = None
     try:
         for group in _groups(todo, group_size):

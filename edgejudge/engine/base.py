@@ -5,7 +5,17 @@ settings, and returns the generated text with the score distribution read at the
 reuse, image-embedding caches and native resources are the engine's business; the judge never sees them.
 
 Two engines ship: ``LlamaCppEngine`` (edgejudge.engine.llama, real llama.cpp + mtmd) and ``FakeEngine``
-(edgejudge.engine.fake, scripted, for plumbing tests and demos of the UI).
+(edgejudge.engine.fake, scripted, for plumbing tests and demos of the UI). Both implement the whole
+``Engine`` Protocol (callers never probe an engine for a method) and call the checks defined here, so they
+refuse the same settings and prompts:
+
+- ``check_params``: the generation settings against their bounds in ``edgejudge.settings``;
+- ``check_parts``: a prompt's image is the engine's square size, its RGB buffer has the right length and
+  its hash is a sha256 hex digest;
+- ``check_fits``: THE context-overflow rule. The prompt's positions (image included) plus the generation
+  budget must fit ``n_ctx``; the budget is ``max_tokens``, and a constrained run always keeps
+  ``TAIL_RESERVE`` positions for the forced ``" [RESULT] d"`` tail. ``over_by`` is how many positions are
+  missing. Only the prompt's size is each engine's own (a tokenizer, or the fake's rough count).
 """
 
 from __future__ import annotations
@@ -14,6 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..errors import ContextOverflowError, InputError
+from ..settings import check, default
+
 __all__ = [
     "PromptParts",
     "GenerationParams",
@@ -21,7 +34,15 @@ __all__ = [
     "Generation",
     "Engine",
     "TokenCallback",
+    "TAIL_RESERVE",
+    "check_params",
+    "check_parts",
+    "check_fits",
+    "generation_budget",
 ]
+
+#: Positions a constrained generation always keeps free for the forced " [RESULT] d" tail.
+TAIL_RESERVE = 16
 
 #: Called with each piece of generated text as soon as it is decoded (for live streaming in the UI).
 TokenCallback = Callable[[str], None]
@@ -34,7 +55,8 @@ class PromptParts:
     ``before_image`` is the system message plus ``" USER: "``; ``after_image`` starts with ``"\\n"`` and ends
     with ``" ASSISTANT:"``. ``image_rgb`` is raw RGB bytes of ``image_width`` × ``image_height`` (already
     fitted to the tower's input size, so the runtime does no resampling); ``pixels_sha256`` is the sha256
-    of those fitted pixels (not of the image file) and identifies the image for caches. The engine adds the single BOS itself and never parses special tokens in either text.
+    of those fitted pixels (not of the image file) and identifies the image for caches. The engine adds
+    the single BOS itself and never parses special tokens in either text.
     """
 
     before_image: str
@@ -47,19 +69,21 @@ class PromptParts:
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings. Defaults follow the reference evaluation (temperature 1.0, top_p 0.9).
+    """Sampling settings of one generation; defaults and bounds are those of ``edgejudge.settings`` (the
+    reference evaluation's: temperature 1.0, top_p 0.9). Engines check them with ``check_params``.
 
-    ``temperature == 0`` means greedy decoding (reproducible). ``constrained`` turns on the GBNF grammar
-    (feedback, then ``[RESULT] d``); when ``max_tokens`` runs out before the score the engine forces the
-    tail ``" [RESULT] "`` + digit and sets ``Generation.forced_tail``. ``seed`` None means random.
+    ``temperature == 0`` means greedy decoding (reproducible). ``constrained`` (the ``grammar`` setting)
+    turns on the GBNF grammar (feedback, then ``[RESULT] d``); when ``max_tokens`` runs out before the score
+    the engine forces the tail ``" [RESULT] "`` + digit and sets ``Generation.forced_tail``. ``seed`` None
+    means random.
     """
 
-    temperature: float = 1.0
-    top_p: float = 0.9
-    max_tokens: int = 1024
-    seed: int | None = None
-    constrained: bool = True
-    repeat_penalty: float = 1.0
+    temperature: float = default("temperature")
+    top_p: float = default("top_p")
+    max_tokens: int = default("max_tokens")
+    seed: int | None = default("seed")
+    constrained: bool = default("grammar")
+    repeat_penalty: float = default("repeat_penalty")
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def max_parallel(self) -> int:
+        """The most requests ``generate_many`` decodes together as parallel sequences (1: one at a time)."""
+        ...
+
+    @property
     def warnings(self) -> tuple[str, ...]:
         """Load-time warnings that belong on every verdict (e.g. an mmproj converted elsewhere)."""
         ...
@@ -151,3 +180,59 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free native resources; idempotent."""
         ...
+
+
+# -- the checks every engine shares -----------------------------------------------------------------------
+def check_params(params: GenerationParams) -> None:
+    """Raise ``InputError`` when a generation setting is outside its bounds (``edgejudge.settings``)."""
+    check("temperature", params.temperature)
+    check("top_p", params.top_p)
+    check("repeat_penalty", params.repeat_penalty)
+    check("max_tokens", params.max_tokens)
+    check("seed", params.seed)
+    check("grammar", params.constrained)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_parts(parts: PromptParts, image_size: int) -> None:
+    """Raise ``InputError`` unless the prompt's image is ``image_size`` square (the engine's tower size),
+    its buffer holds exactly width × height RGB pixels and ``pixels_sha256`` is a sha256 hex digest."""
+    width, height = parts.image_width, parts.image_height
+    if (width, height) != (image_size, image_size):
+        raise InputError(
+            f"the image is {width}x{height}, the engine expects {image_size}x{image_size}",
+            hint="fit the image to the engine's image_size first",
+        )
+    if len(parts.image_rgb) != width * height * 3:
+        raise InputError(
+            f"image buffer of {len(parts.image_rgb)} bytes does not match {width}x{height} RGB",
+            hint="give raw RGB bytes, width × height × 3 of them",
+        )
+    sha = parts.pixels_sha256
+    if len(sha) != 64 or not _HEX.issuperset(sha):
+        raise InputError(
+            "pixels_sha256 is not a sha256 hex digest", hint="give the sha256 hex digest of image_rgb"
+        )
+
+
+def generation_budget(params: GenerationParams) -> int:
+    """Positions a generation may fill: ``max_tokens``, and at least ``TAIL_RESERVE`` when constrained."""
+    return max(params.max_tokens, TAIL_RESERVE) if params.constrained else params.max_tokens
+
+
+def check_fits(n_prompt: int, params: GenerationParams, n_ctx: int, index: int | None = None) -> None:
+    """THE context-overflow rule: raise ``ContextOverflowError`` when ``n_prompt`` positions plus the
+    generation budget exceed ``n_ctx`` (``over_by`` = how many too many; ``index`` = the request's place
+    in a ``generate_many`` call)."""
+    budget = generation_budget(params)
+    over_by = n_prompt + budget - n_ctx
+    if over_by > 0:
+        raise ContextOverflowError(
+            f"the prompt ({n_prompt} tokens) plus {budget} generated tokens exceed the "
+            f"context window ({n_ctx}) by {over_by} tokens",
+            over_by=over_by,
+            hint="shorten the inputs, lower max_tokens or raise n_ctx",
+            index=index,
+        )

@@ -3,9 +3,13 @@
 Queued outputs (``enqueue``) are returned in order; when the queue is empty the engine writes a
 deterministic, plausible Prometheus-style verdict derived from a hash of the prompt (and of the seed when
 sampling at temperature > 0), ending ``[RESULT] N`` with a score distribution peaked at N. Every call is
-recorded in ``history``. Text is streamed through ``on_text`` word by word, the context window is honoured
-with a rough token count, and a too-small ``max_tokens`` truncates the text (forcing the ``[RESULT]`` tail
-when ``constrained``), like the real engine.
+recorded in ``history``. Text is streamed through ``on_text`` word by word, and a too-small ``max_tokens``
+truncates the text (forcing the ``[RESULT]`` tail when ``constrained``), like the real engine.
+
+It implements the whole ``Engine`` Protocol and shares the real engine's checks (``engine.base``): the same
+settings and prompts are refused, and the context window is enforced by the same overflow rule; only the
+prompt's size is its own (a rough count: one BOS, about a token per 4 characters, the image's positions).
+``max_parallel`` is what it declares (default 1); ``generate_many`` still generates one request at a time.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from ..errors import ContextOverflowError, EngineError, InputError
-from ._closing import Closing
-from .base import Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
+from .._closing import Closing
+from ..errors import EngineError, InputError
+from ..settings import check, default
+from .base import (
+    Generation,
+    GenerationParams,
+    PromptParts,
+    StageTimings,
+    TokenCallback,
+    check_fits,
+    check_params,
+    check_parts,
+)
 
 __all__ = ["FakeEngine", "peaked_distribution"]
 
@@ -64,9 +78,12 @@ class FakeEngine(Closing):
         *,
         image_size: int = 336,
         image_tokens: int = 576,
-        n_ctx: int = 4096,
+        n_ctx: int = default("n_ctx"),
         model_name: str = "fake",
+        max_parallel: int = 1,
     ) -> None:
+        check("n_ctx", n_ctx)
+        check("max_parallel", max_parallel)
         self._queue: deque[tuple[str, dict[int, float] | None]] = deque()
         self.history: list[tuple[PromptParts, GenerationParams]] = []
         # the Engine protocol's read-only properties, as plain attributes
@@ -75,11 +92,16 @@ class FakeEngine(Closing):
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.n_ctx = n_ctx
+        self._max_parallel = max_parallel
         self.closed = False
         for text in outputs or ():
             self.enqueue(text)
 
     # -- Engine protocol -------------------------------------------------------------------------------
+    @property
+    def max_parallel(self) -> int:
+        return self._max_parallel
+
     def count_tokens(self, text: str) -> int:
         return _rough_tokens(text)
 
@@ -104,10 +126,12 @@ class FakeEngine(Closing):
         params: GenerationParams,
         on_text: TokenCallback | None = None,
     ) -> Generation:
-        if self.closed:
-            raise EngineError("the engine is closed", hint="create a new engine")
+        self._check_open()
+        check_params(params)
+        check_parts(parts, self.image_size)
         self.history.append((parts, params))
-        prompt_tokens = self._check_fits([(parts, params)])
+        prompt_tokens = self.prompt_tokens(parts)
+        check_fits(prompt_tokens, params, self.n_ctx)
         if self._queue:
             text, probs = self._queue.popleft()
             if probs is None:
@@ -138,30 +162,25 @@ class FakeEngine(Closing):
     def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
         """One ``generate`` per request, in order (the fake has no parallel sequences); an overflowing
         request raises ``ContextOverflowError`` with its ``index`` before any other is generated."""
-        self._check_fits(requests)
+        self._check_open()
+        for parts, params in requests:
+            check_params(params)
+            check_parts(parts, self.image_size)
+        for index, (parts, params) in enumerate(requests):
+            check_fits(self.prompt_tokens(parts), params, self.n_ctx, index)
         return [self.generate(parts, params) for parts, params in requests]
 
     def close(self) -> None:
         self.closed = True
 
+    def prompt_tokens(self, parts: PromptParts) -> int:
+        """The fake's prompt size: one BOS, the rough count of each text, the image's positions."""
+        return 1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)
+
     # -- internals -------------------------------------------------------------------------------------
-    def _check_fits(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> int:
-        """Raise ``ContextOverflowError`` for the first request that cannot fit; the last prompt's size."""
-        prompt_tokens = 0
-        for index, (parts, params) in enumerate(requests):
-            prompt_tokens = (
-                1 + _rough_tokens(parts.before_image) + self.image_tokens + _rough_tokens(parts.after_image)
-            )
-            over_by = prompt_tokens + params.max_tokens - self.n_ctx
-            if over_by > 0:
-                raise ContextOverflowError(
-                    f"the prompt ({prompt_tokens} tokens) plus max_tokens ({params.max_tokens}) exceed the "
-                    f"context window ({self.n_ctx}) by {over_by} tokens",
-                    over_by=over_by,
-                    hint="shorten the inputs, lower max_tokens or raise n_ctx",
-                    index=index if len(requests) > 1 else None,
-                )
-        return prompt_tokens
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineError("the engine is closed", hint="create a new engine")
 
     def _default_output(self, parts: PromptParts, params: GenerationParams) -> tuple[str, dict[int, float]]:
         digest = hashlib.sha256()

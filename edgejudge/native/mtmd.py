@@ -4,15 +4,16 @@ Owns the native mtmd objects edgejudge uses and frees each deterministically: th
 (``MtmdContext``), bitmaps (freed right after tokenizing) and chunk lists (``Chunks``). Tokenizing goes
 through ``mtmd_tokenize_from_parts`` with ``parse_special=False`` on every text part, so user text can never
 inject a media marker, BOS/EOS or any other special token: the structure is always text | image | text with
-exactly one BOS (added by mtmd to the first text chunk). Also: silencing native logs with no-op callbacks
-that stay referenced for the life of the process.
+exactly one BOS (added by mtmd to the first text chunk). The text model it binds to is a
+``native.model.TextModel`` (``TextModel.open_projector``), which also decodes the image embeddings into its
+own KV cache (``TextModel.eval_image``). Also: which libmtmd is loaded (``library_file``,
+``bindings_version``), for caches of what the runtime does.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,46 +21,24 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 
-from ..engine._closing import Closing
+from .._closing import Closing
 from ..errors import EngineError
+from .log import VERBOSE_HINT
 
-__all__ = ["MtmdContext", "Chunks", "Chunk", "TEXT", "IMAGE", "set_native_logging", "quiet_native_logs"]
+__all__ = ["MtmdContext", "Chunks", "Chunk", "TEXT", "IMAGE", "library_file", "bindings_version"]
 
 TEXT = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
 IMAGE = mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE
 
 
-@llama_cpp.llama_log_callback
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # pragma: no cover - native
-    return None
+def library_file() -> Path:
+    """The libmtmd shared library llama-cpp-python loaded."""
+    return Path(mtmd._libmtmd._name)
 
 
-def set_native_logging(verbose: bool) -> None:
-    """Route llama.cpp and mtmd logs to stderr (verbose) or drop them (the callbacks live at module level)."""
-    if verbose:
-        from llama_cpp import _logger
-
-        _logger.set_verbose(True)
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        mtmd.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        mtmd.mtmd_helper_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-    else:
-        llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p(0))
-        mtmd.mtmd_log_set(_quiet_log, ctypes.c_void_p(0))
-        mtmd.mtmd_helper_log_set(_quiet_log, ctypes.c_void_p(0))
-
-
-@contextmanager
-def quiet_native_logs() -> Iterator[None]:
-    """Drop llama.cpp and mtmd logs inside the block; afterwards llama.cpp's go back to llama-cpp-python's
-    own handler (mtmd's stay dropped until the next ``set_native_logging``)."""
-    set_native_logging(False)
-    try:
-        yield
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+def bindings_version() -> str:
+    """llama-cpp-python's version (the llama.cpp it bundles)."""
+    return str(llama_cpp.__version__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +53,10 @@ class Chunk:
     chunk_id: str | None  # the image id (its sha256) for an image chunk
     ptr: int
 
+    @property
+    def is_text(self) -> bool:
+        return self.kind == TEXT
+
 
 class Chunks(Closing):
     """An owned ``mtmd_input_chunks`` list; iterate for ``Chunk`` views; ``close()`` frees it."""
@@ -87,7 +70,7 @@ class Chunks(Closing):
         for i in range(mtmd.mtmd_input_chunks_size(self._ptr)):
             c = mtmd.mtmd_input_chunks_get(self._ptr, i)
             if c is None:
-                raise EngineError("mtmd returned an empty chunk", hint="re-run with verbose=True for details")
+                raise EngineError("mtmd returned an empty chunk", hint=VERBOSE_HINT)
             kind = mtmd.mtmd_input_chunk_get_type(c)
             n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(c)
             tokens: tuple[int, ...] = ()
@@ -144,8 +127,7 @@ class MtmdContext:
         if ctx is None:
             raise EngineError(
                 f"cannot load the vision projector {Path(mmproj_path).name}",
-                hint="check that it is an mmproj converted for this text model (re-run with verbose=True to "
-                "see llama.cpp's reason)",
+                hint=f"check that it is an mmproj converted for this text model ({VERBOSE_HINT})",
             )
         self._ctx: int | None = ctx
         if not mtmd.mtmd_support_vision(ctx):
@@ -205,10 +187,10 @@ class MtmdContext:
         """Run the vision encoder on an image chunk; a float32 copy of [n_tokens * n_embd] embeddings."""
         rc = mtmd.mtmd_encode_chunk(self.ptr, chunk.ptr)
         if rc != 0:
-            raise EngineError(f"the vision encoder failed (code {rc})", hint="re-run with verbose=True")
+            raise EngineError(f"the vision encoder failed (code {rc})", hint=VERBOSE_HINT)
         out = mtmd.mtmd_get_output_embd(self.ptr)
         if not out:
-            raise EngineError("the vision encoder returned no embeddings", hint="re-run with verbose=True")
+            raise EngineError("the vision encoder returned no embeddings", hint=VERBOSE_HINT)
         n = chunk.n_tokens * self.n_embd
         return np.ctypeslib.as_array(out, shape=(n,)).astype(np.float32, copy=True)
 

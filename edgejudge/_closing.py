@@ -1,6 +1,7 @@
-"""``Closing``: the one context-manager mixin of the engine layer (``with x:`` calls ``x.close()``).
+"""``Closing``: the one context-manager mixin of the package (``with x:`` calls ``x.close()``).
 
-Shared by the engines, the mtmd chunk lists and ``Judge``; every ``close()`` it wraps is idempotent.
+Shared by the native wrappers (model, mtmd chunk lists), the engines and ``Judge``. It imports nothing, so
+every layer may use it. Every ``close()`` it wraps is idempotent.
 """
 
 from __future__ import annotations

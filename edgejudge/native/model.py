@@ -1,0 +1,221 @@
+"""``TextModel``: the loaded text model, its context and its decode batch (llama-cpp-python's ``Llama``).
+
+``Llama`` loads the GGUF and creates the context; this wrapper is the only code that touches its state, so
+the rest of the package sees plain values: token ids, positions, sequence ids and numpy views of logits.
+
+Invariants it owns:
+
+- ``n_past`` is the number of positions of sequence 0 in the KV cache. ``eval`` and ``eval_image`` append
+  there and ``truncate`` cuts every sequence there; llama-cpp-python's own record of it (``Llama.n_tokens``,
+  ``input_ids``) is kept equal, since ``Llama.eval`` writes at that position.
+- The context holds ``n_seq`` sequences in one unified KV cache of ``n_ctx`` cells (``Llama`` exposes
+  neither ``n_seq_max`` nor ``kv_unified``: its fresh, still empty, context is replaced by one made from the
+  same parameters plus those two; with one sequence in use it computes what the original does).
+- ``decode`` writes at most the batch's capacity (``n_batch`` entries, checked before writing: the native
+  batch is a fixed-size C array) and one sequence id per entry; the batch is freed with the model.
+- ``close()`` frees the batch, the context and the model, once; every later call raises ``EngineError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals
+
+from .._closing import Closing
+from ..errors import EngineError
+from .log import VERBOSE_HINT
+from .sampling import Vocab
+from .system import supports_gpu_offload
+
+if TYPE_CHECKING:
+    from .mtmd import Chunk, MtmdContext
+
+__all__ = ["TextModel", "BatchItem"]
+
+#: One entry of a multi-sequence decode: (token id, position, sequence id, want the logits there).
+BatchItem = tuple[int, int, int, bool]
+
+
+class TextModel(Closing):
+    """A GGUF text model with one context (see the module docstring). A context manager.
+
+    ``n_gpu_layers`` -1 offloads every layer when the build supports it (0 on CPU builds); ``seed`` None is
+    llama.cpp's default seed; ``logits_all`` keeps every evaluated position's logits (``scores``);
+    ``verbose`` passes llama.cpp's own messages through (the caller sets the log routing).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+        seed: int | None = None,
+        n_seq: int = 1,
+        logits_all: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        self._closed = True
+        path = Path(path)
+        if n_gpu_layers < 0:
+            n_gpu_layers = -1 if supports_gpu_offload() else 0
+        try:
+            self._llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                seed=llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed % 2**32,
+                logits_all=logits_all,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as err:
+            raise EngineError(
+                f"llama.cpp could not load {path.name}: {err}",
+                hint=f"check that the file is a complete GGUF text model ({VERBOSE_HINT})",
+            ) from None
+        try:
+            if n_seq > 1:
+                self._unified_context(n_seq, verbose)
+            self._batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
+        except (ValueError, RuntimeError) as err:
+            self._llm.close()
+            raise EngineError(
+                f"llama.cpp could not create a context for {n_seq} sequences: {err}",
+                hint=f"lower n_ctx or set parallel to 1 ({VERBOSE_HINT})",
+            ) from None
+        self.n_seq = n_seq
+        self.n_batch = int(self._llm.n_batch)
+        self.n_vocab = int(self._llm.n_vocab())
+        self.n_ctx = int(self._llm.n_ctx())  # context window in tokens (KV cells, shared by every sequence)
+        self.vocab = Vocab(self._llm._model.vocab, self.n_vocab)
+        self._closed = False
+
+    def _unified_context(self, n_seq: int, verbose: bool) -> None:
+        params = self._llm.context_params
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        self._llm._ctx.close()
+        self._llm._ctx = self._llm._stack.enter_context(
+            contextlib.closing(
+                _internals.LlamaContext(model=self._llm._model, params=params, verbose=verbose)
+            )
+        )
+
+    # -- sizes -----------------------------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        """Positions of sequence 0 held in the KV cache."""
+        return int(self._llm.n_tokens)
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (``special`` False: control-token text stays plain text)."""
+        self._check_open()
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    # -- sequence 0 ------------------------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` into sequence 0 at ``n_past`` (the logits of the last one stay readable)."""
+        self._check_open()
+        self._llm.eval(list(tokens))
+
+    def eval_image(self, projector: MtmdContext, chunk: Chunk, embd: np.ndarray) -> None:
+        """Decode an image chunk's pre-computed embeddings into sequence 0 at ``n_past``."""
+        self._check_open()
+        llm = self._llm
+        end = projector.decode_image(llm._ctx.ctx, chunk, embd, llm.n_tokens, llm.n_batch)
+        llm.input_ids[llm.n_tokens : end] = -1  # image positions have no token id
+        llm.n_tokens = end
+
+    def truncate(self, keep: int) -> None:
+        """Drop every sequence's KV entries from position ``keep`` on; sequence 0 then ends at ``keep``."""
+        self._check_open()
+        self._llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        self._llm.n_tokens = keep
+
+    def clear(self) -> None:
+        """Empty the KV cache (every sequence)."""
+        self._check_open()
+        self._llm._ctx.kv_cache_clear()
+        self._llm.n_tokens = 0
+
+    def scores(self, n: int) -> np.ndarray:
+        """A copy of the logits of the first ``n`` evaluated positions (a model made with ``logits_all``)."""
+        self._check_open()
+        return np.array(self._llm.scores[:n], dtype=np.float64)
+
+    # -- several sequences -----------------------------------------------------------------------------
+    def copy_sequence(self, src: int, dst: int, end: int) -> None:
+        """Make sequence ``dst`` share sequence ``src``'s KV entries at positions [0, end)."""
+        self._check_open()
+        self._check_seq(dst)
+        self._llm._ctx.kv_cache_seq_cp(src, dst, 0, end)
+
+    def drop_sequence(self, seq: int) -> None:
+        """Remove every KV entry of sequence ``seq`` (entries shared with others stay for them)."""
+        self._check_open()
+        self._llm._ctx.kv_cache_seq_rm(seq, 0, -1)
+
+    def decode(self, items: Sequence[BatchItem]) -> None:
+        """Decode one batch of (token, position, sequence, want logits) entries, at most ``n_batch``.
+
+        Does not move ``n_past``: the caller places the entries and cleans up with ``drop_sequence`` and
+        ``truncate``. The logits of the i-th entry that wanted them are ``logits(i)``."""
+        self._check_open()
+        if not 0 < len(items) <= self.n_batch:
+            raise EngineError(
+                f"a batch of {len(items)} entries does not fit {self.n_batch}", hint="report this as a bug"
+            )
+        batch = self._batch
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq, want) in enumerate(items):
+            self._check_seq(seq)
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, want
+            batch.seq_id[i][0] = seq
+        rc = llama_cpp.llama_decode(self._llm._ctx.ctx, batch)
+        if rc != 0:
+            raise EngineError(f"llama.cpp failed to decode a batch (code {rc})", hint="raise n_ctx")
+
+    def logits(self, index: int = -1) -> np.ndarray:
+        """A view of the logits at batch entry ``index`` of the last decode (valid until the next one)."""
+        self._check_open()
+        ptr = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # -- lifetime --------------------------------------------------------------------------------------
+    def open_projector(
+        self, mmproj_path: str | Path, *, use_gpu: bool, n_threads: int, verbose: bool = False
+    ) -> MtmdContext:
+        """An mtmd context (vision projector) bound to this model; the caller closes it before the model."""
+        from .mtmd import MtmdContext
+
+        self._check_open()
+        return MtmdContext(
+            mmproj_path, self._llm.model, use_gpu=use_gpu, n_threads=n_threads, verbose=verbose
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        llama_cpp.llama_batch_free(self._batch)
+        self._llm.close()
+
+    def _check_seq(self, seq: int) -> None:
+        if not 0 <= seq < self.n_seq:
+            raise EngineError(f"sequence {seq} is outside 0..{self.n_seq - 1}", hint="report this as a bug")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("the engine is closed", hint="create a new engine")

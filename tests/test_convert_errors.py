@@ -282,6 +282,42 @@ def test_bad_name_and_cls_position(ckpt: Callable[[str], Path], tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cls_position_is_the_callers(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
+    """The converter never runs the runtime probe: the caller gives the CLS order, or a function asked once,
+    after the checkpoint is read and valid (progress stage STAGE_SELFTEST around it)."""
+    from edgejudge.convert import STAGE_SELFTEST
+
+    src = ckpt("st")
+    with pytest.raises(InputError, match="no cls_position given") as info:
+        convert_checkpoint(src, tmp_path / "out", name="tiny", quant="F16")
+    assert "edgejudge.convert_checkpoint" in (info.value.hint or "")
+    assert not (tmp_path / "out").exists()
+    asked: list[str] = []
+
+    def runtime() -> str:
+        asked.append("asked")
+        return "last"
+
+    _edit_json(src / "config.json", mm_projector_type="linear")  # invalid: refused before asking
+    _fails(src, tmp_path / "bad", ConversionError, "linear", cls_position=runtime)
+    assert asked == []
+    _edit_json(src / "config.json", mm_projector_type="mlp2x_gelu")
+    stages: list[tuple[str, int, int]] = []
+    result = convert_checkpoint(
+        src,
+        tmp_path / "out",
+        name="tiny",
+        quant="F16",
+        cls_position=runtime,
+        progress=lambda stage, done, total: stages.append((stage, done, total)),
+    )
+    assert asked == ["asked"] and result.cls_position == "last"
+    assert [s for s in stages if s[0] == STAGE_SELFTEST] == [(STAGE_SELFTEST, 0, 1), (STAGE_SELFTEST, 1, 1)]
+    with pytest.raises(InputError, match="cls_position"):
+        convert_checkpoint(src, tmp_path / "again", name="tiny", quant="F16", cls_position=lambda: "middle")
+    assert not (tmp_path / "again").exists()
+
+
 def test_values_beyond_f16_range(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
     """A BF16 weight of 3.4e38 cannot be stored as F16: a clear error instead of a silent inf."""
     src = ckpt("st")

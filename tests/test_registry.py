@@ -286,3 +286,67 @@ def test_models_list_prints_a_source_with_brackets_as_typed(work_dir: Path) -> N
     result = CliRunner(env={"COLUMNS": "240"}).invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
     assert "/data/[old]/ckpt[/x]" in result.stderr
+
+
+# ------------------------------------------------------------------ library functions behind the commands
+def test_overview_add_and_remove_are_library_functions(work_dir: Path) -> None:
+    from edgejudge.install import add_model, remove_model
+    from edgejudge.registry import models_overview, set_default, unregister
+
+    text, mmproj = make_pair(work_dir)
+    q4_text = make_pair(work_dir, quant="Q4_K_M")[0]  # the same mmproj serves both quantizations
+    with pytest.raises(ModelNotFoundError, match="model file not found"):
+        add_model(work_dir / "nope-Q8_0.gguf", "judge")
+    entry = add_model(text, "judge")
+    assert (
+        entry.key == "judge:Q8_0"
+        and entry.mmproj == str(mmproj.resolve())
+        and entry.source.startswith("added")
+    )
+    add_model(q4_text, "judge", mmproj=mmproj)
+    set_default("judge:Q8_0")
+    data = models_overview()
+    assert data["default"] == "judge:Q8_0"
+    assert [m["key"] for m in data["installed"]] == ["judge:Q4_K_M", "judge:Q8_0"]
+    assert [m["default"] for m in data["installed"]] == [False, True]
+    assert {k["name"] for k in data["known"]} >= {"prometheus-vision-7b"}
+    with pytest.raises(ModelNotFoundError, match="not installed"):
+        unregister("other")
+    gone = remove_model("judge:Q8_0", delete_files=True)
+    assert [m.key for m in gone] == ["judge:Q8_0"]
+    assert not text.exists() and mmproj.exists()  # the mmproj is still used by judge:Q4_K_M
+    reg = load_registry()
+    assert [m.key for m in reg.models] == ["judge:Q4_K_M"] and reg.default is None
+    removed, after = unregister("judge")
+    assert [m.key for m in removed] == ["judge:Q4_K_M"] and after.models == () and q4_text.exists()
+
+
+def test_register_pair_is_convert_register(work_dir: Path) -> None:
+    from edgejudge.convert import ConvertResult
+    from edgejudge.install import register_pair
+
+    text, mmproj = make_pair(work_dir, "made", quant="F16")
+    result = ConvertResult(text, mmproj, "made", "F16", "F16", "last", 2, 10, 0.1)
+    entry = register_pair(result, source="ckpt/")
+    assert entry.key == "made:F16" and entry.source == "ckpt/" and entry.text_sha256 == sha256_file(text)
+    assert find_installed("made") == entry
+
+
+def test_the_public_converter_asks_the_runtime_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import edgejudge
+    import edgejudge.convert
+    import edgejudge.probe
+    from edgejudge.install import convert_checkpoint
+
+    assert edgejudge.convert_checkpoint is convert_checkpoint
+    seen: dict[str, object] = {}
+
+    def fake_convert(src: object, outdir: object, **kw: object) -> str:
+        seen.update(kw)
+        return "done"
+
+    monkeypatch.setattr(edgejudge.convert, "convert_checkpoint", fake_convert)
+    assert convert_checkpoint("ckpt", tmp_path) == "done"
+    assert seen["cls_position"] is edgejudge.probe.runtime_cls_position  # asked by the converter, lazily
+    convert_checkpoint("ckpt", tmp_path, cls_position="first")
+    assert seen["cls_position"] == "first"

@@ -1,43 +1,47 @@
 """``Judge``: inputs → exact Prometheus-Vision prompt → engine → parsed ``Verdict``. No printing.
 
-The judge owns the sampling policy (``samples=N``: N generations with seeds ``seed, seed+1, …``; majority
-score, ties broken towards the mean expected score; mean distribution; agreement rate), the image fit
-(what the judge sees), the naming of the field to shorten when the context overflows, the validation of
-the inputs every caller shares (non-empty instruction and response, at most ``MAX_SAMPLES`` samples) and
-the warnings that belong on a verdict: prompt longer than the judge's 2048-token training length, engine
-warnings, text that was not valid Unicode (lone surrogates, e.g. from undecodable bytes, replaced with
-U+FFFD) and user text that imitates the prompt's layout (the wrapper's ``USER:``/``ASSISTANT:`` role
-markers, the template's ``###`` section headers): such text tokenizes exactly like the real turn, so a
-response can forge one; the verdict says so rather than pretending it cannot happen.
+The judge owns a judgment's flow: the image fit (what the judge sees; ``images``), the checks and notes on
+the inputs (``inputs``: non-blank instruction and response, text cleaned, user text imitating the prompt's
+layout noted, a context overflow restated with the field to shorten), the sampling policy (``aggregate``:
+``samples=N`` draws N generations with seeds ``seed, seed+1, …`` and takes the majority score), the
+decoding of several samples or tasks as parallel sequences, the warnings that belong on a verdict (the
+prompt longer than the judge's 2048-token training length, the engine's own) and the verdict's
+``settings`` object (``settings.settings_object``, the same in ``judge --json`` and batch rows).
+``Judge.from_files`` loads a GGUF pair through ``load.load_judge``.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._closing import Closing
-from .engine.base import Engine, Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
+from .aggregate import aggregate_samples, expected_score, seeds
+from .engine.base import Engine, Generation, GenerationParams, PromptParts, TokenCallback
 from .errors import ContextOverflowError, EdgeJudgeError, InputError
+from .inputs import (
+    check_run,
+    check_texts,
+    clean_rubric,
+    clean_text,
+    field_sizes,
+    marker_notes,
+    name_overflow,
+    prompt_markers,
+)
+from .settings import MAX_SAMPLES, GenerationSettings, settings_object
 from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
-    from .images import FittedImage
+    from .images import FittedImage, ImageInput
     from .rubric import Rubric
-
-    ImageInput = str | Path | bytes | Image | FittedImage
 
 __all__ = [
     "Judge",
     "Task",
     "TRAINING_CONTEXT",
-    "IMAGE_FITS",
     "MAX_SAMPLES",
     "expected_score",
     "aggregate_samples",
@@ -47,132 +51,13 @@ __all__ = [
 
 #: Prometheus-Vision was fine-tuned with model_max_length 2048: longer prompts are off-distribution.
 TRAINING_CONTEXT = 2048
-IMAGE_FITS = ("crop", "pad")
-#: The most samples one judgment may draw (the CLI's ``--samples`` bound is this same constant).
-MAX_SAMPLES = 64
-#: The role markers of the vicuna_v1 wrapper, as ``prompt.conversation_parts`` writes them.
-ROLE_MARKERS = ("USER:", "ASSISTANT:")
-
-
-def _template_headers() -> tuple[str, ...]:
-    from .prompt import JUDGE_TEMPLATE
-
-    return tuple(line for line in JUDGE_TEMPLATE.split("\n") if line.startswith("###"))
-
-
-def prompt_markers(text: str) -> list[str]:
-    """The wrapper's role markers and the template's ``###`` headers that ``text`` contains, in order."""
-    return [marker for marker in (*ROLE_MARKERS, *_template_headers()) if marker in text]
-
-
-def check_texts(instruction: object, response: object) -> None:
-    """Refuse what no judgment can use: an instruction or response that is not text, or is empty/blank."""
-    for label, value in (("instruction", instruction), ("response", response)):
-        if not isinstance(value, str):
-            raise InputError(
-                f"{label} must be text, got {type(value).__name__}", hint=f"pass the {label} as a string"
-            )
-        if not value.strip():
-            raise InputError(f"the {label} is empty", hint=f"give the {label} to judge (it is blank)")
-
-
-def _clean_text(label: str, value: str, notes: list[str]) -> str:
-    """``value`` with lone surrogates replaced by U+FFFD (the tokenizer cannot encode them); noted."""
-    from ._jsonl import scrub
-
-    cleaned, count = scrub(value)
-    if count:
-        notes.append(
-            f"the {label} held {count} character(s) that are not valid text (undecodable bytes or lone "
-            "surrogates); they were replaced with U+FFFD"
-        )
-    return str(cleaned)
-
-
-def _marker_notes(fields: dict[str, str | None]) -> list[str]:
-    notes = []
-    for label, value in fields.items():
-        found = prompt_markers(value) if value else []
-        if found:
-            shown = ", ".join(repr(m) for m in found)
-            notes.append(
-                f"the {label} contains {shown}, text of the judge's own prompt layout: it can imitate a "
-                "conversation turn or prompt section and steer the verdict; check this verdict by hand"
-            )
-    return notes
-
-
-def expected_score(probs: dict[int, float] | None) -> float | None:
-    """Σ k·p_k over the (renormalised) distribution, or None without one."""
-    if not probs:
-        return None
-    total = sum(probs.values())
-    if total <= 0:
-        return None
-    return sum(k * p for k, p in probs.items()) / total
-
-
-def _mean_distribution(dists: Sequence[dict[int, float]]) -> dict[int, float] | None:
-    if not dists:
-        return None
-    mean = {k: sum(d.get(k, 0.0) for d in dists) / len(dists) for k in range(1, 6)}
-    total = sum(mean.values())
-    return {k: v / total for k, v in mean.items()} if total > 0 else None
-
-
-def _sum_timings(samples: Sequence[Sample]) -> StageTimings:
-    first = samples[0].timings
-    return StageTimings(
-        image_encode_s=sum(s.timings.image_encode_s for s in samples),
-        prompt_eval_s=sum(s.timings.prompt_eval_s for s in samples),
-        generation_s=sum(s.timings.generation_s for s in samples),
-        prompt_tokens=first.prompt_tokens,
-        reused_tokens=first.reused_tokens,
-        generated_tokens=sum(s.timings.generated_tokens for s in samples),
-        image_cached=first.image_cached,
-        parallel=max(s.timings.parallel for s in samples),
-    )
-
-
-def aggregate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
-    """The verdict-level fields from samples.
-
-    score, feedback, raw_output, parse_method, expected_score, score_probs, agreement and timings (stage
-    seconds and generated tokens summed; prompt counts of the first sample).
-    """
-    if not samples:
-        raise ValueError("no samples")
-    expected = [s.expected_score for s in samples if s.expected_score is not None]
-    mean_expected = sum(expected) / len(expected) if expected else None
-    probs = _mean_distribution([s.score_probs for s in samples if s.score_probs])
-    scored = [s.score for s in samples if s.score is not None]
-    if scored:
-        counts = Counter(scored)
-        top = max(counts.values())
-        tied = sorted(k for k, c in counts.items() if c == top)
-        centre = mean_expected if mean_expected is not None else sum(scored) / len(scored)
-        score: int | None = min(tied, key=lambda k: (abs(k - centre), k))
-        chosen = next(s for s in samples if s.score == score)
-        agreement: float | None = top / len(samples)
-    else:
-        score, chosen, agreement = None, samples[0], None
-    return {
-        "score": score,
-        "feedback": chosen.feedback,
-        "raw_output": chosen.raw_output,
-        "parse_method": chosen.parse_method,
-        "expected_score": mean_expected,
-        "score_probs": probs,
-        "agreement": agreement,
-        "timings": _sum_timings(samples),
-    }
 
 
 @dataclass(frozen=True)
 class Task:
     """One judgment for ``Judge.evaluate_tasks``: the arguments ``Judge.evaluate`` takes, as a record."""
 
-    image: Any  # a path, bytes, a PIL image or a FittedImage
+    image: Any  # an images.ImageInput: a path, bytes, a PIL image or a FittedImage
     instruction: str
     response: str
     rubric: Any  # a Rubric, a built-in name or a rubric file
@@ -192,33 +77,13 @@ class _Prepared:
     notes: tuple[str, ...] = ()
 
 
-def _check_run(samples: int, params: GenerationParams | None) -> tuple[int, GenerationParams]:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InputError(f"samples must be a positive integer, got {samples!r}", hint="use samples >= 1")
-    if samples > MAX_SAMPLES:
-        raise InputError(
-            f"samples must be at most {MAX_SAMPLES}, got {samples}",
-            hint=f"use {MAX_SAMPLES} samples or fewer (the majority settles long before)",
-        )
-    params = params or GenerationParams()
-    if params.max_tokens < 1:
-        raise InputError(f"max_tokens must be positive, got {params.max_tokens}", hint="use max_tokens >= 1")
-    return samples, params
-
-
-def _seeds(params: GenerationParams, samples: int) -> list[int]:
-    """``seed, seed+1, …`` for the samples, or fresh random seeds when ``params.seed`` is None."""
-    if params.seed is not None:
-        return [params.seed + i for i in range(samples)]
-    return [secrets.randbelow(2**31 - 1) for _ in range(samples)]
-
-
 class Judge(Closing):
     """A loaded judge: load once, grade many. A context manager; ``close()`` frees the engine."""
 
     def __init__(self, engine: Engine, *, image_fit: str = "crop") -> None:
-        if image_fit not in IMAGE_FITS:
-            raise InputError(f"unknown image fit {image_fit!r}", hint=f"use one of: {', '.join(IMAGE_FITS)}")
+        from .images import check_fit
+
+        check_fit(image_fit)
         self.engine = engine
         self.image_fit = image_fit
 
@@ -231,12 +96,12 @@ class Judge(Closing):
         image_fit: str = "crop",
         **engine_options: Any,
     ) -> Judge:
-        """Load a GGUF pair with ``LlamaCppEngine`` (``engine_options`` go to its constructor)."""
-        from .engine.llama import LlamaCppEngine
+        """Load a GGUF pair with ``LlamaCppEngine``: ``load.load_judge`` with the ``LoadOptions`` these
+        arguments name (``engine_options``: n_ctx, n_threads, n_gpu_layers, max_parallel or parallel,
+        verbose, mmproj_offload, image_cache_size, n_batch)."""
+        from .load import LoadOptions, load_judge
 
-        if image_fit not in IMAGE_FITS:  # fail before loading a model
-            raise InputError(f"unknown image fit {image_fit!r}", hint=f"use one of: {', '.join(IMAGE_FITS)}")
-        return cls(LlamaCppEngine(model, mmproj, **engine_options), image_fit=image_fit)
+        return load_judge(LoadOptions.from_engine_options(model, mmproj, image_fit, engine_options))
 
     # -- inputs ----------------------------------------------------------------------------------------
     def fit(self, image: ImageInput, *, name: str | None = None) -> FittedImage:
@@ -286,6 +151,21 @@ class Judge(Closing):
         )
         return full_conversation(judge_prompt)
 
+    def settings(self, params: GenerationParams, samples: int) -> dict[str, Any]:
+        """THE ``settings`` object of a judgment with ``params`` and ``samples`` on this judge (the model,
+        the image fit and the generation settings; ``settings.settings_object``): verdicts and batch rows
+        carry it."""
+        generation = GenerationSettings(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            repeat_penalty=params.repeat_penalty,
+            max_tokens=params.max_tokens,
+            seed=params.seed,
+            samples=samples,
+            grammar=params.constrained,
+        )
+        return settings_object(generation, model=self.engine.model_name, image_fit=self.image_fit)
+
     # -- judging ---------------------------------------------------------------------------------------
     def evaluate(
         self,
@@ -301,16 +181,16 @@ class Judge(Closing):
         image_name: str | None = None,
         on_sample: Callable[[int, int], None] | None = None,
     ) -> Verdict:
-        """Judge one response to one image; see the module docstring for the sampling policy.
+        """Judge one response to one image; see ``aggregate`` for the sampling policy.
 
-        Several samples are decoded as parallel sequences when the engine can (not while streaming
-        through ``on_text``, which shows one sample after another). ``on_sample(done, total)`` is called
-        as samples finish (after each one when streaming, once when they were decoded together)."""
-        samples, params = _check_run(samples, params)
+        Several samples are decoded as parallel sequences (not while streaming through ``on_text``, which
+        shows one sample after another). ``on_sample(done, total)`` is called as samples finish (after
+        each one when streaming, once when they were decoded together)."""
+        samples, params = check_run(samples, params)
         task = Task(image, instruction, response, rubric, reference, image_name)
         prepared = self._prepare(task)
-        seeds = _seeds(params, samples)
-        requests = [(prepared.parts, replace(params, seed=seed)) for seed in seeds]
+        sample_seeds = seeds(params.seed, samples)
+        requests = [(prepared.parts, replace(params, seed=seed)) for seed in sample_seeds]
         try:
             if on_text is not None:  # streamed: one sample after another
                 gens = []
@@ -324,7 +204,7 @@ class Judge(Closing):
                     on_sample(samples, samples)
         except ContextOverflowError as err:
             raise self._name_overflow(err, prepared, params.max_tokens) from None
-        return self._verdict(prepared, gens, seeds, params, samples)
+        return self._verdict(prepared, gens, sample_seeds, params, samples)
 
     def evaluate_many(
         self,
@@ -359,17 +239,19 @@ class Judge(Closing):
         """Judge several tasks (any images, instructions, rubrics) in one go; in order, each a ``Verdict``
         or the ``EdgeJudgeError`` that task got (a bad image, a prompt too long for the context...), so
         one bad task never costs the others. Consecutive tasks on the same image decode in parallel."""
-        samples, params = _check_run(samples, params)
+        samples, params = check_run(samples, params)
         results: list[Verdict | EdgeJudgeError | None] = [None] * len(tasks)
         ready: list[tuple[int, _Prepared, list[int]]] = []
         for position, task in enumerate(tasks):
             try:
-                ready.append((position, self._prepare(task), _seeds(params, samples)))
+                ready.append((position, self._prepare(task), seeds(params.seed, samples)))
             except EdgeJudgeError as err:
                 results[position] = err
         while ready:
             requests = [
-                (prepared.parts, replace(params, seed=seed)) for _, prepared, seeds in ready for seed in seeds
+                (prepared.parts, replace(params, seed=seed))
+                for _, prepared, task_seeds in ready
+                for seed in task_seeds
             ]
             try:
                 gens = self._generate_many(requests)
@@ -378,9 +260,9 @@ class Judge(Closing):
                 position, prepared, _ = ready.pop(at)
                 results[position] = self._name_overflow(err, prepared, params.max_tokens)
                 continue
-            for k, (position, prepared, seeds) in enumerate(ready):
+            for k, (position, prepared, task_seeds) in enumerate(ready):
                 own = gens[k * samples : (k + 1) * samples]
-                results[position] = self._verdict(prepared, own, seeds, params, samples)
+                results[position] = self._verdict(prepared, own, task_seeds, params, samples)
             break
         return [r for r in results if r is not None]
 
@@ -401,14 +283,14 @@ class Judge(Closing):
 
         check_texts(task.instruction, task.response)
         notes: list[str] = []
-        instruction = _clean_text("instruction", task.instruction, notes)
-        response = _clean_text("response", task.response, notes)
-        rubric_obj = self._clean_rubric(self._rubric(task.rubric), notes)
+        instruction = clean_text("instruction", task.instruction, notes)
+        response = clean_text("response", task.response, notes)
+        rubric_obj = clean_rubric(self._rubric(task.rubric), notes)
         reference = self._reference(task.reference)
         if reference is not None:
-            reference = _clean_text("reference answer", reference, notes)
+            reference = clean_text("reference answer", reference, notes)
         rubric_text = "\n".join((rubric_obj.criteria, *rubric_obj.descriptions))
-        notes += _marker_notes(
+        notes += marker_notes(
             {
                 "instruction": instruction,
                 "response": response,
@@ -424,7 +306,7 @@ class Judge(Closing):
             image_rgb=fitted.rgb,
             image_width=fitted.width,
             image_height=fitted.height,
-            pixels_sha256=fitted.sha256,
+            pixels_sha256=fitted.pixels_sha256,
             after_image=after,
         )
         return _Prepared(
@@ -438,28 +320,18 @@ class Judge(Closing):
             tuple(notes),
         )
 
-    @staticmethod
-    def _clean_rubric(rubric: Rubric, notes: list[str]) -> Rubric:
-        criteria = _clean_text("rubric criterion", rubric.criteria, notes)
-        descriptions = tuple(
-            _clean_text(f"rubric's score {k}", d, notes) for k, d in enumerate(rubric.descriptions, 1)
-        )
-        if criteria == rubric.criteria and descriptions == rubric.descriptions:
-            return rubric
-        return replace(rubric, criteria=criteria, descriptions=descriptions)  # type: ignore[arg-type]
-
     def _verdict(
         self,
         prepared: _Prepared,
         gens: Sequence[Generation],
-        seeds: Sequence[int],
+        sample_seeds: Sequence[int],
         params: GenerationParams,
         samples: int,
     ) -> Verdict:
         from .parse import parse_output
 
         results: list[Sample] = []
-        for gen, seed in zip(gens, seeds, strict=True):
+        for gen, seed in zip(gens, sample_seeds, strict=True):
             parsed = parse_output(gen.text)
             results.append(
                 Sample(
@@ -483,16 +355,6 @@ class Judge(Closing):
                 f"the prompt has {prompt_tokens} tokens, more than the {TRAINING_CONTEXT} the judge was "
                 "trained on; verdicts on longer prompts are less reliable"
             )
-        settings = {
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
-            "seed": params.seed,
-            "constrained": params.constrained,
-            "repeat_penalty": params.repeat_penalty,
-            "samples": samples,
-            "n_ctx": self.engine.n_ctx,
-        }
         return Verdict(
             samples=tuple(results),
             reference=prepared.reference is not None,
@@ -500,7 +362,7 @@ class Judge(Closing):
             model=self.engine.model_name,
             image=prepared.image_label,
             image_fit=self.image_fit,
-            settings=settings,
+            settings=self.settings(params, samples),
             warnings=tuple(warnings),
             **agg,
         )
@@ -508,33 +370,14 @@ class Judge(Closing):
     def _name_overflow(
         self, err: ContextOverflowError, prepared: _Prepared, max_tokens: int
     ) -> ContextOverflowError:
-        instruction, response = prepared.instruction, prepared.response
-        rubric, reference = prepared.rubric, prepared.reference
-        rubric_text = "\n".join((rubric.criteria, *rubric.descriptions))
-        sizes = {
-            "response": self.engine.count_tokens(response),
-            "reference": self.engine.count_tokens(reference) if reference else 0,
-            "instruction": self.engine.count_tokens(instruction),
-            "rubric": self.engine.count_tokens(rubric_text),
-        }
-        field = max(sizes, key=lambda k: sizes[k])
-        over = err.over_by
-        fixes = []  # only the changes that are enough on their own
-        if over <= sizes[field]:
-            fixes.append(f"shorten the {field} by {over}+ tokens")
-        if over < max_tokens:
-            fixes.append(f"lower max_tokens from {max_tokens} to {max_tokens - over} or less")
-        if not fixes and over < sizes[field] + max_tokens:
-            fixes.append(f"shorten the {field} and lower max_tokens ({max_tokens}) by {over}+ tokens in all")
-        fixes.append(f"raise n_ctx to {self.engine.n_ctx + over}+")
-        hint = ", or ".join(fixes)
-        return ContextOverflowError(
-            f"the prompt does not fit the context window ({self.engine.n_ctx} tokens): {over} tokens too "
-            f"many; the {field} is the longest field ({sizes[field]} tokens)",
-            over_by=over,
-            field=field,
-            hint=hint,
+        sizes = field_sizes(
+            self.engine.count_tokens,
+            instruction=prepared.instruction,
+            response=prepared.response,
+            rubric=prepared.rubric,
+            reference=prepared.reference,
         )
+        return name_overflow(err, sizes=sizes, n_ctx=self.engine.n_ctx, max_tokens=max_tokens)
 
     # -- lifetime --------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -258,7 +258,7 @@ def test_context_overflow_names_the_field(
     assert result.exit_code == 1 and result.stdout == ""
     lines = _one_line_error(result)
     assert "tokens too many" in lines[0] and f"the {field} is the longest field" in lines[0]
-    assert f"shorten the {field}" in lines[1] and "raise n_ctx" in lines[1]
+    assert f"shorten the {field}" in lines[1] and "raise --n-ctx" in lines[1]  # the CLI names the flag
 
 
 def test_unknown_rubric_is_one_line_error(fake: FakeEngine, image: Path) -> None:

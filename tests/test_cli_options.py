@@ -48,7 +48,7 @@ def test_the_shared_options_reach_the_command_as_one_record() -> None:
                 max_tokens=64,
                 image_fit="pad",
                 n_gpu_layers=0,
-                threads=2,
+                n_threads=2,
                 n_ctx=2048,
                 grammar=False,
             ),
@@ -70,6 +70,37 @@ def test_cli_args_repeat_only_what_differs_from_the_defaults() -> None:
     assert GenerationOptions().cli_args() == []
     options = GenerationOptions(model="tiny", temperature=0.0, seed=3, grammar=False)
     assert options.cli_args() == ["--model=tiny", "--temperature=0.0", "--seed=3", "--no-grammar"]
+
+
+def test_top_p_repeat_penalty_and_verbose_are_options_built_from_the_settings_record() -> None:
+    from edgejudge.settings import SETTINGS
+
+    seen: list[tuple[str, GenerationOptions]] = []
+    app = _app(seen)
+    args = ["go", "x", "--top-p", "0.5", "--repeat-penalty", "1.3", "--verbose", "--parallel", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    options = seen[-1][1]
+    assert (options.top_p, options.repeat_penalty, options.verbose, options.parallel) == (0.5, 1.3, True, 2)
+    params = options.params()
+    assert (params.top_p, params.repeat_penalty, params.constrained) == (0.5, 1.3, True)
+    load = options.load_options()
+    assert (load.verbose, load.parallel, load.n_ctx) == (True, 2, SETTINGS["n_ctx"].default)
+    assert options.cli_args() == ["--top-p=0.5", "--repeat-penalty=1.3", "--parallel=2", "--verbose"]
+    help_text = " ".join(runner.invoke(app, ["go", "--help"], env={"COLUMNS": "400"}).output.split())
+    for flag in ("--top-p", "--repeat-penalty", "--verbose", "--parallel", "--threads"):
+        assert flag in help_text
+    for name in ("n_ctx", "max_tokens", "top_p"):  # every option's help is the settings record's
+        assert " ".join(SETTINGS[name].help.split())[:30] in help_text
+
+
+def test_out_of_bounds_values_are_usage_errors_naming_the_flag() -> None:
+    app = _app([])
+    for args in (["--top-p", "0"], ["--top-p", "1.5"], ["--repeat-penalty", "0"], ["--n-ctx", "100"]):
+        result = runner.invoke(app, ["go", "x", *args])
+        assert result.exit_code == 2, args
+        assert args[0] in result.output, args
+    result = runner.invoke(app, ["go", "x", "--temperature", "nan"])
+    assert result.exit_code == 2 and "--temperature" in result.output
 
 
 def test_stage_progress_shows_stage_names_as_typed() -> None:

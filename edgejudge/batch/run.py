@@ -132,18 +132,9 @@ class BatchSummary:
 
 
 def settings_of(judge: Judge, params: GenerationParams, samples: int) -> dict[str, Any]:
-    """The settings that change a verdict; part of every row's key and written to every output row."""
-    return {
-        "model": judge.engine.model_name,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "seed": params.seed,
-        "samples": samples,
-        "max_tokens": params.max_tokens,
-        "repeat_penalty": params.repeat_penalty,
-        "image_fit": judge.image_fit,
-        "grammar": params.constrained,
-    }
+    """The settings that change a verdict (``Judge.settings``: the same object as a verdict's); part of
+    every row's key and written to every output row."""
+    return judge.settings(params, samples)
 
 
 def run_batch(

@@ -41,7 +41,7 @@ from ._console import (
     verdict_panel,
 )
 from ._hints import for_people
-from ._options import IMAGE_FITS, GenerationOptions, JsonOpt, with_generation_options
+from ._options import GenerationOptions, JsonOpt, with_generation_options
 
 if TYPE_CHECKING:
     from ..judge import Judge
@@ -68,7 +68,6 @@ __all__ = [
     "MAX_JSONL_BYTES",
     "JsonOpt",
     "GenerationOptions",
-    "IMAGE_FITS",
     "with_generation_options",
     "JUDGE_FACTORY",
     "build_judge",
@@ -288,35 +287,17 @@ JUDGE_FACTORY: Callable[[GenerationOptions], Judge] | None = None
 
 
 def build_judge(options: GenerationOptions) -> Judge:
-    """Resolve the model through the registry and load it with llama.cpp (or ``JUDGE_FACTORY``)."""
+    """Load the judge ``options`` name (``load.load_judge``), or call ``JUDGE_FACTORY`` when set."""
     if JUDGE_FACTORY is not None:
         return JUDGE_FACTORY(options)
-    from ..judge import Judge
-    from ..registry import resolve_model
+    from ..load import load_judge
 
-    text, mmproj = resolve_model(options.model, mmproj=options.mmproj)
-    return Judge.from_files(
-        text,
-        mmproj,
-        image_fit=options.image_fit,
-        n_ctx=options.n_ctx,
-        n_threads=options.threads,
-        n_gpu_layers=options.n_gpu_layers,
-        max_parallel=options.parallel,
-    )
+    return load_judge(options.load_options())
 
 
 def registered_name(options: GenerationOptions) -> str | None:
-    """The registry key (``name:QUANT``) of the model ``options`` names (or the default model), for
-    display; None when it was given as a file path, is not registered or cannot be resolved."""
-    from ..registry import load_registry, resolve_model
+    """The registry key (``name:QUANT``) of the model ``options`` names, for display; None for a path or an
+    unregistered model (``load.registered_name``)."""
+    from ..load import registered_name as registry_key
 
-    value = options.model
-    if value is not None and (value.lower().endswith(".gguf") or "/" in value or os.sep in value):
-        return None
-    try:
-        text, _ = resolve_model(value, mmproj=options.mmproj)
-        entries = load_registry().models
-    except EdgeJudgeError:
-        return None
-    return next((m.key for m in entries if Path(m.text_model).resolve() == text.resolve()), None)
+    return registry_key(options.load_options())

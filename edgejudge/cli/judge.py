@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
         from ..images import load_image
 
         image = user_path(image, what="image", error=InvalidImageError)
-        load_image(image)  # fail on a missing/corrupt image before loading a multi-GB model
+        picture = load_image(image)  # read and decoded once: fails on a bad image before a multi-GB load
         console = stderr_console()
         with status("loading the judge model…"):
             judge_obj = build_judge(options)
@@ -190,7 +190,8 @@ def register(app: typer.Typer) -> None:
                         stream.on_text("\n\n")
 
             verdict = judge_obj.evaluate(
-                image,
+                picture,
+                image_name=image.name,
                 instruction=instruction,
                 response=text,
                 rubric=the_rubric,

@@ -239,3 +239,19 @@ def test_wizard_save_leaves_no_temp_file_when_it_fails(work_dir: Path) -> None:
     assert "cannot write" in text and "saved" in text
     assert json.loads((work_dir / "ok.json").read_text())["score"] == verdict.score
     assert sorted(p.name for p in work_dir.iterdir()) == ["ok.json", "taken"]
+
+
+def test_wizard_at_file_refuses_special_files_and_reads_text(work_dir: Path) -> None:
+    from rich.console import Console
+
+    from edgejudge.cli._tui_prompts import Prompter
+
+    console = Console(record=True, width=200)
+    prompter = Prompter(console)
+    (work_dir / "answer.txt").write_text("  A cat.\n", encoding="utf-8")
+    assert prompter._read_file(str(work_dir / "answer.txt")) == "A cat."
+    assert prompter._read_file("/dev/zero") is None  # a device: refused at once, never read
+    assert prompter._read_file(str(work_dir)) is None
+    assert prompter._read_file("-") is None  # never the terminal's stdin
+    text = console.export_text()
+    assert "device" in text and "folder" in text and "give a file name after @" in text

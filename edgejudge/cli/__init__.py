@@ -1,8 +1,14 @@
 """The ``edgejudge`` command line: the Typer app, its commands, and the ``main()`` entry point.
 
-Each command lives in its own module exposing ``register(app)``. Errors become one-line messages and exit
-codes in ``_common.guard`` (applied to every command by ``EdgeJudgeTyper``); ``main`` adds the outermost
-net (Ctrl-C while parsing, a closed stdout). Only ``edgejudge.cli`` and ``edgejudge.tui`` import Typer/Rich.
+Each command lives in its own module exposing ``register(app)``; the guided wizard is ``cli.tui`` (with
+``cli._tui_prompts``), started by ``edgejudge`` alone in a terminal or ``edgejudge tui`` (``cli.wizard``).
+Errors become one-line messages and exit codes in ``_common.guard`` (applied to every command by
+``EdgeJudgeTyper``), in CLI words (``_hints``: setting names become flags); ``main`` adds the outermost net
+(Ctrl-C while parsing, a closed stdout). This package is the only importer of Typer and Rich, and holds no
+library logic: commands parse options, call the library, print, and map errors.
+
+Imports inside the package point one way: ``__init__`` → command modules → ``_common`` → ``_console``,
+``_options``, ``_hints`` (and ``tui`` → ``_tui_prompts``); nothing imports ``__init__`` back.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ._common import EXIT_INTERRUPTED, EXIT_USAGE, examples, make_app, stderr_console
+from ._common import EXIT_INTERRUPTED, examples, make_app, stderr_console
 
 __all__ = ["app", "main"]
 
@@ -78,19 +84,9 @@ def _root(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    if not sys.stdin.isatty():
-        console = stderr_console()
-        console.print(
-            "edgejudge: no command given, and the guided wizard needs a terminal (stdin is not one)."
-        )
-        console.print(
-            'To judge from a script use:  edgejudge judge IMAGE --instruction "..." --response "..."  '
-            "(see edgejudge --help)"
-        )
-        raise typer.Exit(EXIT_USAGE)
     from .tui import run_wizard
 
-    run_wizard()
+    run_wizard()  # not a terminal: says how to judge from a script, exit 2
 
 
 for _name in COMMAND_MODULES:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.prompt import Prompt
 from rich.text import Text
 
-from ..errors import EdgeJudgeError
+from ..errors import EdgeJudgeError, InputError
+from ._common import read_text_file
 from ._hints import for_people
 
 if TYPE_CHECKING:
@@ -148,11 +147,15 @@ class Prompter:
             self.console.print("[yellow]the text is empty; type it again (Ctrl-C cancels)[/yellow]")
 
     def _read_file(self, name: str) -> str | None:
-        path = Path(name.strip()).expanduser()
+        """The UTF-8 text of the file typed after ``@``, read like every user file (``read_text_file``: a
+        regular file of bounded size, so ``@/dev/zero`` or a FIFO is refused, never a hang)."""
+        name = name.strip()
         try:
-            return path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            self.console.print(f"[red]cannot read {escape(str(path))}:[/red] {escape(str(err))}")
+            if name in ("", "-"):
+                raise InputError("give a file name after @", hint="e.g. @answer.txt")
+            return read_text_file(name).strip()
+        except EdgeJudgeError as err:
+            self.error(err)
             return None
 
     def error(self, err: EdgeJudgeError) -> None:

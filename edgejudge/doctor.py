@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, config, settings
 
 __all__ = ["DoctorReport", "collect", "versions", "cpu_info", "gpu_info", "memory_info", "model_needs"]
 
@@ -35,7 +35,8 @@ _FLAGS = (
 _ARM_FLAGS = ("neon", "asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
 #: Compute buffers, the CLIP graph and runtime overhead on top of weights + KV cache (a rough allowance).
 OVERHEAD_BYTES = 400 * 1024 * 1024
-DEFAULT_N_CTX = 4096
+#: The context size the memory estimate assumes: the n_ctx setting's default (edgejudge.settings).
+DEFAULT_N_CTX: int = settings.default("n_ctx")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,14 @@ from typing import Annotated
 
 import typer
 
+from ..judgefile import DEFAULT_MMPROJ_QUANT, DEFAULT_QUANT, MMPROJ_QUANTS, TEXT_QUANTS
 from ._common import JsonOpt, StageProgress, emit_json, examples, human_bytes, stderr_console
 
 __all__ = ["register"]
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def register(app: typer.Typer) -> None:
@@ -38,9 +43,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--name", help="Model name used in the file names (default: SRC's name)."),
         ] = None,
         quant: Annotated[
-            str, typer.Option("--quant", "-q", help="Text model: F16, Q8_0, Q5_K_M or Q4_K_M (any case).")
-        ] = "Q4_K_M",
-        mmproj_quant: Annotated[str, typer.Option("--mmproj-quant", help="Projector: F16 or Q8_0.")] = "F16",
+            str, typer.Option("--quant", "-q", help=f"Text model: {_choices(TEXT_QUANTS)} (any case).")
+        ] = DEFAULT_QUANT,
+        mmproj_quant: Annotated[
+            str, typer.Option("--mmproj-quant", help=f"Projector: {_choices(MMPROJ_QUANTS)}.")
+        ] = DEFAULT_MMPROJ_QUANT,
         register_it: Annotated[
             bool, typer.Option("--register", help="Also register the pair (usable as --model NAME).")
         ] = False,

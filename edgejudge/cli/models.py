@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ..judgefile import DEFAULT_MMPROJ_QUANT, MMPROJ_QUANTS, TEXT_QUANTS
 from ._common import (
     EXIT_ERROR,
     JsonOpt,
@@ -105,11 +106,11 @@ def register(app: typer.Typer) -> None:
         name: NameArg,
         quant: Annotated[
             str | None,
-            typer.Option("--quant", "-q", help="Text model quantization: F16, Q8_0, Q5_K_M, Q4_K_M."),
+            typer.Option("--quant", "-q", help=f"Text model quantization: {', '.join(TEXT_QUANTS)}."),
         ] = None,
         mmproj_quant: Annotated[
-            str, typer.Option("--mmproj-quant", help="Projector quantization: F16, Q8_0.")
-        ] = "F16",
+            str, typer.Option("--mmproj-quant", help=f"Projector quantization: {', '.join(MMPROJ_QUANTS)}.")
+        ] = DEFAULT_MMPROJ_QUANT,
         source: Annotated[
             str | None,
             typer.Option(

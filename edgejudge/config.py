@@ -7,7 +7,8 @@ Variables (all optional):
 - ``EDGEJUDGE_CACHE``: cache directory (self-test results, demo model, downloads staging). Default
   ``$XDG_CACHE_HOME/edgejudge`` (``~/.cache/edgejudge``).
 - ``EDGEJUDGE_MODELS_DIR``: where converted models live. Default ``$EDGEJUDGE_HOME/models``.
-- ``EDGEJUDGE_DEFAULT_MODEL``: model name or path used when ``--model`` is not given.
+- ``EDGEJUDGE_DEFAULT_MODEL``: model name or path used when no model is given (``edgejudge models default``
+  sets the registry's default instead; this variable overrides it).
 - ``EDGEJUDGE_DEBUG``: ``1`` shows tracebacks instead of one-line errors.
 - ``NO_COLOR``: any value turns colour off (https://no-color.org).
 - ``HF_HUB_OFFLINE``: ``1`` forbids network access for hub downloads (read by huggingface-hub itself).

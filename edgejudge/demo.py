@@ -127,11 +127,13 @@ def run_demo(
     max_tokens: int = 48,
     progress: ProgressFn | None = None,
     on_text: TokenCallback | None = None,
+    verbose: bool = False,
 ) -> DemoResult:
-    """Build (once) the demo judge and judge the generated picture with the full pipeline."""
+    """Build (once) the demo judge and judge the generated picture with the full pipeline (loaded with the
+    default load settings; ``verbose`` lets llama.cpp's own log through)."""
     from .engine.base import GenerationParams
     from .images import synthetic_image
-    from .judge import Judge
+    from .load import LoadOptions, load_judge
 
     model = ensure_demo_model(rebuild=rebuild, progress=progress)
     start = time.perf_counter()
@@ -140,7 +142,8 @@ def run_demo(
     synthetic_image(336, seed=seed).save(buffer, format="PNG")
     data = buffer.getvalue()
     atomic_write(picture, data)
-    with Judge.from_files(model.text_model, model.mmproj, n_ctx=4096) as judge:
+    options = LoadOptions(model=str(model.text_model), mmproj=model.mmproj, verbose=verbose)
+    with load_judge(options) as judge:
         verdict = judge.evaluate(
             data,
             instruction=DEMO_INPUTS["instruction"],

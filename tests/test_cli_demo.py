@@ -36,3 +36,9 @@ def test_demo_builds_once_and_judges(monkeypatch, tmp_path: Path) -> None:  # no
     assert "RANDOM weights" in again.stderr and "edgejudge models pull prometheus-vision-7b" in again.stderr
     assert "built the demo judge" not in again.stderr
     assert text.stat().st_mtime_ns == Path(data["text_model"]).stat().st_mtime_ns
+
+    quiet_lines = len(again.stderr.splitlines())
+    verbose = runner.invoke(app, ["demo", "--verbose"])  # llama.cpp's own log reaches stderr
+    assert verbose.exit_code == 0, verbose.stderr
+    assert verbose.stdout == "" and "RANDOM weights" in verbose.stderr
+    assert len(verbose.stderr.splitlines()) > quiet_lines + 20 and "llama" in verbose.stderr

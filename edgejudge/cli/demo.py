@@ -16,6 +16,7 @@ import typer
 from rich.panel import Panel
 from rich.text import Text
 
+from ..settings import setting
 from ._common import (
     FeedbackStream,
     JsonOpt,
@@ -76,6 +77,7 @@ def register(app: typer.Typer) -> None:
         rebuild: Annotated[bool, typer.Option("--rebuild", help="Build the demo judge again.")] = False,
         seed: Annotated[int, typer.Option("--seed", help="Seed for the picture and the sampling.")] = 0,
         max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Generation budget.")] = 48,
+        verbose: Annotated[bool, typer.Option("--verbose", help=setting("verbose").help)] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Try the whole pipeline offline in seconds: a tiny random-weight judge judges a generated picture.
@@ -90,7 +92,10 @@ def register(app: typer.Typer) -> None:
             model = ensure_demo_model(rebuild=rebuild, progress=progress)
         with FeedbackStream(console, title="Feedback (random weights)") as stream:
             result = run_demo(
-                seed=seed, max_tokens=max_tokens, on_text=stream.on_text if stream.enabled else None
+                seed=seed,
+                max_tokens=max_tokens,
+                on_text=stream.on_text if stream.enabled else None,
+                verbose=verbose,
             )
         if as_json:
             emit_json(

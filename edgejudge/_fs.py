@@ -7,7 +7,9 @@ it names a regular file (not a folder, FIFO, socket or device such as ``/dev/zer
 never end), and it is not larger than the caller's limit. Files are opened with ``O_NONBLOCK`` so that a
 FIFO never blocks the open, and checked with ``fstat`` on the open descriptor (no race between check and
 read). Errors are raised as the caller's ``EdgeJudgeError`` class with a one-line message naming the path
-as the user typed it.
+as the user typed it. ``read_stamped``/``sha256_stamped`` also return the file's ``FileStamp`` (from
+``fstat`` at open), so a file hashed once can be read later and known to be the bytes that were hashed
+(a file changed just before it was hashed gets no stamp, and its reader compares hashes instead).
 
 Also owns THE atomic file write (``atomic_write``): every artefact (report page, rubric, registry, saved
 verdict, probe cache, demo picture) is written to a uniquely named hidden temp file in the target's folder,
@@ -22,9 +24,10 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from .errors import EdgeJudgeError, InputError
 
@@ -33,6 +36,10 @@ __all__ = [
     "open_regular",
     "read_regular",
     "sha256_regular",
+    "read_stamped",
+    "sha256_stamped",
+    "FileStamp",
+    "RACY_NS",
     "same_file",
     "describe_kind",
     "atomic_write",
@@ -108,6 +115,28 @@ def open_regular(
     return fd, info
 
 
+#: A file whose ctime is this close to the moment it is hashed gets no stamp (``sha256_stamped``).
+RACY_NS = 2 * 10**9
+
+
+class FileStamp(NamedTuple):
+    """One version of a file, from ``fstat`` at open: device, inode, size, mtime and ctime in ns. Any write
+    changes the ctime (which no user call can set back), so an equal stamp means the same bytes: a caller
+    that hashed a file can later read it and know it read what it hashed, without hashing it twice. (File
+    system clocks tick coarsely, so a file written just before it was hashed could be written again within
+    the same tick: such a file gets no stamp, see ``sha256_stamped``; git calls this "racily clean".)"""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> FileStamp:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def read_regular(
     path: Path,
     *,
@@ -117,6 +146,18 @@ def read_regular(
     error: type[EdgeJudgeError] = InputError,
 ) -> bytes:
     """The bytes of a regular file, at most ``max_bytes`` (a file growing past it while read is refused)."""
+    return read_stamped(path, label=label, what=what, max_bytes=max_bytes, error=error)[0]
+
+
+def read_stamped(
+    path: Path,
+    *,
+    label: str | None = None,
+    what: str = "file",
+    max_bytes: int | None,
+    error: type[EdgeJudgeError] = InputError,
+) -> tuple[bytes, FileStamp]:
+    """``read_regular`` and the file's ``FileStamp`` as it was opened."""
     label = label or str(path)
     fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
     limit = max_bytes if max_bytes is not None else info.st_size
@@ -127,7 +168,7 @@ def read_regular(
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
     if max_bytes is not None and len(data) > max_bytes:
         raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
-    return data
+    return data, FileStamp.of(info)
 
 
 def sha256_regular(
@@ -139,8 +180,23 @@ def sha256_regular(
     error: type[EdgeJudgeError] = InputError,
 ) -> str:
     """The sha256 hex digest of a regular file's bytes, with the same checks as ``read_regular``."""
+    return sha256_stamped(path, label=label, what=what, max_bytes=max_bytes, error=error)[0]
+
+
+def sha256_stamped(
+    path: Path,
+    *,
+    label: str | None = None,
+    what: str = "file",
+    max_bytes: int | None,
+    error: type[EdgeJudgeError] = InputError,
+) -> tuple[str, FileStamp | None]:
+    """``sha256_regular`` and the file's ``FileStamp`` as it was opened (a file written while it is hashed
+    gets a later stamp, so a reader comparing stamps sees the change); ``None`` instead of a stamp when the
+    file changed less than ``RACY_NS`` before it was hashed (a reader must then compare the bytes' hash)."""
     label = label or str(path)
-    fd, _ = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
+    began = time.time_ns()
+    fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
     digest = hashlib.sha256()
     seen = 0
     try:
@@ -154,7 +210,8 @@ def sha256_regular(
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
     if max_bytes is not None and seen > max_bytes:
         raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
-    return digest.hexdigest()
+    stamp = FileStamp.of(info)
+    return digest.hexdigest(), (stamp if stamp.ctime_ns < began - RACY_NS else None)
 
 
 def same_file(a: Path, b: Path) -> bool:

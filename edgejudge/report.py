@@ -7,9 +7,10 @@ filter (small inline script; ``#filter=4,5`` or ``#filter=error`` in the URL app
 piece of user or model text is HTML-escaped; a Content-Security-Policy forbids any network access. Nothing
 here prints.
 
-Rows are untrusted (a results file may come from anyone): a field of the wrong type (a score that is a
-string, feedback that is a list, a huge or negative ``image_size``, lone surrogates, missing keys) is shown
-as text or left out, never an error; a row that is not a JSON object is skipped and counted. Images are
+Rows are untrusted (a results file may come from anyone): each is read with ``ResultRow.from_dict``, the
+batch package's tolerant reader, so a field of the wrong type (a score that is a string, feedback that is a
+list, a huge or negative ``image_size``, lone surrogates, missing keys) is shown as text or left out, never
+an error; a row that is not a JSON object is skipped and counted. Images are
 embedded only from under the image root (``image_root``, else the results file's folder; symlinks
 resolved) unless ``embed_outside_root`` is set, so a shared report cannot carry pictures from anywhere on
 the machine; the others get a placeholder saying why. Thumbnails are fitted at the row's ``image_size``
@@ -26,11 +27,14 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _fs
 from ._report_assets import CSS, SCRIPT
 from .errors import EdgeJudgeError, InputError
+
+if TYPE_CHECKING:
+    from .batch.result import ResultRow
 
 __all__ = ["ReportSummary", "render_report", "write_report", "DEFAULT_TITLE", "MAX_THUMBNAIL_FIT"]
 
@@ -90,13 +94,9 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _score(row: Mapping[str, Any]) -> int | None:
-    score = row.get("score")
-    return score if type(score) is int and 1 <= score <= 5 else None
-
-
-def _ok(row: Mapping[str, Any]) -> bool:
-    return isinstance(row.get("status"), str) and row["status"] == "ok"
+def _score(row: ResultRow) -> int | None:
+    score = row.score
+    return score if score is not None and 1 <= score <= 5 else None
 
 
 def _user_path(text: Any) -> Path | None:
@@ -126,8 +126,8 @@ class _Thumbnails:
         self.embed_outside_root = embed_outside_root
         self.cache: dict[tuple[str, int, str], str | None] = {}
 
-    def candidates(self, row: Mapping[str, Any]) -> list[Path]:
-        name, recorded = _user_path(row.get("image")), _user_path(row.get("image_path"))
+    def candidates(self, row: ResultRow) -> list[Path]:
+        name, recorded = _user_path(row.image), _user_path(row.image_path)
         paths: list[Path] = []
         if name is not None and name.is_absolute():
             paths.append(name)
@@ -142,17 +142,17 @@ class _Thumbnails:
     def inside(self, real: Path) -> bool:
         return self.embed_outside_root or (self.root is not None and real.is_relative_to(self.root))
 
-    def uri(self, row: Mapping[str, Any]) -> tuple[str | None, str]:
+    def uri(self, row: ResultRow) -> tuple[str | None, str]:
         """``(data URI, "")`` or ``(None, why)`` with why "no image", "image not found", "image
         unreadable" or "outside the image root"."""
-        from .images import prepare_image, thumbnail_data_uri
+        from .images import FIT_MODES, prepare_image, thumbnail_data_uri
 
-        raw_size, raw_fit = row.get("image_size"), row.get("image_fit")
-        size = raw_size if type(raw_size) is int and 1 <= raw_size else _DEFAULT_FIT_SIZE
+        raw_size, raw_fit = row.image_size, row.image_fit
+        size = raw_size if raw_size is not None and 1 <= raw_size else _DEFAULT_FIT_SIZE
         size = min(size, MAX_THUMBNAIL_FIT)
-        fit = raw_fit if isinstance(raw_fit, str) and raw_fit in ("crop", "pad") else "crop"
+        fit = raw_fit if raw_fit in FIT_MODES else FIT_MODES[0]
         paths = self.candidates(row)
-        why = "no image" if not paths and not row.get("image") else "image not found"
+        why = "no image" if not paths and not row.image else "image not found"
         for path in paths:
             real = _real(path)
             if real is None:
@@ -173,20 +173,20 @@ class _Thumbnails:
         return None, why
 
 
-def _score_class(row: Mapping[str, Any]) -> str:
-    if not _ok(row):
+def _score_class(row: ResultRow) -> str:
+    if not row.ok:
         return "error"
     score = _score(row)
     return str(score) if score is not None else "none"
 
 
-def _prob_bars(row: Mapping[str, Any]) -> str:
-    probs = row.get("score_probs")
-    if not isinstance(probs, Mapping):
+def _prob_bars(row: ResultRow) -> str:
+    probs = row.score_probs
+    if probs is None:
         return '<p class="muted">no score distribution</p>'
     lines = []
     for k in range(1, 6):
-        p = _number(probs.get(str(k), probs.get(k))) or 0.0  # type: ignore[call-overload]
+        p = _number(probs.get(str(k))) or 0.0
         chosen = " chosen" if _score(row) == k else ""
         lines.append(
             f'<div class="prob{chosen}"><span class="k">{k}</span>'
@@ -202,45 +202,43 @@ def _field(label: str, value: Any, *, cls: str = "") -> str:
     return f'<div class="field {cls}"><h4>{_e(label)}</h4><p>{_e(value)}</p></div>'
 
 
-def _card(row: Mapping[str, Any], thumb: str | None, why: str) -> str:
+def _card(row: ResultRow, thumb: str | None, why: str) -> str:
     cls = _score_class(row)
-    score = row.get("score")
-    expected = _number(row.get("expected_score"))
+    score = row.score
+    expected = _number(row.expected_score)
     image_html = (
-        f'<img class="thumb" src="{_e(thumb)}" alt="{_e(row.get("image"))} as judged">'
+        f'<img class="thumb" src="{_e(thumb)}" alt="{_e(row.image)} as judged">'
         if thumb
-        else f'<div class="thumb missing">{_e(why)}<br><small>{_e(row.get("image"))}</small></div>'
-        if row.get("image")
+        else f'<div class="thumb missing">{_e(why)}<br><small>{_e(row.image)}</small></div>'
+        if row.image
         else f'<div class="thumb missing">{_e(why)}</div>'
     )
     head = (
-        f'<header><span class="rid">{_e(row.get("id"))}</span>'
+        f'<header><span class="rid">{_e(row.id)}</span>'
         f'<span class="badge b{cls}">{_e(score) if cls not in ("error", "none") else _e(cls)}</span></header>'
     )
-    if _ok(row):
+    if row.ok:
         body = (
             f'<p class="expected">score <b>{_e(score if score is not None else "?")}</b> / 5'
             + (f" · expected {expected:.2f}" if expected is not None else "")
             + "</p>"
             + _prob_bars(row)
-            + _field("Feedback", row.get("feedback"), cls="feedback")
+            + _field("Feedback", row.feedback, cls="feedback")
         )
     else:
-        body = _field("Error", row.get("error") or "unknown error", cls="errmsg") + _field(
-            "Hint", row.get("hint")
-        )
-    reference = row.get("reference")
-    model_line = f"{_text(row.get('model') or '?')} · image fit {_text(row.get('image_fit') or '?')}"
+        body = _field("Error", row.error or "unknown error", cls="errmsg") + _field("Hint", row.hint)
+    reference = row.reference
+    model_line = f"{_text(row.model or '?')} · image fit {_text(row.image_fit or '?')}"
     details = (
-        _field("Instruction", row.get("instruction"))
-        + _field("Response", row.get("response"))
+        _field("Instruction", row.instruction)
+        + _field("Response", row.response)
         + _field("Reference answer", reference if reference else "(none given)")
-        + _field("Rubric", f"{_text(row.get('rubric') or '?')}: {_text(row.get('criteria') or '')}")
-        + _field("Image", row.get("image"))
+        + _field("Rubric", f"{_text(row.rubric or '?')}: {_text(row.criteria or '')}")
+        + _field("Image", row.image)
         + _field("Model", model_line)
     )
     return (
-        f'<article class="card c{cls}" data-score="{_e(cls)}" data-id="{_e(row.get("id"))}">'
+        f'<article class="card c{cls}" data-score="{_e(cls)}" data-id="{_e(row.id)}">'
         f'{image_html}<div class="body">{head}{body}'
         f"<details><summary>inputs and rubric</summary>{details}</details></div></article>"
     )
@@ -266,9 +264,8 @@ def _chart(counts: dict[int, int], errors: int) -> str:
     return "".join(parts)
 
 
-def _line_of(row: Mapping[str, Any]) -> int:
-    line = row.get("line")
-    return line if type(line) is int else 1 << 62
+def _line_of(row: ResultRow) -> int:
+    return row.line if row.line is not None else 1 << 62
 
 
 def render_report(
@@ -280,12 +277,19 @@ def render_report(
     results_dir: str | Path = ".",
     embed_outside_root: bool = False,
 ) -> tuple[str, ReportSummary]:
-    """The report page for batch output rows (deduped by the caller; shown in input-line order).
+    """The report page for batch output rows (``ResultRow`` records or JSON objects; deduped by the caller;
+    shown in input-line order).
 
-    Never raises on row contents: rows that are not mappings are skipped (``summary.skipped``)."""
+    Never raises on row contents: rows that are neither are skipped (``summary.skipped``)."""
+    from .batch.result import ResultRow
+
     given = list(rows)
-    mappings = [row for row in given if isinstance(row, Mapping)]
-    ordered = sorted(mappings, key=_line_of)
+    records = [
+        row if isinstance(row, ResultRow) else ResultRow.from_dict(row)
+        for row in given
+        if isinstance(row, (ResultRow, Mapping))
+    ]
+    ordered = sorted(records, key=_line_of)
     thumbs = _Thumbnails(
         Path(image_root) if image_root is not None else None,
         Path(results_dir),
@@ -300,19 +304,19 @@ def render_report(
         outside += why == "outside the image root"
         cards.append(_card(row, thumb, why))
         score = _score(row)
-        if _ok(row) and score is not None:
+        if row.ok and score is not None:
             counts[score] += 1
-        value = _number(row.get("expected_score"))
-        if _ok(row) and value is not None:
+        value = _number(row.expected_score)
+        if row.ok and value is not None:
             expected.append(value)
-    ok = sum(1 for r in ordered if _ok(r))
+    ok = sum(1 for r in ordered if r.ok)
     errors = len(ordered) - ok
     scored = sum(counts.values())
     mean = sum(k * n for k, n in counts.items()) / scored if scored else None
     mean_expected = math.fsum(expected) / len(expected) if expected else None
     if mean_expected is not None and not math.isfinite(mean_expected):
         mean_expected = None
-    models = sorted({_text(r.get("model")) for r in ordered if r.get("model")})
+    models = sorted({_text(r.model) for r in ordered if r.model})
     tiles = [
         ("rows", str(len(ordered))),
         ("judged", str(ok)),
@@ -354,7 +358,7 @@ style-src 'unsafe-inline'; script-src 'unsafe-inline'">
         mean_score=round(mean, 4) if mean is not None else None,
         bytes=len(page.encode("utf-8")),
         images_outside_root=outside,
-        skipped=len(given) - len(mappings),
+        skipped=len(given) - len(records),
     )
     return page, summary
 
@@ -389,13 +393,14 @@ def write_report(
         )
     if _fs.same_file(output_path, results_path) or _real(output_path) == _real(results_path):
         raise InputError(
-            "the report would overwrite the results file", hint="pass a different --output, e.g. report.html"
+            "the report would overwrite the results file",
+            hint="write the report to another file, e.g. report.html",
         )
     rows = list(read_results(results_path).values())
     if not rows:
         raise InputError(
             f"no batch results in {results_path}",
-            hint="run edgejudge batch first; the report reads its output",
+            hint="run the batch first; the report reads its output",
         )
     page, summary = render_report(
         rows,
@@ -411,6 +416,6 @@ def write_report(
     except OSError as err:
         raise InputError(
             f"cannot write the report {output_path}: {err.strerror or err}",
-            hint="pass an --output path in a folder you can write to",
+            hint="write the report into a folder you can write to",
         ) from None
     return ReportSummary(**{**summary.to_dict(), "output": str(output_path)})

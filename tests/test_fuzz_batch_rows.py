@@ -25,7 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgejudge.batch import OutputLock, read_results, repair_output, run_batch
-from edgejudge.batch.rows import BatchRow, base_row, error_row, is_batch_row, read_input_rows
+from edgejudge.batch.result import base_row, error_row, is_batch_row
+from edgejudge.batch.rows import BatchRow, read_input_rows
 from edgejudge.engine.fake import FakeEngine
 from edgejudge.errors import EdgeJudgeError, InputError
 from edgejudge.images import synthetic_image
@@ -136,7 +137,8 @@ def _batch_line(row_id: str) -> bytes:
     row = BatchRow(id=row_id, line=1, problem="x")
     settings = {"model": "fake", "image_fit": "crop"}
     base = base_row(row, "0" * 64, Path("/"), settings, 336)
-    return json.dumps(error_row(base, "problem", None, 0.0), ensure_ascii=False).encode("utf-8") + b"\n"
+    row_json = error_row(base, "problem", None, 0.0).to_dict()
+    return json.dumps(row_json, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 REAL_ROWS = [_batch_line(f"r{i}") for i in range(3)] + [_batch_line("caf\u00e9 \u2028")]

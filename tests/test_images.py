@@ -245,9 +245,9 @@ def test_prepare_image_bytes_and_hash(tmp_path: Path) -> None:
     assert first.name == second.name == "scene.png"
     assert (first.width, first.height, first.mode) == (56, 56, "crop")
     assert len(first.rgb) == 56 * 56 * 3 and first.rgb == first.image.tobytes()
-    assert first.sha256 == second.sha256 == hashlib.sha256(first.rgb).hexdigest()
-    assert prepare_image(path, 56, "pad").sha256 != first.sha256
-    assert prepare_image(path, 64).sha256 != first.sha256
+    assert first.pixels_sha256 == second.pixels_sha256 == hashlib.sha256(first.rgb).hexdigest()
+    assert prepare_image(path, 56, "pad").pixels_sha256 != first.pixels_sha256
+    assert prepare_image(path, 64).pixels_sha256 != first.pixels_sha256
 
 
 def test_thumbnail_and_pixel_grid() -> None:
@@ -288,7 +288,7 @@ def test_direct_crop_path_matches_full_resize(monkeypatch: pytest.MonkeyPatch, s
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     full = fit_image(img, 336)  # small enough for the full resize-then-crop of the reference
-    monkeypatch.setattr("edgejudge.images._MAX_FIT_PIXELS", 0)  # force the direct path
+    monkeypatch.setattr("edgejudge.images.fit._MAX_FIT_PIXELS", 0)  # force the direct path
     assert fit_image(img, 336).tobytes() == full.tobytes()
 
 

@@ -173,7 +173,7 @@ def test_fit_pad_and_prefitted(png: bytes) -> None:
     assert (fitted.width, fitted.height, fitted.mode, fitted.name) == (56, 56, "pad", "x.png")
     assert judge.fit(fitted) is fitted
     renamed = judge.fit(fitted, name="y.png")
-    assert renamed.name == "y.png" and renamed.sha256 == fitted.sha256
+    assert renamed.name == "y.png" and renamed.pixels_sha256 == fitted.pixels_sha256
 
 
 def test_verdict_json_round_trip(png: bytes) -> None:

@@ -1,12 +1,16 @@
 """Batch judging: JSONL rows in, one result row per input row out, resumable.
 
-``run`` is the loop (groups rows by image, judges them, appends rows); ``rows`` the input rows, keys and the
-output row format; ``log`` the batch log on disk (what counts as one, repair, reading results); ``lock``
-the one-writer-per-output lock. This package re-exports the public names of ``run``.
+``run`` is the loop (groups rows by image, judges them, appends rows); ``rows`` the input rows, keys and
+scheduling; ``result`` the output rows (``ResultRow``, the typed record of an output line, with its tolerant
+reader); ``log`` the batch log on disk (what counts as one, repair, reading results); ``lock`` the
+one-writer-per-output lock. This package re-exports the public names of ``run``, ``ResultRow``,
+``RowSample`` and ``read_result_rows``.
 """
 
 from __future__ import annotations
 
+from .log import read_result_rows
+from .result import ResultRow, RowSample
 from .run import (
     MAX_OUTPUT_BYTES,
     BatchEvent,
@@ -26,11 +30,14 @@ __all__ = [
     "BatchEvent",
     "BatchSummary",
     "BatchRow",
+    "ResultRow",
+    "RowSample",
     "EventFn",
     "OutputLock",
     "MAX_OUTPUT_BYTES",
     "run_batch",
     "read_results",
+    "read_result_rows",
     "repair_output",
     "check_output",
     "is_batch_row",

@@ -1,9 +1,10 @@
 """The append-only batch log on disk: what counts as one, its lock, crash repair, and reading it back.
 
 Owns ``OutputLock``, the checks on an output path (``check_output``, ``output_state``), the scan of an
-output file, the cut-row rule, ``repair_output`` and ``read_results``. ``edgejudge.batch`` re-exports the
-public names and its ``run_batch`` writes through them. The row shape (``is_batch_row``, ``ROW_KEYS``) lives
-beside ``base_row`` in ``batch.rows``, its one home.
+output file, the cut-row rule, ``repair_output``, ``read_results`` (the rows as JSON objects) and
+``read_result_rows`` (the same rows as ``ResultRow`` records). ``edgejudge.batch`` re-exports the public
+names and its ``run_batch`` writes through them. The row shape (``is_batch_row``, ``ROW_KEYS``) lives beside
+``ResultRow`` in ``batch.result``, its one home.
 
 Output semantics: the output file is append-only; each judged row is written (and fsync'd) as one line as
 soon as it is done. When an id is judged again (changed inputs, ``retry_errors``), a new line is appended
@@ -47,7 +48,8 @@ from typing import Any
 from .. import _fs, _jsonl
 from ..errors import InputError
 from .lock import OutputLock
-from .rows import is_batch_row, read_lines
+from .result import ResultRow, is_batch_row
+from .rows import read_lines
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
@@ -56,6 +58,7 @@ __all__ = [
     "check_output",
     "repair_output",
     "read_results",
+    "read_result_rows",
     "output_state",
     "scan_output",
     "repair_locked",
@@ -391,3 +394,9 @@ def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError):
         pass  # open_regular says what is wrong
     return scan_output(output, str(output)).rows
+
+
+def read_result_rows(path: str | Path) -> dict[str, ResultRow]:
+    """``read_results`` as ``ResultRow`` records (``ResultRow.from_dict``, the tolerant reader: rows of older
+    versions and hand-edited rows become records, never an error)."""
+    return {row_id: ResultRow.from_dict(row) for row_id, row in read_results(path).items()}

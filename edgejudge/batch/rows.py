@@ -1,19 +1,19 @@
-"""Batch rows: reading the JSONL input, field mapping, content-hash keys, scheduling, and output rows.
+"""Batch input rows: reading the JSONL input, field mapping, content-hash keys and scheduling.
 
 Owns the input side of ``edgejudge.batch``: native fields (``id``, ``image``, ``instruction``, ``response``,
 ``reference``, ``rubric``) and Perception-Collection/Bench fields (``orig_instruction``, ``orig_response`` /
 ``original_response``, ``orig_reference_answer``, ``orig_criteria``, ``orig_score1_description`` …).
 A row that cannot be judged (bad JSON, missing field, unknown rubric) is still a ``BatchRow``, with
-``problem`` saying why, so the batch writes an error row for it and goes on. ``base_row``/``ok_row``/
-``error_row`` build the output records (the format is documented in the README's batch section).
+``problem`` saying why, so the batch writes an error row for it and goes on. The output rows are
+``batch.result`` (``ResultRow``).
 
 Hostile input never stops the batch: every line is decoded with ``_jsonl`` (deep nesting, huge integers,
 over-long lines are a malformed row; lone surrogates and invalid UTF-8 are replaced with U+FFFD and put a
 warning on the row); a path with a NUL byte or an unknown ``~user`` is a row problem; images named by a
 row are hashed and read only when they are regular files within ``images.MAX_FILE_BYTES`` (``_fs``; rubric
 files get the same checks in ``rubric.load_rubric``), so a FIFO or ``/dev/zero`` is an error row, never a
-hang. ``read_lines`` streams a JSONL file line by line in
-bounded memory (a line over its limit is reported, not held).
+hang. ``read_lines`` streams a JSONL file line by line in bounded memory (a line over its limit is
+reported, not held).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,6 @@ from ..errors import InputError, RubricError
 
 if TYPE_CHECKING:
     from ..rubric import Rubric
-    from ..verdict import Verdict
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -48,11 +46,6 @@ __all__ = [
     "row_key",
     "id_of",
     "schedule",
-    "base_row",
-    "ok_row",
-    "error_row",
-    "ROW_KEYS",
-    "is_batch_row",
 ]
 
 #: Input fields copied unchanged into the output row (gold scores, for ``edgejudge metrics``).
@@ -174,17 +167,19 @@ def resolve_image(image: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def image_digest(path: Path) -> str:
-    """``sha256:<hex>`` of the file's bytes, or ``missing``/``unreadable`` (a fixed file changes the key).
+def image_digest(path: Path) -> tuple[str, _fs.FileStamp | None]:
+    """``("sha256:<hex>", stamp)`` of the file's bytes, or ``("missing"|"unreadable", None)`` (a fixed file
+    changes the key). The stamp lets the judging step read the file without hashing it again.
 
     Only a regular file within ``images.MAX_FILE_BYTES`` is hashed: a folder, FIFO, device or too large a
     file is ``unreadable`` at once (never a hang); judging the row then reports why."""
     from ..images import MAX_FILE_BYTES
 
     try:
-        return "sha256:" + _fs.sha256_regular(path, what="image", max_bytes=MAX_FILE_BYTES)
+        digest, stamp = _fs.sha256_stamped(path, what="image", max_bytes=MAX_FILE_BYTES)
     except InputError:
-        return "unreadable" if os.path.lexists(path) else "missing"
+        return ("unreadable" if os.path.lexists(path) else "missing"), None
+    return "sha256:" + digest, stamp
 
 
 def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
@@ -453,116 +448,3 @@ def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, R
     if data.get("orig_criteria") is not None:
         return Rubric.from_mapping(data, name="inline")
     return default
-
-
-def base_row(
-    row: BatchRow, key: str, root: Path, settings: dict[str, Any], image_size: int
-) -> dict[str, Any]:
-    rubric = row.rubric
-    base: dict[str, Any] = {
-        "id": row.id,
-        "line": row.line,
-        "status": "error",
-        "score": None,
-        "expected_score": None,
-        "score_probs": None,
-        "agreement": None,
-        "feedback": None,
-        "error": None,
-        "hint": None,
-        "key": key,
-        "image": row.image,
-        "image_path": _image_path(row.image, root),
-        "image_sha256": None,
-        "image_size": image_size,
-        "instruction": row.instruction,
-        "response": row.response,
-        "reference": row.reference,
-        "rubric": rubric.name if rubric is not None else None,
-        "criteria": rubric.criteria if rubric is not None else None,
-        "model": settings["model"],
-        "image_fit": settings["image_fit"],
-        "settings": dict(settings),
-        "parse_method": None,
-        "raw_output": None,
-        "samples": [],
-        "timings": None,
-        "warnings": list(row.warnings),
-    }
-    base.update(row.extra)
-    return base
-
-
-#: The keys every output row has had since the first batch format (``base_row``); a line of an output file
-#: is an edgejudge batch row when it is a JSON object with all of them (see ``is_batch_row``).
-ROW_KEYS = frozenset(
-    "id line status score expected_score score_probs agreement feedback error hint key image image_path "
-    "image_sha256 image_size instruction response reference rubric criteria model image_fit settings "
-    "parse_method raw_output samples timings".split()
-)
-
-
-def is_batch_row(value: Any) -> bool:
-    """True for a JSON object shaped like a row ``base_row`` writes: every key of ``ROW_KEYS``, ``id`` a
-    string, ``line`` an integer, ``status`` "ok" or "error", ``key`` 64 hex digits, ``settings`` an object."""
-    if not isinstance(value, dict) or not ROW_KEYS <= value.keys():
-        return False
-    key = value["key"]
-    return (
-        isinstance(value["id"], str)
-        and isinstance(value["line"], int)
-        and not isinstance(value["line"], bool)
-        and value["status"] in ("ok", "error")
-        and isinstance(key, str)
-        and len(key) == 64
-        and all(c in "0123456789abcdef" for c in key)
-        and isinstance(value["settings"], dict)
-    )
-
-
-def _image_path(image: str | None, root: Path) -> str | None:
-    if not image:
-        return None
-    try:
-        return str(resolve_image(image, root))
-    except InputError:
-        return None
-
-
-def error_row(base: dict[str, Any], message: str, hint: str | None, began: float) -> dict[str, Any]:
-    return {**base, "status": "error", "error": message, "hint": hint, "elapsed_s": _since(began)}
-
-
-def ok_row(base: dict[str, Any], verdict: Verdict, began: float) -> dict[str, Any]:
-    data = verdict.to_dict()
-    return {
-        **base,
-        "status": "ok",
-        "score": verdict.score,
-        "expected_score": verdict.expected_score,
-        "score_probs": data["score_probs"],
-        "agreement": verdict.agreement,
-        "feedback": verdict.feedback,
-        "rubric": verdict.rubric or base["rubric"],
-        "model": verdict.model or base["model"],
-        "image_fit": verdict.image_fit or base["image_fit"],
-        "reference_given": verdict.reference,
-        "parse_method": verdict.parse_method,
-        "raw_output": verdict.raw_output,
-        "samples": [
-            {
-                "score": s.score,
-                "expected_score": s.expected_score,
-                "seed": s.seed,
-                "forced_tail": s.forced_tail,
-            }
-            for s in verdict.samples
-        ],
-        "timings": data["timings"],
-        "warnings": [*base.get("warnings", ()), *verdict.warnings],
-        "elapsed_s": _since(began),
-    }
-
-
-def _since(began: float) -> float:
-    return round(time.perf_counter() - began, 4)

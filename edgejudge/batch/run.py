@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _fs, _jsonl
+from .._fs import FileStamp
 from ..engine.base import GenerationParams
 from ..errors import EdgeJudgeError, InputError
 from .log import (
@@ -35,18 +36,8 @@ from .log import (
     scan_output,
     write_all,
 )
-from .rows import (
-    BatchRow,
-    base_row,
-    error_row,
-    image_digest,
-    is_batch_row,
-    ok_row,
-    read_input_rows,
-    resolve_image,
-    row_key,
-    schedule,
-)
+from .result import ResultRow, base_row, error_row, is_batch_row, ok_row
+from .rows import BatchRow, image_digest, read_input_rows, resolve_image, row_key, schedule
 
 if TYPE_CHECKING:
     from ..images import FittedImage
@@ -57,6 +48,7 @@ __all__ = [
     "BatchEvent",
     "BatchSummary",
     "BatchRow",
+    "ResultRow",
     "EventFn",
     "OutputLock",
     "MAX_OUTPUT_BYTES",
@@ -86,7 +78,7 @@ class BatchEvent:
     skipped: int = 0
     todo: int = 0
     done: int = 0
-    row: Mapping[str, Any] | None = None
+    row: ResultRow | None = None
     status: str | None = None
     score: int | None = None
     message: str | None = None
@@ -247,10 +239,10 @@ def _judge_all(
     ignored: int,
 ) -> BatchSummary:
     settings = settings_of(judge, params, samples)
-    digests: dict[Path, str] = {}
+    digests: dict[Path, tuple[str, FileStamp | None]] = {}
     todo: list[tuple[BatchRow, str, str | None]] = []
     for row in rows:
-        digest = _digest(row, root, digests)
+        digest = _digest(row, root, digests)[0]
         key = row_key(row, digest, settings)
         prev = previous.get(row.id)
         if prev is not None and prev.get("key") == key and (prev.get("status") == "ok" or not retry_errors):
@@ -270,28 +262,28 @@ def _judge_all(
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            results = _judge_rows(judge, group, root, settings, samples, params)
+            results = _judge_rows(judge, group, root, settings, samples, params, digests)
             if fd is None:  # the output is made only when there is a row to write
                 fd = created = open_output(output_path, create=True)
             for (row, _, _), result in zip(group, results, strict=True):
-                write_all(fd, _jsonl.dumps_line(result))
+                write_all(fd, _jsonl.dumps_line(result.to_dict()))
                 os.fsync(fd)
                 done += 1
-                warned += int(bool(result.get("warnings")))
-                if result["status"] == "ok":
+                warned += int(bool(result.warnings))
+                if result.ok:
                     ok += 1
-                    if result["score"] is not None:
-                        scores.append(int(result["score"]))
+                    if result.score is not None:
+                        scores.append(result.score)
                 else:
                     errors += 1
                     malformed += int(row.malformed)
-                    emit(BatchEvent("error", row=result, message=result["error"], line=row.line, done=done))
+                    emit(BatchEvent("error", row=result, message=result.error, line=row.line, done=done))
                 emit(
                     BatchEvent(
                         "row_done",
                         row=result,
-                        status=result["status"],
-                        score=result["score"],
+                        status=result.status,
+                        score=result.score,
                         done=done,
                         total=len(rows),
                         skipped=skipped,
@@ -326,9 +318,12 @@ def _judge_all(
     return summary
 
 
-def _digest(row: BatchRow, root: Path, cache: dict[Path, str]) -> str | None:
+def _digest(
+    row: BatchRow, root: Path, cache: dict[Path, tuple[str, FileStamp | None]]
+) -> tuple[str | None, FileStamp | None]:
+    """The row's image digest and file stamp: each image file hashed once per run (``cache`` by path)."""
     if row.image is None or row.problem is not None:
-        return None
+        return None, None
     path = resolve_image(row.image, root)
     if path not in cache:
         cache[path] = image_digest(path)
@@ -359,10 +354,17 @@ def _groups(
 
 
 def _row_task(
-    judge: Judge, row: BatchRow, root: Path, digest: str | None, fitted: dict[str, FittedImage]
+    judge: Judge,
+    row: BatchRow,
+    root: Path,
+    digest: str | None,
+    stamp: FileStamp | None,
+    fitted: dict[str, FittedImage],
 ) -> Task:
-    """The judge's task for a row: its image read and fitted once per image file of a group (``fitted``
-    by digest); a missing, unreadable or broken image is an error."""
+    """The judge's task for a row: its image read, decoded and fitted once per image file of a group
+    (``fitted`` by digest) and not hashed again: its ``stamp`` from hashing says it is the same file (a file
+    written just before it was hashed has no stamp; then the bytes read are hashed and compared); a
+    missing, unreadable or broken image is an error."""
     from ..errors import InvalidImageError
     from ..images import MAX_FILE_BYTES
     from ..judge import Task
@@ -372,14 +374,15 @@ def _row_task(
     image = fitted.get(digest) if digest is not None else None
     if image is None:
         path = resolve_image(row.image, root)
-        data = _fs.read_regular(
+        data, now = _fs.read_stamped(
             path,
             label=f"{row.image} (looked at {path})",
             what="image",
             max_bytes=MAX_FILE_BYTES,
             error=InvalidImageError,
         )
-        if digest is not None and digest.startswith("sha256:") and _sha256(data) != digest[len("sha256:") :]:
+        changed = now != stamp if stamp is not None else _file_sha(data, digest) not in (None, digest)
+        if changed:
             raise InvalidImageError(
                 f"image {row.image} changed while the batch was running (looked at {path})",
                 hint="run the batch again: the row is judged with the new image",
@@ -397,22 +400,22 @@ def _judge_rows(
     settings: dict[str, Any],
     samples: int,
     params: GenerationParams,
-) -> list[dict[str, Any]]:
+    digests: dict[Path, tuple[str, FileStamp | None]],
+) -> list[ResultRow]:
     """Judge a group of rows in one go; any EdgeJudgeError becomes that row's error row (never raised)."""
     began = time.perf_counter()
-    results: list[dict[str, Any] | None] = [None] * len(group)
+    results: list[ResultRow | None] = [None] * len(group)
     tasks: list[Task] = []
-    bases: list[tuple[int, dict[str, Any]]] = []
+    bases: list[tuple[int, ResultRow]] = []
     fitted: dict[str, FittedImage] = {}
     for k, (row, key, digest) in enumerate(group):
-        base = base_row(row, key, root, settings, judge.engine.image_size)
-        if digest is not None and digest.startswith("sha256:"):
-            base["image_sha256"] = digest.removeprefix("sha256:")
+        sha = digest.removeprefix("sha256:") if digest is not None and digest.startswith("sha256:") else None
+        base = base_row(row, key, root, settings, judge.engine.image_size, image_sha256=sha)
         if row.problem is not None:
             results[k] = error_row(base, row.problem, row.hint, began)
             continue
         try:
-            tasks.append(_row_task(judge, row, root, digest, fitted))
+            tasks.append(_row_task(judge, row, root, digest, _digest(row, root, digests)[1], fitted))
         except EdgeJudgeError as err:
             results[k] = error_row(base, str(err), err.hint, began)
             continue
@@ -426,7 +429,10 @@ def _judge_rows(
     return [r for r in results if r is not None]
 
 
-def _sha256(data: bytes) -> str:
+def _file_sha(data: bytes, digest: str | None) -> str | None:
+    """``sha256:<hex>`` of ``data`` when ``digest`` is such a hash (else None: nothing to compare)."""
+    if digest is None or not digest.startswith("sha256:"):
+        return None
     import hashlib
 
-    return hashlib.sha256(data).hexdigest()
+    return "sha256:" + hashlib.sha256(data).hexdigest()

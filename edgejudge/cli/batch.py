@@ -190,9 +190,9 @@ def register(app: typer.Typer) -> None:
                     )
                 elif event.kind == "error":
                     state["errors"] += 1
-                    row = event.row or {}
+                    row_id = event.row.id if event.row is not None else None
                     progress.console.print(
-                        f"[red]error[/red] {escape(str(row.get('id')))} (line {event.line}): "
+                        f"[red]error[/red] {escape(str(row_id))} (line {event.line}): "
                         f"{escape(event.message or '')}"
                     )
                 elif event.kind == "row_done":

@@ -177,6 +177,11 @@ class Engine(Protocol):
         request cannot fit."""
         ...
 
+    def clear_cache(self) -> None:
+        """Forget what is kept between calls (reusable prompt prefix, image embeddings): the next call
+        starts cold. Results never depend on it; timings do (benchmarks start each run cold)."""
+        ...
+
     def close(self) -> None:
         """Free native resources; idempotent."""
         ...

@@ -170,6 +170,10 @@ class FakeEngine(Closing):
             check_fits(self.prompt_tokens(parts), params, self.n_ctx, index)
         return [self.generate(parts, params) for parts, params in requests]
 
+    def clear_cache(self) -> None:
+        """Nothing to forget: the fake keeps no state between calls but its queue and history."""
+        self._check_open()
+
     def close(self) -> None:
         self.closed = True
 

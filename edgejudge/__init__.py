@@ -34,6 +34,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Judge": "edgejudge.judge",
+    "LoadOptions": "edgejudge.load",
+    "load_judge": "edgejudge.load",
     "Verdict": "edgejudge.verdict",
     "Sample": "edgejudge.verdict",
     "Rubric": "edgejudge.rubric",

@@ -186,7 +186,8 @@ def test_rows_without_rubric_and_unknown_default(data: Path) -> None:
     judge, _ = fake_judge()
     run_batch(judge, inp, data / "out.jsonl")
     row = read_results(data / "out.jsonl")["r1"]
-    assert row["status"] == "error" and "no rubric" in row["error"] and "--rubric" in row["hint"]
+    # the hint is in library words (issue #9 rule 6): it names the default rubric, not the --rubric flag
+    assert row["status"] == "error" and "no rubric" in row["error"] and "default rubric" in row["hint"]
     with pytest.raises(RubricError):
         run_batch(judge, inp, data / "out2.jsonl", default_rubric="no-such-rubric")
     with pytest.raises(InputError, match="not found"):

@@ -50,7 +50,7 @@ class OutputLock:
         except OSError as exc:
             raise InputError(
                 f"cannot write the output {self.output}: {exc.strerror or exc}",
-                hint="pass an --output path in a folder you can write to",
+                hint="write the output into a folder you can write to",
             ) from None
         for _ in range(50):
             try:
@@ -59,7 +59,7 @@ class OutputLock:
             except OSError as exc:
                 raise InputError(
                     f"cannot lock the output {self.output}: cannot create {self.path}: {exc.strerror or exc}",
-                    hint="pass an --output path in a folder you can write to",
+                    hint="write the output into a folder you can write to",
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -68,7 +68,7 @@ class OutputLock:
                 os.close(fd)
                 raise InputError(
                     f"{self.output} is already being written by another edgejudge (pid {pid or 'unknown'})",
-                    hint="wait for that run to finish or stop it, or pass another --output",
+                    hint="wait for that run to finish or stop it, or write to another output file",
                 ) from None
             except OSError as exc:
                 os.close(fd)

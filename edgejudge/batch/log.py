@@ -195,19 +195,19 @@ def _require_batch_log(scan: _Scan, label: str) -> None:
         why = scan.problem or "no line is a batch row"
         raise InputError(
             f"{label} is not an edgejudge batch log ({why}); it was left as it was",
-            hint="pass a new --output file, or the OUT.jsonl of an earlier edgejudge batch",
+            hint="write to a new output file, or to the output of an earlier batch run",
         )
     if scan.tail == "bad":
         raise InputError(
             f"{label} does not end in a complete line and its last line is not a batch row cut short; "
             "it was left as it was",
-            hint="end the file with a newline or remove its last line, or pass another --output",
+            hint="end the file with a newline or remove its last line, or write to another output file",
         )
     if scan.tail == "cut" and scan.foreign:
         raise InputError(
             f"{label} ends in a batch row cut short, but line {scan.first_foreign} is not a batch row, so "
             "nothing was cut",
-            hint="remove the incomplete last line by hand (or pass another --output)",
+            hint="remove the incomplete last line by hand (or write to another output file)",
         )
 
 
@@ -222,7 +222,7 @@ def output_state(input_path: Path | None, output: Path) -> os.stat_result | None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(
             f"cannot write the output {output}: {reason}",
-            hint="pass an --output path in a folder you can write to",
+            hint="write the output into a folder you can write to",
         ) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise InputError(f"the output path is a folder: {output}", hint="pass a file name, e.g. out.jsonl")
@@ -234,20 +234,20 @@ def output_state(input_path: Path | None, output: Path) -> os.stat_result | None
     if input_path is not None and info is not None and _fs.same_file(input_path, output):
         raise InputError(
             f"the output file is the input file: {output}",
-            hint="pass a different --output path (another name of the input, a link to it, counts too)",
+            hint="write to another output file (another name of the input, a link to it, counts too)",
         )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InputError(
             f"cannot write the output {output}: {err.strerror or err}",
-            hint="pass an --output path in a folder you can write to",
+            hint="write the output into a folder you can write to",
         ) from None
     target, mode = (output, os.W_OK) if info is not None else (output.parent, os.W_OK | os.X_OK)
     if not os.access(target, mode):
         raise InputError(
             f"cannot write the output {output}: permission denied",
-            hint="pass an --output path in a folder you can write to",
+            hint="write the output into a folder you can write to",
         )
     return info
 
@@ -350,7 +350,7 @@ def open_output(output: Path, *, create: bool) -> int:
     except OSError as exc:
         raise InputError(
             f"cannot write the output {output}: {exc.strerror or exc}",
-            hint="pass an --output path in a folder you can write to",
+            hint="write the output into a folder you can write to",
         ) from None
     try:
         info = os.fstat(fd)
@@ -362,7 +362,7 @@ def open_output(output: Path, *, create: bool) -> int:
         except BlockingIOError:
             raise InputError(
                 f"{output} is already being written by another edgejudge (under another name of the file)",
-                hint="wait for that run to finish or stop it, or pass another --output",
+                hint="wait for that run to finish or stop it, or write to another output file",
             ) from None
         except OSError:  # a file system without flock: the lock file still guards this name
             pass

@@ -245,7 +245,7 @@ def read_input_rows(
     if default is not None and not isinstance(default, Rubric):
         raise InputError(f"default rubric must be a Rubric or a name, got {type(default).__name__}")
     if limit is not None and limit < 0:
-        raise InputError(f"limit must not be negative, got {limit}", hint="pass --limit 1 or more")
+        raise InputError(f"limit must not be negative, got {limit}", hint="use a limit of 0 or more")
     rows: list[BatchRow] = []
     seen: dict[str, int] = {}
     cache: dict[str, Rubric] = {}
@@ -408,7 +408,7 @@ def _parse_line(
         return _with_problem(
             row,
             f"line {number}: no rubric (no 'rubric' or 'orig_criteria' field and no default rubric)",
-            "add a 'rubric' field to the row or pass --rubric NAME for rows without one",
+            "add a 'rubric' field to the row or give a default rubric for rows without one",
         )
     return replace(row, rubric=rubric)
 

@@ -187,7 +187,7 @@ def _run_locked(
     params = params or GenerationParams()
     emit = on_event or (lambda event: None)
     if samples < 1:
-        raise InputError(f"samples must be at least 1, got {samples}", hint="pass --samples 1 or more")
+        raise InputError(f"samples must be at least 1, got {samples}", hint="use samples >= 1")
     info = output_state(input_path, output_path)
     fd: int | None = None
     try:

@@ -7,7 +7,8 @@ layout noted, a context overflow restated with the field to shorten), the sampli
 decoding of several samples or tasks as parallel sequences, the warnings that belong on a verdict (the
 prompt longer than the judge's 2048-token training length, the engine's own) and the verdict's
 ``settings`` object (``settings.settings_object``, the same in ``judge --json`` and batch rows).
-``Judge.from_files`` loads a GGUF pair through ``load.load_judge``.
+``Judge.from_options`` loads a GGUF pair (files → engine → CLS check); ``Judge.from_files`` is it with
+keyword arguments, ``load.load_judge`` with registry names resolved first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .inputs import (
     name_overflow,
     prompt_markers,
 )
-from .settings import MAX_SAMPLES, GenerationSettings, settings_object
+from .settings import MAX_SAMPLES, GenerationSettings, LoadOptions, settings_object
 from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
@@ -96,12 +97,27 @@ class Judge(Closing):
         image_fit: str = "crop",
         **engine_options: Any,
     ) -> Judge:
-        """Load a GGUF pair with ``LlamaCppEngine``: ``load.load_judge`` with the ``LoadOptions`` these
-        arguments name (``engine_options``: n_ctx, n_threads, n_gpu_layers, max_parallel or parallel,
-        verbose, mmproj_offload, image_cache_size, n_batch)."""
-        from .load import LoadOptions, load_judge
+        """Load the GGUF pair at ``model`` (``mmproj`` None: the projector found beside it): ``from_options``
+        with the ``LoadOptions`` these arguments name (``engine_options``: n_ctx, n_threads, n_gpu_layers,
+        max_parallel or parallel, verbose, mmproj_offload, image_cache_size, n_batch)."""
+        return cls.from_options(LoadOptions.from_engine_options(model, mmproj, image_fit, engine_options))
 
-        return load_judge(LoadOptions.from_engine_options(model, mmproj, image_fit, engine_options))
+    @classmethod
+    def from_options(cls, options: LoadOptions) -> Judge:
+        """Load the pair at ``options.model`` (a text ``.gguf`` path; ``load.load_judge`` resolves registry
+        names to one) with ``LlamaCppEngine``, which checks the projector's CLS-position stamp against the
+        runtime's order (``probe.runtime_cls_position``; the pair rule of ``judgefile``)."""
+        from .engine.llama import LlamaCppEngine
+        from .images import check_fit
+        from .probe import runtime_cls_position
+
+        check_fit(options.image_fit)  # fail before loading a model
+        if options.model is None:
+            raise InputError("no model file given", hint="name the text model's .gguf file")
+        engine = LlamaCppEngine(
+            options.model, options.mmproj, runtime_cls=runtime_cls_position, **options.engine_options()
+        )
+        return cls(engine, image_fit=options.image_fit)
 
     # -- inputs ----------------------------------------------------------------------------------------
     def fit(self, image: ImageInput, *, name: str | None = None) -> FittedImage:

@@ -1,88 +1,30 @@
-"""Loading a judge: one frozen ``LoadOptions`` record and ``load_judge(options) -> Judge``.
+"""Loading a judge by name: ``load_judge(options: LoadOptions) -> Judge``.
 
 ``load_judge`` is the one path from "which model, with which runtime settings" to a loaded ``Judge``:
 registry name or path → the GGUF pair (``registry.resolve_model``: a registered ``name``/``name:QUANT``,
-a ``.gguf`` path with its projector found beside it, or the default model) → ``LlamaCppEngine`` (which
-checks the projector's CLS-position stamp against the runtime's order, ``probe.runtime_cls_position``,
-by the pair rule of ``judgefile``) → ``Judge``. ``Judge.from_files`` and the CLI both go through it.
+a ``.gguf`` path with its projector found beside it, or the default model) → ``Judge.from_options``
+(``LlamaCppEngine``, which checks the projector's CLS-position stamp against the runtime's order by the
+pair rule of ``judgefile``) → ``Judge``. The CLI, the wizard and the demo load through it.
 
-Every field's default and bounds come from ``edgejudge.settings`` (``check``); ``image_fit`` is checked
-by ``images.check_fit``. ``registered_name`` names the registry entry a ``LoadOptions`` points at.
+``LoadOptions`` (re-exported here) is defined in ``edgejudge.settings`` with the other settings records:
+every field's default and bounds are written there once. ``registered_name`` names the registry entry a
+``LoadOptions`` points at, for display.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import EdgeJudgeError
-from .settings import check, default
+from .settings import LoadOptions
 
 if TYPE_CHECKING:
     from .judge import Judge
 
-__all__ = ["LoadOptions", "load_judge", "registered_name", "ENGINE_FIELDS"]
-
-#: The ``LoadOptions`` fields that are ``LlamaCppEngine`` keyword arguments (``parallel`` is its
-#: ``max_parallel``).
-ENGINE_FIELDS = (
-    "n_ctx",
-    "n_threads",
-    "n_gpu_layers",
-    "verbose",
-    "mmproj_offload",
-    "image_cache_size",
-    "n_batch",
-)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """What to load and how: the model (a registered ``name``/``name:QUANT``, a text ``.gguf`` path, or
-    None for the default model), the projector (None: found beside the text model or in the registry) and
-    the runtime settings. Checked on creation; see ``edgejudge.settings`` for each field's meaning.
-    """
-
-    model: str | Path | None = default("model")
-    mmproj: str | Path | None = default("mmproj")
-    n_ctx: int = default("n_ctx")
-    n_threads: int | None = default("n_threads")
-    n_gpu_layers: int = default("n_gpu_layers")
-    parallel: int = default("parallel")
-    image_fit: str = default("image_fit")
-    verbose: bool = default("verbose")
-    mmproj_offload: bool = default("mmproj_offload")
-    image_cache_size: int = default("image_cache_size")
-    n_batch: int = default("n_batch")
-
-    def __post_init__(self) -> None:
-        from .images import check_fit
-
-        for f in fields(self):
-            check(f.name, getattr(self, f.name))
-        check_fit(self.image_fit)
-
-    @classmethod
-    def from_engine_options(
-        cls, model: str | Path | None, mmproj: str | Path | None, image_fit: str, options: dict[str, Any]
-    ) -> LoadOptions:
-        """From ``LlamaCppEngine``'s keyword arguments (``max_parallel`` is ``parallel``), as
-        ``Judge.from_files`` takes them; an unknown keyword is a TypeError, as it is for the engine."""
-        values = dict(options)
-        if "max_parallel" in values:
-            if "parallel" in values:
-                raise TypeError("give parallel or max_parallel, not both")
-            values["parallel"] = values.pop("max_parallel")
-        unknown = sorted(set(values) - {*ENGINE_FIELDS, "parallel"})
-        if unknown:
-            raise TypeError(f"unexpected engine option(s): {', '.join(unknown)}")
-        return cls(model=model, mmproj=mmproj, image_fit=image_fit, **values)
-
-    def engine_options(self) -> dict[str, Any]:
-        """The ``LlamaCppEngine`` keyword arguments these options set."""
-        return {name: getattr(self, name) for name in ENGINE_FIELDS} | {"max_parallel": self.parallel}
+__all__ = ["LoadOptions", "load_judge", "registered_name"]
 
 
 def _model_value(model: str | Path | None) -> str | None:
@@ -90,19 +32,19 @@ def _model_value(model: str | Path | None) -> str | None:
 
 
 def load_judge(options: LoadOptions) -> Judge:
-    """Resolve ``options.model`` to its GGUF pair and load it with llama.cpp (the module docstring).
+    """Resolve ``options.model`` to its GGUF pair and load it (the module docstring).
 
-    Raises ``ModelNotFoundError`` for a model or projector that cannot be found, ``CLSOrderMismatchError``
-    for a projector converted for the other CLS order, ``EngineError`` when llama.cpp cannot load it.
+    Raises ``InputError`` for an unknown image fit (before anything is read), ``ModelNotFoundError`` for a
+    model or projector that cannot be found, ``CLSOrderMismatchError`` for a projector converted for the
+    other CLS order, ``EngineError`` when llama.cpp cannot load the files.
     """
-    from .engine.llama import LlamaCppEngine
+    from .images import check_fit
     from .judge import Judge
-    from .probe import runtime_cls_position
     from .registry import resolve_model
 
+    check_fit(options.image_fit)
     text, mmproj = resolve_model(_model_value(options.model), mmproj=options.mmproj)
-    engine = LlamaCppEngine(text, mmproj, runtime_cls=runtime_cls_position, **options.engine_options())
-    return Judge(engine, image_fit=options.image_fit)
+    return Judge.from_options(replace(options, model=text, mmproj=mmproj))
 
 
 def registered_name(options: LoadOptions) -> str | None:

@@ -16,9 +16,10 @@ names the setting bare, in library words); the engines, ``GenerationSettings``, 
 the judge call it. ``image_fit``'s vocabulary is ``images.FIT_MODES``, checked by ``images.check_fit``
 (this module only checks that it is text: it sits below ``images``).
 
-``GenerationSettings`` is the frozen record of the generation settings; ``settings_object`` writes THE
-``settings`` object that ``judge --json`` verdicts and batch rows carry (same keys in both: the settings
-that change a verdict; batch resume keys hash it).
+The records: ``GenerationSettings`` (the generation settings of a judgment; ``settings_object`` writes
+from it THE ``settings`` object that ``judge --json`` verdicts and batch rows carry, same keys in both: the
+settings that change a verdict; batch resume keys hash it) and ``LoadOptions`` (what to load and how;
+``load.load_judge`` takes it, ``Judge.from_files`` builds it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = [
     "GenerationSettings",
     "SETTINGS_KEYS",
     "settings_object",
+    "ENGINE_FIELDS",
+    "LoadOptions",
 ]
 
 #: The most samples one judgment may draw.
@@ -85,19 +88,6 @@ class Setting:
     inverted: bool = False
     aliases: tuple[str, ...] = ()
     advice: str | None = None
-
-    def range_text(self) -> str:
-        """The allowed values in words ("from 1 to 64", "above 0 and at most 1", ""), for hints."""
-        low = f"above {_num(self.above)}" if self.above is not None else None
-        if self.minimum is not None:
-            low = (
-                f"from {_num(self.minimum)}" if self.maximum is not None else f"at least {_num(self.minimum)}"
-            )
-        if self.maximum is None:
-            return low or ""
-        if self.minimum is not None:
-            return f"{low} to {_num(self.maximum)}"
-        return f"{low} and at most {_num(self.maximum)}" if low else f"at most {_num(self.maximum)}"
 
 
 def _num(value: float) -> str:
@@ -303,10 +293,7 @@ _KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str:
 
 
 def _refuse(spec: Setting, name: str, problem: str, value: Any) -> InputError:
-    advice = spec.advice.format(name=name) if spec.advice else None
-    if advice is None:
-        allowed = spec.range_text()
-        advice = f"use {name} {allowed}" if allowed else f"give {name} as {_KIND_WORDS[spec.kind]}"
+    advice = spec.advice.format(name=name) if spec.advice else f"give {name} as {_KIND_WORDS[spec.kind]}"
     return InputError(f"{name} must be {problem}, got {value!r}", hint=advice)
 
 
@@ -369,16 +356,8 @@ class GenerationSettings:
 
 
 #: The keys of the ``settings`` object, in the order it is written.
-SETTINGS_KEYS = (
-    "model",
-    "temperature",
-    "top_p",
-    "seed",
-    "samples",
-    "max_tokens",
-    "repeat_penalty",
-    "image_fit",
-    "grammar",
+SETTINGS_KEYS = tuple(
+    "model temperature top_p seed samples max_tokens repeat_penalty image_fit grammar".split()
 )
 
 
@@ -389,3 +368,63 @@ def settings_object(generation: GenerationSettings, *, model: str, image_fit: st
     it: they decide whether and how fast a prompt runs, not what the judge answers."""
     values = {"model": model, "image_fit": image_fit, **generation.to_json()}
     return {key: values[key] for key in SETTINGS_KEYS}
+
+
+#: The ``LoadOptions`` fields that are ``LlamaCppEngine`` keyword arguments (and ``parallel``, its
+#: ``max_parallel``).
+ENGINE_FIELDS = (
+    "n_ctx",
+    "n_threads",
+    "n_gpu_layers",
+    "verbose",
+    "mmproj_offload",
+    "image_cache_size",
+    "n_batch",
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load and how (``load.load_judge`` takes it): the model (a registered ``name``/``name:QUANT``,
+    a text ``.gguf`` path, or None for the default model), the projector (None: found beside the text model
+    or in the registry) and the runtime settings. Checked on creation (``image_fit`` only as text: its
+    modes are checked by ``images.check_fit`` before anything is loaded).
+    """
+
+    model: str | Path | None = default("model")
+    mmproj: str | Path | None = default("mmproj")
+    n_ctx: int = default("n_ctx")
+    n_threads: int | None = default("n_threads")
+    n_gpu_layers: int = default("n_gpu_layers")
+    parallel: int = default("parallel")
+    image_fit: str = default("image_fit")
+    verbose: bool = default("verbose")
+    mmproj_offload: bool = default("mmproj_offload")
+    image_cache_size: int = default("image_cache_size")
+    n_batch: int = default("n_batch")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # a path to the text model: kept as text, like a name
+            object.__setattr__(self, "model", os.fspath(self.model))
+        for f in fields(self):
+            check(f.name, getattr(self, f.name))
+
+    @classmethod
+    def from_engine_options(
+        cls, model: str | Path | None, mmproj: str | Path | None, image_fit: str, options: Mapping[str, Any]
+    ) -> LoadOptions:
+        """From ``LlamaCppEngine``'s keyword arguments (``max_parallel`` is ``parallel``), as
+        ``Judge.from_files`` takes them; an unknown keyword is a TypeError, as it is for the engine."""
+        values = dict(options)
+        if "max_parallel" in values:
+            if "parallel" in values:
+                raise TypeError("give parallel or max_parallel, not both")
+            values["parallel"] = values.pop("max_parallel")
+        unknown = sorted(set(values) - {*ENGINE_FIELDS, "parallel"})
+        if unknown:
+            raise TypeError(f"unexpected engine option(s): {', '.join(unknown)}")
+        return cls(model=model, mmproj=mmproj, image_fit=image_fit, **values)
+
+    def engine_options(self) -> dict[str, Any]:
+        """The ``LlamaCppEngine`` keyword arguments these options set."""
+        return {name: getattr(self, name) for name in ENGINE_FIELDS} | {"max_parallel": self.parallel}

@@ -1,0 +1,70 @@
+"""``load.load_judge`` and ``LoadOptions``: one record from "which model, which runtime settings" to a Judge.
+
+The record and its mapping run without a model; the last test loads the tiny real model (converted by
+the real converter) on real llama.cpp through ``load_judge`` and ``Judge.from_files``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from edgejudge.errors import InputError, ModelNotFoundError
+from edgejudge.load import LoadOptions, load_judge, registered_name
+from edgejudge.settings import ENGINE_FIELDS, default
+
+
+def test_defaults_come_from_the_settings_record() -> None:
+    options = LoadOptions()
+    for name in ("n_ctx", "n_threads", "n_gpu_layers", "parallel", "image_fit", "verbose", "n_batch"):
+        assert getattr(options, name) == default(name)
+
+
+def test_out_of_bounds_values_are_refused_on_creation() -> None:
+    with pytest.raises(InputError, match="n_ctx must be at least"):
+        LoadOptions(n_ctx=100)
+    with pytest.raises(InputError, match="parallel must be at most"):
+        LoadOptions(parallel=99)
+    with pytest.raises(InputError, match="verbose must be true or false"):
+        LoadOptions(verbose="yes")  # type: ignore[arg-type]
+
+
+def test_engine_options_are_the_engine_constructor_keywords() -> None:
+    from edgejudge.engine.llama import LlamaCppEngine
+
+    accepted = set(inspect.signature(LlamaCppEngine.__init__).parameters)
+    options = LoadOptions(n_ctx=2048, n_threads=2, parallel=1, verbose=True)
+    kwargs = options.engine_options()
+    assert set(kwargs) <= accepted and set(ENGINE_FIELDS) < set(kwargs)
+    assert kwargs["max_parallel"] == 1 and kwargs["n_ctx"] == 2048 and kwargs["verbose"] is True
+
+
+def test_from_engine_options_maps_max_parallel_and_refuses_unknown_keywords() -> None:
+    options = LoadOptions.from_engine_options("m.gguf", None, "pad", {"max_parallel": 2, "n_ctx": 1024})
+    assert (options.model, options.parallel, options.n_ctx, options.image_fit) == ("m.gguf", 2, 1024, "pad")
+    with pytest.raises(TypeError, match="n_cxt"):
+        LoadOptions.from_engine_options("m.gguf", None, "crop", {"n_cxt": 1024})
+    with pytest.raises(TypeError, match="not both"):
+        LoadOptions.from_engine_options("m.gguf", None, "crop", {"max_parallel": 2, "parallel": 2})
+
+
+def test_an_unknown_image_fit_fails_before_any_model_is_looked_for(tmp_path: Path) -> None:
+    options = LoadOptions(model=str(tmp_path / "missing-F16.gguf"), image_fit="stretch")
+    with pytest.raises(InputError, match="fit mode"):
+        load_judge(options)
+    with pytest.raises(ModelNotFoundError):
+        load_judge(LoadOptions(model=str(tmp_path / "missing-F16.gguf")))
+    assert registered_name(options) is None  # a path is never a registry entry
+
+
+def test_load_judge_and_from_files_load_the_tiny_model(tiny_gguf: tuple[Path, Path]) -> None:
+    from edgejudge.judge import Judge
+
+    text, mmproj = tiny_gguf
+    with load_judge(LoadOptions(model=text, n_ctx=1024, n_threads=1, parallel=1, image_fit="pad")) as judge:
+        assert judge.engine.n_ctx == 1024 and judge.engine.max_parallel == 1 and judge.image_fit == "pad"
+        assert judge.engine.model_name == text.stem
+    with Judge.from_files(text, mmproj, n_ctx=1024, n_threads=1, max_parallel=2) as judge:
+        assert judge.engine.n_ctx == 1024 and judge.engine.max_parallel == 2

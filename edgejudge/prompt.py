@@ -22,7 +22,7 @@ whitespace-only reference counts as missing. Callers mark such verdicts ``refere
 
 from __future__ import annotations
 
-from .rubric import Rubric, load_rubric
+from .rubric import Rubric
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -95,12 +95,11 @@ def has_reference(reference: str | None) -> bool:
     return reference is not None and bool(reference.strip())
 
 
-def render_judge_prompt(
-    instruction: str, response: str, rubric: Rubric | str, reference: str | None = None
-) -> str:
-    """The judge prompt (``JUDGE_TEMPLATE`` filled in). ``rubric`` may be a Rubric or a built-in name/file."""
+def render_judge_prompt(instruction: str, response: str, rubric: Rubric, reference: str | None = None) -> str:
+    """The judge prompt (``JUDGE_TEMPLATE`` filled in). ``rubric`` is a ``Rubric`` record (a name or file is
+    the caller's to load with ``rubric.load_rubric``: this module does no I/O)."""
     if not isinstance(rubric, Rubric):
-        rubric = load_rubric(rubric)
+        raise TypeError(f"rubric must be a Rubric, got {type(rubric).__name__} (load it with load_rubric)")
     ref = normalize_text(reference) if reference is not None else ""
     fields = {
         "instruction": normalize_text(instruction),

@@ -106,8 +106,11 @@ def test_user_text_is_inserted_verbatim() -> None:
 
 
 def test_rubric_by_name_and_unknown() -> None:
-    prompt = render_judge_prompt("Q", "A", "vqa-helpfulness", "R")
+    # the prompt takes a Rubric record (issue #9: prompt.py does no I/O); a name is loaded by the caller
+    prompt = render_judge_prompt("Q", "A", load_rubric("vqa-helpfulness"), "R")
     rubric = load_rubric("vqa-helpfulness")
     assert "\n###Score Rubrics:\n" + rubric.criteria + "\nScore 1: " + rubric.descriptions[0] + "\n" in prompt
     with pytest.raises(RubricError):
-        render_judge_prompt("Q", "A", "no-such-rubric", None)
+        render_judge_prompt("Q", "A", load_rubric("no-such-rubric"), None)
+    with pytest.raises(TypeError, match="Rubric"):
+        render_judge_prompt("Q", "A", "vqa-helpfulness", "R")  # type: ignore[arg-type]

@@ -60,6 +60,62 @@ def test_json_shape_and_clean_stdout(fake: FakeEngine, image: Path) -> None:
     assert params.seed == 3 and params.constrained is True and params.temperature == 1.0
 
 
+def test_judge_json_and_batch_rows_carry_the_same_settings_object(
+    fake_factory: list[FakeEngine], image: Path, work_dir: Path
+) -> None:
+    from edgejudge.settings import SETTINGS_KEYS
+
+    opts = ["--seed", "3", "--temperature", "0.5", "--top-p", "0.8", "--repeat-penalty", "1.1"]
+    opts += ["--max-tokens", "200", "--samples", "2", "--image-fit", "pad", "--no-grammar"]
+    judged = runner.invoke(app, ["judge", str(image), *BASE, "--json", *opts])
+    assert judged.exit_code == 0, judged.stderr
+    settings = json.loads(judged.stdout)["settings"]
+    assert tuple(settings) == SETTINGS_KEYS
+    assert settings == {
+        "model": fake_factory[0].model_name,
+        "temperature": 0.5,
+        "top_p": 0.8,
+        "seed": 3,
+        "samples": 2,
+        "max_tokens": 200,
+        "repeat_penalty": 1.1,
+        "image_fit": "pad",
+        "grammar": False,
+    }
+    params = fake_factory[0].history[0][1]  # --top-p and --repeat-penalty reach the engine
+    assert (params.top_p, params.repeat_penalty, params.constrained) == (0.8, 1.1, False)
+    rows = work_dir / "in.jsonl"
+    row = {
+        "id": "a",
+        "image": image.name,
+        "instruction": BASE[1],
+        "response": BASE[3],
+        "rubric": "vqa-helpfulness",
+    }
+    rows.write_text(json.dumps(row) + "\n")
+    out = work_dir / "out.jsonl"
+    batch = runner.invoke(app, ["batch", str(rows), "-o", str(out), *opts])
+    assert batch.exit_code == 0, batch.stderr
+    (written,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written["settings"] == settings
+
+
+def test_the_image_file_is_read_once_and_decoded_once(
+    fake: FakeEngine, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgejudge.images import decode
+
+    reads: list[object] = []
+    decodes: list[object] = []
+    real_read, real_decode = decode._read_source, decode._decode
+    monkeypatch.setattr(decode, "_read_source", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    monkeypatch.setattr(decode, "_decode", lambda *a, **k: decodes.append(a) or real_decode(*a, **k))
+    result = runner.invoke(app, ["judge", str(image), *BASE, "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert len(reads) == 1 and len(decodes) == 1
+    assert json.loads(result.stdout)["image"] == "cat.png"  # the verdict still names the file
+
+
 def test_response_from_stdin_and_quiet_json(fake: FakeEngine, image: Path) -> None:
     args = ["judge", str(image), "-i", "What?", "--response-file", "-", "--json"]
     result = runner.invoke(app, args, input="A cat\nsitting.\n")

@@ -65,7 +65,9 @@ class Verdict:
     the majority score (ties go to the score closest to the mean expected score), ``expected_score`` the
     mean of the samples' expected scores, ``score_probs`` the mean distribution, ``agreement`` the share
     of samples that gave the majority score, and ``feedback``/``raw_output`` those of the first sample
-    with the majority score. ``reference`` is False when no reference answer was given.
+    with the majority score. ``reference`` is False when no reference answer was given. ``settings`` is
+    the judgment's settings object (``settings.settings_object``: the model, the image fit and the
+    generation settings, with the same keys as a batch row's ``settings``).
     """
 
     score: int | None

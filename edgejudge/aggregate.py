@@ -14,8 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .engine.base import StageTimings
-from .verdict import Sample
+from .verdict import Sample, StageTimings
 
 __all__ = ["seeds", "expected_score", "aggregate_samples"]
 

@@ -1,4 +1,5 @@
-"""The result records of a judgment: ``Sample`` (one generation) and ``Verdict`` (one judgment).
+"""The result records of a judgment: ``StageTimings`` (what one generation cost, as an engine reports it),
+``Sample`` (one generation) and ``Verdict`` (one judgment).
 
 Frozen dataclasses that round-trip through JSON (``to_dict``/``from_dict``, ``to_json``/``from_json``) and
 always keep the raw model text.
@@ -10,9 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .engine.base import StageTimings
-
-__all__ = ["Sample", "Verdict"]
+__all__ = ["StageTimings", "Sample", "Verdict"]
 
 
 def _probs_to_json(probs: dict[int, float] | None) -> dict[str, float] | None:
@@ -21,6 +20,29 @@ def _probs_to_json(probs: dict[int, float] | None) -> dict[str, float] | None:
 
 def _probs_from_json(probs: dict[str, float] | None) -> dict[int, float] | None:
     return None if probs is None else {int(k): float(v) for k, v in probs.items()}
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Wall-clock seconds per stage of one generation, and token counts."""
+
+    image_encode_s: float = 0.0  # CLIP encode (0 when the embedding came from the cache)
+    prompt_eval_s: float = 0.0  # decoding prompt tokens (text and image embeddings) not reused
+    generation_s: float = 0.0  # sampling the output
+    prompt_tokens: int = 0  # total prompt tokens, image included
+    reused_tokens: int = 0  # prompt tokens whose KV entries were reused
+    generated_tokens: int = 0
+    image_cached: bool = False  # True when the image embedding came from the LRU cache (or a shared prefix)
+    parallel: int = 1  # sequences decoded together (generate_many); generation_s is then this one's share
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.generation_s if self.generation_s > 0 else 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        evaluated = self.prompt_tokens - self.reused_tokens
+        return evaluated / self.prompt_eval_s if self.prompt_eval_s > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import ContextOverflowError, InputError
 from ..settings import check, default
+from ..verdict import StageTimings
 
 __all__ = [
     "PromptParts",
@@ -84,29 +85,6 @@ class GenerationParams:
     seed: int | None = default("seed")
     constrained: bool = default("grammar")
     repeat_penalty: float = default("repeat_penalty")
-
-
-@dataclass(frozen=True)
-class StageTimings:
-    """Wall-clock seconds per stage of one generation, and token counts."""
-
-    image_encode_s: float = 0.0  # CLIP encode (0 when the embedding came from the cache)
-    prompt_eval_s: float = 0.0  # decoding prompt tokens (text and image embeddings) not reused
-    generation_s: float = 0.0  # sampling the output
-    prompt_tokens: int = 0  # total prompt tokens, image included
-    reused_tokens: int = 0  # prompt tokens whose KV entries were reused
-    generated_tokens: int = 0
-    image_cached: bool = False  # True when the image embedding came from the LRU cache (or a shared prefix)
-    parallel: int = 1  # sequences decoded together (generate_many); generation_s is then this one's share
-
-    @property
-    def generation_tokens_per_s(self) -> float:
-        return self.generated_tokens / self.generation_s if self.generation_s > 0 else 0.0
-
-    @property
-    def prompt_tokens_per_s(self) -> float:
-        evaluated = self.prompt_tokens - self.reused_tokens
-        return evaluated / self.prompt_eval_s if self.prompt_eval_s > 0 else 0.0
 
 
 @dataclass(frozen=True)

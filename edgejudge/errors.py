@@ -14,8 +14,11 @@
     ├── InputError                      (also ValueError) bad user input: batch rows, JSONL, options
     └── RegistryError                   the model manifest/registry is inconsistent
 
-Every error carries a one-line ``message`` and an optional ``hint`` (what to do about it). The CLI prints
-``error: <message>`` and ``hint: <hint>``; nothing else in the library prints.
+Every error carries a one-line ``message``, an optional ``hint`` (what to do about it, in library words)
+and ``about``: the library parameters the hint asks to change (``("outdir",)``, ``("output",)``,
+``("quant",)`` …; empty when none), so a caller can name its own spelling of them (the CLI appends the flag
+that sets each one). The CLI prints ``error: <message>`` and ``hint: <hint>``; nothing else in the library
+prints.
 """
 
 from __future__ import annotations
@@ -36,12 +39,17 @@ __all__ = [
 
 
 class EdgeJudgeError(Exception):
-    """Base class. ``str(err)`` is the one-line message; ``err.hint`` says how to fix it (or is None)."""
+    """Base class. ``str(err)`` is the one-line message; ``err.hint`` says how to fix it (or is None);
+    ``err.about`` names the parameters (library names: ``"outdir"``, ``"model"``, a settings field …) the hint
+    asks to change, as a tuple (a single name may be given as a string)."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, about: str | tuple[str, ...] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.about: tuple[str, ...] = (about,) if isinstance(about, str) else tuple(about or ())
 
     def __str__(self) -> str:  # keep it one line whatever the caller passed
         return " ".join(self.message.split())
@@ -82,8 +90,9 @@ class ContextOverflowError(EdgeJudgeError):
         field: str | None = None,
         hint: str | None = None,
         index: int | None = None,
+        about: str | tuple[str, ...] | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, about=about)
         self.over_by = over_by
         self.field = field
         self.index = index

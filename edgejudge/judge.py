@@ -32,7 +32,7 @@ from .inputs import (
     name_overflow,
     prompt_markers,
 )
-from .settings import MAX_SAMPLES, GenerationSettings, LoadOptions, settings_object
+from .settings import MAX_SAMPLES, GenerationSettings, LoadOptions, default, settings_object
 from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class _Prepared:
 class Judge(Closing):
     """A loaded judge: load once, grade many. A context manager; ``close()`` frees the engine."""
 
-    def __init__(self, engine: Engine, *, image_fit: str = "crop") -> None:
+    def __init__(self, engine: Engine, *, image_fit: str = default("image_fit")) -> None:
         from .images import check_fit
 
         check_fit(image_fit)
@@ -94,29 +94,27 @@ class Judge(Closing):
         model: str | Path,
         mmproj: str | Path | None = None,
         *,
-        image_fit: str = "crop",
+        image_fit: str = default("image_fit"),
         **engine_options: Any,
     ) -> Judge:
         """Load the GGUF pair at ``model`` (``mmproj`` None: the projector found beside it): ``from_options``
         with the ``LoadOptions`` these arguments name (``engine_options``: n_ctx, n_threads, n_gpu_layers,
-        max_parallel or parallel, verbose, mmproj_offload, image_cache_size, n_batch)."""
+        max_parallel or parallel, verbose, mmproj_offload, image_cache_size, n_batch, seed)."""
         return cls.from_options(LoadOptions.from_engine_options(model, mmproj, image_fit, engine_options))
 
     @classmethod
     def from_options(cls, options: LoadOptions) -> Judge:
         """Load the pair at ``options.model`` (a text ``.gguf`` path; ``load.load_judge`` resolves registry
         names to one) with ``LlamaCppEngine``, which checks the projector's CLS-position stamp against the
-        runtime's order (``probe.runtime_cls_position``; the pair rule of ``judgefile``)."""
+        runtime's order (by default through the cached ``probe.runtime_cls_position``; the pair rule of
+        ``judgefile``)."""
         from .engine.llama import LlamaCppEngine
         from .images import check_fit
-        from .probe import runtime_cls_position
 
         check_fit(options.image_fit)  # fail before loading a model
         if options.model is None:
             raise InputError("no model file given", hint="name the text model's .gguf file")
-        engine = LlamaCppEngine(
-            options.model, options.mmproj, runtime_cls=runtime_cls_position, **options.engine_options()
-        )
+        engine = LlamaCppEngine(options.model, options.mmproj, **options.engine_options())
         return cls(engine, image_fit=options.image_fit)
 
     # -- inputs ----------------------------------------------------------------------------------------

@@ -380,6 +380,7 @@ ENGINE_FIELDS = (
     "mmproj_offload",
     "image_cache_size",
     "n_batch",
+    "seed",
 )
 
 
@@ -388,7 +389,8 @@ class LoadOptions:
     """What to load and how (``load.load_judge`` takes it): the model (a registered ``name``/``name:QUANT``,
     a text ``.gguf`` path, or None for the default model), the projector (None: found beside the text model
     or in the registry) and the runtime settings. Checked on creation (``image_fit`` only as text: its
-    modes are checked by ``images.check_fit`` before anything is loaded).
+    modes are checked by ``images.check_fit`` before anything is loaded). ``seed`` is the engine's default
+    seed, for generations that do not set one (the ``seed`` setting's default and bounds).
     """
 
     model: str | Path | None = default("model")
@@ -402,6 +404,7 @@ class LoadOptions:
     mmproj_offload: bool = default("mmproj_offload")
     image_cache_size: int = default("image_cache_size")
     n_batch: int = default("n_batch")
+    seed: int | None = default("seed")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):  # a path to the text model: kept as text, like a name

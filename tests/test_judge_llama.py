@@ -141,7 +141,7 @@ def test_cls_mismatch_refused(tiny_checkpoint: Path, tiny_gguf: tuple[Path, Path
     opposite = "first" if runtime_cls_position() == "last" else "last"
     result = convert_checkpoint(tiny_checkpoint, tmp_path, name="other", quant="F16", cls_position=opposite)
     with pytest.raises(CLSOrderMismatchError) as info:
-        LlamaCppEngine(tiny_gguf[0], result.mmproj, n_ctx=1024, runtime_cls=runtime_cls_position)
+        LlamaCppEngine(tiny_gguf[0], result.mmproj, n_ctx=1024)
     assert opposite in str(info.value) and info.value.hint and "convert" in info.value.hint
 
 

@@ -68,3 +68,16 @@ def test_load_judge_and_from_files_load_the_tiny_model(tiny_gguf: tuple[Path, Pa
         assert judge.engine.model_name == text.stem
     with Judge.from_files(text, mmproj, n_ctx=1024, n_threads=1, max_parallel=2) as judge:
         assert judge.engine.n_ctx == 1024 and judge.engine.max_parallel == 2
+
+
+def test_from_files_accepts_the_engine_seed(tmp_path: Path) -> None:
+    """``seed`` is an engine option (the default seed of generations that give none), as it always was."""
+    from edgejudge.judge import Judge
+
+    options = LoadOptions.from_engine_options("m.gguf", None, "crop", {"seed": 3})
+    assert options.seed == 3 and options.engine_options()["seed"] == 3
+    assert LoadOptions().seed == default("seed")
+    with pytest.raises(InputError, match="seed must be an integer"):
+        LoadOptions(seed="3")  # type: ignore[arg-type]
+    with pytest.raises(ModelNotFoundError):  # past the options: only the missing file stops it
+        Judge.from_files(tmp_path / "missing-F16.gguf", seed=3)

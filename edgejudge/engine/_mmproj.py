@@ -3,8 +3,8 @@ the warnings or refusal the pair contract implies.
 
 The contract itself (file names, ``CLS_KEY``, the compatibility rule, the GGUF metadata reader) lives in
 :mod:`edgejudge.judgefile`; this module only reads through it with the engine's error class. The runtime's
-CLS order is injected (``runtime_cls``: ``edgejudge.probe.runtime_cls_position`` or a known value): the
-engine never runs the probe itself, so it never depends on the converter.
+CLS order comes from the caller (``runtime_cls``: a known value or a function returning it); the engine
+passes the cached runtime probe (``edgejudge.probe.runtime_cls_position``) unless it was given one.
 """
 
 from __future__ import annotations
@@ -59,10 +59,7 @@ def read_mmproj_info(path: Path) -> MmprojInfo:
     return MmprojInfo(image_size, patch_size, meta.cls_position)
 
 
-def check_cls_position(info: MmprojInfo, runtime_cls: str | Callable[[], str] | None = None) -> list[str]:
-    """Warnings for a projector without the stamp; CLSOrderMismatchError when it contradicts the runtime.
-
-    ``runtime_cls`` None: the caller checks the stamp against the runtime (only the warning is given here)."""
-    if runtime_cls is None:
-        return [NO_CLS_KEY_WARNING] if info.cls_position is None else []
+def check_cls_position(info: MmprojInfo, runtime_cls: str | Callable[[], str]) -> list[str]:
+    """Warnings for a projector without the stamp; CLSOrderMismatchError when it contradicts the runtime
+    (``runtime_cls``: the runtime's order, or a function asked only when the projector is stamped)."""
     return check_cls(info.cls_position, runtime_cls)

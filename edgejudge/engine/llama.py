@@ -73,9 +73,10 @@ class LlamaCppEngine(Closing):
     available cores (half of them above 4); ``image_cache_size`` is the number of image embeddings kept
     (0 disables it); ``seed`` is the default for generations without one; ``verbose`` lets llama.cpp/mtmd
     log to stderr.
-    ``runtime_cls`` is where the installed libmtmd puts CLIP's class token, or a function returning it
-    (``edgejudge.probe.runtime_cls_position``; asked only for a projector with a CLS stamp): a projector
-    stamped for the other order is refused (``judgefile.check_cls``). None leaves that check to the caller.
+    A projector stamped for the other CLS order than the installed libmtmd's is refused
+    (``judgefile.check_cls``). ``runtime_cls`` is that order, or a function returning it (asked only for a
+    stamped projector); None (the default) asks the cached runtime probe
+    (``edgejudge.probe.runtime_cls_position``). Tests and benchmarks may inject a known value.
     """
 
     def __init__(
@@ -122,6 +123,10 @@ class LlamaCppEngine(Closing):
             check(name, value)
         self._max_parallel = max_parallel
         info = read_mmproj_info(self.mmproj_path)
+        if runtime_cls is None:
+            from ..probe import runtime_cls_position  # lazy: the probe runs only for a stamped projector
+
+            runtime_cls = runtime_cls_position
         self.warnings: tuple[str, ...] = tuple(check_cls_position(info, runtime_cls))
         self._info = info
         self._image_cache_size = image_cache_size

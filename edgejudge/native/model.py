@@ -14,6 +14,7 @@ Invariants it owns:
 - ``decode`` writes at most the batch's capacity (``n_batch`` entries, checked before writing: the native
   batch is a fixed-size C array) and one sequence id per entry; the batch is freed with the model.
 - ``close()`` frees the batch, the context and the model, once; every later call raises ``EngineError``.
+  A constructor that fails after loading frees what it had allocated before it raises.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llama_cpp import _internals
 
 from .._closing import Closing
 from ..errors import EngineError
+from ..settings import default
 from .log import VERBOSE_HINT
 from .sampling import Vocab
 from .system import supports_gpu_offload
@@ -45,9 +47,10 @@ BatchItem = tuple[int, int, int, bool]
 class TextModel(Closing):
     """A GGUF text model with one context (see the module docstring). A context manager.
 
-    ``n_gpu_layers`` -1 offloads every layer when the build supports it (0 on CPU builds); ``seed`` None is
-    llama.cpp's default seed; ``logits_all`` keeps every evaluated position's logits (``scores``);
-    ``verbose`` passes llama.cpp's own messages through (the caller sets the log routing).
+    ``n_batch`` defaults to the ``n_batch`` setting (``edgejudge.settings``). ``n_gpu_layers`` -1 offloads
+    every layer when the build supports it (0 on CPU builds); ``seed`` None is llama.cpp's default seed;
+    ``logits_all`` keeps every evaluated position's logits (``scores``); ``verbose`` passes llama.cpp's own
+    messages through (the caller sets the log routing).
     """
 
     def __init__(
@@ -56,7 +59,7 @@ class TextModel(Closing):
         *,
         n_ctx: int,
         n_threads: int,
-        n_batch: int = 512,
+        n_batch: int = default("n_batch"),
         n_gpu_layers: int = 0,
         seed: int | None = None,
         n_seq: int = 1,
@@ -85,21 +88,28 @@ class TextModel(Closing):
                 f"llama.cpp could not load {path.name}: {err}",
                 hint=f"check that the file is a complete GGUF text model ({VERBOSE_HINT})",
             ) from None
-        try:
-            if n_seq > 1:
-                self._unified_context(n_seq, verbose)
-            self._batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
-        except (ValueError, RuntimeError) as err:
+        batch = None
+        try:  # from here on, whatever raises frees what was allocated (the batch, the Llama)
+            try:
+                if n_seq > 1:
+                    self._unified_context(n_seq, verbose)
+                batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
+            except (ValueError, RuntimeError) as err:
+                raise EngineError(
+                    f"llama.cpp could not create a context for {n_seq} sequences: {err}",
+                    hint=f"lower n_ctx or set parallel to 1 ({VERBOSE_HINT})",
+                ) from None
+            self.n_seq = n_seq
+            self.n_batch = int(self._llm.n_batch)
+            self.n_vocab = int(self._llm.n_vocab())
+            self.n_ctx = int(self._llm.n_ctx())  # the context window: KV cells, shared by all sequences
+            self.vocab = Vocab(self._llm._model.vocab, self.n_vocab)
+        except BaseException:
+            if batch is not None:
+                llama_cpp.llama_batch_free(batch)
             self._llm.close()
-            raise EngineError(
-                f"llama.cpp could not create a context for {n_seq} sequences: {err}",
-                hint=f"lower n_ctx or set parallel to 1 ({VERBOSE_HINT})",
-            ) from None
-        self.n_seq = n_seq
-        self.n_batch = int(self._llm.n_batch)
-        self.n_vocab = int(self._llm.n_vocab())
-        self.n_ctx = int(self._llm.n_ctx())  # context window in tokens (KV cells, shared by every sequence)
-        self.vocab = Vocab(self._llm._model.vocab, self.n_vocab)
+            raise
+        self._batch = batch
         self._closed = False
 
     def _unified_context(self, n_seq: int, verbose: bool) -> None:

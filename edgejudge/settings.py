@@ -45,6 +45,7 @@ __all__ = [
     "setting",
     "default",
     "check",
+    "advice_for",
     "flag_names",
     "GenerationSettings",
     "SETTINGS_KEYS",
@@ -71,7 +72,9 @@ class Setting:
     lower bound. ``flag`` is the command-line option (None: library only; for an ``inverted`` bool the flag
     turns the setting off, ``--no-grammar``), ``short`` its one-letter form, ``panel`` the ``--help`` panel.
     ``aliases`` are other names the library uses for the same setting (the engine's ``max_parallel``).
-    ``advice`` is the hint of a refused value, in library words (``{name}`` is the name it was given as).
+    ``advice`` is the hint of a refused value, in library words: ``{name}`` is the name it was given as,
+    ``{default}``, ``{minimum}``, ``{maximum}`` and ``{above}`` this setting's own values (so a hint never
+    restates a default or a bound by hand).
     """
 
     name: str
@@ -104,7 +107,7 @@ GENERATION: tuple[Setting, ...] = (
         flag="--samples",
         minimum=1,
         maximum=MAX_SAMPLES,
-        advice=f"use 1 to {MAX_SAMPLES} samples (the majority settles long before {MAX_SAMPLES})",
+        advice="use {minimum} to {maximum} samples (the majority settles long before {maximum})",
     ),
     Setting(
         "temperature",
@@ -113,7 +116,8 @@ GENERATION: tuple[Setting, ...] = (
         "Sampling temperature; 0 = greedy, reproducible.",
         flag="--temperature",
         minimum=0.0,
-        advice="use temperature 0 (greedy) or a positive value (the reference evaluation uses 1.0)",
+        advice="use temperature 0 (greedy) or a positive value (the default {default} is the reference "
+        "evaluation's)",
     ),
     Setting(
         "top_p",
@@ -123,7 +127,8 @@ GENERATION: tuple[Setting, ...] = (
         flag="--top-p",
         above=0.0,
         maximum=1.0,
-        advice="use top_p above 0 and at most 1 (the reference evaluation uses 0.9)",
+        advice="use top_p above {above} and at most {maximum} (the default {default} is the reference "
+        "evaluation's)",
     ),
     Setting(
         "repeat_penalty",
@@ -132,7 +137,7 @@ GENERATION: tuple[Setting, ...] = (
         "Penalty on tokens repeated from the last 64; 1 = off (as in the reference evaluation).",
         flag="--repeat-penalty",
         above=0.0,
-        advice="use repeat_penalty 1 (off) or another positive value",
+        advice="use repeat_penalty 1 (off) or another value above {above}",
     ),
     Setting(
         "seed",
@@ -149,7 +154,7 @@ GENERATION: tuple[Setting, ...] = (
         "Generation budget in tokens.",
         flag="--max-tokens",
         minimum=1,
-        advice="use max_tokens >= 1",
+        advice="use max_tokens >= {minimum}",
     ),
     Setting(
         "grammar",
@@ -206,7 +211,7 @@ LOAD: tuple[Setting, ...] = (
         panel=MODEL_PANEL,
         minimum=1,
         optional=True,
-        advice="use n_threads >= 1, or leave it unset for the available cores",
+        advice="use n_threads >= {minimum}, or leave it unset for the available cores",
     ),
     Setting(
         "n_ctx",
@@ -216,7 +221,8 @@ LOAD: tuple[Setting, ...] = (
         flag="--n-ctx",
         panel=MODEL_PANEL,
         minimum=256,
-        advice="use n_ctx >= 2048 (4096 recommended; the image alone takes 576 tokens)",
+        advice="use n_ctx >= {minimum}; the default {default} leaves room for the image (576 tokens with "
+        "the LLaVA-1.5 tower) and the prompt",
     ),
     Setting(
         "parallel",
@@ -229,7 +235,8 @@ LOAD: tuple[Setting, ...] = (
         minimum=1,
         maximum=MAX_PARALLEL,
         aliases=("max_parallel",),
-        advice="use {name} 4 (1 decodes one sequence at a time)",
+        advice="use {name} from {minimum} to {maximum} (the default is {default}; 1 decodes one sequence "
+        "at a time)",
     ),
     Setting(
         "verbose",
@@ -253,7 +260,7 @@ LOAD: tuple[Setting, ...] = (
         "Image embeddings kept (least recently used first out); 0 disables the cache.",
         panel=MODEL_PANEL,
         minimum=0,
-        advice="use image_cache_size >= 0 (0 disables the cache)",
+        advice="use image_cache_size >= {minimum} (0 disables the cache)",
     ),
     Setting(
         "n_batch",
@@ -262,7 +269,7 @@ LOAD: tuple[Setting, ...] = (
         "Prompt tokens evaluated per batch.",
         panel=MODEL_PANEL,
         minimum=1,
-        advice="use n_batch >= 1 (512 is the default)",
+        advice="use n_batch >= {minimum} (the default is {default})",
     ),
 )
 
@@ -289,11 +296,21 @@ def flag_names() -> dict[str, str]:
     return {name: s.flag for name, s in SETTINGS.items() if s.flag is not None}
 
 
+def _shown(value: Any) -> str:
+    return "unset" if value is None else _num(value) if isinstance(value, (int, float)) else str(value)
+
+
+def advice_for(spec: Setting, name: str | None = None) -> str:
+    """``spec.advice`` filled in: ``{name}`` (default: the setting's name), its default and bounds."""
+    values = {"default": spec.default, "minimum": spec.minimum, "maximum": spec.maximum, "above": spec.above}
+    return (spec.advice or "").format(name=name or spec.name, **{k: _shown(v) for k, v in values.items()})
+
+
 _KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
 
 
 def _refuse(spec: Setting, name: str, problem: str, value: Any) -> InputError:
-    advice = spec.advice.format(name=name) if spec.advice else f"give {name} as {_KIND_WORDS[spec.kind]}"
+    advice = advice_for(spec, name) if spec.advice else f"give {name} as {_KIND_WORDS[spec.kind]}"
     return InputError(f"{name} must be {problem}, got {value!r}", hint=advice)
 
 

@@ -112,3 +112,50 @@ def test_generation_settings_check_on_creation_and_write_the_settings_object() -
         "image_fit": "pad",
         "grammar": False,
     }
+
+
+# Numbers an advice may write itself because they mean something there, not because they are a default
+# or a bound ("temperature 0 (greedy)", "repeat_penalty 1 (off)", "1 decodes one sequence at a time").
+_MEANINGFUL = {"temperature": {"0"}, "repeat_penalty": {"1"}, "parallel": {"1"}, "image_cache_size": {"0"}}
+_NUMBER = r"-?\d+(?:\.\d+)?"
+
+
+def _shown(value: object) -> str | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_an_advice_never_writes_its_default_or_bounds_by_hand() -> None:
+    for spec in {id(s): s for s in SETTINGS.values()}.values():
+        if not spec.advice:
+            continue
+        own = {_shown(v) for v in (spec.default, spec.minimum, spec.maximum, spec.above)} - {None}
+        template = re.sub(r"\{\w+\}", "", spec.advice)
+        written = set(re.findall(rf"(?<![\w.-]){_NUMBER}(?![\w.])", template))
+        assert (written & own) - _MEANINGFUL.get(spec.name, set()) == set(), spec.name
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SETTINGS.items() if s.minimum is not None))
+def test_a_refusal_hint_states_the_bounds_and_default_the_check_uses(name: str) -> None:
+    spec = SETTINGS[name]
+    assert spec.minimum is not None
+    with pytest.raises(InputError) as caught:
+        check(name, type(spec.default or 1)(spec.minimum) - 1)
+    hint = caught.value.hint or ""
+    assert name in hint
+    for value in re.findall(rf"(?:>=|at least|from)\s+({_NUMBER})", hint):
+        assert float(value) == spec.minimum, hint
+    for value in re.findall(rf"(?:at most|{_NUMBER} to)\s+({_NUMBER})", hint):
+        assert float(value) == spec.maximum, hint
+    for value in re.findall(rf"above\s+({_NUMBER})", hint):
+        assert float(value) == spec.above, hint
+    for value in re.findall(rf"default(?: is)?\s+({_NUMBER})|({_NUMBER}) is the default", hint):
+        assert float(value[0] or value[1]) == spec.default, hint
+
+
+def test_the_n_ctx_hint_agrees_with_its_bound() -> None:
+    with pytest.raises(InputError, match="n_ctx must be at least 256") as caught:
+        check("n_ctx", 255)
+    hint = caught.value.hint or ""
+    assert "n_ctx >= 256" in hint and "2048" not in hint

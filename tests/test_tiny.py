@@ -230,3 +230,9 @@ def test_reference_input_errors(made: dict[str, Path]) -> None:
         text_logits(made["original"], [SPEC.vocab_size])
     with pytest.raises(ConversionError):
         text_logits(made["original"].parent / "missing", [1])
+
+
+def test_a_refused_shard_count_is_named_without_restating_the_default(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="shards must be >= 1, got 0") as caught:
+        make_tiny_llava(tmp_path / "none", shards=0)
+    assert caught.value.hint == "use 1 shard or more"

@@ -104,7 +104,7 @@ def test_context_overflow_hint_names_the_flags(monkeypatch: pytest.MonkeyPatch, 
     assert not re.search(r"(?<!-)\b(n_ctx|max_tokens)\b", result.stderr)
 
 
-def test_library_error_raised_in_a_command_is_mapped_hint_and_message(
+def test_library_error_raised_in_a_command_hint_mapped_message_as_written(
     monkeypatch: pytest.MonkeyPatch, image: Path
 ) -> None:
     def factory(options: object) -> Judge:
@@ -117,7 +117,8 @@ def test_library_error_raised_in_a_command_is_mapped_hint_and_message(
     result = runner.invoke(app, ["judge", str(image), "-i", "Q?", "--response", "A."])
     assert result.exit_code == 1
     error, hint = _lines(result.stderr)
-    assert error == "error: llama.cpp could not load the model with --n-gpu-layers -1"
+    # messages quote paths and user values: printed as the library wrote them, only hints are rewritten
+    assert error == "error: llama.cpp could not load the model with n_gpu_layers -1"
     assert hint == "hint: lower --n-gpu-layers or --n-ctx (re-run with --verbose to see llama.cpp's messages)"
 
 
@@ -125,7 +126,7 @@ def test_the_cli_own_hint_is_printed_as_written(capsys: pytest.CaptureFixture[st
     with pytest.raises(typer.Exit):
         _common.fail(InputError("bad max_tokens", hint="library hint"), hint="the n_ctx of --n-ctx")
     err = capsys.readouterr().err
-    assert "error: bad max_tokens" not in err and "error: bad --max-tokens" in err
+    assert "error: bad max_tokens" in err and "error: bad --max-tokens" not in err  # a message as written
     assert "hint: the n_ctx of --n-ctx" in err
 
 
@@ -137,7 +138,7 @@ def test_wizard_errors_are_mapped_too() -> None:
     console = Console(record=True, width=200)
     Prompter(console).error(InputError("max_tokens must be at least 1", hint="use max_tokens >= 1"))
     text = console.export_text()
-    assert "error: --max-tokens must be at least 1" in text and "hint: use --max-tokens >= 1" in text
+    assert "error: max_tokens must be at least 1" in text and "hint: use --max-tokens >= 1" in text
 
 
 def test_a_model_llama_cpp_cannot_load_says_verbose_and_verbose_shows_its_log(
@@ -192,3 +193,157 @@ def test_verbose_reaches_the_load_options(
     ]
     assert runner.invoke(app, batch).exit_code == 0
     assert seen == [False, True, True]
+
+
+# --- A6: user text is never rewritten (paths, quoted values, messages), English stays English
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the samples must agree",
+        "The samples must be alike",
+        "3 samples must agree",
+        "rubric 'use seed 2' not found",
+        'the value "raise n_ctx to 9" came from the file',
+        "the file `use seed 2` is a rubric",
+        "move /tmp/runs_n_ctx/x.png away",
+        "check C:\\runs\\n_ctx\\cat.png",
+        "read /data/use_n_ctx/max_tokens.txt",
+    ],
+)
+def test_for_people_keeps_english_quotes_and_paths(text: str) -> None:
+    assert for_people(text) == text
+
+
+def test_for_people_rewrites_outside_quotes_and_paths_only() -> None:
+    assert (
+        for_people("rename 'use seed 2' or /a/n_ctx/b, then raise n_ctx")
+        == "rename 'use seed 2' or /a/n_ctx/b, then raise --n-ctx"
+    )
+
+
+def test_an_image_path_naming_a_setting_is_printed_as_given(work_dir: Path, image: Path) -> None:
+    folder = work_dir / "runs n_ctx 8192"
+    folder.mkdir()
+    missing = folder / "cat.png"
+    result = runner.invoke(app, ["judge", str(missing), "-i", "Q?", "--response", "A."])
+    assert result.exit_code == 1
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert error == f"error: image not found: {missing}"
+    assert "--n-ctx" not in result.stderr
+
+
+def test_a_rubric_name_naming_a_setting_is_printed_as_given(
+    monkeypatch: pytest.MonkeyPatch, image: Path
+) -> None:
+    monkeypatch.setattr(_common, "JUDGE_FACTORY", lambda options: Judge(FakeEngine()))
+    result = runner.invoke(
+        app, ["judge", str(image), "-i", "Q?", "--response", "A.", "--rubric", "use seed 2"]
+    )
+    assert result.exit_code == 1
+    assert "error: unknown rubric 'use seed 2'" in result.stderr
+    assert "--seed" not in result.stderr
+
+
+# --- A7: "re-run with --verbose" only where the command has --verbose, and there it shows native logs
+
+
+def _all_commands() -> list[tuple[str, ...]]:
+    import click
+
+    found: list[tuple[str, ...]] = []
+
+    def walk(command: click.Command, path: tuple[str, ...]) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, (*path, name))
+        else:
+            found.append(path)
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def _click_command(path: tuple[str, ...]) -> object:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return command
+
+
+def _opts(command: object) -> set[str]:
+    return {opt for param in command.params for opt in param.opts}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "path", [("judge",), ("batch",), ("tui",), ("demo",), ("convert",), ("models", "pull"), ("doctor",)]
+)
+def test_commands_that_run_native_code_accept_verbose(path: tuple[str, ...]) -> None:
+    assert "--verbose" in _opts(_click_command(path))
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=" ".join)
+def test_only_a_command_with_verbose_tells_to_re_run_with_it(
+    path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import click
+
+    from edgejudge.native.log import VERBOSE_HINT
+
+    command = _click_command(path)
+    err = EngineError("the vision encoder failed (code 1)", hint=VERBOSE_HINT)
+    with click.Context(command), pytest.raises(typer.Exit):  # type: ignore[arg-type]
+        _common.fail(err)
+    hint = capsys.readouterr().err.splitlines()[-1]
+    if "--verbose" in _opts(command):
+        assert hint == "hint: re-run with --verbose to see llama.cpp's messages"
+    else:
+        assert "--verbose" not in hint and hint == f"hint: {VERBOSE_HINT}"
+
+
+@pytest.mark.parametrize(
+    ("args", "target"),
+    [
+        (["convert", "ckpt", "--outdir", "out"], "edgejudge.install.convert_checkpoint"),
+        (["models", "pull", "prometheus-vision-7b"], "edgejudge.install.pull_model"),
+        (["doctor"], "edgejudge.doctor.collect"),
+    ],
+)
+def test_verbose_turns_on_native_logs_and_the_hint_names_it(
+    monkeypatch: pytest.MonkeyPatch, work_dir: Path, args: list[str], target: str
+) -> None:
+    from edgejudge.native import log
+    from edgejudge.native.log import VERBOSE_HINT
+
+    shown: list[bool] = []
+
+    def failing(*a: object, **k: object) -> None:
+        shown.append(log._shown)
+        raise EngineError("llama.cpp could not load tiny-F16.gguf", hint=f"check the file ({VERBOSE_HINT})")
+
+    monkeypatch.setattr(target, failing)
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 1
+    assert (
+        plain.stderr.splitlines()[-1]
+        == "hint: check the file (re-run with --verbose to see llama.cpp's messages)"
+    )
+    assert runner.invoke(app, [*args, "--verbose"]).exit_code == 1
+    assert shown == [False, True] and log._shown is False
+
+
+def test_verbose_native_logs_lets_the_quiet_blocks_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgejudge.native import log
+
+    calls: list[bool] = []
+    real = log.set_native_logging
+    monkeypatch.setattr(log, "set_native_logging", lambda verbose: (calls.append(verbose), real(verbose)))
+    with log.quiet_native_logs():
+        pass
+    assert calls == [False]
+    calls.clear()
+    with log.verbose_native_logs():
+        with log.quiet_native_logs():  # the probe's and the quantizer's: not silenced now
+            assert calls == [True]
+    assert calls == [True, False]

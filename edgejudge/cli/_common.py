@@ -6,21 +6,23 @@ Rules kept here so the commands stay thin:
 - stdout carries data only (``emit_json``); everything for people goes to ``stderr_console()``.
 - Errors are turned into ``error: <message>`` / ``hint: <hint>`` lines and exit codes in ONE place:
   ``guard`` (applied to every command and callback by ``EdgeJudgeTyper``, so modules never catch errors
-  themselves). Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted. Library words become CLI words there
-  (``_hints.for_people``: setting names → flags, verbose logging → ``--verbose``).
+  themselves). Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted. A library hint becomes CLI words
+  there (``_hints.hint_for_people``: setting names → flags, verbose logging → ``--verbose``, the flags of
+  the error's ``about`` appended; only flags the running command offers); messages are printed as written.
 - ``build_judge`` is the single seam between the CLI and the model runtime; tests replace
   ``JUDGE_FACTORY`` (e.g. with a ``FakeEngine``-backed factory) to exercise the plumbing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -40,8 +42,8 @@ from ._console import (
     stderr_console,
     verdict_panel,
 )
-from ._hints import for_people
-from ._options import GenerationOptions, JsonOpt, with_generation_options
+from ._hints import command_options, hint_for_people
+from ._options import GenerationOptions, JsonOpt, VerboseOpt, with_generation_options
 
 if TYPE_CHECKING:
     from ..judge import Judge
@@ -57,6 +59,8 @@ __all__ = [
     "stderr_console",
     "emit_json",
     "fail",
+    "command_options",
+    "native_logs",
     "usage_error",
     "examples",
     "reflow",
@@ -67,6 +71,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MAX_JSONL_BYTES",
     "JsonOpt",
+    "VerboseOpt",
     "GenerationOptions",
     "with_generation_options",
     "JUDGE_FACTORY",
@@ -131,14 +136,28 @@ def _print_error(message: str, hint: str | None) -> None:
 def fail(err: EdgeJudgeError | str, hint: str | None = None, *, code: int = EXIT_ERROR) -> NoReturn:
     """Print ``error:``/``hint:`` lines on stderr and exit with ``code`` (1 by default).
 
-    A library error's message and hint name settings by field name; they are printed with the flags that
-    set them (``_hints.for_people``: ``raise n_ctx`` → ``raise --n-ctx``). A ``hint`` given here, and a
-    plain ``err`` string, are the CLI's own words and are printed as they are."""
-    if isinstance(err, EdgeJudgeError):  # library words: settings become the flags that set them
-        _print_error(for_people(str(err)) or "", hint or for_people(err.hint))
+    A library error's message is printed as it is (it quotes paths and user values); its hint names
+    settings by field name and is printed in CLI words for the running command (``_hints.hint_for_people``:
+    ``raise n_ctx`` → ``raise --n-ctx``, ``choose another output directory (--outdir)``). A ``hint`` given
+    here, and a plain ``err`` string, are the CLI's own words and are printed as they are."""
+    if isinstance(err, EdgeJudgeError):
+        _print_error(str(err), hint or hint_for_people(err.hint, err.about, command_options()))
     else:
         _print_error(err, hint)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def native_logs(verbose: bool) -> Iterator[None]:
+    """With ``verbose``, llama.cpp's and mtmd's own messages on stderr for the block (``--verbose`` of the
+    commands that run the probe or the quantizer); else nothing changes."""
+    if not verbose:
+        yield
+        return
+    from ..native.log import verbose_native_logs
+
+    with verbose_native_logs():
+        yield
 
 
 def usage_error(message: str, param: str | None = None) -> NoReturn:

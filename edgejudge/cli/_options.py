@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from ..engine.base import GenerationParams
     from ..load import LoadOptions
 
-__all__ = ["JsonOpt", "GenerationOptions", "with_generation_options", "option_for"]
+__all__ = ["JsonOpt", "VerboseOpt", "GenerationOptions", "with_generation_options", "option_for"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+#: ``--verbose`` of the commands that run native code without loading a judge (convert, models pull,
+#: doctor: the probe, the quantizer); the judge-loading commands get it with the shared options.
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help=SETTINGS["verbose"].help)]
 
 
 @dataclass(frozen=True)

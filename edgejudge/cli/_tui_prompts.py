@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..errors import EdgeJudgeError, InputError
 from ._common import read_text_file
-from ._hints import for_people
+from ._hints import command_options, for_people
 
 if TYPE_CHECKING:
     from ..images import FittedImage
@@ -159,8 +159,9 @@ class Prompter:
             return None
 
     def error(self, err: EdgeJudgeError) -> None:
-        """A library error as ``error:``/``hint:`` lines, in CLI words (``_hints.for_people``), and the
-        step goes on."""
-        self.console.print(Text.assemble(("error: ", "bold red"), for_people(str(err)) or ""))
+        """A library error as ``error:``/``hint:`` lines, and the step goes on: the message as written, the
+        hint in CLI words (``_hints.for_people``, the flags the running command offers)."""
+        self.console.print(Text.assemble(("error: ", "bold red"), str(err)))
         if err.hint:
-            self.console.print(Text.assemble(("hint: ", "yellow"), for_people(err.hint) or ""))
+            hint = for_people(err.hint, command_options()) or ""
+            self.console.print(Text.assemble(("hint: ", "yellow"), hint))

@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 
 from ..judgefile import DEFAULT_MMPROJ_QUANT, DEFAULT_QUANT, MMPROJ_QUANTS, TEXT_QUANTS
-from ._common import JsonOpt, StageProgress, emit_json, examples, human_bytes, stderr_console
+from ._common import (
+    JsonOpt,
+    StageProgress,
+    VerboseOpt,
+    emit_json,
+    examples,
+    human_bytes,
+    native_logs,
+    stderr_console,
+)
 
 __all__ = ["register"]
 
@@ -51,6 +60,7 @@ def register(app: typer.Typer) -> None:
         register_it: Annotated[
             bool, typer.Option("--register", help="Also register the pair (usable as --model NAME).")
         ] = False,
+        verbose: VerboseOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Convert a LLaVA-1.5 checkpoint (e.g. Prometheus-Vision) into a GGUF text model and an mmproj.
@@ -62,7 +72,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..install import convert_checkpoint
 
-        with StageProgress() as progress:
+        with native_logs(verbose), StageProgress() as progress:
             result = convert_checkpoint(
                 src, outdir, name=name, quant=quant, mmproj_quant=mmproj_quant, progress=progress
             )

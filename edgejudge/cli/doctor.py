@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ._common import EXIT_ERROR, JsonOpt, emit_json, examples, human_bytes, status, stderr_console
+from ._common import (
+    EXIT_ERROR,
+    JsonOpt,
+    VerboseOpt,
+    emit_json,
+    examples,
+    human_bytes,
+    native_logs,
+    status,
+    stderr_console,
+)
 
 __all__ = ["register"]
 
@@ -42,6 +52,7 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--selftest/--no-selftest", help="Run the CLS-order self-test (a second or two)."),
         ] = True,
+        verbose: VerboseOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Check this machine: versions, CPU features, GPU offload, installed models and whether they fit
@@ -51,7 +62,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..doctor import collect
 
-        with status("checking…"):
+        with native_logs(verbose), status("checking…"):
             report = collect(selftest=selftest)
         if as_json:
             emit_json(report.to_dict())

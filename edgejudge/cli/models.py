@@ -21,10 +21,12 @@ from ._common import (
     EXIT_ERROR,
     JsonOpt,
     StageProgress,
+    VerboseOpt,
     emit_json,
     examples,
     human_bytes,
     make_app,
+    native_logs,
     stderr_console,
 )
 
@@ -121,6 +123,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[
             bool, typer.Option("--force", help="Convert again even if already installed.")
         ] = False,
+        verbose: VerboseOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Download a judge from the Hugging Face hub, convert and quantize it, record its sha256.
@@ -133,7 +136,7 @@ def register(app: typer.Typer) -> None:
 
         if source is not None and source.startswith("~"):  # a local checkpoint as the shell did not expand it
             source = str(user_path(source, what="--source"))
-        with StageProgress() as progress:
+        with native_logs(verbose), StageProgress() as progress:
             result = pull_model(
                 name, quant=quant, mmproj_quant=mmproj_quant, source=source, force=force, progress=progress
             )

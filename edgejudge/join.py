@@ -11,8 +11,9 @@ Owns how two JSONL files line up:
 - Failed predictions (``status`` error, or no numeric score), rows in only one file and gold rows without a
   gold score are counted, never silently dropped.
 
-Files must be regular files of at most ``MAX_FILE_BYTES`` (``_fs``: never a hang on a FIFO or a device);
-every line goes through ``_jsonl``, so a hostile line (not JSON, nested too deep, a huge integer, not
+``join_rows`` pairs the bytes a caller read (the CLI reads ``-`` as stdin); ``join_scores`` reads two files,
+which must be regular files of at most ``MAX_FILE_BYTES`` (``_fs``: never a hang on a FIFO or a device).
+Every line goes through ``_jsonl``, so a hostile line (not JSON, nested too deep, a huge integer, not
 UTF-8) is one reported problem and the next line goes on. The statistics themselves are
 ``metrics.agreement_metrics``; nothing here prints.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "keyed_rows",
     "read_keyed_rows",
     "pair_scores",
+    "join_rows",
     "join_scores",
 ]
 
@@ -163,6 +165,23 @@ def pair_scores(preds: KeyedRows, golds: KeyedRows, *, pred_field: str = "score"
         missing_gold=missing,
         malformed_lines=preds.problems + golds.problems,
     )
+
+
+def join_rows(
+    pred_data: bytes,
+    gold_data: bytes,
+    *,
+    gold_field: str,
+    pred_field: str = "score",
+    id_field: str = "id",
+    pred_name: str = "predictions",
+    gold_name: str = "gold",
+) -> Joined:
+    """Pair the scores of the JSONL bytes ``pred_data`` and ``gold_data`` by id (``keyed_rows`` of each,
+    the gold file's first row of an id winning, then ``pair_scores``); ``*_name`` names them in problems."""
+    preds = keyed_rows(pred_data, name=pred_name, id_field=id_field)
+    golds = keyed_rows(gold_data, name=gold_name, id_field=id_field, first_wins=True)
+    return pair_scores(preds, golds, pred_field=pred_field, gold_field=gold_field)
 
 
 def join_scores(

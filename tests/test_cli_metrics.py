@@ -156,3 +156,18 @@ def test_metrics_duplicate_ids_preds_last_gold_first(work_dir: Path) -> None:
     assert data["n"] == 3 and data["failed_pred"] == 0 and data["exact_agreement"] == 1.0
     assert data["malformed_lines"] == 1
     assert "g.jsonl:3: duplicate id 'b' ignored" in result.stderr
+
+
+@pytest.mark.parametrize("which", ["pred", "gold"])
+def test_metrics_reads_dash_as_stdin(files: tuple[Path, Path], which: str) -> None:
+    pred, gold = files
+    args = ["--gold-field", "orig_score", "--json", "--bootstrap", "50"]
+    from_files = runner.invoke(app, ["metrics", str(pred), str(gold), *args])
+    assert from_files.exit_code == 0, from_files.stderr
+    piped = pred if which == "pred" else gold
+    paths = ["-", str(gold)] if which == "pred" else [str(pred), "-"]
+    from_stdin = runner.invoke(app, ["metrics", *paths, *args], input=piped.read_bytes())
+    assert from_stdin.exit_code == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout) == json.loads(from_files.stdout)
+    if which == "gold":  # its broken line is reported under the name "-"
+        assert "warning: -:" in from_stdin.stderr

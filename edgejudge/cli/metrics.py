@@ -1,8 +1,9 @@
 """``edgejudge metrics PRED.jsonl GOLD.jsonl``: agreement between judge scores and gold scores.
 
-Owns the command's options and how the result is shown (tables on stderr, or ``--json``). Pairing the rows
-by id (the batch's id rule, which row of an id wins, what counts as failed or unmatched) is
-``edgejudge.join``; the statistics are ``edgejudge.metrics.agreement_metrics`` (scipy.stats).
+Owns the command's options, reading the two files (``-`` is stdin, a CLI convention: ``read_bytes_file``)
+and how the result is shown (tables on stderr, or ``--json``). Pairing the rows by id (the batch's id
+rule, which row of an id wins, what counts as failed or unmatched) is ``edgejudge.join``; the statistics
+are ``edgejudge.metrics.agreement_metrics`` (scipy.stats).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError
-from ._common import JsonOpt, emit_json, examples, stderr_console
+from ._common import (
+    MAX_JSONL_BYTES,
+    JsonOpt,
+    emit_json,
+    examples,
+    read_bytes_file,
+    stderr_console,
+)
 
 if TYPE_CHECKING:
     from ..join import Joined
@@ -110,11 +118,17 @@ def register(app: typer.Typer) -> None:
         Rows are joined by id; predictions with status "error" or no score are counted as failed, rows
         present in only one file as unmatched.
         """
-        from ..join import join_scores
+        from ..join import join_rows
         from ..metrics import agreement_metrics
 
-        joined = join_scores(
-            pred_path, gold_path, pred_field=pred_field, gold_field=gold_field, id_field=id_field
+        joined = join_rows(
+            read_bytes_file(pred_path, max_bytes=MAX_JSONL_BYTES),
+            read_bytes_file(gold_path, max_bytes=MAX_JSONL_BYTES),
+            pred_field=pred_field,
+            gold_field=gold_field,
+            id_field=id_field,
+            pred_name=pred_path.name,
+            gold_name=gold_path.name,
         )
         console = stderr_console()
         for line in joined.malformed_lines:

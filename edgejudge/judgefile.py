@@ -205,9 +205,13 @@ NO_CLS_KEY_WARNING = (
 
 
 def check_cls_value(value: str) -> str:
-    """``value`` when it is a CLS position ("first" | "last"); else InputError."""
+    """``value`` when it is a CLS position ("first" | "last"); else InputError (whoever gave it: a caller or
+    a function asked for the runtime's order, so the hint only says what the value means)."""
     if value not in CLS_POSITIONS:
-        raise InputError(f"cls_position must be 'first' or 'last', not {value!r}", hint="or leave it unset")
+        raise InputError(
+            f"cls_position must be 'first' or 'last', not {value!r}",
+            hint="cls_position is where the runtime puts CLIP's class token: 'first' or 'last'",
+        )
     return value
 
 

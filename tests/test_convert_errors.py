@@ -351,3 +351,19 @@ def test_fast_f16_cast_matches_numpy() -> None:
     with np.errstate(over="ignore"):
         _f32_to_f16(src.astype(np.float64), wide)  # not float32: the numpy fallback, same bits
     np.testing.assert_array_equal(wide.view(np.uint16), want.view(np.uint16))
+
+
+def test_the_converter_says_what_cls_position_to_give(ckpt: Callable[[str], Path], tmp_path: Path) -> None:
+    """Leaving cls_position unset is refused by the converter itself, so no hint of it says "leave it
+    unset" (review A8): it says what to give, or which function asks the runtime."""
+    src = ckpt("bin")
+    for bad in (None, "middle"):
+        with pytest.raises(InputError, match="cls_position") as info:
+            convert_checkpoint(src, tmp_path / "out", name="tiny", quant="F16", cls_position=bad)
+        hint = info.value.hint or ""
+        assert "'first'" in hint and "'last'" in hint and "unset" not in hint, hint
+    with pytest.raises(InputError) as info:
+        convert_checkpoint(src, tmp_path / "out", name="tiny", quant="F16")
+    assert "give cls_position 'first' or 'last'" in (info.value.hint or "")
+    assert "edgejudge.convert_checkpoint" in (info.value.hint or "")
+    assert not (tmp_path / "out").exists()

@@ -97,6 +97,17 @@ def test_the_cls_rule() -> None:
         check_cls_value("middle")
 
 
+def test_the_cls_value_hint_fits_every_caller() -> None:
+    """A bad value from a caller of the converter (where leaving it unset is itself refused), of
+    ``edgejudge.convert_checkpoint`` or from a runtime function: the hint says what the value is, and
+    never "leave it unset" (review A8)."""
+    with pytest.raises(InputError, match="cls_position must be 'first' or 'last', not 'middle'") as info:
+        check_cls_value("middle")
+    hint = info.value.hint or ""
+    assert "'first'" in hint and "'last'" in hint and "class token" in hint
+    assert "unset" not in hint and "--" not in hint
+
+
 def test_one_metadata_reader(tmp_path: Path) -> None:
     path = _gguf(
         tmp_path / "mmproj-x-F16.gguf",
@@ -122,12 +133,24 @@ def test_one_metadata_reader(tmp_path: Path) -> None:
     assert read_metadata(unnamed).quant is None and read_metadata(unnamed).quant_or_name() == "IQ2_XS"
 
 
-def test_the_engine_checks_the_stamp_only_when_told_the_runtime() -> None:
+def test_the_engine_always_checks_a_stamp_against_the_runtime() -> None:
+    """No way to skip the check (review A2): the runtime's order is a required argument, asked only for a
+    stamped projector; ``LlamaCppEngine`` passes the cached probe unless given a value."""
+    import inspect
+
     stamped = MmprojInfo(336, 14, "first")
-    assert check_cls_position(stamped) == []  # no runtime given: the caller checks
+    assert check_cls_position(stamped, "first") == []
+    assert check_cls_position(stamped, lambda: "first") == []
     with pytest.raises(CLSOrderMismatchError):
         check_cls_position(stamped, lambda: "last")
-    assert check_cls_position(MmprojInfo(336, 14, None)) == [NO_CLS_KEY_WARNING]
+    with pytest.raises(TypeError):
+        check_cls_position(stamped)  # type: ignore[call-arg]
+
+    def never() -> str:
+        raise AssertionError("the runtime is asked only for a stamped projector")
+
+    assert check_cls_position(MmprojInfo(336, 14, None), never) == [NO_CLS_KEY_WARNING]
+    assert inspect.signature(check_cls_position).parameters["runtime_cls"].default is inspect.Parameter.empty
 
 
 def test_nobody_keeps_a_copy_of_the_contract() -> None:

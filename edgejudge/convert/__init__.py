@@ -181,7 +181,8 @@ def convert_checkpoint(
     if cls_position is None:
         raise InputError(
             "no cls_position given: the converter must know where the target runtime puts CLIP's class token",
-            hint="give 'first' or 'last', or convert with edgejudge.convert_checkpoint, which measures it",
+            hint="give cls_position 'first' or 'last', or use edgejudge.convert_checkpoint, which asks the "
+            "runtime",
         )
     out = _output_dir(outdir)
     report: ProgressFn = progress or (lambda stage, done, total: None)

@@ -8,12 +8,15 @@ never end), and it is not larger than the caller's limit. Files are opened with 
 FIFO never blocks the open, and checked with ``fstat`` on the open descriptor (no race between check and
 read). Errors are raised as the caller's ``EdgeJudgeError`` class with a one-line message naming the path
 as the user typed it. ``read_stamped``/``sha256_stamped`` also return the file's ``FileStamp`` (from
-``fstat`` at open), so a file hashed once can be read later and known to be the bytes that were hashed
-(a file changed just before it was hashed gets no stamp, and its reader compares hashes instead).
+``fstat`` at open, checked again after the last byte: a file written while it is read gets no stamp), so a
+file hashed once can be read later and known to be the bytes that were hashed (a file changed just before
+it was hashed, or while it was read, gets no stamp, and its reader compares hashes instead).
 
 Also owns THE atomic file write (``atomic_write``): every artefact (report page, rubric, registry, saved
 verdict, probe cache, demo picture) is written to a uniquely named hidden temp file in the target's folder,
 fsynced, then renamed over the target, so a reader sees the old file or the new one, never a partial one.
+The new file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` less the umask) unless the
+caller asks for another (registry, rubrics and saved verdicts: ``0o600``; the report: ``0o644``).
 (Publishing a whole folder, and the two-file judge-pair install in ``convert/install.py``, are other
 protocols and live with their owners.)
 """
@@ -35,7 +38,6 @@ __all__ = [
     "user_path",
     "open_regular",
     "read_regular",
-    "sha256_regular",
     "read_stamped",
     "sha256_stamped",
     "FileStamp",
@@ -43,6 +45,7 @@ __all__ = [
     "same_file",
     "describe_kind",
     "atomic_write",
+    "current_umask",
 ]
 
 
@@ -120,11 +123,15 @@ RACY_NS = 2 * 10**9
 
 
 class FileStamp(NamedTuple):
-    """One version of a file, from ``fstat`` at open: device, inode, size, mtime and ctime in ns. Any write
-    changes the ctime (which no user call can set back), so an equal stamp means the same bytes: a caller
-    that hashed a file can later read it and know it read what it hashed, without hashing it twice. (File
-    system clocks tick coarsely, so a file written just before it was hashed could be written again within
-    the same tick: such a file gets no stamp, see ``sha256_stamped``; git calls this "racily clean".)"""
+    """One version of a file, from ``fstat``: device, inode, size, mtime and ctime in ns. Any write changes
+    the ctime (which no user call can set back). A stamp taken at open says nothing about writes that land
+    while the file is read, so ``read_stamped`` and ``sha256_stamped`` take it at open AND after the last
+    byte and give one only when both agree: then the bytes are one version of the file, and a later read
+    that gets the same stamp read the same bytes (a caller that hashed a file knows it read what it hashed,
+    without hashing it twice). File system clocks tick coarsely, so a file written just before it was
+    hashed could be written again within the same tick: such a file gets no stamp (``sha256_stamped``; git
+    calls this "racily clean"). That rule compares the file's ctime with this machine's clock: on a network
+    file system whose server clock lags by more than ``RACY_NS`` a fresh file may still get a stamp."""
 
     device: int
     inode: int
@@ -135,6 +142,11 @@ class FileStamp(NamedTuple):
     @classmethod
     def of(cls, info: os.stat_result) -> FileStamp:
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _unchanged(stamp: FileStamp, fd: int) -> FileStamp | None:
+    """``stamp`` (taken at open) when ``fd``'s file still has it after the read, else ``None``."""
+    return stamp if FileStamp.of(os.fstat(fd)) == stamp else None
 
 
 def read_regular(
@@ -156,31 +168,21 @@ def read_stamped(
     what: str = "file",
     max_bytes: int | None,
     error: type[EdgeJudgeError] = InputError,
-) -> tuple[bytes, FileStamp]:
-    """``read_regular`` and the file's ``FileStamp`` as it was opened."""
+) -> tuple[bytes, FileStamp | None]:
+    """``read_regular`` and the file's ``FileStamp``: the one it had at open, when it still has it after the
+    read; ``None`` when it changed meanwhile (the bytes may mix two versions: compare their hash)."""
     label = label or str(path)
     fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
     limit = max_bytes if max_bytes is not None else info.st_size
     try:
         with os.fdopen(fd, "rb", closefd=True) as fh:
             data = fh.read(limit + 1)
+            stamp = _unchanged(FileStamp.of(info), fh.fileno())
     except OSError as exc:
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
     if max_bytes is not None and len(data) > max_bytes:
         raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
-    return data, FileStamp.of(info)
-
-
-def sha256_regular(
-    path: Path,
-    *,
-    label: str | None = None,
-    what: str = "file",
-    max_bytes: int | None,
-    error: type[EdgeJudgeError] = InputError,
-) -> str:
-    """The sha256 hex digest of a regular file's bytes, with the same checks as ``read_regular``."""
-    return sha256_stamped(path, label=label, what=what, max_bytes=max_bytes, error=error)[0]
+    return data, stamp
 
 
 def sha256_stamped(
@@ -191,9 +193,9 @@ def sha256_stamped(
     max_bytes: int | None,
     error: type[EdgeJudgeError] = InputError,
 ) -> tuple[str, FileStamp | None]:
-    """``sha256_regular`` and the file's ``FileStamp`` as it was opened (a file written while it is hashed
-    gets a later stamp, so a reader comparing stamps sees the change); ``None`` instead of a stamp when the
-    file changed less than ``RACY_NS`` before it was hashed (a reader must then compare the bytes' hash)."""
+    """The sha256 hex digest of a regular file's bytes (the checks of ``read_regular``) and the file's
+    ``FileStamp`` as it was opened; ``None`` instead of a stamp when the file changed while it was hashed
+    or less than ``RACY_NS`` before (a reader must then compare the bytes' hash)."""
     label = label or str(path)
     began = time.time_ns()
     fd, info = open_regular(path, label=label, what=what, max_bytes=max_bytes, error=error)
@@ -206,12 +208,13 @@ def sha256_stamped(
                 if max_bytes is not None and seen > max_bytes:
                     break
                 digest.update(chunk)
+            unchanged = _unchanged(FileStamp.of(info), fh.fileno())
     except OSError as exc:
         raise error(f"cannot read {what} {label}: {exc.strerror or exc}", hint="check the file") from None
     if max_bytes is not None and seen > max_bytes:
         raise error(f"{what} is too large (over {max_bytes} bytes): {label}", hint="pass a smaller file")
-    stamp = FileStamp.of(info)
-    return digest.hexdigest(), (stamp if stamp.ctime_ns < began - RACY_NS else None)
+    trusted = unchanged is not None and unchanged.ctime_ns < began - RACY_NS
+    return digest.hexdigest(), (unchanged if trusted else None)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -222,17 +225,34 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux: ``/proc/self/status``);
+    elsewhere set to ``0o077`` and back at once (a file another thread creates meanwhile gets a stricter
+    mode, never a looser one)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(
-    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *, mode: int = 0o644
+    path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None], *, mode: int | None = None
 ) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a part.
 
     ``data`` is the file's bytes, or a function that writes them to the binary handle it is given. The
     bytes go to a temp file with a unique hidden name (``.<name>.<random>.tmp``) in the same folder (so
-    the rename never crosses file systems), are flushed and fsynced, the file gets ``mode``, then
-    ``os.replace`` puts it in place. On any failure (an ``OSError``, an exception raised by ``data``,
-    ``KeyboardInterrupt``) the temp file is removed and the exception propagates unchanged; the target is
-    untouched. The folder must exist (callers decide whether to create it).
+    the rename never crosses file systems), are flushed and fsynced, the file gets ``mode`` (default: what
+    ``open(path, "w")`` would give, ``0o666`` less the umask), then ``os.replace`` puts it in place. On
+    any failure (an ``OSError``, an exception raised by ``data``, ``KeyboardInterrupt``) the temp file is
+    removed and the exception propagates unchanged; the target is untouched. The folder must exist
+    (callers decide whether to create it).
     """
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -244,7 +264,7 @@ def atomic_write(
                 data(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, (0o666 & ~current_umask()) if mode is None else mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

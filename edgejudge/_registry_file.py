@@ -164,7 +164,7 @@ def save_registry(registry: Registry) -> None:
     path = registry_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(registry.to_dict(), indent=2) + "\n").encode("utf-8"))
+        atomic_write(path, (json.dumps(registry.to_dict(), indent=2) + "\n").encode("utf-8"), mode=0o600)
     except OSError as err:
         raise RegistryError(
             f"cannot write the model registry {path}: {err.strerror or err}",

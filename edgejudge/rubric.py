@@ -293,4 +293,4 @@ def save_rubric(rubric: Rubric, path: str | Path) -> None:
         raise RubricError(
             f"folder does not exist: {path.parent}", hint="create it first or pick another path"
         )
-    atomic_write(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"), mode=0o600)  # private to the user, as before

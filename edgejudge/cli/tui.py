@@ -239,7 +239,8 @@ class Wizard(Prompter):
         target = Path(self.ask("Save the verdict as", default="verdict.json")).expanduser()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, (self.verdict.to_json(indent=2) + "\n").encode("utf-8"))
+            data = (self.verdict.to_json(indent=2) + "\n").encode("utf-8")
+            atomic_write(target, data, mode=0o600)  # the user's instruction and response: private
         except OSError as err:
             self.console.print(f"[red]cannot write {escape(str(target))}:[/red] {escape(str(err))}")
             return

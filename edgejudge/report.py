@@ -10,7 +10,8 @@ here prints.
 Rows are untrusted (a results file may come from anyone): each is read with ``ResultRow.from_dict``, the
 batch package's tolerant reader, so a field of the wrong type (a score that is a string, feedback that is a
 list, a huge or negative ``image_size``, lone surrogates, missing keys) is shown as text or left out, never
-an error; a row that is not a JSON object is skipped and counted. Images are
+an error (an ``image`` that is not a string names no file to embed); a row that is not a JSON object is
+skipped and counted. Images are
 embedded only from under the image root (``image_root``, else the results file's folder; symlinks
 resolved) unless ``embed_outside_root`` is set, so a shared report cannot carry pictures from anywhere on
 the machine; the others get a placeholder saying why. Thumbnails are fitted at the row's ``image_size``
@@ -412,7 +413,7 @@ def write_report(
     )
     try:
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        _fs.atomic_write(output_path, page.encode("utf-8"))
+        _fs.atomic_write(output_path, page.encode("utf-8"), mode=0o644)  # a page to share, as before
     except OSError as err:
         raise InputError(
             f"cannot write the report {output_path}: {err.strerror or err}",

@@ -397,3 +397,18 @@ def test_rows_on_one_image_are_judged_in_groups(data: Path) -> None:
         alone = judged_alone(data, row, params, n_ctx=1200)
         assert results[row["id"]]["score"] == alone.score
         assert results[row["id"]]["raw_output"] == alone.raw_output
+
+
+@pytest.mark.parametrize("samples", [0, 65, True])
+def test_samples_are_checked_by_the_settings_record(data: Path, samples: Any) -> None:
+    """Review B3: the batch's samples bound and words are the setting's own (1..64, its hint), checked
+    before anything is read or written."""
+    from edgejudge import settings
+
+    with pytest.raises(InputError) as expected:
+        settings.check("samples", samples)
+    inp = write_jsonl(data / "in.jsonl", [native(1)])
+    with pytest.raises(InputError) as err:
+        run_batch(fake_judge()[0], inp, data / "out.jsonl", default_rubric="vqa-helpfulness", samples=samples)
+    assert str(err.value) == str(expected.value) and err.value.hint == expected.value.hint
+    assert not (data / "out.jsonl").exists()

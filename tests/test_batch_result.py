@@ -4,6 +4,7 @@ the batch (each image file hashed once per run, read and decoded once per group 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,121 @@ def test_an_image_changed_after_hashing_is_an_error_row(
     monkeypatch.setattr(run_module, "schedule", real_schedule)
     again = run_batch(Judge(FakeEngine()), inp, work_dir / "out.jsonl")  # a rerun judges the new image
     assert again.ok == 1
+
+
+def _rewrite_on_open(monkeypatch: pytest.MonkeyPatch, image: Path, at: int, new: bytes | None) -> list[str]:
+    """Make the ``at``-th open of ``image`` (1: the key pass's hash, 2: the judging read) write the file in
+    place right after the open, before a byte is read (``new`` None: the same bytes again, a bare write)."""
+    opened: list[str] = []
+    real_open = _fs.open_regular
+
+    def open_then_write(path: Path, **kw: Any) -> Any:
+        fd, info = real_open(path, **kw)
+        if Path(path).name == image.name:
+            opened.append(image.name)
+            if len(opened) == at:
+                data = image.read_bytes() if new is None else new
+                with open(image, "r+b") as fh:  # the same inode: the open descriptor sees the write
+                    fh.write(data)
+                    fh.truncate()
+        return fd, info
+
+    monkeypatch.setattr(_fs, "open_regular", open_then_write)
+    return opened
+
+
+def test_an_image_rewritten_during_the_judging_read_is_an_error_row(
+    work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review A1: the stamp taken at the judging read's open does not cover a write landing during the
+    read; the old code hashed the bytes it read. The read's stamp is checked again after the last byte."""
+    import hashlib
+
+    monkeypatch.setattr(_fs, "RACY_NS", -(10**12))  # an old file: the hash pass's stamp is trusted
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    hashed = hashlib.sha256((work_dir / "a.png").read_bytes()).hexdigest()
+    synthetic_image(80, seed=9).save(work_dir / "b.png")
+    opened = _rewrite_on_open(monkeypatch, work_dir / "a.png", 2, (work_dir / "b.png").read_bytes())
+    summary = run_batch(Judge(FakeEngine()), _write(work_dir / "in.jsonl", [_row(1)]), work_dir / "out.jsonl")
+    row = read_result_rows(work_dir / "out.jsonl")["r1"]
+    assert opened == ["a.png", "a.png"]  # hashed, then read for judging (the write landed in that read)
+    assert summary.errors == 1 and not row.ok
+    assert row.error == f"image a.png changed while the batch was running (looked at {work_dir / 'a.png'})"
+    assert row.hint == "run the batch again: the row is judged with the new image"
+    assert row.image_sha256 == hashed  # the row names the bytes its key was made from
+
+
+def test_an_image_rewritten_while_hashed_is_judged_by_its_hash(
+    work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write landing during the key pass's hash leaves no trusted stamp: the judging read hashes what it
+    read and, finding the bytes the key was made from, judges them (as the old code did)."""
+    import hashlib
+
+    monkeypatch.setattr(_fs, "RACY_NS", -(10**12))
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    synthetic_image(80, seed=9).save(work_dir / "b.png")
+    new = (work_dir / "b.png").read_bytes()
+    opened = _rewrite_on_open(monkeypatch, work_dir / "a.png", 1, new)
+    summary = run_batch(Judge(FakeEngine()), _write(work_dir / "in.jsonl", [_row(1)]), work_dir / "out.jsonl")
+    row = read_result_rows(work_dir / "out.jsonl")["r1"]
+    assert opened == ["a.png", "a.png"] and summary.ok == 1 and row.ok, row.error
+    assert row.image_sha256 == hashlib.sha256(new).hexdigest()
+
+
+def test_an_image_touched_after_hashing_but_not_changed_is_judged(
+    work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new stamp with the same bytes (``touch`` between the key pass and the judging read, or a bare
+    rewrite during the read) is compared by hash and judged, as the old code (which always compared
+    hashes) did; only other bytes make the error row."""
+    from edgejudge.batch import run as run_module
+
+    monkeypatch.setattr(_fs, "RACY_NS", -(10**12))
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    synthetic_image(64, seed=2).save(work_dir / "b.png")
+    real_schedule = run_module.schedule
+
+    def touch_then_schedule(todo: Any, root: Path) -> Any:
+        before = os.stat(work_dir / "a.png").st_ctime_ns
+        while os.stat(work_dir / "a.png").st_ctime_ns == before:  # a new ctime, the same bytes
+            os.utime(work_dir / "a.png")
+        return real_schedule(todo, root)
+
+    monkeypatch.setattr(run_module, "schedule", touch_then_schedule)
+    opened = _rewrite_on_open(monkeypatch, work_dir / "b.png", 2, None)
+    inp = _write(work_dir / "in.jsonl", [_row(1), _row(2, image="b.png")])
+    summary = run_batch(Judge(FakeEngine()), inp, work_dir / "out.jsonl")
+    assert opened == ["b.png", "b.png"] and summary.ok == 2
+
+
+def test_read_stamped_gives_no_stamp_when_the_file_changes_while_read(
+    work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = work_dir / "f.bin"
+    target.write_bytes(b"old bytes")
+    data, stamp = _fs.read_stamped(target, max_bytes=None)
+    assert data == b"old bytes" and stamp == _fs.FileStamp.of(target.stat())
+    _rewrite_on_open(monkeypatch, target, 1, b"new bytes!")
+    assert _fs.read_stamped(target, max_bytes=None) == (b"new bytes!", None)
+    _rewrite_on_open(monkeypatch, target, 1, b"newer bytes")
+    assert _fs.sha256_stamped(target, max_bytes=None)[1] is None
+
+
+def test_to_json_is_the_output_line_the_batch_writes() -> None:
+    """Review D: ``to_json`` is ``_jsonl.dumps_line`` of ``to_dict`` (one JSON writer, surrogates too)."""
+    settings = {"model": "m", "image_fit": "crop"}
+    base = base_row(BatchRow(id="x", line=1, problem="p"), "a" * 64, Path("/"), settings, 336)
+    plain, lone = error_row(base, "p", "fix it", 0.0), error_row(base, "bad \ud800 text", None, 0.0)
+    for row in (plain, lone):
+        assert (row.to_json() + "\n").encode("utf-8") == _jsonl.dumps_line(row.to_dict())
+    assert "\\ud800" in lone.to_json() and ResultRow.from_json(plain.to_json()) == plain
+    assert ResultRow.from_json(lone.to_json()).error == "bad \ufffd text"  # read back as every line is
+
+
+def test_a_path_field_that_is_not_text_names_no_file() -> None:
+    """Review A10: ``image``/``image_path`` holding a number or a list are None (the old report ignored
+    them), while other text fields keep their text."""
+    row = ResultRow.from_dict({"id": "a", "image": 12345, "image_path": ["/etc/passwd"], "model": 12})
+    assert row.image is None and row.image_path is None and row.model == "12"
+    assert ResultRow.from_dict({"image": "a.png", "image_path": "/x/a.png"}).image_path == "/x/a.png"

@@ -159,6 +159,23 @@ def test_rows_with_wrong_types_become_cards(work_dir: Path) -> None:
     assert summary.mean_score == 4.0  # only the real integer scores count
 
 
+def test_an_image_that_is_not_text_is_never_a_file_to_embed(work_dir: Path) -> None:
+    """Review A10: ``"image": 12345`` (or a list) names no file, even when ``<root>/12345`` is an image;
+    the old report ignored such values, and so does the typed row (a text image still embeds)."""
+    for name in ("12345", "['a.png']", "7"):
+        synthetic_image(32).save(work_dir / name, format="PNG")
+    rows = [
+        _row("number", image=12345, line=1),
+        _row("list", image=["a.png"], line=2),
+        _row("recorded", image_path=7, line=3),
+        _row("text", image="12345", line=4),
+    ]
+    summary = write_report(_results(work_dir / "out.jsonl", rows), work_dir / "r.html")
+    cards = _cards((work_dir / "r.html").read_text(encoding="utf-8"))
+    assert [name for name in cards if THUMB in cards[name]] == ["text"]
+    assert summary.rows == 4 and summary.images_missing == 3 and summary.images_outside_root == 0
+
+
 def test_render_report_skips_and_counts_non_objects() -> None:
     page, summary = render_report([_row("a"), [1, 2], "text", None, 7, _row("b", line=2)])
     assert summary.rows == 2 and summary.skipped == 4

@@ -6,10 +6,12 @@ Owns the output row format (the README's batch section documents it): ``ResultRo
 what ``batch.log`` takes for a row of ours) and the builders the batch loop uses (``base_row``, then
 ``ok_row`` or ``error_row``).
 
-``from_dict`` is also THE tolerant reader every consumer of output rows uses (``report``, metrics joining):
-rows written by older versions (no ``warnings``) and rows from anywhere (hand edits, hostile files) become a
-record, never an error. A text field holding another JSON type keeps its text (``str`` of the value, so a
-report can still show it); a number field of the wrong type, NaN or an infinity is ``None``; ``status`` is
+``from_dict`` is also THE tolerant reader of typed output rows (``batch.read_result_rows``, the report;
+``join`` matches raw rows by id and needs no record): rows written by older versions (no ``warnings``) and
+rows from anywhere (hand edits, hostile files) become a record, never an error. A text field holding another
+JSON type keeps its text (``str`` of the value, so a report can still show it), except the path fields
+``image`` and ``image_path``, which are ``None`` then (a number or a list names no file to open); a number
+field of the wrong type, NaN or an infinity is ``None``; ``status`` is
 "ok" only when it is exactly "ok"; a missing ``id``/``key`` is ""; score probabilities keep only their
 finite numbers; keys this version does not know are kept, in order, in ``extra`` (after the input's
 pass-through fields such as ``orig_score``) and written back by ``to_dict``.
@@ -17,7 +19,6 @@ pass-through fields such as ``orig_score``) and written back by ``to_dict``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._jsonl import loads_line
+from .._jsonl import dumps_line, loads_line
 from ..errors import InputError
 from .rows import BatchRow, resolve_image
 
@@ -151,13 +152,8 @@ class ResultRow:
         return data
 
     def to_json(self) -> str:
-        """``to_dict`` as JSON text (UTF-8 safe: a lone surrogate makes the text ASCII with escapes)."""
-        try:
-            text = json.dumps(self.to_dict(), ensure_ascii=False)
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = json.dumps(self.to_dict(), ensure_ascii=True)
-        return text
+        """``to_dict`` as the JSON text of its output line (``_jsonl.dumps_line``, without the newline)."""
+        return dumps_line(self.to_dict()).decode("utf-8").removesuffix("\n")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResultRow:
@@ -182,8 +178,8 @@ class ResultRow:
             feedback=_text(get("feedback")),
             error=_text(get("error")),
             hint=_text(get("hint")),
-            image=_text(get("image")),
-            image_path=_text(get("image_path")),
+            image=_path(get("image")),
+            image_path=_path(get("image_path")),
             image_sha256=_text(get("image_sha256")),
             instruction=_text(get("instruction")),
             response=_text(get("response")),
@@ -236,6 +232,11 @@ def _text(value: Any) -> str | None:
         return str(value)
     except Exception:  # noqa: BLE001 - ValueError (int over 4300 digits), RecursionError, ...
         return f"<{type(value).__name__} value>"
+
+
+def _path(value: Any) -> str | None:
+    """A path field's value: a string as is; anything else names no file (``None``)."""
+    return value if isinstance(value, str) else None
 
 
 def _probs(probs: Mapping[Any, Any]) -> dict[str, float]:

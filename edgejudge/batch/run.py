@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _fs, _jsonl
 from .._fs import FileStamp
 from ..engine.base import GenerationParams
-from ..errors import EdgeJudgeError, InputError
+from ..errors import EdgeJudgeError
+from ..settings import check as check_setting
 from .log import (
     MAX_OUTPUT_BYTES,
     OutputLock,
@@ -154,8 +155,8 @@ def run_batch(
     up to the engine's ``max_parallel`` rows on one image are judged together, one row with a plain engine).
     The whole run holds the output's lock (``lock`` when the caller already holds it, else taken here).
     Paths expand ``~``. An input with no rows to judge creates no output file.
-    Raises ``InputError`` only when the input file cannot be read, or the output is not an edgejudge batch
-    log, cannot be written or is being written by another run.
+    Raises ``InputError`` only when ``samples`` is out of the setting's bounds, the input file cannot be
+    read, or the output is not an edgejudge batch log, cannot be written or is being written by another run.
     """
     output = _fs.user_path(output_path, what="output path")
     held = lock is not None and lock.covers(output)
@@ -186,8 +187,7 @@ def _run_locked(
     ).absolute()
     params = params or GenerationParams()
     emit = on_event or (lambda event: None)
-    if samples < 1:
-        raise InputError(f"samples must be at least 1, got {samples}", hint="use samples >= 1")
+    check_setting("samples", samples)  # the one bound (1..MAX_SAMPLES) and message of the setting
     info = output_state(input_path, output_path)
     fd: int | None = None
     try:
@@ -362,9 +362,10 @@ def _row_task(
     fitted: dict[str, FittedImage],
 ) -> Task:
     """The judge's task for a row: its image read, decoded and fitted once per image file of a group
-    (``fitted`` by digest) and not hashed again: its ``stamp`` from hashing says it is the same file (a file
-    written just before it was hashed has no stamp; then the bytes read are hashed and compared); a
-    missing, unreadable or broken image is an error."""
+    (``fitted`` by digest) and not hashed again when the read's stamp equals the ``stamp`` from hashing (the
+    same version of the file, unchanged from the hash's open to the read's last byte). Otherwise (a file
+    written just before it was hashed, while it was hashed, since, or while it is read) the bytes read are
+    hashed and must be the ones the key was made from. A missing, unreadable or broken image is an error."""
     from ..errors import InvalidImageError
     from ..images import MAX_FILE_BYTES
     from ..judge import Task
@@ -381,8 +382,7 @@ def _row_task(
             max_bytes=MAX_FILE_BYTES,
             error=InvalidImageError,
         )
-        changed = now != stamp if stamp is not None else _file_sha(data, digest) not in (None, digest)
-        if changed:
+        if (stamp is None or now != stamp) and _file_sha(data, digest) not in (None, digest):
             raise InvalidImageError(
                 f"image {row.image} changed while the batch was running (looked at {path})",
                 hint="run the batch again: the row is judged with the new image",

@@ -5,12 +5,14 @@
 2. No import cycle between two modules, nor between two top-level modules or subpackages of ``edgejudge``
    (a package's ``__init__`` counts as the package); ``engine/`` and ``convert/`` never import each other.
 3. No module over 450 lines.
-4. Nothing the tests alone need (pickles with payloads, fake shards) ships in the package.
+4. Nothing the tests alone need (pickles with payloads, fake shards) ships in the package: no such writer,
+   no parameter of a package writer through which a test plants pickle content, no code kept "for tests".
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -148,3 +150,40 @@ def test_no_module_over_the_line_limit() -> None:
 def test_the_package_holds_no_test_only_writers() -> None:
     text = {name: path.read_text(encoding="utf-8") for name, path in MODULES.items()}
     assert [n for n, t in text.items() if "os.system" in t or "write_malicious" in t] == []
+
+
+#: Parameters through which a writer would let a caller plant arbitrary pickle content (a test's hook).
+_HOOK_PARAMETERS = {"pickle_bytes", "extra", "payload", "raw_pickle", "override"}
+#: Where the package writes checkpoints and pickles.
+_WRITERS = ("edgejudge.convert.torchzip", "edgejudge.fixtures")
+#: Wording that marks code kept for the tests' sake.
+_TEST_ONLY_WORDS = re.compile(
+    r"\btests?\s+(?:use|uses|need|needs|plant|only)\b|\bfor\s+(?:the\s+)?tests\b|\btest[- ]only\b|"
+    r"\bonly\s+(?:the\s+)?tests\b|\bused\s+by\s+(?:the\s+)?tests\b",
+    re.IGNORECASE,
+)
+
+
+def test_the_package_writers_take_no_test_hooks() -> None:
+    """Review B5: the torch-zip writer took ``pickle_bytes=`` and ``extra=`` so tests could plant hostile
+    pickles. Such writers live in ``tests/helpers``; the package's writers take no such parameter."""
+    hooks = []
+    for name, path in MODULES.items():
+        if not any(name == w or name.startswith(w + ".") for w in _WRITERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                params = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+                hooks += [f"{name}.{node.name}({a.arg}=)" for a in params if a and a.arg in _HOOK_PARAMETERS]
+    assert hooks == []
+
+
+def test_the_package_keeps_nothing_for_the_tests_sake() -> None:
+    said = [
+        f"{name}:{i}: {line.strip()}"
+        for name, path in MODULES.items()
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _TEST_ONLY_WORDS.search(line)
+    ]
+    assert said == []

@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from _support import only_documented
+from helpers.pickles import write_shard
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ _PICKLE = torch_pickle(_TENSORS, _STORAGES)
 def _shard_bytes(pickle_bytes: bytes = _PICKLE) -> bytes:
     with tempfile.TemporaryDirectory(prefix="fuzz-tz-") as tmp:
         path = Path(tmp) / "pytorch_model.bin"
-        write_torch_zip(path, _TENSORS, _STORAGES, lambda key: _DATA[key], pickle_bytes=pickle_bytes)
+        write_shard(path, pickle_bytes, _DATA)
         return path.read_bytes()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _support import cli, only_documented, run_measured
+from helpers.pickles import write_shard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -392,13 +393,7 @@ def test_build_on_allow_listed_object_cannot_leak_into_next_load(
     folder = crafted.parent / "rebuild"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    write_torch_zip(
-        folder / "pytorch_model.bin",
-        tensors,
-        {"0": ("BF16", 4)},
-        lambda k: b"\0" * 8,
-        pickle_bytes=on_rebuild,
-    )
+    write_shard(folder / "pytorch_model.bin", on_rebuild, {"0": b"\0" * 8})
     with pytest.raises(ConversionError, match="tries to modify a _Rebuild"):
         open_checkpoint(folder)
 

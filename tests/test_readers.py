@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.pickles import with_entries, write_shard
 
 from edgejudge.convert.readers import bf16_to_f32, open_checkpoint, open_tensor_dir
 from edgejudge.convert.torchzip import StoredTensor, torch_pickle, write_torch_zip
@@ -79,11 +80,20 @@ def test_bf16_bits_widen_exactly() -> None:
 
 
 def _single_bin(
-    directory: Path, tensors: list[StoredTensor], storages: dict, data: dict, **kw: object
+    directory: Path,
+    tensors: list[StoredTensor],
+    storages: dict,
+    data: dict,
+    pickle_bytes: bytes | None = None,
 ) -> Path:
+    """A checkpoint of one torch zip; ``pickle_bytes`` replaces the generated ``data.pkl`` (the tests' own
+    writer: the package writes plain state dicts only)."""
     directory.mkdir()
     (directory / "config.json").write_text("{}")
-    write_torch_zip(directory / "pytorch_model.bin", tensors, storages, lambda k: data[k], **kw)  # type: ignore[arg-type]
+    if pickle_bytes is None:
+        write_torch_zip(directory / "pytorch_model.bin", tensors, storages, lambda k: data[k])
+    else:
+        write_shard(directory / "pytorch_model.bin", pickle_bytes, {key: data[key] for key in storages})
     return directory
 
 
@@ -317,9 +327,9 @@ def test_other_opcode_routes_are_refused(tmp_path: Path) -> None:
         # STACK_GLOBAL (protocol 4) with a REDUCE
         "builtins.exec": pickle.dumps(_Call(exec, (f"open({str(marker)!r}, 'w').close()",)), protocol=4),
         # the disallowed global nested inside an otherwise valid state dict
-        "shutil.copy": torch_pickle(
-            [StoredTensor("model.norm.weight", "0", (4,))], {"0": ("BF16", 4)},
-            extra={"x": _Call(shutil.copy, (__file__, str(marker)))},
+        "shutil.copy": with_entries(
+            torch_pickle([StoredTensor("model.norm.weight", "0", (4,))], {"0": ("BF16", 4)}),
+            {"x": _Call(shutil.copy, (__file__, str(marker)))},
         ),
     }  # fmt: skip
     for name, pkl in variants.items():

@@ -10,9 +10,9 @@ on both the declared and the actual uncompressed size; the central directory is 
 Data: storages are ZIP_STORED members; their data offset is computed from the *local* file header, so the
 caller can memory-map the file and view each tensor with ``np.frombuffer`` (never ``ZipFile.read``).
 
-Writing (:func:`write_torch_zip`, for the tiny fixture and tests) needs no torch either: fake ``torch``
-modules are put in ``sys.modules`` just while a normal ``pickle.Pickler`` runs, so it emits torch's exact
-GLOBAL opcodes.
+Writing (:func:`write_torch_zip`, for the tiny fixture) needs no torch either: fake ``torch`` modules are
+put in ``sys.modules`` just while a normal ``pickle.Pickler`` runs, so it emits torch's exact GLOBAL
+opcodes. It writes tensors only (hostile pickles are the tests' own, in ``tests/helpers``).
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def read_torch_zip(path: Path, raw: bytes | memoryview) -> TorchZipIndex:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Writing (test fixtures only): torch.save-compatible zip-pickles without torch.
+# Writing (the tiny fixture): torch.save-compatible zip-pickles of plain state dicts, without torch.
 
 
 @dataclass(frozen=True)
@@ -306,13 +306,8 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def torch_pickle(
-    tensors: list[StoredTensor],
-    storages: Mapping[str, tuple[str, int]],
-    extra: Mapping[str, Any] | None = None,
-) -> bytes:
-    """``data.pkl`` bytes for a state dict (storages: key → (dtype code, numel)); ``extra`` entries are
-    pickled as-is after the tensors (tests use it to plant malicious objects)."""
+def torch_pickle(tensors: list[StoredTensor], storages: Mapping[str, tuple[str, int]]) -> bytes:
+    """``data.pkl`` bytes for a state dict of ``tensors`` (storages: key → (dtype code, numel))."""
 
     with _FakeTorch() as fake:
         proxies = {k: _StorageProxy(k, dt, n) for k, (dt, n) in storages.items()}
@@ -326,7 +321,6 @@ def torch_pickle(
         state: OrderedDict[str, Any] = OrderedDict(
             (t.name, _TensorProxy(fake["rebuild"], proxies[t.key], t)) for t in tensors
         )
-        state.update(extra or {})
         buf = io.BytesIO()
         _Pickler(buf, protocol=2).dump(state)
         return buf.getvalue()
@@ -347,13 +341,11 @@ def write_torch_zip(
     tensors: list[StoredTensor],
     storages: Mapping[str, tuple[str, int]],
     data: Any,
-    *,
-    pickle_bytes: bytes | None = None,
 ) -> None:
     """Write a torch.save-style zip. ``data(key) -> bytes`` yields each storage's raw bytes, one at a time
-    (streaming: only one storage is in memory). ``pickle_bytes`` overrides the generated ``data.pkl``."""
+    (streaming: only one storage is in memory)."""
     root = path.stem
-    pkl = pickle_bytes if pickle_bytes is not None else torch_pickle(tensors, storages)
+    pkl = torch_pickle(tensors, storages)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(_aligned_info(zf, f"{root}/data.pkl"), pkl)
         zf.writestr(_aligned_info(zf, f"{root}/byteorder"), b"little")

@@ -233,7 +233,7 @@ class LlamaCppEngine(Closing):
         )
 
     def tokenize_chunks(self, parts: PromptParts) -> list[tuple[str, tuple[int, ...] | str]]:
-        """The chunk structure of a prompt: ("text", token ids) / ("image", id) (for tests and tools)."""
+        """How a prompt is split: ("text", token ids) / ("image", id) chunks, in order."""
         self._check_open()
         with self._tokenize(parts) as chunks:
             return [("text", c.tokens) if c.is_text else ("image", c.chunk_id or "") for c in chunks]

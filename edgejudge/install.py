@@ -141,6 +141,7 @@ def _source_for(name: str, source: str | None) -> tuple[str, str]:
         raise ModelNotFoundError(
             f"unknown model {name!r}: not in the manifest of known judges ({', '.join(known)})",
             hint="pull a known judge, or give a checkpoint directory or hub repo as its source",
+            about="source",
         )
     entry = known[name]
     return entry.repo, f"{entry.repo}@{entry.revision}"

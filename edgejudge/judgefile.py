@@ -184,6 +184,7 @@ def find_mmproj(model_path: str | Path) -> Path:
         raise ModelNotFoundError(
             f"no vision projector found next to {model_path.name} (looked for {prefix}-<QUANT>.gguf)",
             hint="name the projector (mmproj) file explicitly",
+            about="mmproj",
         )
 
     def rank(path: Path) -> tuple[int, str]:

@@ -190,7 +190,7 @@ def _not_installed(value: str, reg: Registry) -> ModelNotFoundError:
     name, quant = split_name(value)
     known = known_models()
     if name in known:
-        cmd = f"edgejudge models pull {name}" + (f" --quant {quant}" if quant else "")
+        cmd = f"edgejudge models pull {name}" + (f":{quant}" if quant else "")  # name:QUANT, no flag
         return ModelNotFoundError(f"model {value!r} is not installed", hint=f"install it with `{cmd}`")
     installed = ", ".join(m.key for m in reg.models) or "none"
     return ModelNotFoundError(
@@ -228,6 +228,7 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
                 hint="name a model (a registered name or a .gguf path), set a default with "
                 "`edgejudge models default NAME`, "
                 "or install the judge with `edgejudge models pull prometheus-vision-7b`",
+                about="model",
             )
     if _looks_like_path(value, reg):
         text = user_path(value, what="model file", error=ModelNotFoundError)
@@ -237,12 +238,14 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
                 raise ModelNotFoundError(
                     f"{text} holds {len(ggufs)} text models, expected one",
                     hint="pass the path of the text .gguf file itself",
+                    about="model",
                 )
             text = ggufs[0]
         if not text.is_file():
             raise ModelNotFoundError(
                 f"model file not found: {text}",
                 hint="check the path, or use a name from `edgejudge models list`",
+                about="model",
             )
         text = text.resolve()
         if mmproj:
@@ -259,12 +262,14 @@ def resolve_model(name_or_path: str | None, *, mmproj: str | Path | None = None)
         if not text.is_file():
             raise ModelNotFoundError(
                 f"the files of model {entry.key} are missing: {text}",
-                hint=f"re-install it with `edgejudge models pull {entry.name} --quant {entry.quant}` "
+                hint=f"re-install it with `edgejudge models pull {entry.key}` "
                 "or re-register it with `edgejudge models add`",
             )
     if not proj.is_file():
         raise ModelNotFoundError(
-            f"projector (mmproj) file not found: {proj}", hint="name the mmproj-*.gguf file of this model"
+            f"projector (mmproj) file not found: {proj}",
+            hint="name the mmproj-*.gguf file of this model",
+            about="mmproj",
         )
     return text, proj.resolve()
 

@@ -390,12 +390,15 @@ def write_report(
     os.close(fd)
     if output_path.is_dir():
         raise InputError(
-            f"the report path is a folder: {output_path}", hint="pass a file name, e.g. report.html"
+            f"the report path is a folder: {output_path}",
+            hint="pass a file name, e.g. report.html",
+            about="output",
         )
     if _fs.same_file(output_path, results_path) or _real(output_path) == _real(results_path):
         raise InputError(
             "the report would overwrite the results file",
             hint="write the report to another file, e.g. report.html",
+            about="output",
         )
     rows = list(read_results(results_path).values())
     if not rows:
@@ -418,5 +421,6 @@ def write_report(
         raise InputError(
             f"cannot write the report {output_path}: {err.strerror or err}",
             hint="write the report into a folder you can write to",
+            about="output",
         ) from None
     return ReportSummary(**{**summary.to_dict(), "output": str(output_path)})

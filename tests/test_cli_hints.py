@@ -250,18 +250,17 @@ def test_a_rubric_name_naming_a_setting_is_printed_as_given(
 
 
 def _all_commands() -> list[tuple[str, ...]]:
-    import click
-
     found: list[tuple[str, ...]] = []
 
-    def walk(command: click.Command, path: tuple[str, ...]) -> None:
-        if isinstance(command, click.Group):
+    def walk(command: object, path: tuple[str, ...]) -> None:
+        if hasattr(command, "commands"):  # a group
             for name, sub in command.commands.items():
                 walk(sub, (*path, name))
         else:
             found.append(path)
 
     walk(typer.main.get_command(app), ())
+    assert len(found) > 15, found
     return found
 
 
@@ -287,13 +286,11 @@ def test_commands_that_run_native_code_accept_verbose(path: tuple[str, ...]) -> 
 def test_only_a_command_with_verbose_tells_to_re_run_with_it(
     path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import click
-
     from edgejudge.native.log import VERBOSE_HINT
 
     command = _click_command(path)
     err = EngineError("the vision encoder failed (code 1)", hint=VERBOSE_HINT)
-    with click.Context(command), pytest.raises(typer.Exit):  # type: ignore[arg-type]
+    with typer.Context(command), pytest.raises(typer.Exit):  # type: ignore[arg-type]
         _common.fail(err)
     hint = capsys.readouterr().err.splitlines()[-1]
     if "--verbose" in _opts(command):

@@ -51,6 +51,7 @@ class OutputLock:
             raise InputError(
                 f"cannot write the output {self.output}: {exc.strerror or exc}",
                 hint="write the output into a folder you can write to",
+                about="output",
             ) from None
         for _ in range(50):
             try:
@@ -60,6 +61,7 @@ class OutputLock:
                 raise InputError(
                     f"cannot lock the output {self.output}: cannot create {self.path}: {exc.strerror or exc}",
                     hint="write the output into a folder you can write to",
+                    about="output",
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,6 +71,7 @@ class OutputLock:
                 raise InputError(
                     f"{self.output} is already being written by another edgejudge (pid {pid or 'unknown'})",
                     hint="wait for that run to finish or stop it, or write to another output file",
+                    about="output",
                 ) from None
             except OSError as exc:
                 os.close(fd)

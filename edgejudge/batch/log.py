@@ -196,18 +196,21 @@ def _require_batch_log(scan: _Scan, label: str) -> None:
         raise InputError(
             f"{label} is not an edgejudge batch log ({why}); it was left as it was",
             hint="write to a new output file, or to the output of an earlier batch run",
+            about="output",
         )
     if scan.tail == "bad":
         raise InputError(
             f"{label} does not end in a complete line and its last line is not a batch row cut short; "
             "it was left as it was",
             hint="end the file with a newline or remove its last line, or write to another output file",
+            about="output",
         )
     if scan.tail == "cut" and scan.foreign:
         raise InputError(
             f"{label} ends in a batch row cut short, but line {scan.first_foreign} is not a batch row, so "
             "nothing was cut",
             hint="remove the incomplete last line by hand (or write to another output file)",
+            about="output",
         )
 
 
@@ -223,18 +226,23 @@ def output_state(input_path: Path | None, output: Path) -> os.stat_result | None
         raise InputError(
             f"cannot write the output {output}: {reason}",
             hint="write the output into a folder you can write to",
+            about="output",
         ) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
-        raise InputError(f"the output path is a folder: {output}", hint="pass a file name, e.g. out.jsonl")
+        raise InputError(
+            f"the output path is a folder: {output}", hint="pass a file name, e.g. out.jsonl", about="output"
+        )
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise InputError(
             f"the output is {_fs.describe_kind(info.st_mode)}, not a regular file: {output}",
             hint="pass a file name, e.g. out.jsonl",
+            about="output",
         )
     if input_path is not None and info is not None and _fs.same_file(input_path, output):
         raise InputError(
             f"the output file is the input file: {output}",
             hint="write to another output file (another name of the input, a link to it, counts too)",
+            about="output",
         )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -242,12 +250,14 @@ def output_state(input_path: Path | None, output: Path) -> os.stat_result | None
         raise InputError(
             f"cannot write the output {output}: {err.strerror or err}",
             hint="write the output into a folder you can write to",
+            about="output",
         ) from None
     target, mode = (output, os.W_OK) if info is not None else (output.parent, os.W_OK | os.X_OK)
     if not os.access(target, mode):
         raise InputError(
             f"cannot write the output {output}: permission denied",
             hint="write the output into a folder you can write to",
+            about="output",
         )
     return info
 
@@ -351,6 +361,7 @@ def open_output(output: Path, *, create: bool) -> int:
         raise InputError(
             f"cannot write the output {output}: {exc.strerror or exc}",
             hint="write the output into a folder you can write to",
+            about="output",
         ) from None
     try:
         info = os.fstat(fd)
@@ -363,6 +374,7 @@ def open_output(output: Path, *, create: bool) -> int:
             raise InputError(
                 f"{output} is already being written by another edgejudge (under another name of the file)",
                 hint="wait for that run to finish or stop it, or write to another output file",
+                about="output",
             ) from None
         except OSError:  # a file system without flock: the lock file still guards this name
             pass

@@ -29,8 +29,7 @@ import re
 from collections.abc import Collection, Iterable
 from functools import cache
 from pathlib import Path
-
-import click
+from typing import Any
 
 __all__ = [
     "VERBOSE_FLAG",
@@ -161,9 +160,17 @@ def for_people(text: str | None, offered: Collection[str] | None = None) -> str 
     return "".join(out)
 
 
+def _current_context() -> Any:
+    try:  # Typer 0.2x runs on its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older Typer runs on click itself
+        from click import get_current_context  # type: ignore[no-redef]
+    return get_current_context(silent=True)
+
+
 def command_options() -> frozenset[str] | None:
     """The option names (``--outdir``, ``-o`` …) of the command being run; None outside a command."""
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     if ctx is None:
         return None
     return frozenset(opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts))

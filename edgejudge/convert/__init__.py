@@ -105,6 +105,7 @@ def _output_dir(outdir: str | Path) -> Path:
         raise ConversionError(
             f"output directory {shown(str(outdir))} cannot be used ({err})",
             hint="choose another output directory",
+            about="outdir",
         ) from None
 
 
@@ -118,6 +119,7 @@ def _prepare_outdir(outdir: Path, tag: str) -> None:
         raise ConversionError(
             f"output directory {outdir} is not writable ({err.strerror or err})",
             hint="choose another output directory or fix its permissions",
+            about="outdir",
         ) from None
 
 
@@ -143,6 +145,7 @@ def _check_disk(outdir: Path, need: int) -> None:
             f"not enough disk space in {outdir}: the conversion needs about {need / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB are free",
             hint="free some space or choose another output directory",
+            about="outdir",
         )
 
 

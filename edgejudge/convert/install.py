@@ -152,6 +152,7 @@ def check_destination(path: Path, what: str) -> None:
     raise ConversionError(
         f"the {what} would be written to {shown(str(path))}, which is {kind}",
         hint="move it away, or choose another output directory or model name",
+        about=("outdir", "name"),
     )
 
 

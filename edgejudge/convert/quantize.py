@@ -33,4 +33,5 @@ def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = Non
         raise ConversionError(
             f"llama.cpp could not quantize {src.name} to {quant} (code {rc})",
             hint="check free disk space; or choose quant F16 to keep the unquantized file",
+            about="quant",
         )

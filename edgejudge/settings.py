@@ -143,7 +143,7 @@ GENERATION: tuple[Setting, ...] = (
         "seed",
         int,
         None,
-        "Random seed (default: random); several samples use seed, seed+1, ...",
+        "Random seed; several samples use seed, seed+1, ... (unset: a random seed).",
         flag="--seed",
         optional=True,
     ),

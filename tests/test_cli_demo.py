@@ -42,3 +42,17 @@ def test_demo_builds_once_and_judges(monkeypatch, tmp_path: Path) -> None:  # no
     assert verbose.exit_code == 0, verbose.stderr
     assert verbose.stdout == "" and "RANDOM weights" in verbose.stderr
     assert len(verbose.stderr.splitlines()) > quiet_lines + 20 and "llama" in verbose.stderr
+
+
+def test_demo_options_are_the_settings_records() -> None:
+    """--seed and --max-tokens are built like the shared options (help, bounds, check from
+    edgejudge.settings); only their defaults are the demo's own (review B3)."""
+    from edgejudge.settings import SETTINGS
+
+    help_text = " ".join(runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "400"}).output.split())
+    for name in ("seed", "max_tokens"):
+        assert " ".join(SETTINGS[name].help.split()) in help_text, name
+    assert "picture" in help_text  # the demo's note on --seed
+    for args in (["--max-tokens", "0"], ["--seed", "x"]):
+        result = runner.invoke(app, ["demo", *args])
+        assert result.exit_code == 2 and args[0] in result.output, args

@@ -6,11 +6,12 @@ and the plain warning that the weights are random.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.panel import Panel
@@ -26,6 +27,7 @@ from ._common import (
     stderr_console,
     verdict_panel,
 )
+from ._options import option_for
 
 __all__ = ["register", "RANDOM_WEIGHTS_NOTE", "INSTALL_HINT", "how_to_run"]
 
@@ -68,6 +70,21 @@ def _next_steps() -> Text:
     return text
 
 
+def _setting_option(name: str, note: str = "") -> Any:
+    """The ``typer.Option`` of setting ``name`` exactly as the shared options build it (flag, bounds,
+    check, help from ``edgejudge.settings``), ``note`` added to its help; the demo gives its own default."""
+    _, annotation, _ = option_for(name)
+    option = copy.copy(annotation.__metadata__[0])
+    option.help = f"{option.help} {note}".strip()
+    return option
+
+
+#: The demo's own defaults (a short, reproducible run); bounds and help are the settings record's.
+_SEED, _MAX_TOKENS = 0, 48
+_SEED_OPTION = _setting_option("seed", "The demo also draws its picture from it.")
+_MAX_TOKENS_OPTION = _setting_option("max_tokens")
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         "demo",
@@ -75,8 +92,8 @@ def register(app: typer.Typer) -> None:
     )
     def demo(
         rebuild: Annotated[bool, typer.Option("--rebuild", help="Build the demo judge again.")] = False,
-        seed: Annotated[int, typer.Option("--seed", help="Seed for the picture and the sampling.")] = 0,
-        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Generation budget.")] = 48,
+        seed: Annotated[int, _SEED_OPTION] = _SEED,
+        max_tokens: Annotated[int, _MAX_TOKENS_OPTION] = _MAX_TOKENS,
         verbose: Annotated[bool, typer.Option("--verbose", help=setting("verbose").help)] = False,
         as_json: JsonOpt = False,
     ) -> None:

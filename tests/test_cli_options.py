@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -116,3 +117,10 @@ def test_stage_progress_shows_stage_names_as_typed() -> None:
         progress("reading shard[/bold]", 3, 10)
         progress("reading shard[/bold]", 10, 10)
     assert "reading shard[/bold]" in buffer.getvalue()
+
+
+def test_image_fit_built_in_code_is_normalised_and_checked() -> None:
+    assert GenerationOptions(image_fit="PAD").image_fit == "pad"
+    assert GenerationOptions(image_fit="Crop").load_options().image_fit == "crop"
+    with pytest.raises(typer.BadParameter, match="stretch"):
+        GenerationOptions(image_fit="stretch")

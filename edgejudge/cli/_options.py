@@ -56,6 +56,18 @@ class GenerationOptions:
     verbose: bool = default("verbose")
     grammar: bool = default("grammar")
 
+    def __post_init__(self) -> None:
+        """``image_fit`` in any case, as the flag takes it (``PAD`` → ``pad``), also for a record built in
+        code (the wizard, embedders); an unknown mode is refused here, naming the flag."""
+        from ..images import check_fit
+
+        fit = self.image_fit.lower() if isinstance(self.image_fit, str) else self.image_fit
+        try:
+            check_fit(fit)
+        except InputError as err:
+            raise typer.BadParameter(err.message, param_hint="--image-fit") from None
+        object.__setattr__(self, "image_fit", fit)
+
     def params(self) -> GenerationParams:
         """The generation settings as the engine takes them (``grammar`` is its ``constrained``)."""
         from ..engine.base import GenerationParams

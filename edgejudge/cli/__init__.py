@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ._common import EXIT_INTERRUPTED, examples, make_app, stderr_console
+from ._common import EXIT_INTERRUPTED, EXIT_USAGE, examples, make_app, stderr_console
 
 __all__ = ["app", "main"]
 
@@ -84,9 +84,19 @@ def _root(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    if not sys.stdin.isatty():
+        console = stderr_console()
+        console.print(
+            "edgejudge: no command given, and the guided wizard needs a terminal (stdin is not one)."
+        )
+        console.print(
+            'To judge from a script use:  edgejudge judge IMAGE --instruction "..." --response "..."  '
+            "(see edgejudge --help)"
+        )
+        raise typer.Exit(EXIT_USAGE)
     from .tui import run_wizard
 
-    run_wizard()  # not a terminal: says how to judge from a script, exit 2
+    run_wizard()
 
 
 for _name in COMMAND_MODULES:

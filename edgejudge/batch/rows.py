@@ -245,9 +245,7 @@ def read_input_rows(
     if default is not None and not isinstance(default, Rubric):
         raise InputError(f"default rubric must be a Rubric or a name, got {type(default).__name__}")
     if limit is not None and limit < 0:
-        raise InputError(
-            f"limit must not be negative, got {limit}", hint="use a limit of 0 or more", about="limit"
-        )
+        raise InputError(f"limit must not be negative, got {limit}", hint="use a limit of 0 or more")
     rows: list[BatchRow] = []
     seen: dict[str, int] = {}
     cache: dict[str, Rubric] = {}

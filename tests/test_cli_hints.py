@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgejudge.cli import _common, app
-from edgejudge.cli._hints import flag_table, for_people
+from edgejudge.cli._hints import flag_table, for_people, running
 from edgejudge.engine.fake import FakeEngine
 from edgejudge.errors import EngineError, InputError
 from edgejudge.judge import Judge
@@ -290,7 +290,7 @@ def test_only_a_command_with_verbose_tells_to_re_run_with_it(
 
     command = _click_command(path)
     err = EngineError("the vision encoder failed (code 1)", hint=VERBOSE_HINT)
-    with typer.Context(command), pytest.raises(typer.Exit):  # type: ignore[arg-type]
+    with running(command), pytest.raises(typer.Exit):  # what guard marks while the command runs
         _common.fail(err)
     hint = capsys.readouterr().err.splitlines()[-1]
     if "--verbose" in _opts(command):

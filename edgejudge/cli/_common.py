@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -42,7 +43,7 @@ from ._console import (
     stderr_console,
     verdict_panel,
 )
-from ._hints import command_options, hint_for_people
+from ._hints import command_options, hint_for_people, running
 from ._options import GenerationOptions, JsonOpt, VerboseOpt, with_generation_options
 
 if TYPE_CHECKING:
@@ -173,32 +174,60 @@ def guard(func: F) -> F:
     (which shows the traceback).
     """
 
+    ctx_name, injected = _context_parameter(func)
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise
-        except EdgeJudgeError as err:
-            if config.debug_enabled():
-                stderr_console().print_exception()
-            fail(err)
-        except KeyboardInterrupt:
-            stderr_console().print("\ninterrupted", style="yellow")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            # the reader of stdout went away (``| head``): stop quietly, keep the interpreter from
-            # complaining about the flush at exit
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(EXIT_ERROR) from None
-        except Exception as err:  # noqa: BLE001 - the one place that catches everything
-            if config.debug_enabled():
-                stderr_console().print_exception()
-                raise typer.Exit(EXIT_ERROR) from None
-            fail(f"unexpected {type(err).__name__}: {err}", "set EDGEJUDGE_DEBUG=1 for the traceback")
+        ctx = kwargs.pop(ctx_name) if injected else kwargs.get(ctx_name)
+        with running(getattr(ctx, "command", None)):
+            return _guarded(func, args, kwargs)
 
+    if injected:  # Typer hands a typer.Context to the parameter annotated with it: the running command
+        signature = inspect.signature(func, eval_str=True)  # as Typer reads it (real annotations)
+        extra = inspect.Parameter(ctx_name, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), extra]
+        )
+        wrapper.__annotations__ = {**getattr(func, "__annotations__", {}), ctx_name: typer.Context}
     return wrapper  # type: ignore[return-value]
+
+
+def _context_parameter(func: Callable[..., Any]) -> tuple[str, bool]:
+    """The name of ``func``'s ``typer.Context`` parameter, and whether ``guard`` adds one (it has none)."""
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: Typer will say so itself
+        hints = {}
+    for name, hint in hints.items():
+        if isinstance(hint, type) and issubclass(hint, typer.Context):
+            return name, False
+    return "_edgejudge_ctx", True
+
+
+def _guarded(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``func`` and map what it raises (see ``guard``)."""
+    try:
+        return func(*args, **kwargs)
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except EdgeJudgeError as err:
+        if config.debug_enabled():
+            stderr_console().print_exception()
+        fail(err)
+    except KeyboardInterrupt:
+        stderr_console().print("\ninterrupted", style="yellow")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # the reader of stdout went away (``| head``): stop quietly, keep the interpreter from
+        # complaining about the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception as err:  # noqa: BLE001 - the one place that catches everything
+        if config.debug_enabled():
+            stderr_console().print_exception()
+            raise typer.Exit(EXIT_ERROR) from None
+        fail(f"unexpected {type(err).__name__}: {err}", "set EDGEJUDGE_DEBUG=1 for the traceback")
 
 
 class EdgeJudgeTyper(typer.Typer):
@@ -271,9 +300,7 @@ def read_bytes_file(path: Path | str, *, option: str | None = None, max_bytes: i
     return read_regular(user_path(label, what=what), label=label, what=what, max_bytes=max_bytes)
 
 
-def read_text_file(
-    path: Path | str, *, option: str | None = None, warnings: list[str] | None = None
-) -> str:
+def read_text_file(path: Path | str, *, option: str | None = None, warnings: list[str] | None = None) -> str:
     """The UTF-8 text of ``path`` (``-`` = stdin), read with ``read_bytes_file``'s checks.
 
     Bytes that are not UTF-8 are replaced with U+FFFD; with a ``warnings`` list a line saying so is

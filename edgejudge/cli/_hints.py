@@ -26,7 +26,9 @@ after a verb of change (``raise``, ``lower``, ``set``, ``use``, ``pass`` …) or
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "flag_table",
     "about_table",
     "command_options",
+    "running",
     "for_people",
     "hint_for_people",
 ]
@@ -160,20 +163,27 @@ def for_people(text: str | None, offered: Collection[str] | None = None) -> str 
     return "".join(out)
 
 
-def _current_context() -> Any:
-    try:  # Typer 0.2x runs on its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:  # pragma: no cover - older Typer runs on click itself
-        from click import get_current_context  # type: ignore[no-redef]
-    return get_current_context(silent=True)
+#: The command being run (its click command, from the ``typer.Context`` Typer hands ``guard``); None
+#: outside one (library code, tests calling ``fail`` directly).
+_RUNNING: ContextVar[Any] = ContextVar("edgejudge_running_command", default=None)
+
+
+@contextmanager
+def running(command: Any) -> Iterator[None]:
+    """Mark ``command`` (a click command: ``ctx.command``) as the one being run inside the block."""
+    token = _RUNNING.set(command)
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
 
 
 def command_options() -> frozenset[str] | None:
     """The option names (``--outdir``, ``-o`` …) of the command being run; None outside a command."""
-    ctx = _current_context()
-    if ctx is None:
+    command = _RUNNING.get()
+    if command is None:
         return None
-    return frozenset(opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts))
+    return frozenset(opt for param in command.params for opt in (*param.opts, *param.secondary_opts))
 
 
 def about_flags(about: Iterable[str], offered: Collection[str] | None = None) -> list[str]:

@@ -12,9 +12,10 @@ alternating, on the same GGUF pair as ``bench_judge.py`` (the realistic-shape 1.
   one judgment), as a user meets it.
 
 Each tree's library sides run in one long-lived worker process (its own interpreter with that tree first
-on ``PYTHONPATH``, the same virtual environment and llama.cpp build); rounds alternate before, after,
-before, … after one warm-up each. Reported: medians per side and the median of the per-round after/before
-wall-time ratios (1.00 = no change; below 1 = faster). Prints Markdown; exits 0.
+on ``PYTHONPATH``, the same virtual environment and llama.cpp build); each round runs every workload on
+both sides, and which side goes first alternates from round to round (after one warm-up each).
+Reported: medians per side and the median of the per-round after/before wall-time ratios (1.00 = no
+change; below 1 = faster). Prints Markdown; exits 0.
 
     python scripts/bench_before_after.py --threads 2 --rounds 5 --max-tokens 16
 """
@@ -179,8 +180,9 @@ def main() -> int:
             for mode in modes:
                 once(side, mode, 1)
         for i in range(args.rounds):
+            order = list(trees) if i % 2 == 0 else list(trees)[::-1]  # who goes first alternates
             for mode in modes:
-                for side in trees:
+                for side in order:
                     results[side, mode].append(once(side, mode, args.k))
                 print(
                     f"round {i + 1} {mode}: before {results['before', mode][-1]['wall']:.2f} s, "
@@ -198,7 +200,7 @@ def main() -> int:
     print(
         f"Realistic-shape 1.1B Q4_K_M text + F16 mmproj; K={args.k}; n_ctx {args.n_ctx}, "
         f"n_batch {args.n_batch}, threads {args.threads}, max_tokens {args.max_tokens}, temperature 0; "
-        f"{args.rounds} alternating rounds after one warm-up per side; medians.\n"
+        f"{args.rounds} rounds (which side goes first alternates) after one warm-up per side; medians.\n"
     )
     print(
         "| workload | before s | after s | after/before (median of rounds) | per-round ratios | same scores |"

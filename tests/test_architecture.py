@@ -1,7 +1,7 @@
 """The package's layering rules, read from the source (imports inside functions count).
 
 1. ``llama_cpp`` is imported only in ``edgejudge/native/``; typer and rich only in ``edgejudge/cli/``; PIL
-   only in ``edgejudge/images.py`` (type-checking imports included).
+   only in ``edgejudge/images/`` (type-checking imports included).
 2. No import cycle between two modules, nor between two top-level modules or subpackages of ``edgejudge``
    (a package's ``__init__`` counts as the package); ``engine/`` and ``convert/`` never import each other.
 3. No module over 450 lines.

@@ -13,7 +13,8 @@ alternating, on the same GGUF pair as ``bench_judge.py`` (the realistic-shape 1.
 
 Each tree's library sides run in one long-lived worker process (its own interpreter with that tree first
 on ``PYTHONPATH``, the same virtual environment and llama.cpp build); each round runs every workload on
-both sides, and which side goes first alternates from round to round (after one warm-up each).
+both sides, and which side goes first alternates from round to round (after one warm-up each); the
+``process`` rounds run after the workers have exited, since idle workers slow a new process down.
 Reported: medians per side and the median of the per-round after/before wall-time ratios (1.00 = no
 change; below 1 = faster). Prints Markdown; exits 0.
 
@@ -175,22 +176,25 @@ def main() -> int:
                 return judge_process(trees[side], cfg)
             return workers[side].run(mode, k)
 
-        print("warm-up ...", file=sys.stderr)
-        for side in trees:
-            for mode in modes:
-                once(side, mode, 1)
-        for i in range(args.rounds):
-            order = list(trees) if i % 2 == 0 else list(trees)[::-1]  # who goes first alternates
-            for mode in modes:
-                for side in order:
-                    results[side, mode].append(once(side, mode, args.k))
-                print(
-                    f"round {i + 1} {mode}: before {results['before', mode][-1]['wall']:.2f} s, "
-                    f"after {results['after', mode][-1]['wall']:.2f} s",
-                    file=sys.stderr,
-                )
-        for worker in workers.values():
+        def rounds(phase: tuple[str, ...]) -> None:
+            for side in trees:  # one warm-up each
+                for mode in phase:
+                    once(side, mode, 1)
+            for i in range(args.rounds):
+                order = list(trees) if i % 2 == 0 else list(trees)[::-1]  # who goes first alternates
+                for mode in phase:
+                    for side in order:
+                        results[side, mode].append(once(side, mode, args.k))
+                    print(
+                        f"round {i + 1} {mode}: before {results['before', mode][-1]['wall']:.2f} s, "
+                        f"after {results['after', mode][-1]['wall']:.2f} s",
+                        file=sys.stderr,
+                    )
+
+        rounds(("parallel", "sequential"))
+        for worker in workers.values():  # idle workers holding two models each slow a new process down
             worker.close()
+        rounds(("process",))
 
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", args.before], capture_output=True, text=True

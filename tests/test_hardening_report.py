@@ -149,7 +149,7 @@ def test_rows_with_wrong_types_become_cards(work_dir: Path) -> None:
     ]
     results = work_dir / "out.jsonl"
     text = "".join(json.dumps(r) + "\n" for r in rows)  # json escapes the surrogates as \ud800
-    results.write_text(text + "[1, 2, 3]\n\"just a string\"\n", encoding="utf-8")
+    results.write_text(text + '[1, 2, 3]\n"just a string"\n', encoding="utf-8")
     summary = write_report(results, work_dir / "r.html")
     page = (work_dir / "r.html").read_text(encoding="utf-8")
     assert summary.rows == len(rows) and page.count('<article class="card') == len(rows)
@@ -199,9 +199,7 @@ def test_results_path_kind_is_named(work_dir: Path, kind: str, needle: str) -> N
     assert "unexpected" not in result.stderr
 
 
-def test_output_and_results_paths_expand_tilde(
-    work_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_output_and_results_paths_expand_tilde(work_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = work_dir / "home"
     home.mkdir()
     synthetic_image(32).save(home / "a.png")

@@ -7,6 +7,7 @@
     │   └── UnsafePickleError           a pickle asked for a global outside the allow-list
     ├── ModelNotFoundError              (also FileNotFoundError) a model file/name cannot be found
     ├── InvalidImageError               (also ValueError) an image cannot be read or is unsafe
+    ├── PolicyError                     (also ValueError) a policy is unknown or malformed
     ├── RubricError                     (also ValueError) a rubric is unknown or malformed
     ├── ContextOverflowError            the prompt + generation budget exceed n_ctx
     ├── EngineError                     the native runtime failed (load, tokenize, decode)
@@ -34,6 +35,7 @@ __all__ = [
     "EngineError",
     "CLSOrderMismatchError",
     "InputError",
+    "PolicyError",
     "RegistryError",
 ]
 
@@ -69,6 +71,10 @@ class ModelNotFoundError(EdgeJudgeError, FileNotFoundError):
 
 class InvalidImageError(EdgeJudgeError, ValueError):
     """An image is missing, corrupt, truncated, empty, not an image, or too large (decompression bomb)."""
+
+
+class PolicyError(EdgeJudgeError, ValueError):
+    """A policy cannot be used: unknown name, unreadable file, a missing or bad field, duplicate rule ids."""
 
 
 class RubricError(EdgeJudgeError, ValueError):

@@ -49,6 +49,8 @@ __all__ = [
     "load_rubric",
     "save_rubric",
     "rubric_to_toml",
+    "parse_rubric_text",
+    "rubric_from_mapping",
 ]
 
 SCORES = (1, 2, 3, 4, 5)
@@ -109,7 +111,7 @@ class Rubric:
         ``name`` is used when the mapping has no ``name`` key. Raises ``RubricError`` naming the first
         missing or empty field.
         """
-        return _from_mapping(data, name=name, source=None)
+        return rubric_from_mapping(data, name=name, source=None)
 
 
 def _pick(data: Mapping[str, Any], keys: tuple[str, ...], source: str | None) -> str:
@@ -134,7 +136,8 @@ def _optional_text(data: Mapping[str, Any], key: str, default: str = "") -> str:
     return value.strip() if isinstance(value, str) and value.strip() else default
 
 
-def _from_mapping(data: Mapping[str, Any], *, name: str, source: str | None) -> Rubric:
+def rubric_from_mapping(data: Mapping[str, Any], *, name: str, source: str | None) -> Rubric:
+    """``Rubric.from_mapping`` with ``source`` (a file, a rule) named in every message."""
     if not isinstance(data, Mapping):
         where = f" in {source}" if source else ""
         raise RubricError(
@@ -151,7 +154,9 @@ def _from_mapping(data: Mapping[str, Any], *, name: str, source: str | None) -> 
     )
 
 
-def _parse_file_text(text: str, suffix: str, source: str) -> Mapping[str, Any]:
+def parse_rubric_text(text: str, suffix: str, source: str, *, unwrap: bool = True) -> Mapping[str, Any]:
+    """The mapping a rubric (or policy) file's text holds (``suffix`` ``.json`` or TOML); ``RubricError``
+    naming ``source`` for text that is not valid. ``unwrap``: a ``[rubric]`` wrapper table is opened."""
     from ._jsonl import loads_line, scrub
 
     data: Any
@@ -174,7 +179,7 @@ def _parse_file_text(text: str, suffix: str, source: str) -> Mapping[str, Any]:
                 f"{source} is not valid TOML: a value Python cannot hold ({exc})", hint=EXPECTED_KEYS_HINT
             ) from None
         data = scrub(data)[0]
-    if isinstance(data, Mapping) and "rubric" in data and isinstance(data["rubric"], Mapping):
+    if unwrap and isinstance(data, Mapping) and "rubric" in data and isinstance(data["rubric"], Mapping):
         data = data["rubric"]  # allow a [rubric] table / {"rubric": {...}} wrapper
     return data  # type: ignore[no-any-return]
 
@@ -187,8 +192,8 @@ def _builtin_cache() -> tuple[Rubric, ...]:
         if not entry.name.endswith(".toml"):
             continue
         stem = entry.name[: -len(".toml")]
-        data = _parse_file_text(entry.read_text(encoding="utf-8"), ".toml", f"built-in rubric {entry.name}")
-        found.append(_from_mapping(data, name=stem, source=f"built-in rubric {entry.name}"))
+        data = parse_rubric_text(entry.read_text(encoding="utf-8"), ".toml", f"built-in rubric {entry.name}")
+        found.append(rubric_from_mapping(data, name=stem, source=f"built-in rubric {entry.name}"))
     return tuple(found)
 
 
@@ -257,8 +262,8 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
             f"rubric file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
             hint="save the rubric as UTF-8",
         ) from None
-    data = _parse_file_text(text, suffix, str(path))
-    return _from_mapping(data, name=path.stem, source=str(path))
+    data = parse_rubric_text(text, suffix, str(path))
+    return rubric_from_mapping(data, name=path.stem, source=str(path))
 
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

@@ -48,7 +48,7 @@ from typing import Any
 from .. import _fs, _jsonl
 from ..errors import InputError
 from .lock import OutputLock
-from .result import ResultRow, is_batch_row
+from .result import ResultRow, is_batch_row, is_log_record, record_key
 from .rows import read_lines
 
 __all__ = [
@@ -78,7 +78,8 @@ _NOT_A_ROW = "not a JSON object with the batch row fields"
 class _Scan:
     """What one pass over an output file found (see the module docstring for the rules)."""
 
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ``records.record_key``
+    records: list[dict[str, Any]] = field(default_factory=list)  # decision/run/override, in file order
     batch_rows: int = 0
     foreign: int = 0
     first_foreign: int | None = None
@@ -109,9 +110,14 @@ def scan_output(path: Path, label: str) -> _Scan:
             if blank:
                 continue
         row_like = isinstance(value, dict) and isinstance(value.get("id"), str)
-        if raw.complete or is_batch_row(value):
+        if is_log_record(value):  # a policy record: ours, but not a result row
+            if raw.complete:
+                scan.records.append(value)
+                scan.batch_rows += 1
+                continue
+        elif raw.complete or is_batch_row(value):
             if row_like:
-                scan.rows[value["id"]] = value
+                scan.rows[record_key(value)] = value
             if is_batch_row(value):
                 scan.batch_rows += 1
                 if not raw.complete:
@@ -123,8 +129,8 @@ def scan_output(path: Path, label: str) -> _Scan:
                 scan.problem = f"line {raw.number}: {problem or _NOT_A_ROW}"
             continue
         scan.tail_size = raw.size
-        if row_like:  # a hand-written last line without a newline: readers still see it
-            scan.rows[value["id"]] = value
+        if row_like and not is_log_record(value):  # a hand-written last line without a newline: still read
+            scan.rows[record_key(value)] = value
         # a row cut short is never valid JSON: a complete JSON value here is someone's file, not a cut row
         if raw.data is not None and problem is not None and _cut_row(raw.data, anywhere=scan.batch_rows > 0):
             scan.tail = "cut"
@@ -391,7 +397,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a batch output file into ``{id: row}``, the LAST row for each id winning.
+    """Read a batch output file into ``{id: row}``, the LAST row for each id winning (a rule row of a
+    policy batch is keyed ``records.record_key``: id + U+001F + rule id; policy records are left out).
 
     Lines that are not JSON objects with a string ``id`` (a truncated last line, hand edits, hostile lines:
     deep nesting, huge numbers, invalid UTF-8, over-long lines) are ignored; lone surrogates are replaced

@@ -33,7 +33,18 @@ from .rows import BatchRow, resolve_image
 if TYPE_CHECKING:
     from ..verdict import Verdict
 
-__all__ = ["ResultRow", "RowSample", "ROW_KEYS", "is_batch_row", "base_row", "ok_row", "error_row"]
+__all__ = [
+    "ResultRow",
+    "RowSample",
+    "ROW_KEYS",
+    "KINDS",
+    "is_batch_row",
+    "is_log_record",
+    "record_key",
+    "base_row",
+    "ok_row",
+    "error_row",
+]
 
 #: The keys every output row has had since the first batch format, in the order they are written; a line of
 #: an output file is an edgejudge batch row when it is a JSON object with all of them (``is_batch_row``).
@@ -45,7 +56,20 @@ _ORDER = (
 ROW_KEYS = frozenset(_ORDER)
 #: Keys written after the pass-through fields: ``reference_given`` on ok rows, ``elapsed_s`` on every row.
 _TAIL = ("reference_given", "elapsed_s")
-_KNOWN = ROW_KEYS | {"warnings", *_TAIL}
+#: Keys of a rule row (a policy batch: one row per input row and rule), written after ``_ORDER`` when
+#: ``rule_id`` is set; ``batch.records`` documents them.
+_POLICY = (
+    "policy",
+    "rule_id",
+    "rule_title",
+    "severity",
+    "pass_at",
+    "passed",
+    "p_pass",
+    "rule_state",
+    "judged_at",
+)
+_KNOWN = ROW_KEYS | {"warnings", *_TAIL, *_POLICY}
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,15 @@ class ResultRow:
     extra: tuple[tuple[str, Any], ...] = field(default=())
     reference_given: bool | None = None
     elapsed_s: float | None = None
+    policy: dict[str, str] | None = None
+    rule_id: str | None = None
+    rule_title: str | None = None
+    severity: str | None = None
+    pass_at: int | None = None
+    passed: bool | None = None
+    p_pass: float | None = None
+    rule_state: str | None = None
+    judged_at: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,6 +175,10 @@ class ResultRow:
             elif name == "timings":
                 value = None if value is None else dict(value)
             data[name] = value
+        if self.rule_id is not None:
+            for name in _POLICY:
+                value = getattr(self, name)
+                data[name] = dict(value) if name == "policy" and value is not None else value
         data["warnings"] = list(self.warnings)
         for name, value in self.extra:
             data.setdefault(name, value)
@@ -196,6 +233,7 @@ class ResultRow:
             extra=tuple((k, v) for k, v in data.items() if k not in _KNOWN),
             reference_given=given if isinstance(given, bool) else None,
             elapsed_s=_float(elapsed),
+            **_policy_fields(data),
         )
 
     @classmethod
@@ -205,6 +243,27 @@ class ResultRow:
         if decoded.problem is not None or not isinstance(decoded.value, dict):
             raise InputError(f"not a batch result row: {decoded.problem or 'not a JSON object'}")
         return cls.from_dict(decoded.value)
+
+
+def _policy_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule-row fields of ``data`` (all None for a plain row: no text ``rule_id``)."""
+    rule_id = data.get("rule_id")
+    if not isinstance(rule_id, str) or not rule_id:
+        return {}
+    policy, passed = data.get("policy"), data.get("passed")
+    return {
+        "policy": {k: v for k, v in policy.items() if isinstance(v, str)}
+        if isinstance(policy, Mapping)
+        else None,
+        "rule_id": rule_id,
+        "rule_title": _text(data.get("rule_title")),
+        "severity": _text(data.get("severity")),
+        "pass_at": _int(data.get("pass_at")),
+        "passed": passed if isinstance(passed, bool) else None,
+        "p_pass": _float(data.get("p_pass")),
+        "rule_state": _text(data.get("rule_state")),
+        "judged_at": _text(data.get("judged_at")),
+    }
 
 
 def _list(value: Any) -> list[Any]:
@@ -246,6 +305,31 @@ def _probs(probs: Mapping[Any, Any]) -> dict[str, float]:
         if number is not None:
             out[str(key)] = number
     return out
+
+
+KINDS = ("decision", "run", "override")
+_SEP = "\x1f"
+
+
+def record_key(value: Mapping[str, Any]) -> str:
+    """The identity of a result row in a log: its ``id``, or ``id`` + U+001F + ``rule_id`` for a rule row
+    (the last line for a key wins)."""
+    rule = value.get("rule_id")
+    row_id = value.get("id")
+    base = row_id if isinstance(row_id, str) else ""
+    return base + _SEP + rule if isinstance(rule, str) and rule else base
+
+
+def is_log_record(value: Any) -> bool:
+    """True for a decision, run or override record (see the module docstring): a JSON object with ``id``
+    text, ``line`` an integer, ``status`` "ok" and ``kind`` one of ``KINDS``."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("id"), str)
+        and type(value.get("line")) is int
+        and value.get("status") == "ok"
+        and value.get("kind") in KINDS
+    )
 
 
 def is_batch_row(value: Any) -> bool:

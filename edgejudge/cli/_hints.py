@@ -60,6 +60,9 @@ ABOUT_FLAGS: dict[str, str] = {
     "image_root": "--image-root",
     "model": "--model",
     "mmproj": "--mmproj",
+    "policy": "--policy",
+    "review_band": "--review-band",
+    "overwrite": "--force",
 }
 
 _CHANGE = r"(?:raise|lower|increase|decrease|reduce|set|use|pass|change|try|give|turn\s+on)"

@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "models",
     "doctor",
     "demo",
+    "collect",
     "wizard",
 )
 

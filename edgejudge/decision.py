@@ -12,12 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import PolicyError
 
-if TYPE_CHECKING:
-    from .policy import Rule
+
+class _Rule(Protocol):
+    """What ``rule_outcome`` reads of a ``policy.Rule`` (a Protocol: ``policy`` imports this module)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def pass_at(self) -> int: ...
 
 __all__ = [
     "RuleOutcome",
@@ -131,7 +139,7 @@ def outcome(
 
 
 def rule_outcome(
-    rule: Rule,
+    rule: _Rule,
     score: int | None,
     score_probs: Mapping[Any, float] | None,
     band: Sequence[float] = DEFAULT_REVIEW_BAND,

@@ -27,6 +27,7 @@ class _Rule(Protocol):
     @property
     def pass_at(self) -> int: ...
 
+
 __all__ = [
     "RuleOutcome",
     "Decision",

@@ -1,5 +1,7 @@
 """The checks and notes on a judgment's inputs that every caller shares, and the naming of an overflow.
 
+- ``Task``: one judgment's inputs as a record (``Judge.evaluate_tasks`` takes them; ``policy_judge`` builds
+  one per rule).
 - ``check_texts``: an instruction and a response must be non-blank text (the CLI calls it before loading
   a model); ``check_run``: the number of samples (at most ``settings.MAX_SAMPLES``) and the generation
   settings (``engine.base.check_params``), before any work.
@@ -16,8 +18,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from .engine.base import GenerationParams, check_params
 from .errors import ContextOverflowError, InputError
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from .rubric import Rubric
 
 __all__ = [
+    "Task",
     "ROLE_MARKERS",
     "check_texts",
     "check_run",
@@ -37,6 +40,19 @@ __all__ = [
     "name_overflow",
     "field_sizes",
 ]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One judgment for ``Judge.evaluate_tasks``: the arguments ``Judge.evaluate`` takes, as a record."""
+
+    image: Any  # an images.ImageInput: a path, bytes, a PIL image or a FittedImage
+    instruction: str
+    response: str
+    rubric: Any  # a Rubric, a built-in name or a rubric file
+    reference: str | None = None
+    image_name: str | None = None
+
 
 #: The role markers of the vicuna_v1 wrapper, as ``prompt.conversation_parts`` writes them.
 ROLE_MARKERS = ("USER:", "ASSISTANT:")

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._closing import Closing
 from .aggregate import aggregate_samples, expected_score, seeds
+from .decision import DEFAULT_REVIEW_BAND
 from .engine.base import Engine, Generation, GenerationParams, PromptParts, TokenCallback
 from .errors import ContextOverflowError, EdgeJudgeError, InputError
 from .inputs import (
+    Task,
     check_run,
     check_texts,
     clean_rubric,
@@ -37,7 +39,9 @@ from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
     from .images import FittedImage, ImageInput
+    from .policy import Policy
     from .rubric import Rubric
+    from .verdict import PolicyVerdict
 
 __all__ = [
     "Judge",
@@ -52,18 +56,6 @@ __all__ = [
 
 #: Prometheus-Vision was fine-tuned with model_max_length 2048: longer prompts are off-distribution.
 TRAINING_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class Task:
-    """One judgment for ``Judge.evaluate_tasks``: the arguments ``Judge.evaluate`` takes, as a record."""
-
-    image: Any  # an images.ImageInput: a path, bytes, a PIL image or a FittedImage
-    instruction: str
-    response: str
-    rubric: Any  # a Rubric, a built-in name or a rubric file
-    reference: str | None = None
-    image_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +238,29 @@ class Judge(Closing):
                     result.message = f"response {position + 1}: {result.message}"
                 raise result
         return [r for r in results if isinstance(r, Verdict)]
+
+    def evaluate_policy(
+        self,
+        image: ImageInput,
+        *,
+        policy: Policy | str | Path,
+        response: str,
+        instruction: str | None = None,
+        reference: str | None = None,
+        samples: int = 1,
+        params: GenerationParams | None = None,
+        image_name: str | None = None,
+        review_band: Sequence[float] = DEFAULT_REVIEW_BAND,
+    ) -> PolicyVerdict:
+        """Judge one response against every rule of ``policy`` (a ``Policy``, a built-in name or a policy
+        file): one verdict per rule, the rules decoded together as parallel sequences sharing the prompt
+        through the reference answer, and the decision they add up to (``policy_judge.evaluate_policy``)."""
+        from .policy_judge import evaluate_policy
+
+        return evaluate_policy(
+            self, image, policy=policy, response=response, instruction=instruction, reference=reference,
+            samples=samples, params=params, image_name=image_name, review_band=review_band,
+        )  # fmt: skip
 
     def evaluate_tasks(
         self, tasks: Sequence[Task], *, samples: int = 1, params: GenerationParams | None = None

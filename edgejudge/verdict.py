@@ -1,5 +1,6 @@
 """The result records of a judgment: ``StageTimings`` (what one generation cost, as an engine reports it),
-``Sample`` (one generation) and ``Verdict`` (one judgment).
+``Sample`` (one generation) and ``Verdict`` (one judgment); and of a judgment against a policy:
+``RuleVerdict`` (one rule) and ``PolicyVerdict`` (every rule and the decision they add up to).
 
 Frozen dataclasses that round-trip through JSON (``to_dict``/``from_dict``, ``to_json``/``from_json``) and
 always keep the raw model text.
@@ -11,7 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["StageTimings", "Sample", "Verdict"]
+from .decision import DEFAULT_REVIEW_BAND, Decision
+
+__all__ = ["StageTimings", "Sample", "Verdict", "RuleVerdict", "PolicyVerdict"]
 
 
 def _probs_to_json(probs: dict[int, float] | None) -> dict[str, float] | None:
@@ -138,3 +141,101 @@ class Verdict:
     @classmethod
     def from_json(cls, text: str) -> Verdict:
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """One rule of a policy judged on one item. ``verdict`` is the judgment (None when the rule could not be
+    judged: ``error`` and ``hint`` say why); ``passed`` is its score against ``pass_at``, ``p_pass`` the
+    probability mass at or above ``pass_at`` (``decision.p_pass``), ``state`` the rule's outcome under the
+    review band (``pass``, ``fail``, ``uncertain`` or ``error``)."""
+
+    rule_id: str
+    title: str
+    severity: str
+    pass_at: int
+    passed: bool | None
+    p_pass: float | None
+    state: str
+    verdict: Verdict | None = None
+    error: str | None = None
+    hint: str | None = None
+
+    @property
+    def score(self) -> int | None:
+        return None if self.verdict is None else self.verdict.score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id,
+            "title": self.title,
+            "severity": self.severity,
+            "pass_at": self.pass_at,
+            "passed": self.passed,
+            "p_pass": self.p_pass,
+            "state": self.state,
+            "verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "error": self.error,
+            "hint": self.hint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuleVerdict:
+        values = dict(data)
+        verdict = values.get("verdict")
+        values["verdict"] = None if verdict is None else Verdict.from_dict(verdict)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PolicyVerdict:
+    """One item judged against a policy: ``policy`` its identity (``{"name", "version", "sha256"}``),
+    ``review_band`` the band the states were read with, ``rules`` one ``RuleVerdict`` per rule in policy
+    order, ``decision`` what they add up to (``decision.decide``)."""
+
+    policy: dict[str, str]
+    rules: tuple[RuleVerdict, ...]
+    decision: Decision
+    review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
+
+    def rule(self, rule_id: str) -> RuleVerdict:
+        """The verdict of rule ``rule_id`` (KeyError when the policy has no such rule)."""
+        for rule in self.rules:
+            if rule.rule_id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": dict(self.policy),
+            "review_band": list(self.review_band),
+            "decision": self.decision.to_dict(),
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyVerdict:
+        d = data["decision"]
+        decision = Decision(
+            d["decision"],
+            d.get("severity"),
+            tuple(d.get("failed") or ()),
+            tuple(d.get("uncertain") or ()),
+            tuple(d.get("errors") or ()),
+        )
+        low, high = data.get("review_band") or DEFAULT_REVIEW_BAND
+        return cls(
+            policy=dict(data["policy"]),
+            rules=tuple(RuleVerdict.from_dict(r) for r in data.get("rules") or ()),
+            decision=decision,
+            review_band=(float(low), float(high)),
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        """``to_dict`` as JSON text (ASCII escapes when a string cannot be encoded as UTF-8)."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(self.to_dict(), ensure_ascii=True, **kwargs)
+        return text

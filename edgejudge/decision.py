@@ -10,6 +10,7 @@ uncertain) before ``compliant``. Severities rank ``info < minor < major < critic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,7 +93,9 @@ def check_band(band: Sequence[float]) -> tuple[float, float]:
             raise ValueError
     except (TypeError, ValueError, IndexError):
         raise PolicyError(
-            f"the review band must be two numbers, got {band!r}", hint="give it as LOW,HIGH, e.g. 0.25,0.75"
+            f"the review band must be two numbers, got {band!r}",
+            hint="give it as LOW,HIGH, e.g. 0.25,0.75",
+            about="review_band",
         ) from None
     if not (0.0 <= low <= high <= 1.0):
         raise PolicyError(
@@ -103,12 +106,35 @@ def check_band(band: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
+def _score_key(key: Any) -> int | None:
+    """A distribution's key as a score 1..5 (``3`` or ``"3"``), None for anything else (``""``, ``"34"``)."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key if 1 <= key <= 5 else None
+    if isinstance(key, str) and len(key.strip()) == 1 and key.strip() in "12345":
+        return int(key.strip())
+    return None
+
+
+def _mass(value: Any) -> float | None:
+    """A probability as a finite float >= 0, None for anything else (negative, NaN, infinite, text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    prob = float(value)
+    return prob if math.isfinite(prob) and prob >= 0 else None
+
+
 def p_pass(score_probs: Mapping[Any, float] | None, pass_at: int, score: int | None = None) -> float | None:
     """The probability that the score is at least ``pass_at``: the mass of the digits ``pass_at``..5 in
     the score distribution (renormalised over 1..5). Without a distribution, 1.0 or 0.0 from ``score``;
     None when there is neither."""
     if score_probs:
-        mass = {int(k): float(v) for k, v in score_probs.items() if str(k) in "12345" and float(v) >= 0}
+        mass: dict[int, float] = {}
+        for key, value in score_probs.items():
+            digit, prob = _score_key(key), _mass(value)
+            if digit is not None and prob is not None:
+                mass[digit] = mass.get(digit, 0.0) + prob
         total = sum(mass.values())
         if total > 0:
             return min(1.0, max(0.0, sum(v for k, v in mass.items() if k >= pass_at) / total))
@@ -128,6 +154,9 @@ def outcome(
     or above the band's top, ``fail`` at or below its bottom, ``uncertain`` strictly inside it (or when
     the score and its distribution disagree, as a sampled score may), ``error`` without ``p_pass``."""
     low, high = check_band(band)
+    # the state is that of the rounded p_pass the outcome records, so a decision recomputed from a
+    # written row (batch.records) is the one made when it was judged
+    prob = None if prob is None else round(prob, 6)
     if prob is None:
         state = "error"
     elif prob >= high and passed is not False:
@@ -136,7 +165,7 @@ def outcome(
         state = "fail"
     else:
         state = "uncertain"
-    return RuleOutcome(rule_id, severity, state, passed, None if prob is None else round(prob, 6))
+    return RuleOutcome(rule_id, severity, state, passed, prob)
 
 
 def rule_outcome(

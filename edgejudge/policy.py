@@ -27,17 +27,20 @@ from typing import Any
 from ._fs import read_regular, user_path
 from .decision import SEVERITIES
 from .errors import PolicyError, RubricError
+from .prompt import full_conversation, render_judge_prompt
 from .rubric import Rubric, load_rubric, parse_rubric_text, rubric_from_mapping
 
 __all__ = [
     "Policy",
     "Rule",
     "DEFAULT_PASS_AT",
+    "IMAGE_TOKENS",
     "MAX_POLICY_BYTES",
     "MAX_RULES",
     "builtin_policies",
     "load_policy",
     "parse_policy",
+    "prompt_estimate",
 ]
 
 DEFAULT_PASS_AT = 4
@@ -115,6 +118,46 @@ class Policy:
         """``{"name", "version", "sha256"}``: what results and reports record of the policy."""
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as JSON: its fields, ``sha256`` and ``source``, and every rule with its rubric inline
+        (``Rule.to_dict``); ``instruction`` is None when the policy has none."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "instruction": self.instruction,
+            "sha256": self.sha256,
+            "source": self.source,
+            "rules": [rule.to_dict() for rule in self.rules],
+        }
+
+
+#: Prompt positions one image takes (LLaVA-1.5's CLIP ViT-L/14 at 336 px: 24 x 24 patches).
+IMAGE_TOKENS = 576
+#: Characters per token of English text for the LLaMA tokenizer, roughly: the estimate needs no tokenizer.
+CHARS_PER_TOKEN = 4
+#: The item text ``prompt_estimate`` assumes where none is given: a question and a paragraph-long answer.
+TYPICAL_INSTRUCTION = "What does the image show, and does it answer the question asked about it? " * 2
+TYPICAL_RESPONSE = "The image shows the item described; its details are given here in a few sentences. " * 7
+
+
+def prompt_estimate(
+    policy: Policy,
+    rule: Rule,
+    *,
+    instruction: str | None = None,
+    response: str | None = None,
+    reference: str | None = None,
+    image_tokens: int = IMAGE_TOKENS,
+) -> int:
+    """A tokenizer-free estimate of the judge prompt's length in tokens for ``rule`` on one item: the
+    whole conversation (``prompt.full_conversation``) at ``CHARS_PER_TOKEN`` characters a token, plus
+    ``image_tokens``. The instruction is the one the rule would get (``instruction_for``), else a typical
+    question; ``response`` defaults to a typical paragraph (``TYPICAL_RESPONSE``)."""
+    text = policy.instruction_for(rule, instruction) or TYPICAL_INSTRUCTION
+    judge_prompt = render_judge_prompt(text, response or TYPICAL_RESPONSE, rule.rubric, reference)
+    return -(-len(full_conversation(judge_prompt, image_marker="")) // CHARS_PER_TOKEN) + image_tokens
+
 
 # -- loading -------------------------------------------------------------------------------------------------
 def _where(source: str, rule: str | None = None) -> str:
@@ -182,16 +225,18 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
                 )
             rubric = load_rubric(rubric_value)
         elif isinstance(rubric_value, Mapping):
-            rubric = rubric_from_mapping(rubric_value, name=f"{policy_name}/{rule_id}", source=where)
+            rubric = rubric_from_mapping(rubric_value, name=f"{policy_name}/{rule_id}", source=None)
         else:
             raise PolicyError(
                 f"{where}: rubric must be a built-in rubric name or a table, "
                 f"got {type(rubric_value).__name__}",
                 hint=POLICY_KEYS_HINT,
             )
-    except RubricError as err:
-        message = err.message if err.message.startswith(source) else f"{where}: {err.message}"
-        raise PolicyError(message, hint=err.hint) from None
+    except RubricError as err:  # the rubric's own messages name no file: the rule's place is put first
+        hint = err.hint
+        if isinstance(rubric_value, str):  # an unknown built-in name (a policy takes no rubric files)
+            hint = "use a built-in rubric name (edgejudge rubrics list) or an inline [rules.rubric] table"
+        raise PolicyError(f"{where}: {err.message}", hint=hint) from None
     return Rule(
         id=rule_id,
         title=title,
@@ -218,6 +263,11 @@ def parse_policy(text: str, *, suffix: str, source: str, sha256: str) -> Policy:
             f"{source}: unknown field '{unknown[0]}'", hint="policy fields: " + ", ".join(_TOP_KEYS)
         )
     name = _text(data, "name", source, required=True)
+    if isinstance(data.get("version"), float):  # TOML 2026.10 is the number 2026.1: the digits are lost
+        raise PolicyError(
+            f"{source}: the field 'version' must be text, got a number ({data['version']!r})",
+            hint='quote it, e.g. version = "2026.12"',
+        )
     version = _text(data, "version", source, required=True)
     description = _text(data, "description", source, required=True)
     assert name is not None and version is not None and description is not None

@@ -1,0 +1,152 @@
+"""``edgejudge metrics OUT.jsonl --by FIELD``: the leaderboard and the grade sheet of one results file,
+through the command line (hand-written result rows, and a real batch on the fake engine for the plumbing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from edgejudge.batch import read_result_rows
+from edgejudge.batch.result import ResultRow
+from edgejudge.cli import app
+from edgejudge.engine.fake import FakeEngine
+from edgejudge.images import synthetic_image
+from edgejudge.views import leaderboard
+
+runner = CliRunner()
+
+
+def result_line(id: str, score: int | None, status: str = "ok", **extra: Any) -> str:
+    data = {
+        "id": id,
+        "line": 1,
+        "status": status,
+        "score": score,
+        "key": "c" * 64,
+        "image": extra.pop("image", "cat.png"),
+        "instruction": "What is this?",
+        "rubric": "vqa-helpfulness",
+        "settings": {},
+        **extra,
+    }
+    return ResultRow.from_dict(data).to_json()
+
+
+@pytest.fixture()
+def systems_log(work_dir: Path) -> Path:
+    scores = {"llava": [5, 4, 4, 3], "blip": [3, 3, 2, 4], "[red]gpt[/red]": [2, 2, 1, 1]}
+    lines = [
+        result_line(f"{name}-{k}", s, image=f"img{k}.png", system=name)
+        for name, values in scores.items()
+        for k, s in enumerate(values)
+    ]
+    lines.append(result_line("broken", None, status="error", system="blip"))
+    path = work_dir / "out.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_by_system_json_is_the_leaderboard(systems_log: Path) -> None:
+    result = runner.invoke(app, ["metrics", str(systems_log), "--by", "system", "--json", "--seed", "4"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["view"] == "leaderboard" and data["field"] == "system"
+    assert [s["system"] for s in data["systems"]] == ["llava", "blip", "[red]gpt[/red]"]
+    assert [s["mean"] for s in data["systems"]] == [4.0, 3.0, 1.5]
+    assert all(s["ci_low"] <= s["mean"] <= s["ci_high"] for s in data["systems"])
+    assert (data["resamples"], data["seed"], data["left_out"]) == (2000, 4, 1)
+    wins = {(w["a"], w["b"]): (w["wins"], w["losses"], w["ties"], w["rate"]) for w in data["wins"]}
+    assert wins[("llava", "blip")] == (3, 1, 0, 0.75)
+    assert wins[("blip", "llava")] == (1, 3, 0, 0.25)
+    expected = leaderboard(read_result_rows(systems_log).values(), resamples=2000, seed=4)
+    assert expected is not None
+    assert data["systems"] == [s.to_dict() for s in expected.systems]  # what the library computes
+
+
+def test_by_system_tables(systems_log: Path) -> None:
+    result = runner.invoke(app, ["metrics", str(systems_log), "--by", "system", "--bootstrap", "300"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # tables are for people: stderr
+    text = result.stderr
+    assert "leaderboard by system" in text and "95% CI" in text and "win rate" in text
+    assert "[red]gpt[/red]" in text  # a system name is printed as written, never as markup
+    assert "75% (4)" in text and "300 resamples" in text
+
+
+def test_by_student_is_a_grade_sheet(work_dir: Path) -> None:
+    lines = [
+        result_line("a1", 5, student="ana"),
+        result_line("a2", 3, student="ana", rubric="accuracy"),
+        result_line("b1", 2, student="ben"),
+    ]
+    path = work_dir / "graded.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["metrics", str(path), "--by", "student", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["view"] == "grades" and data["columns"] == ["vqa-helpfulness", "accuracy"]
+    assert [(r["group"], r["scores"], r["total"]) for r in data["rows"]] == [
+        ("ana", {"vqa-helpfulness": 5.0, "accuracy": 3.0}, 4.0),
+        ("ben", {"vqa-helpfulness": 2.0, "accuracy": None}, 2.0),
+    ]
+    table = runner.invoke(app, ["metrics", str(path), "--by", "student"])
+    assert table.exit_code == 0 and "grade sheet by student" in table.stderr and "4.00" in table.stderr
+    board = runner.invoke(app, ["metrics", str(path), "--by", "student", "--view", "leaderboard", "--json"])
+    assert board.exit_code == 0 and json.loads(board.stdout)["view"] == "leaderboard"
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [
+        (["--by", "team"], 1, "error: no judged row of out.jsonl carries the field 'team'"),
+        (["--by", "system", "--gold-field", "x"], 2, "--by reads one results file"),
+        (["--by", "system", "--bootstrap", "0"], 2, "at least 1 bootstrap resample"),
+        ([], 2, "give GOLD.jsonl"),
+    ],
+    ids=["field absent", "gold with --by", "no resamples", "neither GOLD nor --by"],
+)
+def test_by_errors(systems_log: Path, extra: list[str], code: int, words: str) -> None:
+    result = runner.invoke(app, ["metrics", str(systems_log), *extra])
+    assert result.exit_code == code, result.output
+    assert words in " ".join(result.stderr.replace("│", " ").split())  # Typer boxes usage errors
+
+
+def test_gold_file_still_needs_gold_field(systems_log: Path) -> None:
+    result = runner.invoke(app, ["metrics", str(systems_log), str(systems_log)])
+    assert result.exit_code == 2 and "--gold-field" in result.stderr
+
+
+def test_by_system_on_a_real_batch(work_dir: Path, fake_factory: list[FakeEngine]) -> None:
+    for k in range(3):
+        synthetic_image(48, seed=k).save(work_dir / f"img{k}.png")
+    rows = [
+        {
+            "id": f"{system}-{k}",
+            "image": f"img{k}.png",
+            "instruction": "What is shown?",
+            "response": f"{system} says picture {k}",
+            "system": system,
+        }  # fmt: skip
+        for system in ("alpha", "beta")
+        for k in range(3)
+    ]
+    source = work_dir / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = work_dir / "out.jsonl"
+    batch = runner.invoke(app, ["batch", str(source), "--output", str(out), "--rubric", "vqa-helpfulness"])
+    assert batch.exit_code == 0, batch.stderr
+    result = runner.invoke(app, ["metrics", str(out), "--by", "system", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert sorted(s["system"] for s in data["systems"]) == ["alpha", "beta"]
+    assert all(s["n"] == 3 for s in data["systems"])
+    judged = read_result_rows(out)
+    for s in data["systems"]:
+        scores = [r.score for r in judged.values() if dict(r.extra).get("system") == s["system"]]
+        assert s["mean"] == pytest.approx(sum(scores) / 3)  # type: ignore[arg-type]
+    pair = {(w["a"], w["b"]): w for w in data["wins"]}
+    assert pair[("alpha", "beta")]["n"] == 3  # the same image and instruction: one item per picture

@@ -1,11 +1,9 @@
 """Batch input rows: reading the JSONL input, field mapping, content-hash keys and scheduling.
 
-Owns the input side of ``edgejudge.batch``: native fields (``id``, ``image``, ``instruction``, ``response``,
-``reference``, ``rubric``) and Perception-Collection/Bench fields (``orig_instruction``, ``orig_response`` /
-``original_response``, ``orig_reference_answer``, ``orig_criteria``, ``orig_score1_description`` …).
-A row that cannot be judged (bad JSON, missing field, unknown rubric) is still a ``BatchRow``, with
-``problem`` saying why, so the batch writes an error row for it and goes on. The output rows are
-``batch.result`` (``ResultRow``).
+Owns the input side of ``edgejudge.batch``: the fields of one row (native and Perception-Collection/Bench
+ones, the pass-through fields, ``BatchRow``) are ``batch.input_fields``, re-exported here. A row that cannot
+be judged (bad JSON, missing field, unknown rubric) is still a ``BatchRow``, with ``problem`` saying why,
+so the batch writes an error row for it and goes on. The output rows are ``batch.result`` (``ResultRow``).
 
 Hostile input never stops the batch: every line is decoded with ``_jsonl`` (deep nesting, huge integers,
 over-long lines are a malformed row; lone surrogates and invalid UTF-8 are replaced with U+FFFD and put a
@@ -20,15 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _fs, _jsonl
-from ..errors import InputError, RubricError
+from ..errors import InputError
+from .input_fields import PASS_THROUGH, BatchRow, id_of, malformed, parse_line
 
 if TYPE_CHECKING:
     from ..rubric import Rubric
@@ -37,6 +35,7 @@ __all__ = [
     "MAX_INPUT_BYTES",
     "MAX_LINE_BYTES",
     "BatchRow",
+    "PASS_THROUGH",
     "RawLine",
     "read_lines",
     "has_rows",
@@ -48,33 +47,11 @@ __all__ = [
     "schedule",
 ]
 
-#: Input fields copied unchanged into the output row (gold scores, for ``edgejudge metrics``).
-PASS_THROUGH = ("orig_score",)
-_FIX_HINT = "fix the row in the input file (the batch skips rows already done when rerun)"
 #: The input JSONL must be a regular file of at most this size (it is streamed; rows are held in memory).
 MAX_INPUT_BYTES = 4 * 2**30
 #: A longer input line is a malformed row (``_jsonl.MAX_LINE_CHARS``, counted in bytes), never held whole.
 MAX_LINE_BYTES = _jsonl.MAX_LINE_CHARS
 _BLANK = b" \t\n\r\x0b\x0c"
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    """One input row, resolved. ``problem`` (with ``hint``) is set when the row cannot be judged."""
-
-    id: str
-    line: int
-    image: str | None = None
-    instruction: str | None = None
-    response: str | None = None
-    reference: str | None = None
-    rubric: Rubric | None = None
-    problem: str | None = None
-    hint: str | None = None
-    malformed: bool = False
-    source_sha256: str | None = None
-    extra: tuple[tuple[str, Any], ...] = ()
-    warnings: tuple[str, ...] = ()
 
 
 class RawLine(NamedTuple):
@@ -225,9 +202,15 @@ def schedule(
 
 
 def read_input_rows(
-    path: Path, *, default_rubric: Rubric | str | None = None, limit: int | None = None
+    path: Path,
+    *,
+    default_rubric: Rubric | str | None = None,
+    limit: int | None = None,
+    policy_run: bool = False,
+    keep: Sequence[str] = (),
 ) -> list[BatchRow]:
-    """Read the input JSONL into rows (blank lines ignored; ``limit`` keeps the first N rows).
+    """Read the input JSONL into rows (blank lines ignored; ``limit`` keeps the first N rows;
+    ``policy_run``: every row is judged against a policy; ``keep``: more fields passed through).
 
     The file must be a regular file of at most ``MAX_INPUT_BYTES``; it is streamed line by line. Raises
     ``InputError`` when the file cannot be read (missing, a folder, FIFO or device, too large) and
@@ -252,7 +235,7 @@ def read_input_rows(
     for raw in read_lines(path, label=str(path), what="input file", max_bytes=MAX_INPUT_BYTES):
         if limit is not None and len(rows) >= limit:
             break
-        row = _row_of(raw, default, cache)
+        row = _row_of(raw, default, cache, policy_run, keep)
         if row is None:
             continue
         number = raw.number
@@ -264,6 +247,7 @@ def read_input_rows(
                 hint="give every row a unique id",
                 source_sha256=row.source_sha256,
                 warnings=row.warnings,
+                policy=row.policy,
             )
         seen.setdefault(row.id, number)
         rows.append(row)
@@ -275,12 +259,14 @@ def _sha(data: bytes | str) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _row_of(raw: RawLine, default: Rubric | None, cache: dict[str, Rubric]) -> BatchRow | None:
+def _row_of(
+    raw: RawLine, default: Rubric | None, cache: dict[str, Rubric], policy_run: bool, keep: Sequence[str]
+) -> BatchRow | None:
     """The row for one input line (``None`` for a blank line)."""
     number = raw.number
     if raw.data is None:
         problem = f"line too long ({raw.size} bytes, limit {MAX_LINE_BYTES})"
-        return _malformed(number, raw.digest or "", problem)
+        return malformed(number, raw.digest or "", problem)
     decoded = list(_jsonl.split_lines(raw.data))
     if not decoded:
         return None
@@ -289,162 +275,10 @@ def _row_of(raw: RawLine, default: Rubric | None, cache: dict[str, Rubric]) -> B
     warnings = [f"line {number}: text that is not valid UTF-8 was replaced with U+FFFD"] if replaced else []
     result = _jsonl.loads_line(text)
     if result.problem is not None:
-        return replace(_malformed(number, sha, result.problem), warnings=tuple(warnings))
+        return replace(malformed(number, sha, result.problem), warnings=tuple(warnings))
     if result.scrubbed:
         warnings.append(
             f"line {number}: {result.scrubbed} lone surrogate(s) (not valid Unicode) replaced with U+FFFD"
         )
-    row = _parse_line(number, result.value, sha, default, cache, warnings)
+    row = parse_line(number, result.value, sha, default, cache, warnings, policy_run=policy_run, keep=keep)
     return replace(row, warnings=(*row.warnings, *warnings)) if warnings else row
-
-
-#: Each field of a row and the keys it is read from, first found wins (native, Perception-Collection/Bench).
-_FIELD_NAMES = {
-    "image": ("image",),
-    "instruction": ("orig_instruction", "instruction"),
-    "response": ("response", "orig_response", "original_response"),
-    "reference": ("reference", "orig_reference_answer", "reference_answer"),
-}
-
-
-def _malformed(number: int, sha: str, problem: str) -> BatchRow:
-    return BatchRow(
-        id=f"line-{number}",
-        line=number,
-        problem=f"line {number}: {problem}",
-        hint="each line of the input must be one JSON object",
-        malformed=True,
-        source_sha256=sha,
-    )
-
-
-def _finite(value: Any) -> bool:
-    """False when a JSON value holds NaN or an infinity (not JSON; never written to the output)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return False
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
-
-
-def id_of(data: dict[str, Any], number: int, field: str = "id") -> str | None:
-    """The id of the JSON object on line ``number``: its ``field`` as text (for ``id``: ``question_id`` when
-    there is no ``id`` key), ``line-N`` when it has none (missing, null or ""), None when it is neither a
-    string nor an integer (a row problem). THE id rule: batch input rows, and ``edgejudge.join`` pairing a
-    batch output with its input."""
-    raw = data.get(field, data.get("question_id")) if field == "id" else data.get(field)
-    if raw is None or raw == "":
-        return f"line-{number}"
-    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
-        return str(raw)
-    return None
-
-
-def _parse_line(
-    number: int,
-    data: Any,
-    sha: str,
-    default: Rubric | None,
-    cache: dict[str, Rubric],
-    warnings: list[str],
-) -> BatchRow:
-    fallback_id = f"line-{number}"
-    if not isinstance(data, dict):
-        return _malformed(number, sha, f"expected a JSON object, got {type(data).__name__}")
-    row_id = id_of(data, number)
-    if row_id is None:
-        return BatchRow(
-            id=fallback_id,
-            line=number,
-            problem=f"line {number}: id must be a string or an integer",
-            hint=_FIX_HINT,
-            source_sha256=sha,
-        )
-    extra = []
-    for name in PASS_THROUGH:
-        if name not in data:
-            continue
-        if _finite(data[name]):
-            extra.append((name, data[name]))
-        else:
-            warnings.append(f"line {number}: field {name!r} holds NaN or an infinity (not JSON); left out")
-    fields = {name: _first(data, *keys) for name, keys in _FIELD_NAMES.items()}
-    bad = [name for name, value in fields.items() if value is not None and not isinstance(value, str)]
-    values = {k: v if isinstance(v, str) else None for k, v in fields.items()}
-    reference = values["reference"] if values["reference"] and values["reference"].strip() else None
-    row = BatchRow(
-        id=row_id,
-        line=number,
-        image=values["image"],
-        instruction=values["instruction"],
-        response=values["response"],
-        reference=reference,
-        extra=tuple(extra),
-    )
-    problem = None
-    if bad:
-        problem = f"line {number}: field {bad[0]!r} must be a string"
-    else:
-        missing = [name for name in ("image", "instruction", "response") if not (values[name] or "").strip()]
-        if missing:
-            problem = f"line {number}: missing field {' or '.join(map(repr, _FIELD_NAMES[missing[0]]))}"
-    if problem is None and row.image is not None:
-        try:
-            _fs.user_path(row.image, what="image path")
-        except InputError as err:
-            return _with_problem(row, f"line {number}: {err}", err.hint or _FIX_HINT)
-    if problem is not None:
-        return _with_problem(row, problem, _FIX_HINT)
-    try:
-        rubric = _row_rubric(data, default, cache)
-    except RubricError as err:
-        return _with_problem(row, f"line {number}: {err}", err.hint or _FIX_HINT)
-    if rubric is None:
-        return _with_problem(
-            row,
-            f"line {number}: no rubric (no 'rubric' or 'orig_criteria' field and no default rubric)",
-            "add a 'rubric' field to the row or give a default rubric for rows without one",
-        )
-    return replace(row, rubric=rubric)
-
-
-def _with_problem(row: BatchRow, problem: str, hint: str) -> BatchRow:
-    return replace(row, problem=problem, hint=hint)
-
-
-def _first(data: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if data.get(name) is not None:
-            return data[name]
-    return None
-
-
-def _row_rubric(data: dict[str, Any], default: Rubric | None, cache: dict[str, Rubric]) -> Rubric | None:
-    from ..rubric import Rubric, load_rubric
-
-    value = data.get("rubric")
-    if isinstance(value, str) and value.strip():
-        if value not in cache:
-            try:
-                cache[value] = load_rubric(value)
-            except OSError as exc:  # rubric.load_rubric lets e.g. ENAMETOOLONG out of Path.is_file
-                raise RubricError(
-                    f"cannot use rubric {value!r}: {exc.strerror or exc}", hint="pass a rubric name or file"
-                ) from None
-        return cache[value]
-    if isinstance(value, dict):
-        name = value.get("name")
-        return Rubric.from_mapping(value, name=name if isinstance(name, str) and name else "inline")
-    if value is not None:
-        raise RubricError(
-            f"field 'rubric' must be a library name or an object, got {type(value).__name__}",
-            hint='use "rubric": "NAME" or {"criteria": ..., "score1": ..., ..., "score5": ...}',
-        )
-    if data.get("orig_criteria") is not None:
-        return Rubric.from_mapping(data, name="inline")
-    return default

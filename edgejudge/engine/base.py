@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..errors import ContextOverflowError, InputError
@@ -129,6 +130,12 @@ class Engine(Protocol):
     @property
     def max_parallel(self) -> int:
         """The most requests ``generate_many`` decodes together as parallel sequences (1: one at a time)."""
+        ...
+
+    @property
+    def model_files(self) -> tuple[Path | None, Path | None]:
+        """The text model's and the projector's files (None where there is no file: the fake engine), for
+        the audit trail of a run."""
         ...
 
     @property

@@ -19,6 +19,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from .._closing import Closing
 from ..errors import EngineError, InputError
@@ -101,6 +102,11 @@ class FakeEngine(Closing):
     @property
     def max_parallel(self) -> int:
         return self._max_parallel
+
+    @property
+    def model_files(self) -> tuple[Path | None, Path | None]:
+        """No files: the fake has no model."""
+        return None, None
 
     def count_tokens(self, text: str) -> int:
         return _rough_tokens(text)

@@ -178,6 +178,10 @@ class LlamaCppEngine(Closing):
     def max_parallel(self) -> int:
         return self._max_parallel
 
+    @property
+    def model_files(self) -> tuple[Path | None, Path | None]:
+        return self.model_path, self.mmproj_path
+
     def count_tokens(self, text: str) -> int:
         self._check_open()
         if not text:

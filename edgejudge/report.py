@@ -20,30 +20,35 @@ clamped to ``MAX_THUMBNAIL_FIT`` whatever the row says.
 
 from __future__ import annotations
 
-import html
 import math
-import os
-import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _fs
 from ._report_assets import CSS, SCRIPT
-from .errors import EdgeJudgeError, InputError
+from ._report_html import HEAD_CSP, MAX_THUMBNAIL_FIT, THUMBNAIL_SIDE, Thumbnails, check_paths, write_page
+from ._report_html import esc as _e
+from ._report_html import number as _number
+from ._report_html import text as _text
+from ._report_views import VIEWS_CSS, views_html
+from .errors import InputError
 
 if TYPE_CHECKING:
     from .batch.result import ResultRow
+    from .compliance import ComplianceSummary
 
-__all__ = ["ReportSummary", "render_report", "write_report", "DEFAULT_TITLE", "MAX_THUMBNAIL_FIT"]
+__all__ = [
+    "ReportSummary",
+    "render_report",
+    "write_report",
+    "DEFAULT_TITLE",
+    "MAX_THUMBNAIL_FIT",
+    "THUMBNAIL_SIDE",
+]
 
 DEFAULT_TITLE = "edgejudge report"
-THUMBNAIL_SIDE = 224
-MAX_THUMBNAIL_FIT = 1024  # a row's image_size above this is fitted at this size (the look is the same)
-_DEFAULT_FIT_SIZE = 336  # a row without a usable image_size: the vision tower's usual size
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -67,111 +72,9 @@ class ReportSummary:
         return asdict(self)
 
 
-def _text(value: Any) -> str:
-    """Any row value as text, never raising (huge ints, deep nesting), lone surrogates replaced."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = str(value)
-        except Exception:  # noqa: BLE001 - ValueError (int over 4300 digits), RecursionError, ...
-            text = f"<{type(value).__name__} value>"
-    return _SURROGATES.sub("\ufffd", text)
-
-
-def _e(value: Any) -> str:
-    return html.escape(_text(value), quote=True)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _score(row: ResultRow) -> int | None:
     score = row.score
     return score if score is not None and 1 <= score <= 5 else None
-
-
-def _user_path(text: Any) -> Path | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return _fs.user_path(text, what="image path")
-    except EdgeJudgeError:
-        return None
-
-
-def _real(path: Path) -> Path | None:
-    try:
-        return Path(os.path.realpath(path))
-    except (OSError, ValueError):
-        return None
-
-
-class _Thumbnails:
-    """Data URIs of the images as judged (fitted with each row's size and fit), cached per file; only
-    files under the image root (symlinks resolved) unless ``embed_outside_root``."""
-
-    def __init__(self, image_root: Path | None, results_dir: Path, *, embed_outside_root: bool) -> None:
-        self.image_root = image_root
-        self.results_dir = results_dir
-        self.root = _real(image_root if image_root is not None else results_dir)
-        self.embed_outside_root = embed_outside_root
-        self.cache: dict[tuple[str, int, str], str | None] = {}
-
-    def candidates(self, row: ResultRow) -> list[Path]:
-        name, recorded = _user_path(row.image), _user_path(row.image_path)
-        paths: list[Path] = []
-        if name is not None and name.is_absolute():
-            paths.append(name)
-        elif name is not None and self.image_root is not None:
-            paths.append(self.image_root / name)
-        if recorded is not None:
-            paths.append(recorded)
-        if name is not None and not name.is_absolute():
-            paths.append(self.results_dir / name)
-        return paths
-
-    def inside(self, real: Path) -> bool:
-        return self.embed_outside_root or (self.root is not None and real.is_relative_to(self.root))
-
-    def uri(self, row: ResultRow) -> tuple[str | None, str]:
-        """``(data URI, "")`` or ``(None, why)`` with why "no image", "image not found", "image
-        unreadable" or "outside the image root"."""
-        from .images import FIT_MODES, prepare_image, thumbnail_data_uri
-
-        raw_size, raw_fit = row.image_size, row.image_fit
-        size = raw_size if raw_size is not None and 1 <= raw_size else _DEFAULT_FIT_SIZE
-        size = min(size, MAX_THUMBNAIL_FIT)
-        fit = raw_fit if raw_fit in FIT_MODES else FIT_MODES[0]
-        paths = self.candidates(row)
-        why = "no image" if not paths and not row.image else "image not found"
-        for path in paths:
-            real = _real(path)
-            if real is None:
-                continue
-            if not self.inside(real):
-                why = "outside the image root"
-                continue
-            key = (str(real), size, fit)
-            if key not in self.cache:
-                try:  # the resolved path: what was checked is what is opened
-                    self.cache[key] = thumbnail_data_uri(prepare_image(real, size, fit).image, THUMBNAIL_SIDE)
-                except (EdgeJudgeError, OSError):
-                    self.cache[key] = None
-            if self.cache[key] is not None:
-                return self.cache[key], ""
-            if os.path.lexists(real):
-                why = "image unreadable"
-        return None, why
 
 
 def _score_class(row: ResultRow) -> str:
@@ -277,9 +180,11 @@ def render_report(
     image_root: str | Path | None = None,
     results_dir: str | Path = ".",
     embed_outside_root: bool = False,
+    group_by: str | None = None,
 ) -> tuple[str, ReportSummary]:
     """The report page for batch output rows (``ResultRow`` records or JSON objects; deduped by the caller;
-    shown in input-line order).
+    shown in input-line order), with the grade sheet (rows carrying ``group_by``, default ``student``) and
+    leaderboard (rows carrying ``system``) sections when rows carry those fields.
 
     Never raises on row contents: rows that are neither are skipped (``summary.skipped``)."""
     from .batch.result import ResultRow
@@ -291,7 +196,7 @@ def render_report(
         if isinstance(row, (ResultRow, Mapping))
     ]
     ordered = sorted(records, key=_line_of)
-    thumbs = _Thumbnails(
+    thumbs = Thumbnails(
         Path(image_root) if image_root is not None else None,
         Path(results_dir),
         embed_outside_root=embed_outside_root,
@@ -330,19 +235,20 @@ def render_report(
         + [(str(k), f"Score {k}") for k in range(1, 6)]
         + [("none", "No score"), ("error", "Errors")]
     )
+    views = views_html(ordered, group_by)
+    style = CSS + VIEWS_CSS if views else CSS
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; \
-style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{_e(title)}</title><style>{CSS}</style></head>
+{HEAD_CSP}
+<title>{_e(title)}</title><style>{style}</style></head>
 <body><header class="top"><h1>{_e(title)}</h1>
 <p class="muted">{_e(source)} · model {_e(", ".join(models) or "?")} · generated \
 {_e(time.strftime("%Y-%m-%d %H:%M"))} by edgejudge</p></header>
 <section class="summary" id="summary">{
         "".join(f'<div class="tile"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in tiles)
     }</section>
-<section class="dist"><h2>Score distribution</h2>{_chart(counts, errors)}</section>
+<section class="dist"><h2>Score distribution</h2>{_chart(counts, errors)}</section>{views}
 <nav class="filters" id="filters">{
         "".join(f'<button type="button" data-filter="{f}">{_e(label)}</button>' for f, label in buttons)
     }
@@ -371,56 +277,39 @@ def write_report(
     image_root: str | Path | None = None,
     title: str | None = None,
     embed_outside_root: bool = False,
-) -> ReportSummary:
-    """Read a batch output file (last row per id wins) and write the report atomically (tmp + rename).
+    group_by: str | None = None,
+) -> ReportSummary | ComplianceSummary:
+    """Read a batch output file (last row per id wins) and write the report atomically (tmp + rename): the
+    compliance report (``edgejudge.compliance``) when the file holds rule rows of a policy batch, else the
+    plain report.
 
     Images are embedded from under ``image_root`` (default: the results file's folder) only, unless
-    ``embed_outside_root``."""
-    from .batch import read_results
+    ``embed_outside_root``. ``group_by`` names the field of the grade sheet (default ``student``)."""
+    from .batch.records import read_log
 
     results_path = Path(results_path)
     output_path = Path(output_path)
-    fd, _ = _fs.open_regular(  # not found / a folder / a device such as /dev/null: say which
-        results_path,
-        label=str(results_path),
-        what="results file",
-        max_bytes=None,
-        error=InputError,
-    )
-    os.close(fd)
-    if output_path.is_dir():
-        raise InputError(
-            f"the report path is a folder: {output_path}",
-            hint="pass a file name, e.g. report.html",
-            about="output",
-        )
-    if _fs.same_file(output_path, results_path) or _real(output_path) == _real(results_path):
-        raise InputError(
-            "the report would overwrite the results file",
-            hint="write the report to another file, e.g. report.html",
-            about="output",
-        )
-    rows = list(read_results(results_path).values())
-    if not rows:
+    check_paths(results_path, output_path)
+    log = read_log(results_path)
+    if not log.rows:
         raise InputError(
             f"no batch results in {results_path}",
             hint="run the batch first; the report reads its output",
         )
-    page, summary = render_report(
-        rows,
-        title=title or DEFAULT_TITLE,
-        source=results_path.name,
-        image_root=image_root,
-        results_dir=results_path.parent,
-        embed_outside_root=embed_outside_root,
-    )
-    try:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        _fs.atomic_write(output_path, page.encode("utf-8"), mode=0o644)  # a page to share, as before
-    except OSError as err:
-        raise InputError(
-            f"cannot write the report {output_path}: {err.strerror or err}",
-            hint="write the report into a folder you can write to",
-            about="output",
-        ) from None
-    return ReportSummary(**{**summary.to_dict(), "output": str(output_path)})
+    options: dict[str, Any] = {
+        "title": title or DEFAULT_TITLE,
+        "source": results_path.name,
+        "image_root": image_root,
+        "results_dir": results_path.parent,
+        "embed_outside_root": embed_outside_root,
+        "group_by": group_by,
+    }
+    if any(row.rule_id for row in log.rows.values()):
+        from .compliance import render_compliance
+
+        page, compliance = render_compliance(log, **options)
+        write_page(output_path, page.encode("utf-8"))
+        return replace(compliance, output=str(output_path))
+    page, summary = render_report(log.rows.values(), **options)
+    write_page(output_path, page.encode("utf-8"))  # mode 0o644: a page to share, as before
+    return replace(summary, output=str(output_path))

@@ -1,6 +1,7 @@
 """``edgejudge report OUT.jsonl --output report.html``: the self-contained HTML report of a batch.
 
-Owns the command's options and messages; the page itself is built by ``edgejudge.report``.
+Owns the command's options and messages; the pages are built by ``edgejudge.report`` (which hands a policy
+log to ``edgejudge.compliance``) and the CSV by ``edgejudge.report_csv``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import JsonOpt, emit_json, examples, status, stderr_console
+from ._common import JsonOpt, emit_json, examples, status, stderr_console, usage_error
 
 __all__ = ["register"]
 
@@ -23,7 +24,21 @@ and the feedback. Filter by score with the buttons (or open the page with [bold]
 is. Only images under the image root (--image-root, default: the results file's folder; symlinks \
 resolved) are embedded, so a results file cannot make the report carry pictures from elsewhere on this \
 machine; --embed-outside-root embeds the others too.
+
+The output of a policy batch (edgejudge batch --policy) gets the compliance report instead: decisions \
+and their counts, failures per rule and severity, a card per item with the rules' scores, p_pass and the \
+judge's feedback as evidence, overrides from edgejudge review shown as such, filters by decision, rule and \
+severity and a search box ([bold]#decision=violation[/bold] in the URL), a print stylesheet for the \
+browser's "Save as PDF", and the audit trail (versions, model and policy files with their sha256, \
+settings, input hash, start and end). Rows with a [bold]student[/bold] field (or --group-by FIELD) add a \
+grade sheet, rows with a [bold]system[/bold] field a leaderboard with 95% intervals and win rates.
+
+--format csv writes a spreadsheet instead: one line per item and rule for a policy batch, one per row \
+otherwise (UTF-8, RFC 4180). A text cell starting with = + - @, a tab or a carriage return gets a leading \
+apostrophe so a spreadsheet shows it as text and never runs it as a formula.
 """
+
+FORMATS = ("html", "csv")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,12 +48,15 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "edgejudge report out.jsonl --output report.html",
             'edgejudge report out.jsonl -o report.html --image-root images/ --title "Week 3 answers"',
+            "edgejudge report policy-out.jsonl -o compliance.html",
+            "edgejudge report policy-out.jsonl --format csv -o decisions.csv",
+            "edgejudge report graded.jsonl -o grades.html --group-by class",
             "edgejudge report ~/runs/out.jsonl -o ~/report.html --embed-outside-root",
         ),
     )
     def report(
         results: Annotated[Path, typer.Argument(metavar="OUT.jsonl", help="Output of edgejudge batch.")],
-        output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="The HTML (or CSV) file to write.")],
         image_root: Annotated[
             Path | None,
             typer.Option(
@@ -55,27 +73,77 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+        output_format: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                metavar="html|csv",
+                help="html: the report page; csv: one line per item and rule (policy batches) or per row, "
+                "text cells starting with = + - @ tab or CR prefixed with ' (no formulas run).",
+            ),
+        ] = "html",
+        group_by: Annotated[
+            str | None,
+            typer.Option(
+                "--group-by",
+                metavar="FIELD",
+                help="The input field the grade sheet groups by (default: student).",
+            ),
+        ] = None,
         json_out: JsonOpt = False,
     ) -> None:
         from .._fs import user_path
-        from ..report import write_report
 
+        chosen = output_format.strip().lower()
+        if chosen not in FORMATS:
+            usage_error(f"unknown format {output_format!r}: choose html or csv", "--format")
         results = user_path(results, what="results path")
         output = user_path(output, what="--output")
         image_root = user_path(image_root, what="--image-root") if image_root is not None else None
+        console = stderr_console()
+        if chosen == "csv":
+            from ..report_csv import write_csv
+
+            with status("writing the CSV…"):
+                table = write_csv(results, output)
+            unit = "items" if table.kind == "policy" else "rows"
+            console.print(
+                f"wrote {escape(table.output)}: {table.lines} lines ({table.items} {unit}, "
+                f"{table.columns} columns), {table.bytes / 1024:.0f} KiB"
+            )
+            if json_out:
+                emit_json(table.to_dict())
+            return
+        from ..compliance import ComplianceSummary
+        from ..report import write_report
+
         with status("writing the report…"):
             summary = write_report(
-                results, output, image_root=image_root, title=title, embed_outside_root=embed_outside_root
+                results,
+                output,
+                image_root=image_root,
+                title=title,
+                embed_outside_root=embed_outside_root,
+                group_by=group_by,
             )
-        console = stderr_console()
-        console.print(
-            f"wrote {escape(summary.output)}: {summary.rows} rows ({summary.ok} judged, "
-            f"{summary.errors} errors), {summary.bytes / 1024:.0f} KiB"
-        )
+        if isinstance(summary, ComplianceSummary):
+            console.print(
+                f"wrote {escape(summary.output)}: compliance report, {summary.items} items "
+                f"({summary.compliant} compliant, {summary.violation} violation, {summary.needs_review} "
+                f"needs review, {summary.error} error; {summary.overridden} overridden), "
+                f"{summary.bytes / 1024:.0f} KiB"
+            )
+            noun = "items"
+        else:
+            console.print(
+                f"wrote {escape(summary.output)}: {summary.rows} rows ({summary.ok} judged, "
+                f"{summary.errors} errors), {summary.bytes / 1024:.0f} KiB"
+            )
+            noun = "rows"
         outside = summary.images_outside_root
         if summary.images_missing > outside:
             console.print(
-                f"[yellow]{summary.images_missing - outside} rows have no thumbnail[/yellow] (no image, "
+                f"[yellow]{summary.images_missing - outside} {noun} have no thumbnail[/yellow] (no image, "
                 "image not found or unreadable); pass --image-root DIR if the images moved"
             )
         if outside:
@@ -83,7 +151,13 @@ def register(app: typer.Typer) -> None:
                 f"[yellow]{outside} images outside the image root were not embedded[/yellow]; pass "
                 "--image-root DIR (the folder they are in) or --embed-outside-root to embed them"
             )
-        if summary.skipped:
+        if isinstance(summary, ComplianceSummary):
+            if summary.other_rows:
+                console.print(
+                    f"[yellow]{summary.other_rows} rows without a rule not shown[/yellow] (plain rows in a "
+                    "policy log)"
+                )
+        elif summary.skipped:
             console.print(f"[yellow]{summary.skipped} results rows skipped[/yellow] (not JSON objects)")
         if json_out:
             emit_json(summary.to_dict())

@@ -1,0 +1,175 @@
+"""The CSV export of a batch (``edgejudge report OUT.jsonl --format csv``): one line per item × rule for a
+policy log, one line per row for a plain log, for spreadsheets. Nothing here prints.
+
+Policy logs (rule rows; ``batch.records``): ``POLICY_COLUMNS``, then the input's pass-through fields (in
+the order they first appear). ``decision`` is the decision that stands (a person's override applied),
+``computed_decision`` the one the rule rows give, ``severity`` the item's, ``rule_severity`` the rule's.
+Plain logs: ``PLAIN_COLUMNS``, then the pass-through fields. Rows are untrusted, so every text cell that
+starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe (``'``): a
+spreadsheet then shows it as text instead of running it as a formula (CSV injection). Numbers are written
+as numbers; nested values as JSON text. Written with Python's ``csv`` module (RFC 4180 quoting, CRLF line
+ends), UTF-8 without a byte-order mark, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._report_html import check_paths, number, text, write_page
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .batch.records import PolicyLog
+    from .batch.result import ResultRow
+
+__all__ = [
+    "POLICY_COLUMNS",
+    "PLAIN_COLUMNS",
+    "FORMULA_STARTS",
+    "CsvSummary",
+    "safe_cell",
+    "csv_table",
+    "write_csv",
+]
+
+POLICY_COLUMNS = (
+    "id line image decision computed_decision overridden_by override_note override_at severity rule_id "
+    "rule_title rule_severity score p_pass passed expected_score feedback error policy policy_version "
+    "policy_sha256 judged_at"
+).split()
+PLAIN_COLUMNS = (
+    "id line status image rubric score expected_score agreement feedback error instruction response "
+    "reference model image_fit"
+).split()
+#: A text cell starting with one of these is prefixed with an apostrophe (a spreadsheet would run it).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class CsvSummary:
+    """What ``write_csv`` wrote: ``kind`` "policy" or "plain", ``lines`` data lines (the header apart),
+    ``items`` items (policy) or rows (plain), ``columns`` the header's length, ``bytes`` the file's size."""
+
+    output: str
+    kind: str
+    lines: int
+    items: int
+    columns: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def safe_cell(value: Any) -> str | int | float:
+    """A cell's value: numbers as they are, booleans as ``true``/``false``, None as "", nested values as
+    JSON text, and text guarded against formula injection (see the module docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and number(value) is not None:
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            value = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            pass
+    cell = text(value)
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _extra_columns(rows: Iterable[ResultRow], taken: Sequence[str]) -> list[str]:
+    names: dict[str, None] = {}
+    for row in rows:
+        for name, _ in row.extra:
+            if name not in taken:
+                names.setdefault(name, None)
+    return list(names)
+
+
+def _extras(row: ResultRow, names: Sequence[str]) -> list[Any]:
+    values = dict(row.extra)
+    return [values.get(name) for name in names]
+
+
+def _policy_table(log: PolicyLog) -> tuple[list[str], list[list[Any]], int]:
+    from .batch.records import policy_items
+
+    items = policy_items(log.rows.values(), log.decisions, log.overrides)
+    extra = _extra_columns((r for item in items for r in item.rules), POLICY_COLUMNS)
+    lines: list[list[Any]] = []
+    for item in items:
+        override = item.override
+        for row in item.rules:
+            policy = row.policy or {}
+            lines.append(
+                [
+                    item.id,
+                    row.line,
+                    row.image,
+                    item.final,
+                    item.decision.decision,
+                    override.reviewer if override else None,
+                    override.note if override else None,
+                    override.at if override else None,
+                    item.final_severity,
+                    row.rule_id,
+                    row.rule_title,
+                    row.severity,
+                    row.score if row.ok else None,
+                    row.p_pass if row.ok else None,
+                    row.passed if row.ok else None,
+                    row.expected_score if row.ok else None,
+                    row.feedback if row.ok else None,
+                    None if row.ok else row.error or "unknown error",
+                    policy.get("name"),
+                    policy.get("version"),
+                    policy.get("sha256"),
+                    row.judged_at,
+                    *_extras(row, extra),
+                ]
+            )
+    return [*POLICY_COLUMNS, *extra], lines, len(items)
+
+
+def _plain_table(rows: Sequence[ResultRow]) -> tuple[list[str], list[list[Any]], int]:
+    ordered = sorted(rows, key=lambda r: (r.line if r.line is not None else 1 << 62, r.id))
+    extra = _extra_columns(ordered, PLAIN_COLUMNS)
+    lines = [[getattr(row, name) for name in PLAIN_COLUMNS] + _extras(row, extra) for row in ordered]
+    return [*PLAIN_COLUMNS, *extra], lines, len(ordered)
+
+
+def csv_table(log: PolicyLog) -> tuple[str, list[str], list[list[Any]], int]:
+    """``(kind, header, lines, items)`` of a batch log, the values not yet made cells (``safe_cell``)."""
+    if any(row.rule_id for row in log.rows.values()):
+        return ("policy", *_policy_table(log))
+    return ("plain", *_plain_table(list(log.rows.values())))
+
+
+def write_csv(results_path: str | Path, output_path: str | Path) -> CsvSummary:
+    """Read a batch output file and write its CSV atomically (see the module docstring)."""
+    from .batch.records import read_log
+
+    results_path, output_path = Path(results_path), Path(output_path)
+    check_paths(results_path, output_path, what="CSV file", example="out.csv")
+    log = read_log(results_path)
+    if not log.rows:
+        raise InputError(
+            f"no batch results in {results_path}",
+            hint="run the batch first; the CSV export reads its output",
+        )
+    kind, header, lines, items = csv_table(log)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow([safe_cell(name) for name in header])
+    writer.writerows([safe_cell(value) for value in line] for line in lines)
+    data = buffer.getvalue().encode("utf-8")
+    write_page(output_path, data, what="CSV file")
+    return CsvSummary(str(output_path), kind, len(lines), items, len(header), len(data))

@@ -28,7 +28,7 @@ from ._fs import read_regular, user_path
 from .decision import SEVERITIES
 from .errors import PolicyError, RubricError
 from .prompt import full_conversation, render_judge_prompt
-from .rubric import Rubric, load_rubric, parse_rubric_text, rubric_from_mapping
+from .rubric import Rubric, _toml_string, load_rubric, parse_rubric_text, rubric_from_mapping
 
 __all__ = [
     "Policy",
@@ -40,6 +40,7 @@ __all__ = [
     "builtin_policies",
     "load_policy",
     "parse_policy",
+    "policy_to_toml",
     "prompt_estimate",
 ]
 
@@ -81,6 +82,8 @@ class Rule:
         if self.description:
             data["description"] = self.description
         rubric = self.rubric.to_dict()
+        if "/" in rubric["name"]:  # the name an inline rubric is given (<policy>/<rule id>), not its own
+            del rubric["name"]
         data["rubric"] = {k: v for k, v in rubric.items() if k not in ("name", "title", "summary") or v}
         return data
 
@@ -130,6 +133,20 @@ class Policy:
             "source": self.source,
             "rules": [rule.to_dict() for rule in self.rules],
         }
+
+
+def policy_to_toml(policy: Policy) -> str:
+    """The policy as a TOML policy file (top-level fields, then each ``[[rules]]`` with its rubric inline
+    as ``[rules.rubric]``, a built-in one copied); ``parse_policy`` of it gives back the same rules."""
+    top = {k: v for k, v in policy.to_dict().items() if k in _TOP_KEYS and isinstance(v, str)}
+    lines = [f"{key} = {_toml_string(value)}" for key, value in top.items()]
+    for rule in policy.rules:
+        data = rule.to_dict()
+        rubric = data.pop("rubric")
+        lines += ["", "[[rules]]"]
+        lines += [f"{k} = {v}" if k == "pass_at" else f"{k} = {_toml_string(v)}" for k, v in data.items()]
+        lines += ["", "[rules.rubric]"] + [f"{k} = {_toml_string(v)}" for k, v in rubric.items()]
+    return "\n".join(lines) + "\n"
 
 
 #: Prompt positions one image takes (LLaVA-1.5's CLIP ViT-L/14 at 336 px: 24 x 24 patches).

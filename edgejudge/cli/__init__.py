@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "parse_cmd",
     "metrics",
     "rubrics",
+    "policies",
     "models",
     "doctor",
     "demo",

@@ -26,7 +26,13 @@ XSS = '<script>document.body.setAttribute("data-pwned","1")</script><img src=x o
 
 def probs_for(p_pass: float) -> dict[str, float]:
     """A score distribution whose mass at 4 and 5 (pass_at 4) is ``p_pass``."""
-    return {"1": 0.0, "2": round(1 - p_pass, 6), "3": 0.0, "4": round(p_pass / 2, 6), "5": round(p_pass / 2, 6)}
+    return {
+        "1": 0.0,
+        "2": round(1 - p_pass, 6),
+        "3": 0.0,
+        "4": round(p_pass / 2, 6),
+        "5": round(p_pass / 2, 6),
+    }
 
 
 def rule_row(
@@ -130,9 +136,13 @@ def policy_log(work_dir: Path, *, run: bool = True, extra_rows: Sequence[Mapping
             rule_row("unsure", 3, m, 0.5, feedback="The 'like new' claim is hard to check."),
             rule_row("unsure", 3, d, 0.9),
         ],
-        "broken": [rule_row("broken", 4, p, 0.9), rule_row("broken", 4, m, None), rule_row("broken", 4, d, 0.9)],
+        "broken": [
+            rule_row("broken", 4, p, 0.9),
+            rule_row("broken", 4, m, None),
+            rule_row("broken", 4, d, 0.9),
+        ],
         '"><script>x</script>': [
-            rule_row('"><script>x</script>', 5, r, 0.9, feedback=XSS, response="=HYPERLINK(\"http://x\")")
+            rule_row('"><script>x</script>', 5, r, 0.9, feedback=XSS, response='=HYPERLINK("http://x")')
             for r in RULES
         ],
     }
@@ -160,5 +170,14 @@ def policy_log(work_dir: Path, *, run: bool = True, extra_rows: Sequence[Mapping
     return path
 
 
-__all__ = ["POLICY", "RULES", "XSS", "policy_log", "rule_row", "decision_record", "run_record", "write_lines",
-           "policy_items"]
+__all__ = [
+    "POLICY",
+    "RULES",
+    "XSS",
+    "policy_log",
+    "rule_row",
+    "decision_record",
+    "run_record",
+    "write_lines",
+    "policy_items",
+]

@@ -188,7 +188,9 @@ def _text(data: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
             raise PolicyError(f"{where}: missing the field '{key}'", hint=POLICY_KEYS_HINT)
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise PolicyError(f"{where}: the field '{key}' must be text, got {type(value).__name__}")
+        raise PolicyError(
+            f"{where}: the field '{key}' must be text, got {type(value).__name__}", hint=POLICY_KEYS_HINT
+        )
     text = str(value).strip()
     if not text:
         if required:
@@ -199,7 +201,9 @@ def _text(data: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
 
 def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
     if not isinstance(data, Mapping):
-        raise PolicyError(f"{source}: rule {position} must be a table, got {type(data).__name__}")
+        raise PolicyError(
+            f"{source}: rule {position} must be a table, got {type(data).__name__}", hint=POLICY_KEYS_HINT
+        )
     raw_id = data.get("id")
     label = raw_id if isinstance(raw_id, str) and raw_id.strip() else f"#{position}"
     where = _where(source, label)
@@ -273,7 +277,9 @@ def parse_policy(text: str, *, suffix: str, source: str, sha256: str) -> Policy:
     except RubricError as err:
         raise PolicyError(err.message, hint=POLICY_KEYS_HINT) from None
     if not isinstance(data, Mapping):
-        raise PolicyError(f"{source}: a policy must be a table/object, got {type(data).__name__}")
+        raise PolicyError(
+            f"{source}: a policy must be a table/object, got {type(data).__name__}", hint=POLICY_KEYS_HINT
+        )
     unknown = [k for k in data if k not in _TOP_KEYS]
     if unknown:
         raise PolicyError(
@@ -293,12 +299,16 @@ def parse_policy(text: str, *, suffix: str, source: str, sha256: str) -> Policy:
         raise PolicyError(f"{source}: the policy has no rules", hint="add at least one [[rules]] table")
     if not isinstance(rules_value, list):
         raise PolicyError(
-            f"{source}: 'rules' must be an array of tables ([[rules]]), got {type(rules_value).__name__}"
+            f"{source}: 'rules' must be an array of tables ([[rules]]), got {type(rules_value).__name__}",
+            hint=POLICY_KEYS_HINT,
         )
     if not rules_value:
         raise PolicyError(f"{source}: the policy has no rules", hint="add at least one [[rules]] table")
     if len(rules_value) > MAX_RULES:
-        raise PolicyError(f"{source}: {len(rules_value)} rules, more than the {MAX_RULES} a policy may hold")
+        raise PolicyError(
+            f"{source}: {len(rules_value)} rules, more than the {MAX_RULES} a policy may hold",
+            hint="split it into several policies",
+        )
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for position, item in enumerate(rules_value, start=1):

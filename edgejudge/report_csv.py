@@ -1,9 +1,10 @@
 """The CSV export of a batch (``edgejudge report OUT.jsonl --format csv``): one line per item × rule for a
 policy log, one line per row for a plain log, for spreadsheets. Nothing here prints.
 
-Policy logs (rule rows; ``batch.records``): ``POLICY_COLUMNS``, then the input's pass-through fields (in
-the order they first appear). ``decision`` is the decision that stands (a person's override applied),
-``computed_decision`` the one the rule rows give, ``severity`` the item's, ``rule_severity`` the rule's.
+Policy logs (rule rows; ``batch.records``): ``POLICY_COLUMNS`` (the item's instruction and response last,
+being the longest), then the input's pass-through fields (in the order they first appear). ``decision``
+is the decision that stands (a person's override applied), ``computed_decision`` the one the rule rows
+give, ``severity`` the item's, ``rule_severity`` the rule's.
 Plain logs: ``PLAIN_COLUMNS``, then the pass-through fields. Rows are untrusted, so every text cell that
 starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe (``'``): a
 spreadsheet then shows it as text instead of running it as a formula (CSV injection). Numbers are written
@@ -41,7 +42,7 @@ __all__ = [
 POLICY_COLUMNS = (
     "id line image decision computed_decision overridden_by override_note override_at severity rule_id "
     "rule_title rule_severity score p_pass passed expected_score feedback error policy policy_version "
-    "policy_sha256 judged_at"
+    "policy_sha256 judged_at instruction response"
 ).split()
 PLAIN_COLUMNS = (
     "id line status image rubric score expected_score agreement feedback error instruction response "
@@ -133,6 +134,8 @@ def _policy_table(log: PolicyLog) -> tuple[list[str], list[list[Any]], int]:
                     policy.get("version"),
                     policy.get("sha256"),
                     row.judged_at,
+                    row.instruction,
+                    row.response,
                     *_extras(row, extra),
                 ]
             )

@@ -182,7 +182,7 @@ def test_each_image_file_is_hashed_once_and_read_once_per_group(
         read.append(Path(path).name)
         return real_read(path, **kw)
 
-    from edgejudge.batch import run as run_module
+    from edgejudge.batch import judging as run_module
 
     monkeypatch.setattr(_fs, "RACY_NS", -(10**12))  # the files are fresh: trust their stamps anyway
     monkeypatch.setattr(_fs, "sha256_stamped", spy_hash)

@@ -1,8 +1,11 @@
-"""Batch judging: JSONL rows in, one result row per input row out, resumable.
+"""Batch judging: JSONL rows in, one result row per input row (or per row and rule of a policy) out,
+resumable.
 
-``run`` is the loop (groups rows by image, judges them, appends rows); ``rows`` the input rows, keys and
-scheduling; ``result`` the output rows (``ResultRow``, the typed record of an output line, with its tolerant
-reader); ``log`` the batch log on disk (what counts as one, repair, reading results); ``lock`` the
+``run`` is the loop (groups rows by image, judges them, appends rows); ``judging`` one group of jobs;
+``policy_run`` the rows judged against a policy (one job per rule, decision and run records); ``rows`` the
+input rows, keys and scheduling (``input_fields`` the fields of one row); ``result`` the output rows
+(``ResultRow``, the typed record of an output line, with its tolerant reader); ``records`` the policy
+records of a log; ``log`` the batch log on disk (what counts as one, repair, reading results); ``lock`` the
 one-writer-per-output lock. This package re-exports the public names of ``run``, ``ResultRow``,
 ``RowSample`` and ``read_result_rows``.
 """

@@ -4,8 +4,9 @@ Owns the judging loop: ``run_batch`` (resume by content-hash key, rows sharing a
 each verdict written and fsync'd as soon as it is done), its ``BatchEvent`` progress values and the
 ``BatchSummary``. Input rows, keys and the output row format are ``batch.rows``; the batch log on disk (what
 counts as one, the lock, repair, last-row-wins reading) is ``batch.log``, with the rules in its docstring.
-Both are re-exported here. Nothing here prints: progress reaches the UI as ``BatchEvent`` values through
-``on_event``.
+Both are re-exported here. Judging one group of jobs is ``batch.judging``; the policy side (rows judged
+against a policy, one job per rule, decision and run records) is ``batch.policy_run``. Nothing here
+prints: progress reaches the UI as ``BatchEvent`` values through ``on_event``.
 
 An input with no rows creates no output file.
 """
@@ -14,17 +15,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _fs, _jsonl
-from .._fs import FileStamp
+from ..decision import DECISIONS, DEFAULT_REVIEW_BAND
 from ..engine.base import GenerationParams
-from ..errors import EdgeJudgeError
 from ..settings import check as check_setting
+from .judging import Digests, digest_of, groups, judge_jobs
 from .log import (
     MAX_OUTPUT_BYTES,
     OutputLock,
@@ -37,12 +38,14 @@ from .log import (
     scan_output,
     write_all,
 )
-from .result import ResultRow, base_row, error_row, is_batch_row, ok_row
-from .rows import BatchRow, image_digest, read_input_rows, resolve_image, row_key, schedule
+from .policy_run import Decisions, Job, jobs_of, row_policies, run_record, utc_now
+from .records import DecisionRecord
+from .result import ResultRow, is_batch_row, record_key
+from .rows import BatchRow, read_input_rows, schedule
 
 if TYPE_CHECKING:
-    from ..images import FittedImage
-    from ..judge import Judge, Task
+    from ..judge import Judge
+    from ..policy import Policy
     from ..rubric import Rubric
 
 __all__ = [
@@ -68,10 +71,12 @@ class BatchEvent:
 
     ``kind`` is one of ``"repaired"`` (a truncated last line was cut off the output, or a missing final
     newline added: ``message``), ``"ignored"`` (complete lines of the output that are not batch rows are
-    ignored: ``message``, ``line`` the first of them), ``"started"`` (``total`` rows in the input,
-    ``skipped`` already done, ``todo`` to judge),
-    ``"row_done"`` (``row`` the output row just written, ``status``, ``score``, ``done`` rows so far),
-    ``"error"`` (an error row was written: ``message``, ``line``, ``row``) and ``"finished"`` (``summary``).
+    ignored: ``message``, ``line`` the first of them), ``"started"`` (``total`` results the input asks
+    for: one per plain row, one per (row, rule) of a policy row; ``skipped`` already done, ``todo`` to
+    judge), ``"row_done"`` (``row`` the output row just written, a rule row with its ``rule_id``;
+    ``status``, ``score``, ``done`` results so far), ``"error"`` (an error row was written: ``message``,
+    ``line``, ``row``), ``"decision"`` (a decision record was written: ``decision``, ``message`` the
+    decision, ``line``) and ``"finished"`` (``summary``).
     """
 
     kind: str
@@ -85,6 +90,7 @@ class BatchEvent:
     message: str | None = None
     line: int | None = None
     summary: BatchSummary | None = None
+    decision: DecisionRecord | None = None
 
 
 EventFn = Callable[[BatchEvent], None]
@@ -94,9 +100,12 @@ EventFn = Callable[[BatchEvent], None]
 class BatchSummary:
     """What one ``run_batch`` call did.
 
-    ``total`` rows in the input (after ``limit``), ``skipped`` already done by an earlier run, ``judged``
-    rows written by this run (``ok`` + ``errors``), ``malformed`` of them bad JSON lines, ``remaining`` rows
-    left when the run was stopped early (``stopped``). ``histogram`` counts this run's scores 1..5 (keys
+    ``total`` rows in the input (after ``limit``); ``results`` the results they ask for (one per plain row,
+    one per (row, rule) of a policy row); ``skipped`` results already done by an earlier run, ``judged``
+    results written by this run (``ok`` + ``errors``), ``malformed`` of them from bad JSON lines,
+    ``remaining`` left when the run was stopped early (``stopped``). ``decisions`` counts the decisions of
+    the policy rows whose rules are all judged (now or before; a row whose policy could not be loaded is
+    an ``error``), by decision; empty without policy rows. ``histogram`` counts this run's scores 1..5 (keys
     "1".."5"), ``mean_score`` their mean. ``repaired`` is the number of bytes of a truncated last line cut
     off the output before starting. ``ignored_lines`` counts complete lines of the output that are not
     batch rows (ignored by resume and ``read_results``); ``warned`` the rows written with input warnings
@@ -119,6 +128,8 @@ class BatchSummary:
     mean_score: float | None = None
     ignored_lines: int = 0
     warned: int = 0
+    results: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +155,9 @@ def run_batch(
     on_event: EventFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     lock: OutputLock | None = None,
+    policy: Policy | str | Path | None = None,
+    review_band: Sequence[float] = DEFAULT_REVIEW_BAND,
+    keep: Sequence[str] = (),
 ) -> BatchSummary:
     """Judge every row of ``input_path`` not already done in ``output_path``; append the verdicts there.
 
@@ -155,44 +169,65 @@ def run_batch(
     up to the engine's ``max_parallel`` rows on one image are judged together, one row with a plain engine).
     The whole run holds the output's lock (``lock`` when the caller already holds it, else taken here).
     Paths expand ``~``. An input with no rows to judge creates no output file.
+
+    ``policy`` (a ``Policy``, a built-in name or a policy file) judges every row against its rules, and a
+    row's own ``policy`` field judges that row against its own (``batch.policy_run``): one rule row per
+    (row, rule), resumed per (row, rule), a ``DecisionRecord`` per row once its rules are all in the log
+    (their states read with ``review_band``), and a ``RunRecord`` when a policy run has anything to judge.
+    ``keep`` names more input fields to copy into the output rows.
     Raises ``InputError`` only when ``samples`` is out of the setting's bounds, the input file cannot be
-    read, or the output is not an edgejudge batch log, cannot be written or is being written by another run.
+    read, or the output is not an edgejudge batch log, cannot be written or is being written by another run;
+    ``PolicyError`` when ``policy`` or ``review_band`` cannot be used (before anything is read).
     """
+    from ..decision import check_band
+    from ..policy_judge import as_policy
+
+    band = check_band(review_band)
+    run_policy = as_policy(policy) if policy is not None else None
     output = _fs.user_path(output_path, what="output path")
     held = lock is not None and lock.covers(output)
+    run = _Run(
+        judge, _fs.user_path(input_path, what="input path"), output, retry_errors, samples,
+        params or GenerationParams(), on_event or (lambda event: None), should_stop, run_policy, band,
+        tuple(keep),
+    )  # fmt: skip
     with nullcontext() if held else OutputLock(output):
-        return _run_locked(
-            judge, input_path, output, image_root, default_rubric, limit, retry_errors, samples, params,
-            on_event, should_stop,
-        )  # fmt: skip
+        return _run_locked(run, image_root, default_rubric, limit)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one ``run_batch`` call was asked to do."""
+
+    judge: Judge
+    input_path: Path
+    output_path: Path
+    retry_errors: bool
+    samples: int
+    params: GenerationParams
+    emit: EventFn
+    should_stop: Callable[[], bool] | None
+    policy: Policy | None
+    band: tuple[float, float]
+    keep: tuple[str, ...]
 
 
 def _run_locked(
-    judge: Judge,
-    input_path: str | Path,
-    output_path: Path,
-    image_root: str | Path | None,
-    default_rubric: Rubric | str | None,
-    limit: int | None,
-    retry_errors: bool,
-    samples: int,
-    params: GenerationParams | None,
-    on_event: EventFn | None,
-    should_stop: Callable[[], bool] | None,
+    run: _Run, image_root: str | Path | None, default_rubric: Rubric | str | None, limit: int | None
 ) -> BatchSummary:
     started = time.perf_counter()
-    input_path = _fs.user_path(input_path, what="input path")
+    started_at = utc_now()
+    input_path, output_path, emit = run.input_path, run.output_path, run.emit
     root = (
         _fs.user_path(image_root, what="image root") if image_root is not None else input_path.parent
     ).absolute()
-    params = params or GenerationParams()
-    emit = on_event or (lambda event: None)
-    check_setting("samples", samples)  # the one bound (1..MAX_SAMPLES) and message of the setting
+    check_setting("samples", run.samples)  # the one bound (1..MAX_SAMPLES) and message of the setting
     info = output_state(input_path, output_path)
     fd: int | None = None
     try:
         repaired = ignored = 0
         previous: dict[str, dict[str, Any]] = {}
+        latest: dict[str, DecisionRecord] = {}
         if info is not None:
             fd = open_output(output_path, create=False)
             info = os.fstat(fd)
@@ -202,6 +237,9 @@ def _run_locked(
                 if message:
                     emit(BatchEvent("repaired", message=message))
                 previous, ignored = scan.rows, scan.foreign
+                latest = {
+                    r["id"]: DecisionRecord.from_dict(r) for r in scan.records if r.get("kind") == "decision"
+                }
                 if ignored:
                     emit(
                         BatchEvent(
@@ -211,94 +249,144 @@ def _run_locked(
                             f"(first: {scan.problem})",
                         )
                     )
-        rows = read_input_rows(input_path, default_rubric=default_rubric, limit=limit)
-        return _judge_all(
-            judge, rows, input_path, output_path, fd, root, previous, retry_errors, samples, params, emit,
-            should_stop, started, repaired, ignored,
+        rows = read_input_rows(
+            input_path, default_rubric=default_rubric, limit=limit, policy_run=run.policy is not None,
+            keep=run.keep,
         )  # fmt: skip
+        out = _Output(output_path, fd)
+        try:
+            return _judge_all(run, rows, out, root, previous, latest, started, started_at, repaired, ignored)
+        finally:
+            out.close()
     finally:
         if fd is not None:
             os.close(fd)
 
 
-def _judge_all(
-    judge: Judge,
+class _Output:
+    """The output's descriptor: the one opened for the repair, or one made when the first line is due."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd
+        self._created: int | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fd is None:  # the output is made only when there is a line to write
+            self.fd = self._created = open_output(self.path, create=True)
+        write_all(self.fd, _jsonl.dumps_line(record))
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self._created is not None:
+            os.close(self._created)
+            self._created = None
+
+
+def _plan(
+    run: _Run,
     rows: list[BatchRow],
-    input_path: Path,
-    output_path: Path,
-    fd: int | None,
     root: Path,
     previous: dict[str, dict[str, Any]],
-    retry_errors: bool,
-    samples: int,
-    params: GenerationParams,
-    emit: EventFn,
-    should_stop: Callable[[], bool] | None,
+    digests: Digests,
+    decisions: Decisions,
+    settings: dict[str, Any],
+) -> tuple[list[Job], int, list[Policy], dict[str, int]]:
+    """(the jobs to judge, the results the input asks for, the policies in use, bad-policy rows by id).
+
+    The rows with something to judge are ordered by ``rows.schedule`` (rows sharing an image together);
+    a row's jobs stay together, in policy order."""
+    with_policy, policies = row_policies(rows, run.policy, run.input_path.parent)
+    pending: list[tuple[BatchRow, str, str | None]] = []
+    row_jobs: dict[str, list[Job]] = {}
+    results = 0
+    bad_policy: dict[str, int] = {}
+    for index, (row, policy) in enumerate(with_policy):
+        if row.policy is not None and policy is None:
+            bad_policy[row.id] = 1
+        digest = digest_of(row, root, digests)[0]
+        jobs = jobs_of(row, policy, digest, settings)
+        results += len(jobs)
+        if policy is not None:
+            decisions.expect(row.id, jobs)
+        todo = []
+        for job in jobs:
+            prev = previous.get(record_key({"id": row.id, "rule_id": job.rule.id if job.rule else None}))
+            if prev is not None and prev.get("key") == job.key:
+                if prev.get("status") == "ok" or not run.retry_errors:
+                    if job.rule is not None:
+                        decisions.seen(ResultRow.from_dict(prev))
+                    continue
+            todo.append(job)
+        if todo:
+            pending.append((row, str(index), digest))
+            row_jobs[str(index)] = todo
+    ordered = [job for _, index, _ in schedule(pending, root) for job in row_jobs[index]]
+    return ordered, results, policies, bad_policy
+
+
+def _judge_all(
+    run: _Run,
+    rows: list[BatchRow],
+    out: _Output,
+    root: Path,
+    previous: dict[str, dict[str, Any]],
+    latest: dict[str, DecisionRecord],
     started: float,
+    started_at: str,
     repaired: int,
     ignored: int,
 ) -> BatchSummary:
-    settings = settings_of(judge, params, samples)
-    digests: dict[Path, tuple[str, FileStamp | None]] = {}
-    todo: list[tuple[BatchRow, str, str | None]] = []
-    for row in rows:
-        digest = _digest(row, root, digests)[0]
-        key = row_key(row, digest, settings)
-        prev = previous.get(row.id)
-        if prev is not None and prev.get("key") == key and (prev.get("status") == "ok" or not retry_errors):
-            continue
-        todo.append((row, key, digest))
-    todo = schedule(todo, root)
-    skipped = len(rows) - len(todo)
-    emit(BatchEvent("started", total=len(rows), skipped=skipped, todo=len(todo)))
+    judge, emit = run.judge, run.emit
+    settings = settings_of(judge, run.params, run.samples)
+    digests: Digests = {}
+    decisions = Decisions(run.band, latest)
+    todo, results, policies, bad_policy = _plan(run, rows, root, previous, digests, decisions, settings)
+    skipped = results - len(todo)
+    emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo)))
+    if any(job.rule is not None for job in todo):
+        out.write(
+            run_record(judge.engine, run.input_path, policies, settings, run.band, started_at).to_dict()
+        )
+    _decide(decisions, [row.id for row in rows], out, emit)  # rows whose rules were all judged before
 
     ok = errors = malformed = done = warned = 0
     scores: list[int] = []
     stopped = False
-    group_size = judge.engine.max_parallel
-    created: int | None = None
-    try:
-        for group in _groups(todo, group_size):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            results = _judge_rows(judge, group, root, settings, samples, params, digests)
-            if fd is None:  # the output is made only when there is a row to write
-                fd = created = open_output(output_path, create=True)
-            for (row, _, _), result in zip(group, results, strict=True):
-                write_all(fd, _jsonl.dumps_line(result.to_dict()))
-                os.fsync(fd)
-                done += 1
-                warned += int(bool(result.warnings))
-                if result.ok:
-                    ok += 1
-                    if result.score is not None:
-                        scores.append(result.score)
-                else:
-                    errors += 1
-                    malformed += int(row.malformed)
-                    emit(BatchEvent("error", row=result, message=result.error, line=row.line, done=done))
-                emit(
-                    BatchEvent(
-                        "row_done",
-                        row=result,
-                        status=result.status,
-                        score=result.score,
-                        done=done,
-                        total=len(rows),
-                        skipped=skipped,
-                        todo=len(todo),
-                        line=row.line,
-                    )
+    for group in groups(todo, judge.engine.max_parallel):
+        if run.should_stop is not None and run.should_stop():
+            stopped = True
+            break
+        judged = judge_jobs(judge, group, root, settings, run.samples, run.params, digests, run.band)
+        for job, result in zip(group, judged, strict=True):
+            out.write(result.to_dict())
+            done += 1
+            warned += int(bool(result.warnings))
+            if result.rule_id is not None:
+                decisions.seen(result)
+            if result.ok:
+                ok += 1
+                if result.score is not None:
+                    scores.append(result.score)
+            else:
+                errors += 1
+                malformed += int(job.row.malformed)
+                emit(BatchEvent("error", row=result, message=result.error, line=job.row.line, done=done))
+            emit(
+                BatchEvent(
+                    "row_done", row=result, status=result.status, score=result.score, done=done,
+                    total=results, skipped=skipped, todo=len(todo), line=job.row.line,
                 )
-    finally:
-        if created is not None:
-            os.close(created)
+            )  # fmt: skip
+        _decide(decisions, [job.row.id for job in group], out, emit)
 
     histogram = {str(k): scores.count(k) for k in range(1, 6)}
+    counts = decisions.counts()
+    if bad_policy:
+        counts["error"] = counts.get("error", 0) + len(bad_policy)
     summary = BatchSummary(
-        input=str(input_path),
-        output=str(output_path),
+        input=str(run.input_path),
+        output=str(run.output_path),
         total=len(rows),
         skipped=skipped,
         judged=done,
@@ -313,126 +401,15 @@ def _judge_all(
         mean_score=round(sum(scores) / len(scores), 4) if scores else None,
         ignored_lines=ignored,
         warned=warned,
+        results=results,
+        decisions={k: counts[k] for k in DECISIONS if k in counts},
     )
-    emit(BatchEvent("finished", summary=summary, total=len(rows), skipped=skipped, todo=len(todo), done=done))
+    emit(BatchEvent("finished", summary=summary, total=results, skipped=skipped, todo=len(todo), done=done))
     return summary
 
 
-def _digest(
-    row: BatchRow, root: Path, cache: dict[Path, tuple[str, FileStamp | None]]
-) -> tuple[str | None, FileStamp | None]:
-    """The row's image digest and file stamp: each image file hashed once per run (``cache`` by path)."""
-    if row.image is None or row.problem is not None:
-        return None, None
-    path = resolve_image(row.image, root)
-    if path not in cache:
-        cache[path] = image_digest(path)
-    return cache[path]
-
-
-def _groups(
-    todo: list[tuple[BatchRow, str, str | None]], size: int
-) -> list[list[tuple[BatchRow, str, str | None]]]:
-    """Consecutive judgeable rows on the same image, ``size`` at most (decoded as parallel sequences);
-    rows with a problem, or without an image digest, stand alone."""
-    groups: list[list[tuple[BatchRow, str, str | None]]] = []
-    for item in todo:
-        row, _key, digest = item
-        last = groups[-1] if groups else None
-        if (
-            last is not None
-            and len(last) < size
-            and digest is not None
-            and row.problem is None
-            and last[0][2] == digest
-            and last[0][0].problem is None
-        ):
-            last.append(item)
-        else:
-            groups.append([item])
-    return groups
-
-
-def _row_task(
-    judge: Judge,
-    row: BatchRow,
-    root: Path,
-    digest: str | None,
-    stamp: FileStamp | None,
-    fitted: dict[str, FittedImage],
-) -> Task:
-    """The judge's task for a row: its image read, decoded and fitted once per image file of a group
-    (``fitted`` by digest) and not hashed again when the read's stamp equals the ``stamp`` from hashing (the
-    same version of the file, unchanged from the hash's open to the read's last byte). Otherwise (a file
-    written just before it was hashed, while it was hashed, since, or while it is read) the bytes read are
-    hashed and must be the ones the key was made from. A missing, unreadable or broken image is an error."""
-    from ..errors import InvalidImageError
-    from ..images import MAX_FILE_BYTES
-    from ..judge import Task
-
-    assert row.image is not None and row.instruction is not None and row.response is not None
-    assert row.rubric is not None
-    image = fitted.get(digest) if digest is not None else None
-    if image is None:
-        path = resolve_image(row.image, root)
-        data, now = _fs.read_stamped(
-            path,
-            label=f"{row.image} (looked at {path})",
-            what="image",
-            max_bytes=MAX_FILE_BYTES,
-            error=InvalidImageError,
-        )
-        if (stamp is None or now != stamp) and _file_sha(data, digest) not in (None, digest):
-            raise InvalidImageError(
-                f"image {row.image} changed while the batch was running (looked at {path})",
-                hint="run the batch again: the row is judged with the new image",
-            )
-        image = judge.fit(data, name=row.image)
-        if digest is not None:
-            fitted[digest] = image
-    return Task(image, row.instruction, row.response, row.rubric, row.reference, image_name=row.image)
-
-
-def _judge_rows(
-    judge: Judge,
-    group: list[tuple[BatchRow, str, str | None]],
-    root: Path,
-    settings: dict[str, Any],
-    samples: int,
-    params: GenerationParams,
-    digests: dict[Path, tuple[str, FileStamp | None]],
-) -> list[ResultRow]:
-    """Judge a group of rows in one go; any EdgeJudgeError becomes that row's error row (never raised)."""
-    began = time.perf_counter()
-    results: list[ResultRow | None] = [None] * len(group)
-    tasks: list[Task] = []
-    bases: list[tuple[int, ResultRow]] = []
-    fitted: dict[str, FittedImage] = {}
-    for k, (row, key, digest) in enumerate(group):
-        sha = digest.removeprefix("sha256:") if digest is not None and digest.startswith("sha256:") else None
-        base = base_row(row, key, root, settings, judge.engine.image_size, image_sha256=sha)
-        if row.problem is not None:
-            results[k] = error_row(base, row.problem, row.hint, began)
-            continue
-        try:
-            tasks.append(_row_task(judge, row, root, digest, _digest(row, root, digests)[1], fitted))
-        except EdgeJudgeError as err:
-            results[k] = error_row(base, str(err), err.hint, began)
-            continue
-        bases.append((k, base))
-    verdicts = judge.evaluate_tasks(tasks, samples=samples, params=params) if tasks else []
-    for (k, base), verdict in zip(bases, verdicts, strict=True):
-        if isinstance(verdict, EdgeJudgeError):
-            results[k] = error_row(base, str(verdict), verdict.hint, began)
-        else:
-            results[k] = ok_row(base, verdict, began)
-    return [r for r in results if r is not None]
-
-
-def _file_sha(data: bytes, digest: str | None) -> str | None:
-    """``sha256:<hex>`` of ``data`` when ``digest`` is such a hash (else None: nothing to compare)."""
-    if digest is None or not digest.startswith("sha256:"):
-        return None
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def _decide(decisions: Decisions, row_ids: list[str], out: _Output, emit: EventFn) -> None:
+    """Append the decision records now due for ``row_ids`` (``Decisions.due``), each with its event."""
+    for record in decisions.due(row_ids):
+        out.write(record.to_dict())
+        emit(BatchEvent("decision", decision=record, message=record.decision.decision, line=record.line))

@@ -1,0 +1,284 @@
+"""The policy side of a batch: which rows are judged against which policy, one job per (row, rule), the
+rule rows' fields, the decision records and the run record (the audit trail).
+
+A row is judged against its own ``policy`` field (a built-in name or a policy file; a relative path is
+taken from the input file's folder) or else the run's policy; each distinct value is loaded once, and one
+that cannot be loaded makes that row a single error row (the batch goes on). Rows with neither stay plain
+rows. A policy row becomes one ``Job`` per rule: the row as judged for that rule (its instruction by
+``Policy.instruction_for``, the rule's rubric; no instruction anywhere is that job's problem), keyed by
+``rule_key``: ``rows.row_key`` of that row, the rule's id, ``pass_at`` and severity, and the policy's sha256
+(``records.policy_items`` reads an item's rules from one version of its policy, so a changed policy file
+judges its rows again).
+
+``Decisions`` follows which rows have all their rules in the log (written now or by an earlier run) and
+gives the ``DecisionRecord`` to append, unless the latest one for the id already has that ``rules_key``.
+``run_record`` gathers the ``RunRecord``. Nothing here judges or writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..decision import Decision, decide
+from ..errors import EdgeJudgeError
+from .input_fields import FIX_HINT, BatchRow
+from .records import DecisionRecord, RunRecord, outcome_of, rules_key
+from .result import ResultRow, record_key
+from .rows import row_key
+
+if TYPE_CHECKING:
+    from ..engine.base import Engine
+    from ..policy import Policy, Rule
+    from ..verdict import Verdict
+
+__all__ = [
+    "Job",
+    "Decisions",
+    "utc_now",
+    "row_policies",
+    "jobs_of",
+    "rule_key",
+    "rule_base",
+    "rule_done",
+    "run_record",
+]
+
+
+class Job(NamedTuple):
+    """One result to produce: a plain row (``rule`` None) or one rule of a policy row. ``row`` is the row
+    as judged (for a rule: its instruction and rubric), ``key`` its resume key, ``digest`` its image's."""
+
+    row: BatchRow
+    key: str
+    digest: str | None
+    rule: Rule | None = None
+    policy: Policy | None = None
+
+
+def utc_now() -> str:
+    """Now, ISO 8601 in UTC to the second (``judged_at``, ``decided_at``, ``started_at``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def row_policies(
+    rows: Sequence[BatchRow], run_policy: Policy | None, folder: Path
+) -> tuple[list[tuple[BatchRow, Policy | None]], list[Policy]]:
+    """Each row with the policy it is judged against (its own, else ``run_policy``, else None), and every
+    policy in use (in order of first use). A row whose own policy cannot be loaded gets it as its problem."""
+    from ..policy import load_policy
+
+    loaded: dict[str, Policy | EdgeJudgeError] = {}
+    used: dict[str, Policy] = {}
+    if run_policy is not None:
+        used[run_policy.sha256] = run_policy
+    out: list[tuple[BatchRow, Policy | None]] = []
+    for row in rows:
+        if row.policy is None:
+            out.append((row, run_policy))
+            continue
+        if row.policy not in loaded:
+            try:
+                loaded[row.policy] = load_policy(row.policy, root=folder)
+            except EdgeJudgeError as err:
+                loaded[row.policy] = err
+            except OSError as exc:  # e.g. a name too long for the file system
+                loaded[row.policy] = EdgeJudgeError(f"cannot read policy {row.policy!r}: {exc.strerror}")
+        found = loaded[row.policy]
+        if isinstance(found, EdgeJudgeError):
+            if row.problem is None:
+                row = replace(
+                    row, problem=f"line {row.line}: policy {row.policy!r}: {found}", hint=found.hint
+                )
+            out.append((replace(row, hint=row.hint or FIX_HINT), None))
+            continue
+        used.setdefault(found.sha256, found)
+        out.append((row, found))
+    return out, list(used.values())
+
+
+def rule_key(row: BatchRow, digest: str | None, settings: dict[str, Any], policy: Policy, rule: Rule) -> str:
+    """The resume key of one rule of a row (see the module docstring); ``row`` as judged for the rule."""
+    payload = [row_key(row, digest, settings), rule.id, rule.pass_at, rule.severity, policy.sha256]
+    return hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()
+
+
+def jobs_of(row: BatchRow, policy: Policy | None, digest: str | None, settings: dict[str, Any]) -> list[Job]:
+    """The jobs of one input row: itself for a plain row, one per rule for a policy row."""
+    if policy is None:
+        return [Job(row, row_key(row, digest, settings), digest)]
+    from ..policy_judge import no_instruction
+
+    jobs = []
+    for rule in policy.rules:
+        told = policy.instruction_for(rule, row.instruction)
+        judged = replace(row, instruction=told if told is not None else row.instruction, rubric=rule.rubric)
+        if told is None and row.problem is None:
+            err = no_instruction(policy, rule)
+            judged = replace(judged, problem=f"line {row.line}: {err}", hint=err.hint)
+        jobs.append(Job(judged, rule_key(judged, digest, settings, policy, rule), digest, rule, policy))
+    return jobs
+
+
+def rule_base(base: ResultRow, job: Job) -> ResultRow:
+    """A rule job's base row: the plain base row with the rule's fields (an error until ``rule_done``)."""
+    assert job.rule is not None and job.policy is not None
+    rule = job.rule
+    return replace(
+        base,
+        policy=job.policy.identity(),
+        rule_id=rule.id,
+        rule_title=rule.title,
+        severity=rule.severity,
+        pass_at=rule.pass_at,
+        rule_state="error",
+        judged_at=utc_now(),
+    )
+
+
+def rule_done(row: ResultRow, job: Job, verdict: Verdict | None, band: Sequence[float]) -> ResultRow:
+    """The rule row with its outcome: ``passed``, ``p_pass`` and ``rule_state`` from ``verdict`` (the
+    ``policy_judge.rule_verdict`` of ``judge --policy``), or the error state without one."""
+    from ..policy_judge import rule_verdict
+
+    if verdict is None or not row.ok:
+        return replace(row, passed=None, p_pass=None, rule_state="error")
+    assert job.rule is not None
+    ruled = rule_verdict(job.rule, verdict, band)
+    return replace(row, passed=ruled.passed, p_pass=ruled.p_pass, rule_state=ruled.state)
+
+
+class Decisions:
+    """Which policy rows have all their rules in the log, and the decision records still to write.
+
+    ``expect`` registers a row's rule jobs; ``seen`` records a rule row of the log (an earlier one, or one
+    just written); ``due`` gives the ``DecisionRecord`` of a row whose every rule has a row with the job's
+    key, unless the latest decision record for the id already has that ``rules_key`` and decision (a
+    retried error keeps its key and may change the decision). ``counts`` tallies the complete rows."""
+
+    def __init__(self, band: Sequence[float], latest: Mapping[str, DecisionRecord]) -> None:
+        self.band = (float(band[0]), float(band[1]))
+        self._latest = {k: (v.key, v.decision) for k, v in latest.items()}
+        self._jobs: dict[str, list[Job]] = {}
+        self._rows: dict[str, ResultRow] = {}  # record_key -> the rule row with the job's key
+
+    @staticmethod
+    def _rule_id(job: Job) -> str:
+        assert job.rule is not None
+        return job.rule.id
+
+    def expect(self, row_id: str, jobs: list[Job]) -> None:
+        self._jobs[row_id] = jobs
+
+    def seen(self, row: ResultRow) -> None:
+        self._rows[record_key({"id": row.id, "rule_id": row.rule_id})] = row
+
+    def _decision(self, row_id: str) -> tuple[str, Decision] | None:
+        """(rules_key, decision) of a row whose rules are all there, else None."""
+        jobs = self._jobs.get(row_id)
+        if not jobs:
+            return None
+        rows = [self._rows.get(record_key({"id": row_id, "rule_id": self._rule_id(j)})) for j in jobs]
+        done = [r for r, j in zip(rows, jobs, strict=True) if r is not None and r.key == j.key]
+        if len(done) < len(jobs):
+            return None
+        return rules_key(r.key for r in done), decide([outcome_of(r, self.band) for r in done])
+
+    def counts(self) -> dict[str, int]:
+        """How many complete rows have each decision."""
+        out: dict[str, int] = {}
+        for row_id in self._jobs:
+            found = self._decision(row_id)
+            if found is not None:
+                out[found[1].decision] = out.get(found[1].decision, 0) + 1
+        return out
+
+    def due(self, row_ids: Iterable[str]) -> list[DecisionRecord]:
+        out = []
+        for row_id in dict.fromkeys(row_ids):
+            found = self._decision(row_id)
+            if found is None or self._latest.get(row_id) == found:
+                continue
+            key, decision = found
+            jobs = self._jobs[row_id]
+            first = jobs[0]
+            assert first.policy is not None
+            self._latest[row_id] = found
+            out.append(
+                DecisionRecord(
+                    id=row_id,
+                    line=first.row.line,
+                    key=key,
+                    policy=first.policy.identity(),
+                    decision=decision,
+                    rules=tuple(j.rule.id for j in jobs if j.rule is not None),
+                    review_band=self.band,
+                    decided_at=utc_now(),
+                )
+            )
+        return out
+
+
+def _file_identity(path: Path | None, recorded: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
+    """``{"file", "sha256"}`` of a model file: the registry's hash when it recorded one and the size still
+    matches, else the file hashed now (once per run)."""
+    from ..registry import sha256_file
+
+    if path is None:
+        return {"file": None, "sha256": None}
+    sha, size = recorded.get(str(path.resolve()), ("", -1))
+    try:
+        if not sha or path.stat().st_size != size:
+            sha = sha256_file(path)
+    except OSError:
+        sha = ""
+    return {"file": path.name, "sha256": sha or None}
+
+
+def _recorded() -> dict[str, tuple[str, int]]:
+    """The sha256 and size the registry recorded for each installed file (by resolved path)."""
+    from ..registry import load_registry
+
+    try:
+        models = load_registry().models
+    except EdgeJudgeError:
+        return {}
+    out = {}
+    for m in models:
+        out[str(Path(m.text_model).resolve())] = (m.text_sha256, m.text_bytes)
+        out[str(Path(m.mmproj).resolve())] = (m.mmproj_sha256, m.mmproj_bytes)
+    return out
+
+
+def run_record(
+    engine: Engine,
+    input_path: Path,
+    policies: Sequence[Policy],
+    settings: dict[str, Any],
+    band: Sequence[float],
+    started_at: str,
+) -> RunRecord:
+    """The audit trail of a policy run (``records.RunRecord``)."""
+    from .. import __version__
+    from ..prompt import JUDGE_TEMPLATE
+    from ..registry import sha256_file
+
+    recorded = _recorded()
+    text, mmproj = engine.model_files
+    model = {"name": engine.model_name, **_file_identity(text, recorded)}
+    return RunRecord(
+        started_at=started_at,
+        edgejudge=__version__,
+        model=model,
+        mmproj=_file_identity(mmproj, recorded),
+        policies=tuple(p.identity() for p in policies),
+        template_sha256=hashlib.sha256(JUDGE_TEMPLATE.encode("utf-8")).hexdigest(),
+        input={"file": str(input_path), "sha256": sha256_file(input_path)},
+        settings=dict(settings),
+        review_band=(float(band[0]), float(band[1])),
+    )

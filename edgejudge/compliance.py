@@ -92,6 +92,16 @@ def _value(value: Any) -> str:
     return esc(value)
 
 
+def _setting(value: Any) -> str:
+    """A setting's value as JSON writes it (``null``, ``true``, ``0.9``); text as it is."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return text(value)
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value is not None else "–"
 
@@ -230,7 +240,9 @@ def _run_html(
     )
     settings = run.settings if run else {}
     settings_html = (
-        "<br>".join(f"{esc(k)} = {esc(v)}" for k, v in settings.items()) if settings else _NOT_RECORDED
+        "<br>".join(f"{esc(k)} = {esc(_setting(v))}" for k, v in settings.items())
+        if settings
+        else _NOT_RECORDED
     )
     band = f"{run.review_band[0]:g}–{run.review_band[1]:g}" if run else None
     fields = [

@@ -7,6 +7,11 @@ filter (small inline script; ``#filter=4,5`` or ``#filter=error`` in the URL app
 piece of user or model text is HTML-escaped; a Content-Security-Policy forbids any network access. Nothing
 here prints.
 
+A log with rule rows of a policy batch gets the compliance report instead (``write_report`` hands it to
+``edgejudge.compliance``); rows carrying ``student`` (or the ``group_by`` field) or ``system`` add the
+grade sheet and leaderboard sections (``_report_views``), and a page without them is what it always was.
+The escaping, thumbnail and output-file helpers both pages share live in ``_report_html``.
+
 Rows are untrusted (a results file may come from anyone): each is read with ``ResultRow.from_dict``, the
 batch package's tolerant reader, so a field of the wrong type (a score that is a string, feedback that is a
 list, a huge or negative ``image_size``, lone surrogates, missing keys) is shown as text or left out, never

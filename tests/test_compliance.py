@@ -232,3 +232,45 @@ def test_report_cli_refuses_an_unknown_format(work_dir: Path, fmt: str) -> None:
     result = CliRunner().invoke(app, ["report", str(path), "-o", str(work_dir / "r"), "--format", fmt])
     assert result.exit_code == 2 and "choose html or csv" in result.stderr
     assert not (work_dir / "r").exists()
+
+
+def test_end_to_end_from_a_real_policy_batch_on_the_fake_engine(work_dir: Path) -> None:
+    """A policy batch (run_batch with a built-in policy, the fake engine for the judge) through the CLI to
+    the compliance page and the CSV: every rule row, the decisions, the run record in the audit block."""
+    from edgejudge.batch import run_batch
+    from edgejudge.engine.fake import FakeEngine
+    from edgejudge.images import synthetic_image
+    from edgejudge.judge import Judge
+    from edgejudge.policy import load_policy
+
+    policy = load_policy("marketplace-listing")
+    synthetic_image(96, seed=5).save(work_dir / "bike.png")
+    rows = [
+        {"id": f"listing-{k}", "image": "bike.png", "response": f"Bicycle, {k} years old <b>", "system": s}
+        for k, s in enumerate(["a", "b", "a"], 1)
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_batch(Judge(FakeEngine()), work_dir / "in.jsonl", work_dir / "out.jsonl", policy=policy)
+    assert summary.errors == 0
+
+    html_path = work_dir / "compliance.html"
+    result = CliRunner().invoke(app, ["report", str(work_dir / "out.jsonl"), "-o", str(html_path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "compliance" and report["items"] == 3 and report["runs"] == 1
+    assert report["rule_rows"] == 3 * len(policy.rules) and report["images_missing"] == 0
+    assert sum(report[d] for d in ("compliant", "violation", "needs_review", "error")) == 3
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count('<table class="rules">') == 3 and page.count('<tr class="st-') == 3 * len(policy.rules)
+    assert policy.sha256 in page  # the audit names the policy by its hash
+    audit = re.search(r'<section class="audit" id="audit">.*?</section>', page, re.S).group(0)
+    assert "in.jsonl" in audit and "<h3>Run 1</h3>" in audit and 'id="leaderboard"' in page
+    assert "Bicycle, 1 years old &lt;b&gt;" in page
+
+    csv_result = CliRunner().invoke(
+        app,
+        ["report", str(work_dir / "out.jsonl"), "--format", "csv", "-o", str(work_dir / "o.csv"), "--json"],
+    )
+    assert csv_result.exit_code == 0, csv_result.stderr
+    table = json.loads(csv_result.stdout)
+    assert table["kind"] == "policy" and table["lines"] == 3 * len(policy.rules) and table["items"] == 3

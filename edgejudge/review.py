@@ -155,8 +155,18 @@ def append_override(path: str | Path, record: OverrideRecord, *, lock: OutputLoc
     if lock is not None and lock.covers(output):
         _append_locked(output, record)
         return
-    with OutputLock(output):
+    lock = OutputLock(output)
+    try:
+        lock.acquire()
+    except InputError as err:  # a batch is writing the file: say what to do as a reviewer
+        raise InputError(
+            err.message,
+            hint="wait for that batch to finish, then review again (decisions saved so far are kept)",
+        ) from None
+    try:
         _append_locked(output, record)
+    finally:
+        lock.release()
 
 
 def _append_locked(output: Path, record: OverrideRecord) -> None:

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "report",
     "parse_cmd",
     "metrics",
+    "review",
     "rubrics",
     "policies",
     "models",

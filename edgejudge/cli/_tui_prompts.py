@@ -1,7 +1,7 @@
 """Terminal pieces of the guided wizard: the prompts (one line, several lines, ``@FILE``), Ctrl-C as
 "cancel this step", path completion, the half-block image preview and the timing line.
 
-Used by the wizard (``edgejudge.cli.tui``) only.
+Used by the wizard (``edgejudge.cli.tui``) and the review walk (``edgejudge.cli.review``).
 """
 
 from __future__ import annotations

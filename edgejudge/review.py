@@ -155,18 +155,20 @@ def append_override(path: str | Path, record: OverrideRecord, *, lock: OutputLoc
     if lock is not None and lock.covers(output):
         _append_locked(output, record)
         return
-    lock = OutputLock(output)
+    own = OutputLock(output)
     try:
-        lock.acquire()
-    except InputError as err:  # a batch is writing the file: say what to do as a reviewer
-        raise InputError(
+        own.acquire()
+    except InputError as err:
+        if "already being written" not in err.message:
+            raise
+        raise InputError(  # a batch is writing the file: say what to do as a reviewer
             err.message,
             hint="wait for that batch to finish, then review again (decisions saved so far are kept)",
         ) from None
     try:
         _append_locked(output, record)
     finally:
-        lock.release()
+        own.release()
 
 
 def _append_locked(output: Path, record: OverrideRecord) -> None:

@@ -91,6 +91,7 @@ class BatchEvent:
     line: int | None = None
     summary: BatchSummary | None = None
     decision: DecisionRecord | None = None
+    rows: int = 0
 
 
 EventFn = Callable[[BatchEvent], None]
@@ -343,7 +344,7 @@ def _judge_all(
     decisions = Decisions(run.band, latest)
     todo, results, policies, bad_policy = _plan(run, rows, root, previous, digests, decisions, settings)
     skipped = results - len(todo)
-    emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo)))
+    emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo), rows=len(rows)))
     if any(job.rule is not None for job in todo):
         out.write(
             run_record(judge.engine, run.input_path, policies, settings, run.band, started_at).to_dict()

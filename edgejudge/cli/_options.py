@@ -27,12 +27,66 @@ if TYPE_CHECKING:
     from ..engine.base import GenerationParams
     from ..load import LoadOptions
 
-__all__ = ["JsonOpt", "VerboseOpt", "GenerationOptions", "with_generation_options", "option_for"]
+__all__ = [
+    "JsonOpt",
+    "VerboseOpt",
+    "PolicyOpt",
+    "ReviewBandOpt",
+    "GenerationOptions",
+    "with_generation_options",
+    "option_for",
+    "review_band",
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 #: ``--verbose`` of the commands that run native code without loading a judge (convert, models pull,
 #: doctor: the probe, the quantizer); the judge-loading commands get it with the shared options.
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help=SETTINGS["verbose"].help)]
+
+_POLICY_PANEL = "Policy"
+
+
+def review_band(value: str | None) -> tuple[float, float] | None:
+    """``--review-band LOW,HIGH`` as the library's band (``decision.check_band``); a usage error naming the
+    flag for anything else."""
+    from ..decision import check_band
+    from ..errors import PolicyError
+
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 2:
+        raise typer.BadParameter(
+            f"expected LOW,HIGH (two numbers from 0 to 1), got {value!r}", param_hint="--review-band"
+        )
+    try:
+        return check_band(numbers)
+    except PolicyError as err:
+        raise typer.BadParameter(err.message, param_hint="--review-band") from None
+
+
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        metavar="NAME|FILE",
+        help="Judge against every rule of a policy: a built-in name (edgejudge policies list) or a "
+        ".toml/.json policy file.",
+        rich_help_panel=_POLICY_PANEL,
+    ),
+]
+ReviewBandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--review-band",
+        metavar="LOW,HIGH",
+        help="A rule whose p_pass falls strictly inside this band needs review (default 0.25,0.75).",
+        rich_help_panel=_POLICY_PANEL,
+    ),
+]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Owns the terminal side of ``edgejudge.batch``: options, the Rich progress displa
 ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish the rows in flight and stop;
 second: drop it) and the resume hint. It holds the output's lock (``batch.OutputLock``) from before the
 model loads, so a second run on the same output stops at once; an input without rows loads no model and
-writes nothing. The logic lives in ``edgejudge.batch``.
+writes nothing. With ``--policy`` (or rows naming their own policy) progress counts rule judgments, each
+row's decision is printed as it is written, and the summary counts the decisions. The logic lives in
+``edgejudge.batch``.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from ._common import (
     make_progress,
     status,
     stderr_console,
+    usage_error,
     with_generation_options,
 )
+from ._options import PolicyOpt, ReviewBandOpt, review_band
+from .judge import DECISION_STYLE
 
 __all__ = ["register", "histogram_text"]
 
@@ -48,6 +53,13 @@ Rerunning the same command resumes: rows already judged with the same inputs and
 (--retry-errors re-runs failed rows). Bad rows become error rows and the batch goes on. Ctrl-C finishes the \
 rows in flight (one row, or up to --parallel rows on one image), then stops (a second Ctrl-C drops \
 them); exit code 130.
+
+With [bold]--policy NAME|FILE[/bold] every row is judged against each rule of the policy (a row's own \
+[bold]policy[/bold] field, a built-in name or a file relative to INPUT's folder, wins): one output row per \
+(row, rule) with rule_id, passed, p_pass and rule_state, then a decision record per row (compliant, \
+violation or needs_review: a rule's p_pass inside --review-band needs review). The instruction is the \
+row's, else the rule's, else the policy's. Resume works per (row, rule). Fields such as student and \
+system are copied into the output rows; --keep FIELD copies more.
 """
 
 _SPARK = " ▁▂▃▄▅▆▇█"
@@ -113,6 +125,8 @@ def register(app: typer.Typer) -> None:
             "edgejudge batch bench.jsonl --output out.jsonl --rubric vqa-helpfulness",
             "edgejudge batch bench.jsonl -o out.jsonl --image-root images/ --limit 20 --temperature 0",
             "edgejudge batch bench.jsonl -o out.jsonl --retry-errors --json > summary.json",
+            "edgejudge batch listings.jsonl -o checked.jsonl --policy marketplace-listing",
+            "edgejudge batch posts.jsonl -o out.jsonl --policy rules.toml --review-band 0.2,0.8 --keep url",
         ),
     )
     @with_generation_options
@@ -134,6 +148,16 @@ def register(app: typer.Typer) -> None:
         retry_errors: Annotated[
             bool, typer.Option("--retry-errors", help="Re-run rows whose last result was an error.")
         ] = False,
+        policy: PolicyOpt = None,
+        band: ReviewBandOpt = None,
+        keep: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--keep",
+                metavar="FIELD",
+                help="Copy this input field into the output rows (repeatable).",
+            ),
+        ] = None,
         json_out: JsonOpt = False,
         *,
         options: GenerationOptions,
@@ -141,13 +165,21 @@ def register(app: typer.Typer) -> None:
         from .._fs import user_path
         from ..batch import BatchEvent, OutputLock, check_output, run_batch
         from ..batch.rows import has_rows
+        from ..decision import DEFAULT_REVIEW_BAND
+        from ..policy import load_policy
         from ..rubric import load_rubric
 
         input_path = user_path(input_path, what="input path")
         output = user_path(output, what="--output path")
         image_root = None if image_root is None else user_path(image_root, what="--image-root")
         rows_there = has_rows(input_path)  # a folder, FIFO or device is refused here, never read
-        default_rubric = load_rubric(rubric) if rubric else None  # fail before loading a model
+        if policy is not None and rubric is not None:
+            usage_error(
+                "give --policy or --rubric, not both: each rule of a policy has its own rubric", "--policy"
+            )
+        the_band = review_band(band)
+        the_policy = load_policy(policy) if policy is not None else None  # fail before loading a model
+        default_rubric = load_rubric(rubric) if rubric else None
         console = stderr_console()
         if not rows_there or limit == 0:
             why = f"no rows in {input_path}" if not rows_there else "--limit 0"
@@ -155,8 +187,10 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 emit_json(_empty_summary(input_path, output))
             return
-        given = {"--rubric": rubric, "--image-root": image_root, "--limit": limit}
+        given = {"--rubric": rubric, "--policy": policy, "--review-band": band, "--image-root": image_root,
+                 "--limit": limit}  # fmt: skip
         extra = [f"{flag}={value}" for flag, value in given.items() if value is not None]
+        extra += [f"--keep={name}" for name in keep or ()]
         resume = _resume_command(input_path, output, [*extra, *options.cli_args()])
 
         with OutputLock(output) as lock:  # one writer per output, taken before the model loads
@@ -171,6 +205,7 @@ def register(app: typer.Typer) -> None:
                 TimeRemainingColumn(),
                 TextColumn("errors {task.fields[errors]}"),
                 TextColumn("{task.fields[hist]}"),
+                TextColumn("{task.fields[now]}"),
                 console=console,
             )
             state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
@@ -181,16 +216,32 @@ def register(app: typer.Typer) -> None:
                 elif event.kind == "ignored":
                     console.print(f"[yellow]warning:[/yellow] {escape(event.message or '')}", soft_wrap=True)
                 elif event.kind == "started":
+                    what = f"{event.rows} rows" + (
+                        f" ({event.total} judgments: one per rule of a policy row)"
+                        if event.total != event.rows
+                        else ""
+                    )
                     console.print(
-                        f"{event.total} rows in {escape(str(input_path))}: {event.skipped} already done, "
+                        f"{what} in {escape(str(input_path))}: {event.skipped} already done, "
                         f"{event.todo} to judge"
                     )
                     state["task"] = progress.add_task(
-                        "batch", total=event.todo, errors=0, hist=histogram_text({})
+                        "batch", total=event.todo, errors=0, hist=histogram_text({}), now=""
+                    )
+                elif event.kind == "decision" and event.decision is not None:
+                    record = event.decision
+                    word = record.decision.decision
+                    severity = f" ({record.decision.severity})" if record.decision.severity else ""
+                    style = DECISION_STYLE.get(word, "bold")
+                    progress.console.print(
+                        f"{escape(record.id)} (line {record.line}): "
+                        f"[{style}]{word}{escape(severity)}[/{style}]"
                     )
                 elif event.kind == "error":
                     state["errors"] += 1
                     row_id = event.row.id if event.row is not None else None
+                    if event.row is not None and event.row.rule_id is not None:
+                        row_id = f"{row_id} · {event.row.rule_id}"
                     progress.console.print(
                         f"[red]error[/red] {escape(str(row_id))} (line {event.line}): "
                         f"{escape(event.message or '')}"
@@ -199,8 +250,14 @@ def register(app: typer.Typer) -> None:
                     if event.score is not None:
                         key = str(event.score)
                         state["hist"][key] = state["hist"].get(key, 0) + 1
+                    row = event.row
+                    now = "" if row is None or row.rule_id is None else f"{row.id} · {row.rule_id}"
                     progress.update(
-                        state["task"], advance=1, errors=state["errors"], hist=histogram_text(state["hist"])
+                        state["task"],
+                        advance=1,
+                        errors=state["errors"],
+                        hist=histogram_text(state["hist"]),
+                        now=escape(now),
                     )
 
             def on_first_interrupt() -> None:
@@ -223,6 +280,9 @@ def register(app: typer.Typer) -> None:
                         on_event=on_event,
                         should_stop=stopper,
                         lock=lock,
+                        policy=the_policy,
+                        review_band=the_band or DEFAULT_REVIEW_BAND,
+                        keep=tuple(keep or ()),
                     )
             except KeyboardInterrupt:
                 console.print(
@@ -257,6 +317,14 @@ def _print_summary(data: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("judged", f"{data['judged']} ({data['ok']} ok, {data['errors']} errors)")
     table.add_row("skipped", f"{data['skipped']} already done")
+    if data.get("decisions"):
+        counts = data["decisions"]
+        table.add_row(
+            "decisions",
+            "  ".join(
+                f"[{DECISION_STYLE[k]}]{k}[/{DECISION_STYLE[k]}] {counts.get(k, 0)}" for k in DECISION_STYLE
+            ),
+        )
     if data.get("warned"):
         table.add_row("warnings", f"{data['warned']} rows (text replaced with U+FFFD: see their warnings)")
     if data["mean_score"] is not None:

@@ -2,7 +2,9 @@
 
 Inputs → rubric → ``Judge`` (built by ``_common.build_judge``) → verdict panel on stderr. stdout gets data
 only: the bare score (so ``score=$(edgejudge judge …)`` works), the verdict as JSON with ``--json``, or
-the exact prompt text with ``--print-prompt``.
+the exact prompt text with ``--print-prompt``. With ``--policy`` every rule of the policy is judged
+(``Judge.evaluate_policy``): a table of rules and their feedback and the decision on stderr, the decision
+word on stdout (``PolicyVerdict`` as JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from ._common import (
     FeedbackStream,
@@ -29,11 +34,17 @@ from ._common import (
     verdict_panel,
     with_generation_options,
 )
+from ._options import PolicyOpt, ReviewBandOpt, review_band
 
 if TYPE_CHECKING:
+    from ..policy import Policy
     from ..rubric import Rubric
+    from ..verdict import PolicyVerdict
 
-__all__ = ["register", "choose_rubric", "read_text_arg", "DEFAULT_RUBRIC"]
+__all__ = ["register", "choose_rubric", "read_text_arg", "policy_view", "DEFAULT_RUBRIC", "DECISION_STYLE"]
+
+#: How a decision is coloured on a terminal.
+DECISION_STYLE = {"compliant": "green", "violation": "bold red", "needs_review": "yellow", "error": "magenta"}
 
 #: The rubric used when neither --rubric nor --criteria is given.
 DEFAULT_RUBRIC = "vqa-helpfulness"
@@ -88,20 +99,23 @@ def register(app: typer.Typer) -> None:
             'edgejudge judge a.jpg -i "?" --response "cat" --criteria "OK?" --score1 "No" … --score5 "Yes"',
             'edgejudge judge cat.jpg -i "?" --response "A cat." --print-prompt > prompt.txt',
             'edgejudge judge cat.jpg -i "?" --response "A cat." --samples 3 -m prometheus-vision-13b',
+            'edgejudge judge listing.jpg --policy marketplace-listing --response "Barely used bike, 80 EUR"',
+            'edgejudge judge post.jpg --policy rules.toml -i "A post" --response "..." --json | jq .decision',
         ),
     )
     @with_generation_options
     def judge(
         image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image the response is about.")],
         instruction: Annotated[
-            str,
+            str | None,
             typer.Option(
                 "--instruction",
                 "-i",
-                help="The question or task given about the image.",
+                help="The question or task given about the image (with --policy: optional when the policy "
+                "or its rules give one).",
                 rich_help_panel=_INPUT,
             ),
-        ],
+        ] = None,
         response: Annotated[
             str | None, typer.Option("--response", help="The response to judge.", rich_help_panel=_INPUT)
         ] = None,
@@ -141,6 +155,8 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--print-prompt", help="Print the exact prompt text on stdout and exit (no model)."),
         ] = False,
+        policy: PolicyOpt = None,
+        band: ReviewBandOpt = None,
         as_json: JsonOpt = False,
         *,
         options: GenerationOptions,
@@ -150,6 +166,12 @@ def register(app: typer.Typer) -> None:
         The feedback streams live on a terminal; the verdict panel goes to stderr, and stdout gets only
         the score (or the whole verdict with [bold]--json[/bold]). Without [bold]--model[/bold] the default
         model is used (see [bold]edgejudge models default[/bold]).
+
+        With [bold]--policy[/bold] the response is judged against every rule of the policy at once (the
+        rules share the prompt up to the rubric and decode as parallel sequences): a table of rules ×
+        (score, p_pass, passed, severity) with each rule's feedback, and the decision ([bold]compliant[/bold],
+        [bold]violation[/bold] or [bold]needs_review[/bold]) on stdout. The instruction is the one given,
+        else the rule's, else the policy's.
         """
         from .._fs import user_path
         from ..errors import InvalidImageError
@@ -161,8 +183,37 @@ def register(app: typer.Typer) -> None:
             usage_error(
                 "give the response to judge with --response TEXT or --response-file FILE", "--response"
             )
+        scores = [score1, score2, score3, score4, score5]
+        if policy is not None:
+            if rubric is not None or criteria is not None or any(v is not None for v in scores):
+                usage_error(
+                    "give --policy or a rubric (--rubric, --criteria), not both: each rule has its own",
+                    "--policy",
+                )
+            if print_prompt:
+                usage_error(
+                    "--print-prompt shows one rubric's prompt; it does not take --policy", "--print-prompt"
+                )
+            _judge_policy(
+                image,
+                policy,
+                instruction,
+                text,
+                reference,
+                review_band(band),
+                input_warnings,
+                as_json,
+                options,
+            )
+            return
+        if band is not None:
+            usage_error("--review-band goes with --policy", "--review-band")
+        if instruction is None:
+            usage_error(
+                "give the instruction with --instruction TEXT (or judge against a --policy)", "--instruction"
+            )
         check_texts(instruction, text)  # the library's rule (an empty response is refused), before any load
-        the_rubric = choose_rubric(rubric, criteria, [score1, score2, score3, score4, score5])
+        the_rubric = choose_rubric(rubric, criteria, scores)
         if print_prompt:
             from .._jsonl import scrub
             from ..prompt import full_conversation, render_judge_prompt
@@ -212,3 +263,111 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(verdict_panel(verdict, model=registered_name(options)))
             typer.echo("" if verdict.score is None else str(verdict.score))
+
+
+def _judge_policy(
+    image: Path,
+    policy_name: str,
+    instruction: str | None,
+    text: str,
+    reference: str | None,
+    band: tuple[float, float] | None,
+    input_warnings: list[str],
+    as_json: bool,
+    options: GenerationOptions,
+) -> None:
+    """``judge --policy``: every rule of the policy judged on one image, the table and the decision."""
+    from .._fs import user_path
+    from ..decision import DEFAULT_REVIEW_BAND
+    from ..errors import InvalidImageError
+    from ..images import load_image
+    from ..judge import check_texts
+    from ..policy import load_policy
+
+    the_policy = load_policy(policy_name)  # fails on a bad policy before a multi-GB load
+    missing = [r.id for r in the_policy.rules if the_policy.instruction_for(r, instruction) is None]
+    if missing:
+        usage_error(
+            f"policy '{the_policy.name}' gives no instruction for rule(s) {', '.join(missing)}: "
+            "give --instruction",
+            "--instruction",
+        )
+    for rule in the_policy.rules:
+        check_texts(the_policy.instruction_for(rule, instruction), text)
+    path = user_path(image, what="image", error=InvalidImageError)
+    picture = load_image(path)
+    console = stderr_console()
+    with status("loading the judge model…"):
+        judge_obj = build_judge(options)
+    with judge_obj, status(f"judging {len(the_policy.rules)} rules of {the_policy.name}…"):
+        verdict = judge_obj.evaluate_policy(
+            picture,
+            policy=the_policy,
+            response=text,
+            instruction=instruction,
+            reference=reference,
+            samples=options.samples,
+            params=options.params(),
+            image_name=path.name,
+            review_band=band or DEFAULT_REVIEW_BAND,
+        )
+    for warning in input_warnings:
+        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True, markup=False)
+    if as_json:
+        data = verdict.to_dict()
+        if input_warnings:
+            data["warnings"] = list(input_warnings)
+        emit_json(data)
+    else:
+        console.print(policy_view(verdict, the_policy, model=registered_name(options)))
+        typer.echo(verdict.decision.decision)
+
+
+def policy_view(verdict: PolicyVerdict, policy: Policy, *, model: str | None = None) -> Group:
+    """The policy verdict for people: rules × (score, p_pass, passed, severity), each rule's feedback (or
+    error) and the decision line, coloured by decision."""
+    table = Table(title=f"{policy.name} {policy.version}", title_justify="left", expand=False)
+    for name, justify in (("rule", "left"), ("severity", "left"), ("score", "right"), ("p_pass", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("passed", justify="center")
+    table.add_column("state")
+    state_style = {"pass": "green", "fail": "red", "uncertain": "yellow", "error": "magenta"}
+    for rule in verdict.rules:
+        passed = "?" if rule.passed is None else ("yes" if rule.passed else "no")
+        table.add_row(
+            Text(f"{rule.rule_id}  {rule.title}"),
+            rule.severity,
+            "?" if rule.score is None else str(rule.score),
+            "-" if rule.p_pass is None else f"{rule.p_pass:.2f}",
+            passed,
+            Text(rule.state, style=state_style.get(rule.state, "")),
+        )
+    parts: list[Text | Table] = [table]
+    for rule in verdict.rules:
+        parts.append(Text(f"\n{rule.rule_id}", style="bold"))
+        if rule.verdict is not None:
+            parts.append(Text(rule.verdict.feedback.strip() or "(no feedback)"))
+            parts += [Text(f"warning: {w}", style="yellow") for w in rule.verdict.warnings]
+        else:
+            parts.append(Text(f"error: {rule.error}", style="magenta"))
+            if rule.hint:
+                parts.append(Text(f"hint: {rule.hint}", style="dim"))
+    parts.append(_decision_line(verdict))
+    if model:
+        parts.append(Text(f"model {model}", style="dim"))
+    return Group(*parts)
+
+
+def _decision_line(verdict: PolicyVerdict) -> Text:
+    decision = verdict.decision
+    line = Text("\ndecision: ", style="bold")
+    word = decision.decision + (f" ({decision.severity})" if decision.severity else "")
+    line.append(word, style=DECISION_STYLE.get(decision.decision, ""))
+    for label, ids in (
+        ("failed", decision.failed),
+        ("uncertain", decision.uncertain),
+        ("errors", decision.errors),
+    ):
+        if ids:
+            line.append(f"  {label}: {', '.join(ids)}")
+    return line

@@ -310,8 +310,7 @@ def render_compliance(
     """The compliance page of a policy log and what it holds. Never raises on the log's contents."""
     from .batch.records import policy_items
 
-    if title is None or title == "edgejudge report":
-        title = DEFAULT_TITLE
+    title = title or DEFAULT_TITLE
     items = policy_items(log.rows.values(), log.decisions, log.overrides)
     thumbs = Thumbnails(
         Path(image_root) if image_root is not None else None,

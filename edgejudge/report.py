@@ -302,7 +302,6 @@ def write_report(
             hint="run the batch first; the report reads its output",
         )
     options: dict[str, Any] = {
-        "title": title or DEFAULT_TITLE,
         "source": results_path.name,
         "image_root": image_root,
         "results_dir": results_path.parent,
@@ -312,9 +311,9 @@ def write_report(
     if any(row.rule_id for row in log.rows.values()):
         from .compliance import render_compliance
 
-        page, compliance = render_compliance(log, **options)
+        page, compliance = render_compliance(log, title=title, **options)
         write_page(output_path, page.encode("utf-8"))
         return replace(compliance, output=str(output_path))
-    page, summary = render_report(log.rows.values(), **options)
+    page, summary = render_report(log.rows.values(), title=title or DEFAULT_TITLE, **options)
     write_page(output_path, page.encode("utf-8"))  # mode 0o644: a page to share, as before
     return replace(summary, output=str(output_path))

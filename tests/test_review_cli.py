@@ -220,3 +220,55 @@ def test_not_a_policy_log_is_a_clear_error(work_dir: Path) -> None:
     assert result.exit_code == 1
     assert "is not a policy log: its 1 result row(s) were judged without a policy" in result.stderr
     assert "hint: review reads the output of a batch run with a policy" in result.stderr
+
+
+# ------------------------------------------------------------------------------ a real policy batch
+
+
+def test_walk_over_a_real_policy_batch_on_the_fake_engine(work_dir: Path) -> None:
+    """A log written by run_batch(policy=...) (the fake engine judging: every rule uncertain, p_pass 0.5),
+    reviewed in the terminal; the overrides change the items' final decisions and are not asked again."""
+    from edgejudge.batch import run_batch
+    from edgejudge.engine.fake import FakeEngine
+    from edgejudge.images import synthetic_image
+    from edgejudge.judge import Judge
+    from edgejudge.policy import load_policy
+
+    policy = load_policy("marketplace-listing")
+    synthetic_image(96, seed=5).save(work_dir / "bike.png")
+    rows = [
+        {"id": f"listing-{k}", "image": "bike.png", "response": f"Bicycle, {k} years old"} for k in (1, 2)
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    engine = FakeEngine()
+    for _ in range(len(rows) * len(policy.rules)):
+        engine.enqueue("The listing may or may not break this rule. [RESULT] 4", {2: 0.5, 4: 0.5})
+    out = work_dir / "out.jsonl"
+    summary = run_batch(Judge(engine), work_dir / "in.jsonl", out, policy=policy)
+    assert summary.errors == 0
+    assert set(finals(out).values()) == {"needs_review"}
+
+    child = spawn([str(out), "--reviewer", "ana"], work_dir)
+    child.expect("2 item\\(s\\) to review")
+    child.expect("item 1/2")
+    child.expect("bike.png as judged")
+    child.expect("Bicycle, 1 years old")
+    child.expect(policy.rules[0].id)
+    answer(child, KEYS, "v")
+    answer(child, "severity", "critical")
+    answer(child, "note", "a replica gun in the basket")
+    child.expect("item 2/2")
+    answer(child, KEYS, "a")
+    answer(child, "note", "")
+    child.expect("reviewed 2 item\\(s\\) \\(2 overridden, 0 confirmed\\)")
+    assert finish(child) == 0
+
+    log = read_log(out)
+    items = {i.id: i for i in policy_items(log.rows.values(), log.decisions, log.overrides)}
+    assert (items["listing-1"].final, items["listing-1"].final_severity) == ("violation", "critical")
+    assert items["listing-1"].override is not None and items["listing-1"].override.note.startswith(
+        "a replica"
+    )
+    assert (items["listing-2"].final, items["listing-2"].decision.decision) == ("compliant", "needs_review")
+    again = runner.invoke(app, ["review", str(out), "--reviewer", "ana"])
+    assert again.exit_code == 0 and "all 2 already decided" in again.stderr

@@ -150,3 +150,40 @@ def test_by_system_on_a_real_batch(work_dir: Path, fake_factory: list[FakeEngine
         assert s["mean"] == pytest.approx(sum(scores) / 3)  # type: ignore[arg-type]
     pair = {(w["a"], w["b"]): w for w in data["wins"]}
     assert pair[("alpha", "beta")]["n"] == 3  # the same image and instruction: one item per picture
+
+
+def test_by_student_on_a_real_policy_batch(work_dir: Path) -> None:
+    """A grading policy run by run_batch(policy=...) on the fake engine: the grade sheet's columns are the
+    policy's rules in order, with each student's mean and passes per rule."""
+    from edgejudge.batch import run_batch
+    from edgejudge.judge import Judge
+    from edgejudge.policy import load_policy
+
+    policy = load_policy("figure-grading")
+    synthetic_image(64, seed=2).save(work_dir / "figure.png")
+    rows = [
+        {
+            "id": f"{student}-{k}",
+            "image": "figure.png",
+            "instruction": "Explain the figure.",
+            "response": f"{student}'s answer {k}",
+            "student": student,
+        }  # fmt: skip
+        for student in ("ana", "ben")
+        for k in (1, 2)
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    engine = FakeEngine()
+    for _ in range(len(rows) * len(policy.rules)):
+        engine.enqueue("Correct and well explained. [RESULT] 5")
+    out = work_dir / "out.jsonl"
+    assert run_batch(Judge(engine), work_dir / "in.jsonl", out, policy=policy).errors == 0
+    result = runner.invoke(app, ["metrics", str(out), "--by", "student", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    rule_ids = [rule.id for rule in policy.rules]
+    assert data["columns"] == rule_ids and data["left_out"] == 0
+    for row in data["rows"]:
+        assert row["n_items"] == 2 and row["total"] == 5.0
+        assert row["scores"] == dict.fromkeys(rule_ids, 5.0) and row["passed"] == dict.fromkeys(rule_ids, 2)
+    assert [row["group"] for row in data["rows"]] == ["ana", "ben"]

@@ -315,3 +315,14 @@ def test_leaderboard_counts_what_it_leaves_out() -> None:
 def test_leaderboard_refuses_bad_parameters(kwargs: dict, words: str) -> None:
     with pytest.raises(InputError, match=words):
         leaderboard(system_rows("a", [3, 4]), **kwargs)
+
+
+def test_a_large_system_gets_the_percentile_interval_quickly() -> None:
+    from edgejudge.views import BCA_MAX_ROWS
+
+    scores = [1 + (k * 7) % 5 for k in range(BCA_MAX_ROWS + 1)]  # mean 3, every score equally often
+    board = leaderboard(system_rows("big", scores), resamples=500)
+    assert board is not None
+    (big,) = board.systems
+    assert big.n == BCA_MAX_ROWS + 1 and big.ci_low < big.mean < big.ci_high
+    assert big.ci_high - big.ci_low < 0.15  # ~4 standard errors of a mean of 5001 scores spread 1..5

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgejudge.batch.records import DecisionRecord, OverrideRecord, RunRecord, policy_items, rules_key
+from edgejudge.batch.records import DecisionRecord, OverrideRecord, RunRecord, rules_key
 from edgejudge.batch.result import ResultRow
 from edgejudge.decision import decide, outcome
 from edgejudge.images import synthetic_image
@@ -168,16 +168,3 @@ def policy_log(work_dir: Path, *, run: bool = True, extra_rows: Sequence[Mapping
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(override.to_dict()) + "\n")
     return path
-
-
-__all__ = [
-    "POLICY",
-    "RULES",
-    "XSS",
-    "policy_log",
-    "rule_row",
-    "decision_record",
-    "run_record",
-    "write_lines",
-    "policy_items",
-]

@@ -7,7 +7,8 @@ rows (``ResultRow.extra``: ``student``, ``system``, or any other):
 
 - A row counts when it is ``ok``, has a ``score`` in 1..5, a group value that is short text (at most
   ``MAX_LABEL`` characters, no control characters) or a finite number (written as text), and a column
-  (its ``rule_id``, else its ``rubric``, else ``"score"``) that is short text too. Every other row is left
+  (its ``rule_id``, else its ``rubric``, else ``"score"``) that is short text too (no C0/C1 control
+  characters, so a label is safe to print on a terminal). Every other row is left
   out and counted (``left_out``): rows come from files anyone can edit. Rule rows go through
   ``records.policy_items`` first, so the rules of an older version of a row's policy are left out as the
   compliance report leaves them out.
@@ -193,7 +194,7 @@ def _label(value: Any) -> str | None:
         text = value.strip()
     else:
         return None
-    if not text or len(text) > MAX_LABEL or any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if not text or len(text) > MAX_LABEL or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
         return None
     return text
 

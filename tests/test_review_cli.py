@@ -272,3 +272,24 @@ def test_walk_over_a_real_policy_batch_on_the_fake_engine(work_dir: Path) -> Non
     assert (items["listing-2"].final, items["listing-2"].decision.decision) == ("compliant", "needs_review")
     again = runner.invoke(app, ["review", str(out), "--reviewer", "ana"])
     assert again.exit_code == 0 and "all 2 already decided" in again.stderr
+
+
+def test_hostile_text_in_the_log_is_shown_not_run(work_dir: Path) -> None:
+    """Feedback, ids and responses come from files anyone can edit: an escape sequence is printed as
+    \\x1b, Rich markup as written."""
+    path = policy_log(work_dir)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in lines:
+        if record.get("id") == "unsure-1" and record.get("rule_id"):
+            record["response"] = "[bold]bold?[/bold]"
+        if record.get("id") == "unsure-1" and record.get("rule_id") == "misleading-claims":
+            record["feedback"] = "fine\x1b]0;pwned\x07 [red]markup[/red] \x1b[2J"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    child = spawn([str(path), "--reviewer", "ana"], work_dir)
+    child.expect("item 1/2")
+    answer(child, KEYS, "q")
+    assert finish(child) == 0
+    shown = (work_dir / "pty.log").read_text(encoding="utf-8")
+    assert "\x1b]0;pwned" not in shown and "\x1b[2J" not in shown
+    assert "\\x1b]0;pwned\\x07 [red]markup[/red] \\x1b[2J" in shown
+    assert "[bold]bold?[/bold]" in shown

@@ -326,3 +326,10 @@ def test_a_large_system_gets_the_percentile_interval_quickly() -> None:
     (big,) = board.systems
     assert big.n == BCA_MAX_ROWS + 1 and big.ci_low < big.mean < big.ci_high
     assert big.ci_high - big.ci_low < 0.15  # ~4 standard errors of a mean of 5001 scores spread 1..5
+
+
+@pytest.mark.parametrize("name", ["esc\x1b[2J", "csi\x9b2J", "del\x7f", "tab\tname"])
+def test_labels_with_control_characters_are_left_out(name: str) -> None:
+    rows = [row("r1", 4, system="ok"), row("r2", 3, system=name), row("r3", 2, system="ok", rule=name)]
+    board = leaderboard(rows, resamples=100)
+    assert board is not None and [s.system for s in board.systems] == ["ok"] and board.left_out == 2

@@ -12,6 +12,7 @@ refuses with a hint, unless the decisions are given with ``--decide ID=DECISION`
 from __future__ import annotations
 
 import getpass
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -55,6 +56,15 @@ _DECISION_STYLE = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(value: object) -> str:
+    """Text from the log as it may be printed on a terminal: control characters (an ESC would start an
+    escape sequence) written as ``\\xNN``; line feeds and tabs kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def _changes(item: PolicyItem, record: OverrideRecord) -> bool:
     """True when the person's decision differs from the computed one (a violation's severity counts)."""
     return record.decision != item.decision.decision or record.severity != item.decision.severity
@@ -62,7 +72,7 @@ def _changes(item: PolicyItem, record: OverrideRecord) -> bool:
 
 def _say(console: Console, text: str, style: str = "") -> None:
     """One line for people, printed as written (paths and names are never markup) and never hard-wrapped."""
-    console.print(Text(text, style=style), soft_wrap=True)
+    console.print(Text(_shown(text), style=style), soft_wrap=True)
 
 
 def _reviewer(name: str | None) -> str:
@@ -86,12 +96,12 @@ def _rules_table(item: PolicyItem) -> Table:
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row, out in zip(item.rules, item.outcomes, strict=True):
-        title = Text(row.rule_id or "")
+        title = Text(_shown(row.rule_id or ""))
         if row.rule_title:
-            title.append(f" {row.rule_title}", style="dim")
+            title.append(f" {_shown(row.rule_title)}", style="dim")
         table.add_row(
             title,
-            Text(row.severity or ""),
+            Text(_shown(row.severity or "")),
             "—" if row.score is None else str(row.score),
             "—" if row.p_pass is None else f"{row.p_pass:.2f}",
             "—" if row.passed is None else ("yes" if row.passed else "no"),
@@ -111,12 +121,12 @@ def _image(item: PolicyItem, root: Path, width: int) -> Panel | Text:
         try:
             fitted = prepare_image(path, row.image_size or 336, row.image_fit or "crop", name=path.name)
         except EdgeJudgeError as err:
-            return Text(f"(image not shown: {err})", style="dim")
+            return Text(_shown(f"(image not shown: {err})"), style="dim")
         cols = min(32, max(16, width // 3))
         return Panel(
-            preview(fitted, cols), title=Text(f"{path.name} as judged ({fitted.mode})"), expand=False
+            preview(fitted, cols), title=Text(_shown(f"{path.name} as judged ({fitted.mode})")), expand=False
         )
-    return Text(f"(image not shown: {row.image or 'no image'} not found)", style="dim")
+    return Text(_shown(f"(image not shown: {row.image or 'no image'} not found)"), style="dim")
 
 
 def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path) -> None:
@@ -124,18 +134,20 @@ def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path
     decision = item.decision
     head = Text.assemble(
         (f"item {index}/{count} · ", "bold"),
-        (item.id, "bold"),
-        f" (line {item.line}) · policy {item.policy.get('name', '?')} {item.policy.get('version', '')} · ",
+        (_shown(item.id), "bold"),
+        _shown(
+            f" (line {item.line}) · policy {item.policy.get('name', '?')} {item.policy.get('version', '')} · "
+        ),
         (decision.decision, _DECISION_STYLE.get(decision.decision, "")),
     )
     if decision.severity:
         head.append(f" ({decision.severity})")
     if decision.uncertain:
-        head.append(f" · uncertain: {', '.join(decision.uncertain)}", style="yellow")
+        head.append(_shown(f" · uncertain: {', '.join(decision.uncertain)}"), style="yellow")
     texts = Text()
     for label, value in (("instruction", row.instruction), ("response", row.response)):
         texts.append(f"{label}: ", style="bold")
-        texts.append(f"{value or '—'}\n\n")
+        texts.append(f"{_shown(value or '—')}\n\n")
     beside = Table.grid(padding=(0, 2))
     beside.add_column(no_wrap=True)
     beside.add_column(ratio=1)
@@ -144,13 +156,16 @@ def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path
     parts: list[object] = [head, beside]
     parts.append(_rules_table(item))
     for rule in item.rules:
-        parts.append(Text.assemble((f"{rule.rule_id}: ", "bold"), rule.feedback or rule.error or "—"))
+        evidence = rule.feedback or rule.error or "—"
+        parts.append(Text.assemble((_shown(f"{rule.rule_id}: "), "bold"), _shown(evidence)))
     if item.override is not None:
         o = item.override
         parts.append(
             Text(
-                f"already decided: {o.decision}{f' ({o.severity})' if o.severity else ''} by {o.reviewer} at "
-                f"{o.at}{f' · note: {o.note}' if o.note else ''}",
+                _shown(
+                    f"already decided: {o.decision}{f' ({o.severity})' if o.severity else ''} "
+                    f"by {o.reviewer} at {o.at}{f' · note: {o.note}' if o.note else ''}"
+                ),
                 style="cyan",
             )
         )

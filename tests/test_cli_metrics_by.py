@@ -115,6 +115,17 @@ def test_by_errors(systems_log: Path, extra: list[str], code: int, words: str) -
     assert words in " ".join(result.stderr.replace("│", " ").split())  # Typer boxes usage errors
 
 
+def test_by_names_what_it_cannot_read(work_dir: Path, systems_log: Path) -> None:
+    missing = runner.invoke(app, ["metrics", str(work_dir / "nope.jsonl"), "--by", "system"])
+    assert missing.exit_code == 1 and "error: no such results file" in missing.stderr
+    odd = work_dir / "[bold]week[i].jsonl"  # a file name is printed as written, never as markup
+    odd.write_bytes(systems_log.read_bytes())
+    shown = runner.invoke(app, ["metrics", str(odd), "--by", "student"])
+    assert shown.exit_code == 1 and "[bold]week[i].jsonl" in shown.stderr
+    table = runner.invoke(app, ["metrics", str(odd), "--by", "system"])
+    assert table.exit_code == 0 and "([bold]week[i].jsonl)" in table.stderr
+
+
 def test_gold_file_still_needs_gold_field(systems_log: Path) -> None:
     result = runner.invoke(app, ["metrics", str(systems_log), str(systems_log)])
     assert result.exit_code == 2 and "--gold-field" in result.stderr

@@ -98,9 +98,9 @@ class View(str, Enum):
 
 def _render_leaderboard(board: Leaderboard, name: str) -> Group:
     pct = round(board.confidence * 100)
-    table = Table(title=f"leaderboard by {board.field} ({name})", title_justify="left")
+    table = Table(title=Text(f"leaderboard by {board.field} ({name})"), title_justify="left")
     for col, justify in (("#", "right"), (board.field, "left"), ("n", "right"), ("mean", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(Text(col), justify=justify)  # type: ignore[arg-type]
     table.add_column(f"{pct}% CI", justify="center")
     for rank, s in enumerate(board.systems, start=1):
         table.add_row(
@@ -130,8 +130,8 @@ def _render_leaderboard(board: Leaderboard, name: str) -> Group:
 
 
 def _render_grades(sheet: GradeSheet, name: str) -> Group:
-    table = Table(title=f"grade sheet by {sheet.field} ({name})", title_justify="left")
-    table.add_column(sheet.field)
+    table = Table(title=Text(f"grade sheet by {sheet.field} ({name})"), title_justify="left")
+    table.add_column(Text(sheet.field))
     table.add_column("items", justify="right")
     for column in sheet.columns:
         table.add_column(Text(column), justify="right")
@@ -164,6 +164,8 @@ def _by_field(
         raise InputError(
             "--by reads a results file by name, not stdin", hint="pass the batch output file, e.g. out.jsonl"
         )
+    if not pred_path.expanduser().exists():
+        raise InputError(f"no such results file: {pred_path}", hint="pass the output of a batch run")
     rows = list(read_log(pred_path).rows.values())
     board = view is View.leaderboard or (view is View.auto and field == "system")
     ranked = (

@@ -33,7 +33,8 @@ FIX_HINT = "fix the row in the input file (the batch skips rows already done whe
 @dataclass(frozen=True)
 class BatchRow:
     """One input row, resolved. ``problem`` (with ``hint``) is set when the row cannot be judged.
-    ``policy`` is the row's own ``policy`` field (a built-in name or a policy file), None without one."""
+    ``policy`` is the row's own ``policy`` field (a built-in name or a policy file), None without one, ""
+    when the field holds no usable value (the row's ``problem`` says so)."""
 
     id: str
     line: int
@@ -145,11 +146,11 @@ def parse_line(
         response=values["response"],
         reference=reference,
         extra=tuple(extra),
-        policy=own_policy.strip() if isinstance(own_policy, str) and own_policy.strip() else None,
+        policy=_policy_value(own_policy),
     )
     judged_by_policy = policy_run or row.policy is not None
     problem = None
-    if own_policy is not None and row.policy is None:
+    if row.policy == "":
         problem = f"line {number}: field 'policy' must be a policy name or a policy file path"
     elif bad:
         problem = f"line {number}: field {bad[0]!r} must be a string"
@@ -178,6 +179,13 @@ def parse_line(
             "add a 'rubric' field to the row or give a default rubric for rows without one",
         )
     return replace(row, rubric=rubric)
+
+
+def _policy_value(value: Any) -> str | None:
+    """A row's ``policy`` field: the text (None when absent, null or blank), "" for any other JSON value."""
+    if value is None or isinstance(value, str):
+        return value.strip() or None if isinstance(value, str) else None
+    return ""
 
 
 def _with_problem(row: BatchRow, problem: str, hint: str) -> BatchRow:

@@ -82,6 +82,9 @@ def row_policies(
         if row.policy is None:
             out.append((row, run_policy))
             continue
+        if not row.policy:  # a field with no usable value: the row's problem says so
+            out.append((row, None))
+            continue
         if row.policy not in loaded:
             try:
                 loaded[row.policy] = load_policy(row.policy, root=folder)

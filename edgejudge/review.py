@@ -213,6 +213,6 @@ def find_items(queue: ReviewQueue, ids: Sequence[str]) -> dict[str, PolicyItem]:
         if row_id not in by_id:
             raise InputError(
                 f"{queue.path} has no item {row_id!r} to review",
-                hint="name an item that needs review (or review every item)",
+                hint="name the item by its id in the log",
             )
     return {row_id: by_id[row_id] for row_id in ids}

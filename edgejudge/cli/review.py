@@ -119,7 +119,10 @@ def _image(item: PolicyItem, root: Path, width: int) -> Panel | Text:
         if not path.is_file():
             continue
         try:
-            fitted = prepare_image(path, row.image_size or 336, row.image_fit or "crop", name=path.name)
+            size = min(
+                max(row.image_size or 336, 32), 672
+            )  # the preview is small; a log's size is not trusted
+            fitted = prepare_image(path, size, row.image_fit or "crop", name=path.name)
         except EdgeJudgeError as err:
             return Text(_shown(f"(image not shown: {err})"), style="dim")
         cols = min(32, max(16, width // 3))

@@ -293,3 +293,16 @@ def test_hostile_text_in_the_log_is_shown_not_run(work_dir: Path) -> None:
     assert "\x1b]0;pwned" not in shown and "\x1b[2J" not in shown
     assert "\\x1b]0;pwned\\x07 [red]markup[/red] \\x1b[2J" in shown
     assert "[bold]bold?[/bold]" in shown
+
+
+def test_a_note_too_long_is_asked_again(work_dir: Path) -> None:
+    path = policy_log(work_dir)
+    child = spawn([str(path), "--reviewer", "ana"], work_dir)
+    answer(child, KEYS, "a")
+    answer(child, "note", "x" * 4001)
+    child.expect("error: \\S*the note is 4001 characters long")
+    answer(child, "note", "short")
+    child.expect("saved: compliant")
+    answer(child, KEYS, "q")
+    assert finish(child) == 0
+    assert [(r["id"], r["note"]) for r in overrides(path)] == [("unsure-1", "short")]

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..decision import SEVERITIES
-from ..errors import EdgeJudgeError
+from ..errors import EdgeJudgeError, InputError
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, examples, fail, stderr_console, usage_error
 from ._tui_prompts import Cancel, Prompter, preview
 
@@ -186,7 +186,8 @@ class _Walk(Prompter):
         self.reviewed = self.overridden = self.skipped = 0
 
     def decide(self, item: PolicyItem) -> tuple[str, str | None] | None:
-        """The person's decision on ``item`` (None: skip); ``Cancel`` on quit, Ctrl-C or end of input."""
+        """The person's decision on ``item`` (None: skip); ``_Quit`` on ``q``, ``Cancel`` on Ctrl-C or end
+        of input."""
         computed = item.decision.decision
         keys = ["a", "v", "s", "q"]
         label = "a: accept (compliant) · v: violation · s: skip · q: quit"
@@ -217,14 +218,21 @@ class _Walk(Prompter):
                 self.skipped += 1
                 continue
             decision, severity = decided
-            try:
-                note = self.console.input("note (optional, Enter to skip): ")
-            except EOFError:
-                note = ""
-            except KeyboardInterrupt:
-                self.console.print()
-                raise Cancel from None
-            record = make_override(item, decision, reviewer=self.reviewer, note=note, severity=severity)
+            record = None
+            while record is None:
+                try:
+                    note = self.console.input("note (optional, Enter to skip): ")
+                except EOFError:
+                    note = ""
+                except KeyboardInterrupt:
+                    self.console.print()
+                    raise Cancel from None
+                try:
+                    record = make_override(
+                        item, decision, reviewer=self.reviewer, note=note, severity=severity
+                    )
+                except InputError as err:  # a note too long: asked again
+                    self.error(err)
             append_override(self.queue.path, record)
             self.reviewed += 1
             self.overridden += int(_changes(item, record))

@@ -170,3 +170,26 @@ def test_a_policy_batch_killed_mid_way_resumes_per_row_and_rule(
     assert [r["kind"] for r in after if r.get("kind") == "run"] == ["run", "run"]
     _check(out, [f"item-{n}" for n in range(12)])
     assert sum(summary["decisions"].values()) == 12
+
+
+def test_the_run_record_takes_the_registrys_hashes_when_the_sizes_match(
+    tiny_gguf: tuple[Path, Path], work_dir: Path
+) -> None:
+    from edgejudge.batch import run_batch
+    from edgejudge.judge import Judge
+    from edgejudge.registry import InstalledModel, register
+
+    text_model, mmproj = tiny_gguf
+    inp = _setup(work_dir, 1)
+    register(
+        InstalledModel(
+            name="tiny", quant="F16", text_model=str(text_model), mmproj=str(mmproj),
+            text_sha256="a" * 64, mmproj_sha256="b" * 64, text_bytes=text_model.stat().st_size,
+            mmproj_bytes=mmproj.stat().st_size + 1,  # a size that no longer matches: hashed again
+        )
+    )  # fmt: skip
+    with Judge.from_files(text_model, mmproj, n_ctx=4096, n_threads=2) as judge:
+        run_batch(judge, inp, work_dir / "out.jsonl", policy=work_dir / "shop.toml")
+    run = read_log(work_dir / "out.jsonl").runs[0]
+    assert run.model["sha256"] == "a" * 64  # recorded, and the file still has the recorded size
+    assert run.mmproj["sha256"] == hashlib.sha256(mmproj.read_bytes()).hexdigest()

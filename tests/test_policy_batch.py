@@ -389,3 +389,17 @@ def test_batch_unknown_policy_fails_before_loading(fake_factory: list[FakeEngine
     result = CliRunner().invoke(app, ["batch", str(inp), "-o", str(data / "o.jsonl"), "--policy", "nope"])
     assert result.exit_code == 1 and "error: unknown policy 'nope'" in result.stderr
     assert fake_factory == []
+
+
+def test_another_review_band_decides_again_without_judging(data: Path) -> None:
+    inp = write_jsonl(data / "in.jsonl", items(data))
+    out = data / "out.jsonl"
+    run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    again = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml", review_band=(0.0, 1.0))
+    assert again.judged == 0
+    log = read_log(out)
+    assert {log.decisions[i].review_band for i in ("i1", "i2", "i3")} == {(0.0, 1.0)}
+    check_log(out, ["i1", "i2", "i3"], RULES)
+    before = out.read_bytes()
+    run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml", review_band=(0.0, 1.0))
+    assert out.read_bytes() == before

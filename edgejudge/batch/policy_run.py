@@ -161,12 +161,13 @@ class Decisions:
 
     ``expect`` registers a row's rule jobs; ``seen`` records a rule row of the log (an earlier one, or one
     just written); ``due`` gives the ``DecisionRecord`` of a row whose every rule has a row with the job's
-    key, unless the latest decision record for the id already has that ``rules_key`` and decision (a
-    retried error keeps its key and may change the decision). ``counts`` tallies the complete rows."""
+    key, unless the latest decision record for the id already has that ``rules_key``, decision and band
+    (a retried error keeps its key and may change the decision; another band may too). ``counts`` tallies
+    the complete rows."""
 
     def __init__(self, band: Sequence[float], latest: Mapping[str, DecisionRecord]) -> None:
         self.band = (float(band[0]), float(band[1]))
-        self._latest = {k: (v.key, v.decision) for k, v in latest.items()}
+        self._latest = {k: (v.key, v.decision, v.review_band) for k, v in latest.items()}
         self._jobs: dict[str, list[Job]] = {}
         self._rows: dict[str, ResultRow] = {}  # record_key -> the rule row with the job's key
 
@@ -205,13 +206,13 @@ class Decisions:
         out = []
         for row_id in dict.fromkeys(row_ids):
             found = self._decision(row_id)
-            if found is None or self._latest.get(row_id) == found:
+            if found is None or self._latest.get(row_id) == (*found, self.band):
                 continue
             key, decision = found
             jobs = self._jobs[row_id]
             first = jobs[0]
             assert first.policy is not None
-            self._latest[row_id] = found
+            self._latest[row_id] = (key, decision, self.band)
             out.append(
                 DecisionRecord(
                     id=row_id,

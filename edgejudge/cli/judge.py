@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             'edgejudge judge cat.jpg -i "What animal is it?" --response "A tabby cat." --reference "A cat."',
             'edgejudge judge chart.png -i "Which year peaked?" --response-file answer.txt -r chart-reasoning',
-            'edgejudge judge post.jpg -i "Caption it" --response "..." -r policy.toml --json | jq .score',
+            'edgejudge judge post.jpg -i "Caption it" --response "..." -r my-rubric.toml --json | jq .score',
             'edgejudge judge a.jpg -i "?" --response "cat" --criteria "OK?" --score1 "No" … --score5 "Yes"',
             'edgejudge judge cat.jpg -i "?" --response "A cat." --print-prompt > prompt.txt',
             'edgejudge judge cat.jpg -i "?" --response "A cat." --samples 3 -m prometheus-vision-13b',

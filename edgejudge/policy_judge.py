@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .decision import DEFAULT_REVIEW_BAND, RuleOutcome, check_band, decide, p_pass, rule_outcome
+from .decision import DEFAULT_REVIEW_BAND, RuleOutcome, check_band, decide, rule_outcome
 from .errors import EdgeJudgeError, PolicyError
 from .inputs import Task
 from .verdict import PolicyVerdict, RuleVerdict, Verdict
@@ -94,15 +94,14 @@ def rule_verdict(
             str(result),
             result.hint,
         )
-    ruled = rule_outcome(rule, result.score, result.score_probs, band)
-    prob = p_pass(result.score_probs, rule.pass_at, result.score)
+    ruled = rule_outcome(rule, result.score, result.score_probs, band)  # p_pass as recorded: rounded
     return RuleVerdict(
         rule_id=rule.id,
         title=rule.title,
         severity=rule.severity,
         pass_at=rule.pass_at,
         passed=ruled.passed,
-        p_pass=None if prob is None else round(prob, 6),
+        p_pass=ruled.p_pass,
         state=ruled.state,
         verdict=result,
     )

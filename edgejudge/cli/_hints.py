@@ -61,6 +61,7 @@ ABOUT_FLAGS: dict[str, str] = {
     "model": "--model",
     "mmproj": "--mmproj",
     "policy": "--policy",
+    "instruction": "--instruction",
     "review_band": "--review-band",
     "overwrite": "--force",
 }

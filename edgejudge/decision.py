@@ -35,6 +35,7 @@ __all__ = [
     "SEVERITIES",
     "DECISIONS",
     "DEFAULT_REVIEW_BAND",
+    "INCOMPLETE",
     "check_band",
     "p_pass",
     "outcome",
@@ -47,6 +48,8 @@ __all__ = [
 SEVERITIES = ("info", "minor", "major", "critical")
 #: An item's decisions, in the order a report lists them.
 DECISIONS = ("compliant", "violation", "needs_review", "error")
+#: What a report shows for an item whose rules are not all judged yet (a batch cut short or still running).
+INCOMPLETE = "incomplete"
 #: ``p_pass`` strictly inside this band is uncertain: a person should look (``decide``: needs_review).
 DEFAULT_REVIEW_BAND = (0.25, 0.75)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _fs
-from ..decision import DEFAULT_REVIEW_BAND, SEVERITIES, Decision, RuleOutcome, decide, outcome
+from ..decision import DEFAULT_REVIEW_BAND, INCOMPLETE, SEVERITIES, Decision, RuleOutcome, decide, outcome
 from .log import scan_output
 from .result import _SEP, KINDS, ResultRow
 
@@ -242,8 +242,11 @@ class OverrideRecord:
 @dataclass(frozen=True)
 class PolicyItem:
     """One input row judged against a policy: its rule rows (policy order), the decision they add up to,
-    and the override a person made on exactly these results (or None). ``final`` is the decision that
-    stands (the override's when there is one)."""
+    and the override a person made on exactly these results (or None). ``complete`` is True when the
+    latest decision record of the id has this item's ``key``: the batch writes one only once every rule
+    of the row is in the log, so an item cut short by a kill, or read while its batch runs, is not
+    complete. ``final`` is the decision that stands: the override's when there is one, ``INCOMPLETE``
+    for an incomplete item, else the computed one."""
 
     id: str
     line: int
@@ -254,6 +257,7 @@ class PolicyItem:
     review_band: tuple[float, float]
     override: OverrideRecord | None = None
     outcomes: tuple[RuleOutcome, ...] = field(default=())
+    complete: bool = True
 
     @property
     def first(self) -> ResultRow:
@@ -261,11 +265,15 @@ class PolicyItem:
 
     @property
     def final(self) -> str:
-        return self.override.decision if self.override is not None else self.decision.decision
+        if self.override is not None:
+            return self.override.decision
+        return self.decision.decision if self.complete else INCOMPLETE
 
     @property
     def final_severity(self) -> str | None:
-        return self.override.severity if self.override is not None else self.decision.severity
+        if self.override is not None:
+            return self.override.severity
+        return self.decision.severity if self.complete else None
 
 
 def outcome_of(row: ResultRow, band: Sequence[float]) -> RuleOutcome:
@@ -319,6 +327,7 @@ def policy_items(
                 review_band=use,
                 override=latest_override.get((row_id, key)),
                 outcomes=outcomes,
+                complete=record is not None and record.key == key,
             )
         )
     items.sort(key=lambda item: (item.line, item.id))

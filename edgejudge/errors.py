@@ -13,6 +13,7 @@
     ├── EngineError                     the native runtime failed (load, tokenize, decode)
     │   └── CLSOrderMismatchError       an mmproj was converted for another llama.cpp behaviour
     ├── InputError                      (also ValueError) bad user input: batch rows, JSONL, options
+    │   └── OutputBusyError             a batch output is being written by another edgejudge run
     └── RegistryError                   the model manifest/registry is inconsistent
 
 Every error carries a one-line ``message``, an optional ``hint`` (what to do about it, in library words)
@@ -35,6 +36,7 @@ __all__ = [
     "EngineError",
     "CLSOrderMismatchError",
     "InputError",
+    "OutputBusyError",
     "PolicyError",
     "RegistryError",
 ]
@@ -114,6 +116,11 @@ class CLSOrderMismatchError(EngineError):
 
 class InputError(EdgeJudgeError, ValueError):
     """Bad user input that is not an image or rubric: malformed JSONL, a missing field, a bad option."""
+
+
+class OutputBusyError(InputError):
+    """A batch output is locked by another edgejudge run writing it (the message names its pid when known);
+    nothing was written."""
 
 
 class RegistryError(EdgeJudgeError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .. import _fs
-from ..errors import InputError
+from ..errors import InputError, OutputBusyError
 
 __all__ = ["OutputLock"]
 
@@ -22,10 +22,11 @@ __all__ = ["OutputLock"]
 class OutputLock:
     """An exclusive lock on one batch output: ``flock`` on ``.<output>.edgejudge-lock`` beside its real path.
 
-    ``acquire`` raises ``InputError`` "… is already being written by another edgejudge (pid N)" when
-    another process holds it (never waits). The lock file holds the holder's pid; ``release`` removes it.
-    A lock file left by a killed run is not held by anyone (the kernel released the flock) and is taken
-    over. Use as a context manager, or pass an acquired lock to ``run_batch``/``repair_output``.
+    ``acquire`` raises ``OutputBusyError`` (an ``InputError``) "… is already being written by another
+    edgejudge (pid N)" when another process holds it (never waits). The lock file holds the holder's pid;
+    ``release`` removes it. A lock file left by a killed run is not held by anyone (the kernel released the
+    flock) and is taken over. Use as a context manager, or pass an acquired lock to
+    ``run_batch``/``repair_output``.
     """
 
     def __init__(self, output: str | Path) -> None:
@@ -68,7 +69,7 @@ class OutputLock:
             except BlockingIOError:
                 pid = _read_pid(fd)
                 os.close(fd)
-                raise InputError(
+                raise OutputBusyError(
                     f"{self.output} is already being written by another edgejudge (pid {pid or 'unknown'})",
                     hint="wait for that run to finish or stop it, or write to another output file",
                     about="output",

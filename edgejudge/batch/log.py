@@ -29,9 +29,9 @@ Safety of the output (what ``check_output``, ``repair_output`` and ``run_batch``
 - **One writer**: ``run_batch`` holds an exclusive ``flock`` on ``.<output>.edgejudge-lock`` (a hidden file
   beside the output's real path, named so that no other tool's file, e.g. ``uv.lock``, is ever taken; the
   pid inside, for the message) for the whole run, and a second ``flock`` on the output file itself
-  (so a hard-linked name is caught too). A second run gets "already being written by another edgejudge
-  (pid N)". The kernel drops the locks when a run dies, so a stale lock file never blocks; the lock file is
-  removed at the end of a run.
+  (so a hard-linked name is caught too). A second run gets ``OutputBusyError`` "already being written by
+  another edgejudge (pid N)". The kernel drops the locks when a run dies, so a stale lock file never
+  blocks; the lock file is removed at the end of a run.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _fs, _jsonl
-from ..errors import InputError
+from ..errors import InputError, OutputBusyError
 from .lock import OutputLock
 from .result import ResultRow, is_batch_row, is_log_record, record_key
 from .rows import read_lines
@@ -359,7 +359,7 @@ def repair_locked(
 
 def open_output(output: Path, *, create: bool) -> int:
     """The output opened for appending, a regular file, with an exclusive flock (another name of the same
-    file held by another run is refused)."""
+    file held by another run is refused: ``OutputBusyError``)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_CREAT if create else 0)
     try:
         fd = os.open(output, flags, 0o644)
@@ -377,7 +377,7 @@ def open_output(output: Path, *, create: bool) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(
+            raise OutputBusyError(
                 f"{output} is already being written by another edgejudge (under another name of the file)",
                 hint="wait for that run to finish or stop it, or write to another output file",
                 about="output",

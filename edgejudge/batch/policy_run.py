@@ -21,14 +21,13 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..decision import Decision, decide
 from ..errors import EdgeJudgeError
 from .input_fields import FIX_HINT, BatchRow
-from .records import DecisionRecord, RunRecord, outcome_of, rules_key
+from .records import DecisionRecord, RunRecord, outcome_of, rules_key, utc_now
 from .result import ResultRow, record_key
 from .rows import row_key
 
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Job",
     "Decisions",
-    "utc_now",
     "row_policies",
     "jobs_of",
     "rule_key",
@@ -59,11 +57,6 @@ class Job(NamedTuple):
     digest: str | None
     rule: Rule | None = None
     policy: Policy | None = None
-
-
-def utc_now() -> str:
-    """Now, ISO 8601 in UTC to the second (``judged_at``, ``decided_at``, ``started_at``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def row_policies(

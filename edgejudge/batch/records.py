@@ -26,17 +26,28 @@ contents of a record (records come from files anyone can edit).
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .. import _fs
-from ..decision import DEFAULT_REVIEW_BAND, INCOMPLETE, SEVERITIES, Decision, RuleOutcome, decide, outcome
+from ..decision import (
+    DECISIONS,
+    DEFAULT_REVIEW_BAND,
+    INCOMPLETE,
+    SEVERITIES,
+    Decision,
+    RuleOutcome,
+    check_band,
+    decide,
+    outcome,
+)
+from ..errors import PolicyError
 from .log import scan_output
-from .result import _SEP, KINDS, ResultRow
+from .result import KINDS, ResultRow
 
 __all__ = [
     "KINDS",
@@ -50,16 +61,23 @@ __all__ = [
     "rules_key",
     "policy_items",
     "outcome_of",
+    "utc_now",
 ]
 
 #: What a person may decide on an item (``edgejudge review``).
 OVERRIDE_DECISIONS = ("compliant", "violation")
 
 
+def utc_now(at: datetime | None = None) -> str:
+    """``at`` (default: now) as ISO 8601 in UTC to the second: THE timestamp of the log (``judged_at``,
+    ``decided_at``, ``started_at``, an override's ``at``)."""
+    return (at or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
 def rules_key(keys: Iterable[str]) -> str:
-    """The key of a set of rule results: sha256 over their resume keys, sorted (what a decision and an
-    override apply to)."""
-    return hashlib.sha256(_SEP.join(sorted(keys)).encode("utf-8")).hexdigest()
+    """The key of a set of rule results: sha256 over their resume keys, sorted and joined with U+001F
+    (what a decision and an override apply to)."""
+    return hashlib.sha256("\x1f".join(sorted(keys)).encode("utf-8")).hexdigest()
 
 
 def _text(value: Any) -> str | None:
@@ -77,11 +95,13 @@ def _identity(value: Any) -> dict[str, str]:
 
 
 def _band(value: Any) -> tuple[float, float]:
-    if isinstance(value, list) and len(value) == 2:
-        low, high = value
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-            if all(math.isfinite(v) for v in (low, high)) and 0 <= low <= high <= 1:
-                return float(low), float(high)
+    """A recorded review band (``decision.check_band``), the default when it is not a usable one."""
+    if isinstance(value, list) and len(value) == 2 and not any(isinstance(v, bool) for v in value):
+        if all(isinstance(v, (int, float)) for v in value):
+            try:
+                return check_band(value)
+            except (PolicyError, OverflowError):  # OverflowError: an integer beyond float range
+                pass
     return DEFAULT_REVIEW_BAND
 
 
@@ -123,7 +143,7 @@ class DecisionRecord:
             key=_text(data.get("key")) or "",
             policy=_identity(data.get("policy")),
             decision=Decision(
-                decision if decision in ("compliant", "violation", "needs_review", "error") else "error",
+                decision if decision in DECISIONS else "error",
                 severity if severity in SEVERITIES else None,
                 _texts(data.get("failed")),
                 _texts(data.get("uncertain")),

@@ -38,8 +38,8 @@ from .log import (
     scan_output,
     write_all,
 )
-from .policy_run import Decisions, Job, jobs_of, row_policies, run_record, utc_now
-from .records import DecisionRecord
+from .policy_run import Decisions, Job, jobs_of, row_policies, run_record
+from .records import DecisionRecord, utc_now
 from .result import ResultRow, is_batch_row, record_key
 from .rows import BatchRow, read_input_rows, schedule
 

@@ -16,6 +16,7 @@ Pure: no printing, no judging (``Judge.evaluate_policy`` does that).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ._fs import read_regular, user_path
 from .decision import SEVERITIES
 from .errors import PolicyError, RubricError
 from .prompt import full_conversation, render_judge_prompt
-from .rubric import Rubric, _toml_string, load_rubric, parse_rubric_text, rubric_from_mapping
+from .rubric import Rubric, load_rubric, parse_rubric_text, rubric_from_mapping, toml_string
 
 __all__ = [
     "Policy",
@@ -50,8 +51,10 @@ MAX_POLICY_BYTES = 4 * 2**20
 #: The most rules one policy may hold (each is one judgment per item).
 MAX_RULES = 64
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TOP_KEYS = ("name", "version", "description", "instruction", "rules")
+_RUBRIC_KEYS = ("criteria", "score1", "score2", "score3", "score4", "score5", "name", "title", "summary")
 _RULE_KEYS = ("id", "title", "rubric", "pass_at", "severity", "instruction", "description")
 POLICY_KEYS_HINT = (
     "a policy needs name, version, description and [[rules]]; each rule needs id, title, rubric (a built-in "
@@ -139,13 +142,13 @@ def policy_to_toml(policy: Policy) -> str:
     """The policy as a TOML policy file (top-level fields, then each ``[[rules]]`` with its rubric inline
     as ``[rules.rubric]``, a built-in one copied); ``parse_policy`` of it gives back the same rules."""
     top = {k: v for k, v in policy.to_dict().items() if k in _TOP_KEYS and isinstance(v, str)}
-    lines = [f"{key} = {_toml_string(value)}" for key, value in top.items()]
+    lines = [f"{key} = {toml_string(value)}" for key, value in top.items()]
     for rule in policy.rules:
         data = rule.to_dict()
         rubric = data.pop("rubric")
         lines += ["", "[[rules]]"]
-        lines += [f"{k} = {v}" if k == "pass_at" else f"{k} = {_toml_string(v)}" for k, v in data.items()]
-        lines += ["", "[rules.rubric]"] + [f"{k} = {_toml_string(v)}" for k, v in rubric.items()]
+        lines += [f"{k} = {v}" if k == "pass_at" else f"{k} = {toml_string(v)}" for k, v in data.items()]
+        lines += ["", "[rules.rubric]"] + [f"{k} = {toml_string(v)}" for k, v in rubric.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +199,11 @@ def _text(data: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
         if required:
             raise PolicyError(f"{where}: the field '{key}' is empty", hint=POLICY_KEYS_HINT)
         return None
+    if _CONTROL.search(text):
+        raise PolicyError(
+            f"{where}: the field '{key}' holds a control character",
+            hint="remove it (line breaks and tabs are fine)",
+        )
     return text
 
 
@@ -207,6 +215,11 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
     raw_id = data.get("id")
     label = raw_id if isinstance(raw_id, str) and raw_id.strip() else f"#{position}"
     where = _where(source, label)
+    unknown = [k for k in data if k not in _RULE_KEYS]
+    if unknown:
+        raise PolicyError(
+            f"{where}: unknown field '{unknown[0]}'", hint="rule fields: " + ", ".join(_RULE_KEYS)
+        )
     rule_id = _text(data, "id", f"{source}, rule {position}", required=True)
     assert rule_id is not None
     if not _ID.match(rule_id):
@@ -217,11 +230,6 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
         )
     title = _text(data, "title", where, required=True)
     assert title is not None
-    unknown = [k for k in data if k not in _RULE_KEYS]
-    if unknown:
-        raise PolicyError(
-            f"{where}: unknown field '{unknown[0]}'", hint="rule fields: " + ", ".join(_RULE_KEYS)
-        )
     severity = _text(data, "severity", where, required=True)
     if severity not in SEVERITIES:
         raise PolicyError(
@@ -246,6 +254,12 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
                 )
             rubric = load_rubric(rubric_value)
         elif isinstance(rubric_value, Mapping):
+            extra = [k for k in rubric_value if k not in _RUBRIC_KEYS]
+            if extra:
+                raise PolicyError(
+                    f"{where}: unknown field '{extra[0]}' in the rubric",
+                    hint="rubric fields: " + ", ".join(_RUBRIC_KEYS),
+                )
             rubric = rubric_from_mapping(rubric_value, name=f"{policy_name}/{rule_id}", source=None)
         else:
             raise PolicyError(
@@ -359,6 +373,21 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or text.lower().endswith((".toml", ".json")) or text.startswith((".", "~"))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, ...
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at ``path`` (a name the file system refuses is reported when read)."""
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return True
+
+
 def load_policy(name_or_path: str | Path, *, root: Path | None = None) -> Policy:
     """A built-in policy by name, or a policy file (``.toml`` or ``.json``; a relative path is taken
     from ``root`` when given). Raises ``PolicyError`` (and nothing else): an unknown name (listing the
@@ -370,7 +399,7 @@ def load_policy(name_or_path: str | Path, *, root: Path | None = None) -> Policy
         if key in library:
             return library[key]
         candidate = Path(name_or_path) if root is None else root / name_or_path
-        if not candidate.is_file():
+        if not _is_file(candidate):
             raise PolicyError(
                 f"unknown policy '{name_or_path}'; built-in: {', '.join(library)}",
                 hint="pass a built-in name (edgejudge policies list) or a .toml/.json policy file",
@@ -383,7 +412,7 @@ def load_policy(name_or_path: str | Path, *, root: Path | None = None) -> Policy
         raise PolicyError(
             f"policy file must end in .toml or .json: {path}", hint="rename it, or write it as TOML/JSON"
         )
-    if not path.exists():
+    if not _exists(path):
         raise PolicyError(
             f"policy file not found: {path}",
             hint="check the path, or use a built-in name (edgejudge policies list)",

@@ -51,6 +51,7 @@ __all__ = [
     "rubric_to_toml",
     "parse_rubric_text",
     "rubric_from_mapping",
+    "toml_string",
 ]
 
 SCORES = (1, 2, 3, 4, 5)
@@ -269,7 +270,7 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
-def _toml_string(value: str) -> str:
+def toml_string(value: str) -> str:
     """A TOML basic string: quote, backslash and every control character escaped."""
     out = []
     for ch in value:
@@ -284,7 +285,7 @@ def _toml_string(value: str) -> str:
 
 def rubric_to_toml(rubric: Rubric) -> str:
     """The TOML text ``save_rubric`` writes (``tomllib.loads`` of it gives back ``rubric.to_dict()``)."""
-    return "".join(f"{key} = {_toml_string(value)}\n" for key, value in rubric.to_dict().items())
+    return "".join(f"{key} = {toml_string(value)}\n" for key, value in rubric.to_dict().items())
 
 
 def save_rubric(rubric: Rubric, path: str | Path) -> None:

@@ -9,7 +9,9 @@
   answer evaluated once, the five rubric tails and generations decoded as parallel sequences.
 
 Realistic proportions: the model of ``bench_judge.py`` (CLIP-L/336 tower, 576 image tokens, ~1.1B LLaMA text
-model, Q4_K_M), the first five rules of the built-in ``marketplace-listing`` policy (about 120 tokens each),
+model, Q4_K_M), the first five rules of the built-in ``marketplace-listing`` policy, each rubric trimmed to
+about 120 tokens of the model's tokenizer (``--rule-tokens``; 0 keeps them as written: 330-450 tokens with
+the fixture's synthetic vocabulary),
 ``--max-tokens`` 64 generated per rule, temperature 0, the same threads / n_ctx / n_batch on every side.
 Runs alternate stock, cold, policy (``--rounds``, at least 3) after one warm-up per side; reports per-stage
 medians and the median of the per-round wall-time ratios against the stock side. Target: the policy path
@@ -23,12 +25,14 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import math
 import os
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -163,6 +167,37 @@ class StockPolicy(StockSide):
         return stats
 
 
+def trim_rules(policy: Any, text_model: Path, target: int) -> Any:
+    """The policy with each rule's rubric (criterion and five score descriptions) cut to the same share
+    of each field's words, the largest share that keeps it within about ``target`` tokens of the model's
+    own tokenizer: the issue's proportions, whatever the tokenizer (the fixture's synthetic vocabulary
+    spends more tokens per English word than LLaMA's)."""
+    from edgejudge.native.model import TextModel
+
+    model = TextModel(text_model, n_ctx=512, n_threads=1)
+    try:
+
+        def cut(fields: list[list[str]], share: float) -> list[str]:
+            return [" ".join(words[: max(3, math.ceil(share * len(words)))]) for words in fields]
+
+        rules = []
+        for rule in policy.rules:
+            fields = [f.split() for f in (rule.rubric.criteria, *rule.rubric.descriptions)]
+            low, high = 0.0, 1.0
+            for _ in range(12):  # the largest share of every field's words that fits the target
+                mid = (low + high) / 2
+                if len(model.tokenize("\n".join(cut(fields, mid)))) > target:
+                    high = mid
+                else:
+                    low = mid
+            criteria, *descriptions = cut(fields, low)
+            rubric = replace(rule.rubric, criteria=criteria, descriptions=tuple(descriptions))
+            rules.append(replace(rule, rubric=rubric))
+        return replace(policy, rules=tuple(rules))
+    finally:
+        model.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,6 +208,12 @@ def main() -> int:
     parser.add_argument("--quant", default="Q4_K_M", choices=("Q4_K_M", "Q8_0", "Q5_K_M", "F16"))
     parser.add_argument("--policy", default="marketplace-listing", help="built-in policy or policy file")
     parser.add_argument("--rules", type=int, default=5, help="rules of the policy judged (its first N)")
+    parser.add_argument(
+        "--rule-tokens",
+        type=int,
+        default=120,
+        help="trim each rule's rubric to about this many tokens (the issue's proportions; 0: as written)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -194,6 +235,8 @@ def main() -> int:
     png = buf.getvalue()
 
     set_native_logging(False)
+    if args.rule_tokens > 0:
+        policy = trim_rules(policy, text, args.rule_tokens)
     stock = StockPolicy(text, mmproj, args, policy)
     cold = EdgePolicy(text, mmproj, args, policy, policy_path=False)
     fast = EdgePolicy(text, mmproj, args, policy, policy_path=True)
@@ -223,7 +266,8 @@ def main() -> int:
     print(f"\n### One image and response against a {n}-rule policy ({args.quant} text + F16 mmproj)\n")
     print(f"{machine_info()}\n")
     print(
-        f"Policy `{policy.name}` (first {n} rules, rubric {min(rule_tokens)}-{max(rule_tokens)} tokens), "
+        f"Policy `{policy.name}` (first {n} rules; rubrics {min(rule_tokens)}-{max(rule_tokens)} tokens"
+        f"{f', trimmed to about {args.rule_tokens}' if args.rule_tokens else ''}), "
         f"max_tokens {args.max_tokens}, temperature 0, n_ctx {args.n_ctx}, n_batch {args.n_batch}, "
         f"threads {args.threads} (generation and prompt evaluation, every side); {args.rounds} alternating "
         "rounds after one warm-up per side; medians; warm page cache.\n"

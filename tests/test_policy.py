@@ -161,6 +161,14 @@ def _duplicate(data: dict[str, Any]) -> None:
     data["rules"][1]["id"] = "r1"
 
 
+def _rubric_typo(data: dict[str, Any]) -> None:
+    data["rules"][1]["rubric"]["scor4"] = "a typo of score4"
+
+
+def _title_typo(data: dict[str, Any]) -> None:
+    data["rules"][1]["titel"] = data["rules"][1].pop("title")
+
+
 def _many(data: dict[str, Any]) -> None:
     data["rules"] = [dict(GOOD["rules"][0], id=f"r{k}") for k in range(MAX_RULES + 1)]
 
@@ -197,6 +205,9 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("rubric a number", _set("rubric", 3, 1), ("rule 'r2'", "rubric must be", "got int")),
     ("version a number", _set("version", 2026.1), ("the field 'version' must be text",)),
     ("too many rules", _many, (f"more than the {MAX_RULES}",)),
+    ("unknown rubric field", _rubric_typo, ("rule 'r2'", "unknown field 'scor4' in the rubric")),
+    ("a typo is named, not the field it hides", _title_typo, ("rule 'r2'", "unknown field 'titel'")),
+    ("control character", _set("title", "No\x1b[2J weapons", 1), ("rule 'r2'", "control character")),
 ]
 
 
@@ -266,6 +277,12 @@ def test_bad_file_is_one_clear_error(
         load_policy(path)
     assert fragment in info.value.message, (case, info.value.message)
     assert str(path) in info.value.message
+
+
+def test_a_name_the_file_system_refuses_is_an_unknown_policy() -> None:
+    with pytest.raises(PolicyError) as info:  # ENAMETOOLONG from the file system, never an OSError
+        load_policy("p" * 300)
+    assert "unknown policy" in info.value.message
 
 
 def test_unknown_name_lists_the_builtins_and_is_about_the_policy() -> None:

@@ -18,9 +18,14 @@ sentence saying no reference is available and to judge by the rubric and the ima
 leaving it empty would show the model a layout it never saw (and the task description would still promise a
 reference); a plain statement keeps the learned structure and tells the model the truth. An empty or
 whitespace-only reference counts as missing. Callers mark such verdicts ``reference: false``.
+
+``template_sha256`` names this whole format in an audit trail: a change to any of its texts changes it.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 from .rubric import Rubric
 
@@ -34,6 +39,7 @@ __all__ = [
     "render_judge_prompt",
     "conversation_parts",
     "full_conversation",
+    "template_sha256",
 ]
 
 SYSTEM_PROMPT = (
@@ -122,3 +128,11 @@ def full_conversation(judge_prompt: str, image_marker: str = IMAGE_MARKER) -> st
     """The whole conversation as one string, with ``image_marker`` where the image embeddings go."""
     before, after = conversation_parts(judge_prompt)
     return before + image_marker + after
+
+
+def template_sha256() -> str:
+    """sha256 of the whole prompt format: ``SYSTEM_PROMPT``, ``JUDGE_TEMPLATE``, ``NO_REFERENCE_TEXT`` and
+    the conversation wrapper as ``full_conversation`` renders it around ``JUDGE_TEMPLATE`` (as a JSON list
+    of the four texts, so no two formats give the same bytes). A batch's run record carries it."""
+    texts = [SYSTEM_PROMPT, JUDGE_TEMPLATE, NO_REFERENCE_TEXT, full_conversation(JUDGE_TEMPLATE)]
+    return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode("utf-8")).hexdigest()

@@ -17,6 +17,17 @@ from .decision import DEFAULT_REVIEW_BAND, Decision
 __all__ = ["StageTimings", "Sample", "Verdict", "RuleVerdict", "PolicyVerdict"]
 
 
+def _dumps(data: dict[str, Any], **kwargs: Any) -> str:
+    """``data`` as JSON text; a string that cannot be encoded as UTF-8 (a lone surrogate, e.g. an image name
+    that was not UTF-8) makes the whole text ASCII with ``\\uXXXX`` escapes instead."""
+    text = json.dumps(data, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, **kwargs)
+    return text
+
+
 def _probs_to_json(probs: dict[int, float] | None) -> dict[str, float] | None:
     return None if probs is None else {str(k): float(v) for k, v in sorted(probs.items())}
 
@@ -131,12 +142,7 @@ class Verdict:
     def to_json(self, **kwargs: Any) -> str:
         """The verdict as JSON text; a string that cannot be encoded as UTF-8 (a lone surrogate, e.g. an
         image name that was not UTF-8) makes the whole text ASCII with ``\\uXXXX`` escapes instead."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = json.dumps(self.to_dict(), ensure_ascii=True, **kwargs)
-        return text
+        return _dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> Verdict:
@@ -233,9 +239,4 @@ class PolicyVerdict:
 
     def to_json(self, **kwargs: Any) -> str:
         """``to_dict`` as JSON text (ASCII escapes when a string cannot be encoded as UTF-8)."""
-        text = json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = json.dumps(self.to_dict(), ensure_ascii=True, **kwargs)
-        return text
+        return _dumps(self.to_dict(), **kwargs)

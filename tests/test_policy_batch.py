@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgejudge.batch import run_batch
 from edgejudge.batch.records import outcome_of, policy_items, read_log, rules_key
-from edgejudge.batch.result import ResultRow
+from edgejudge.batch.result import ResultRow, record_key
 from edgejudge.cli import app
 from edgejudge.decision import decide
 from edgejudge.engine.fake import FakeEngine
@@ -92,12 +92,17 @@ def items(data: Path) -> list[dict[str, Any]]:
     ]
 
 
-def check_log(out: Path, ids: list[str], rules: list[str]) -> None:
+def key(row_id: str, rule: str) -> str:
+    """The log key of the rule row (``row_id``, ``rule``)."""
+    return record_key({"id": row_id, "rule_id": rule})
+
+
+def check_log(out: Path, ids: list[str], rules: list[str], others: tuple[str, ...] = ()) -> None:
     """Every (row, rule) has one current rule row, and each row's latest decision record is the one
-    ``decide`` gives from those rows (with their keys)."""
+    ``decide`` gives from those rows (with their keys); ``others``: more items of the log (not checked)."""
     log = read_log(out)
     for row_id in ids:
-        rows = [log.rows[f"{row_id}\x1f{rule}"] for rule in rules]
+        rows = [log.rows[key(row_id, rule)] for rule in rules]
         assert all(r.rule_id == rule for r, rule in zip(rows, rules, strict=True))
         assert all(r.judged_at and r.judged_at.endswith("+00:00") for r in rows)
         record = log.decisions[row_id]
@@ -105,9 +110,9 @@ def check_log(out: Path, ids: list[str], rules: list[str]) -> None:
         assert record.decision == decide([outcome_of(r, record.review_band) for r in rows])
         assert record.rules == tuple(rules)
     found = policy_items(log.rows.values(), log.decisions, log.overrides)
-    assert {item.id for item in found} == set(ids)
+    assert {item.id for item in found} == {*ids, *others}
     for item in found:
-        assert item.decision == log.decisions[item.id].decision
+        assert item.decision == log.decisions[item.id].decision and item.complete
 
 
 def test_a_policy_batch_writes_rule_rows_decisions_and_a_run_record(data: Path) -> None:
@@ -209,7 +214,7 @@ def test_a_changed_rule_judges_only_that_rule_again(data: Path) -> None:
     # the policy's sha256 changed: its rows are judged again (an item's rules come from one version)
     assert summary.judged == 3
     check_log(out, ["i1"], RULES)
-    assert read_log(out).rows["i1\x1fhonest"].severity == "major"
+    assert read_log(out).rows[key("i1", "honest")].severity == "major"
 
 
 def test_a_row_names_its_own_policy_and_plain_rows_stay_plain(data: Path) -> None:
@@ -267,11 +272,19 @@ def test_a_bad_policy_is_that_rows_one_error_row(data: Path, value: Any, message
     summary = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
     assert (summary.ok, summary.errors) == (3, 1)
     bad = [r for r in lines(out) if r["id"] == "bad"]
-    assert len(bad) == 1 and bad[0]["status"] == "error" and message in bad[0]["error"]
-    assert "rule_id" not in bad[0] and bad[0]["hint"]
+    assert len(bad) == 2 and bad[0]["status"] == "error" and message in bad[0]["error"]
+    # ONE rule row "*" (never a rule id) with the policy as written, and its decision record: error
+    assert bad[0]["rule_id"] == "*" and bad[0]["rule_state"] == "error" and bad[0]["hint"]
+    assert bad[0]["policy"] == {"name": value if isinstance(value, str) else ""}
+    assert bad[1]["kind"] == "decision" and bad[1]["decision"] == "error" and bad[1]["rules"] == ["*"]
     assert summary.decisions.get("error") == 1
-    check_log(out, ["i3"], RULES)
-    assert run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml").judged == 0
+    check_log(out, ["i3"], RULES, others=("bad",))
+    log = read_log(out)
+    (item,) = [i for i in policy_items(log.rows.values(), log.decisions, log.overrides) if i.id == "bad"]
+    assert item.complete and item.final == "error" and item.decision.errors == ("*",)
+    assert [r.rule_id for r in item.rules] == ["*"] and message in (item.first.error or "")
+    again = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    assert again.judged == 0 and again.decisions == summary.decisions
 
 
 def test_bad_rows_become_rule_error_rows_and_the_batch_goes_on(data: Path) -> None:
@@ -288,13 +301,13 @@ def test_bad_rows_become_rule_error_rows_and_the_batch_goes_on(data: Path) -> No
     summary = run_batch(Judge(FakeEngine()), inp, out, policy=data / "bare.toml")
     assert (summary.total, summary.results, summary.ok, summary.errors, summary.malformed) == (4, 12, 3, 9, 3)
     log = read_log(out)
-    missing = log.rows["no-instruction\x1fsafe"]
+    missing = log.rows[key("no-instruction", "safe")]
     assert (
         missing.status == "error"
         and "no instruction" in (missing.error or "")
         and missing.rule_state == "error"
     )
-    assert "missing.png" in (log.rows["no-image\x1faccurate"].error or "")
+    assert "missing.png" in (log.rows[key("no-image", "accurate")].error or "")
     assert {log.decisions[i].decision.decision for i in ("no-image", "no-instruction", "line-4")} == {"error"}
     assert log.decisions["fine"].decision.decision != "error"
     check_log(out, ["no-image", "no-instruction", "fine", "line-4"], RULES)
@@ -317,7 +330,7 @@ def test_keep_copies_more_fields(data: Path) -> None:
     inp = write_jsonl(data / "in.jsonl", items(data))
     out = data / "out.jsonl"
     run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml", keep=("url",))
-    assert read_log(out).rows["i3\x1fsafe"].extra == (("url", "u3"),)
+    assert read_log(out).rows[key("i3", "safe")].extra == (("url", "u3"),)
 
 
 # -- an old plain output resumes with nothing judged again ----------------------------------------------
@@ -364,7 +377,7 @@ def test_batch_policy_cli_shows_decisions_and_counts(fake_factory: list[FakeEngi
         assert f"{row_id} (line" in result.stderr
     assert "decisions" in result.stderr and "needs_review" in result.stderr
     log = read_log(out)
-    assert log.runs[0].review_band == (0.2, 0.8) and log.rows["i3\x1faccurate"].extra == (("url", "u3"),)
+    assert log.runs[0].review_band == (0.2, 0.8) and log.rows[key("i3", "accurate")].extra == (("url", "u3"),)
     again = CliRunner().invoke(app, [*args, "--keep", "url", "--review-band", "0.2,0.8", "--json"])
     assert again.exit_code == 0 and "already done" in again.stderr
     assert (json.loads(again.stdout)["skipped"], json.loads(again.stdout)["judged"]) == (9, 0)

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from edgejudge import __version__
 from edgejudge.batch.records import outcome_of, policy_items, read_log, rules_key
+from edgejudge.batch.result import record_key
 from edgejudge.cli import app
 from edgejudge.decision import DECISIONS, decide
 from edgejudge.images import synthetic_image
-from edgejudge.prompt import JUDGE_TEMPLATE
+from edgejudge.prompt import template_sha256
 
 POLICY = """
 name = "tiny-shop"
@@ -87,7 +88,7 @@ def _model_args(tiny_gguf: tuple[Path, Path], *extra: str) -> list[str]:
 def _check(out: Path, ids: list[str]) -> dict[str, Any]:
     log = read_log(out)
     for row_id in ids:
-        rows = [log.rows[f"{row_id}\x1f{rule}"] for rule in RULES]
+        rows = [log.rows[record_key({"id": row_id, "rule_id": rule})] for rule in RULES]
         assert all(r.ok and r.p_pass is not None and r.rule_state != "error" for r in rows)
         record = log.decisions[row_id]
         assert record.key == rules_key(r.key for r in rows)
@@ -117,12 +118,13 @@ def test_policy_batch_on_the_tiny_model(tiny_gguf: tuple[Path, Path], work_dir: 
     assert run.model["file"] == text_model.name and run.mmproj["file"] == mmproj.name
     assert run.model["sha256"] == hashlib.sha256(text_model.read_bytes()).hexdigest()
     assert run.mmproj["sha256"] == hashlib.sha256(mmproj.read_bytes()).hexdigest()
-    assert run.template_sha256 == hashlib.sha256(JUDGE_TEMPLATE.encode()).hexdigest()
+    assert (run.model["sha256_from"], run.mmproj["sha256_from"]) == ("file", "file")
+    assert run.template_sha256 == template_sha256()
     assert run.input == {"file": str(inp), "sha256": hashlib.sha256(inp.read_bytes()).hexdigest()}
     assert run.policies[0]["name"] == "tiny-shop" and run.settings["temperature"] == 0.0
-    assert log.rows["item-0\x1fsafe"].extra == (("student", "s0"),)
+    assert log.rows[record_key({"id": "item-0", "rule_id": "safe"})].extra == (("student", "s0"),)
     # every rule row of one row was decoded in one group: the first rule paid for the image
-    timings = [log.rows[f"item-1\x1f{rule}"].timings or {} for rule in RULES]
+    timings = [log.rows[record_key({"id": "item-1", "rule_id": rule})].timings or {} for rule in RULES]
     assert [t.get("parallel") for t in timings] == [3, 3, 3]
     assert all(t["reused_tokens"] > 576 for t in timings[1:])
 
@@ -193,3 +195,4 @@ def test_the_run_record_takes_the_registrys_hashes_when_the_sizes_match(
     run = read_log(work_dir / "out.jsonl").runs[0]
     assert run.model["sha256"] == "a" * 64  # recorded, and the file still has the recorded size
     assert run.mmproj["sha256"] == hashlib.sha256(mmproj.read_bytes()).hexdigest()
+    assert (run.model["sha256_from"], run.mmproj["sha256_from"]) == ("registry", "file")

@@ -3,11 +3,11 @@ resumable.
 
 ``run`` is the loop (groups rows by image, judges them, appends rows); ``judging`` one group of jobs;
 ``policy_run`` the rows judged against a policy (one job per rule, decision and run records); ``rows`` the
-input rows, keys and scheduling (``input_fields`` the fields of one row); ``result`` the output rows
-(``ResultRow``, the typed record of an output line, with its tolerant reader); ``records`` the policy
-records of a log; ``log`` the batch log on disk (what counts as one, repair, reading results); ``lock`` the
-one-writer-per-output lock. This package re-exports the public names of ``run``, ``ResultRow``,
-``RowSample`` and ``read_result_rows``.
+input rows, keys and scheduling (``input_fields`` the fields of one row, ``keep`` the fields a run may
+copy); ``result`` the output rows (``ResultRow``, the typed record of an output line, with its tolerant
+reader); ``records`` the policy records of a log; ``log`` the batch log on disk (what counts as one,
+repair, reading results); ``lock`` the one-writer-per-output lock. This package re-exports the public
+names of ``run``, ``ResultRow``, ``RowSample`` and ``read_result_rows``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from ..errors import InputError, RubricError
 if TYPE_CHECKING:
     from ..rubric import Rubric
 
-__all__ = ["BatchRow", "PASS_THROUGH", "FIX_HINT", "id_of", "parse_line", "malformed"]
+__all__ = ["BatchRow", "PASS_THROUGH", "READ_FIELDS", "FIX_HINT", "id_of", "parse_line", "malformed"]
 
 #: Input fields copied unchanged into the output row, when present (gold scores for ``edgejudge metrics``;
 #: ``student`` and ``system`` for grade sheets and leaderboards).
@@ -59,6 +59,21 @@ _FIELD_NAMES = {
     "response": ("response", "orig_response", "original_response"),
     "reference": ("reference", "orig_reference_answer", "reference_answer"),
 }
+#: Every input field a batch reads itself (``keep`` may not name one): the id, the fields above, the
+#: rubric (a name or table, or a Perception row's own: ``Rubric.from_mapping``'s keys) and the policy.
+READ_FIELDS = frozenset(
+    (
+        "id",
+        "question_id",
+        "rubric",
+        "policy",
+        "criteria",
+        "orig_criteria",
+        *(name for names in _FIELD_NAMES.values() for name in names),
+        *(f"{p}{k}{s}" for k in range(1, 6) for p, s in (("score", ""), ("score", "_description"))),
+        *(f"orig_score{k}_description" for k in range(1, 6)),
+    )
+)
 
 
 def malformed(number: int, sha: str, problem: str) -> BatchRow:

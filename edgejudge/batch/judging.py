@@ -1,8 +1,10 @@
 """Judging one group of a batch: the jobs decoded together, and the result rows they give.
 
-``groups`` cuts the jobs into groups decoded as parallel sequences: the jobs of one input row stay together
-(a plain row is one job, a policy row one job per rule, however many: the engine decodes ``max_parallel`` at
-a time), and further rows on the same image join while the group stays within ``max_parallel``.
+``groups`` cuts the jobs into groups decoded as parallel sequences, each written as soon as it is judged:
+the rule jobs of one policy row stay together in chunks of at most ``max_parallel`` (the waves the engine
+would decode anyway; its sequence 0 keeps the shared prefix between calls, so the next chunk of the row
+reuses the image and the text up to the rubric), so a kill or a stop loses at most one chunk; further rows
+on the same image join a group while it stays within ``max_parallel``.
 ``judge_jobs`` judges a group (each image file read, decoded and fitted once per group, checked against the
 hash its key was made from) and turns every outcome into a ``ResultRow``; any ``EdgeJudgeError`` becomes
 that job's error row, never raised. ``digest_of`` hashes each image file once per run.
@@ -45,13 +47,16 @@ def digest_of(row: BatchRow, root: Path, cache: Digests) -> tuple[str | None, Fi
 
 
 def groups(todo: Sequence[Job], size: int) -> list[list[Job]]:
-    """The jobs in groups (see the module docstring): consecutive judgeable jobs on the same image; jobs
-    with a problem or without an image digest stand alone, unless they are rules of one row."""
+    """The jobs in groups of at most ``size`` (see the module docstring): consecutive judgeable jobs on the
+    same image; jobs with a problem or without an image digest stand alone, unless they are rules of one
+    row (chunks of ``size``)."""
+    size = max(1, size)
     blocks: list[list[Job]] = []
     for job in todo:
         last = blocks[-1] if blocks else None
         if (
             last is not None
+            and len(last) < size
             and job.rule is not None
             and last[0].rule is not None
             and last[0].row.id == job.row.id
@@ -140,7 +145,7 @@ def judge_jobs(
         row, digest = job.row, job.digest
         sha = digest.removeprefix("sha256:") if digest is not None and digest.startswith("sha256:") else None
         base = base_row(row, job.key, root, settings, judge.engine.image_size, image_sha256=sha)
-        if job.rule is not None:
+        if job.rule_id is not None:
             base = rule_base(base, job)
         if row.problem is not None:
             results[k] = _done(error_row(base, row.problem, row.hint, began), job, None, band)
@@ -161,7 +166,7 @@ def judge_jobs(
 
 
 def _done(row: ResultRow, job: Job, verdict: Any, band: Sequence[float]) -> ResultRow:
-    return row if job.rule is None else rule_done(row, job, verdict, band)
+    return row if job.rule_id is None else rule_done(row, job, verdict, band)
 
 
 def _file_sha(data: bytes, digest: str | None) -> str | None:

@@ -78,7 +78,7 @@ _NOT_A_ROW = "not a JSON object with the batch row fields"
 class _Scan:
     """What one pass over an output file found (see the module docstring for the rules)."""
 
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ``records.record_key``
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ``result.record_key``
     records: list[dict[str, Any]] = field(default_factory=list)  # decision/run/override, in file order
     batch_rows: int = 0
     foreign: int = 0
@@ -397,8 +397,9 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def read_results(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a batch output file into ``{id: row}``, the LAST row for each id winning (a rule row of a
-    policy batch is keyed ``records.record_key``: id + U+001F + rule id; policy records are left out).
+    """Read a batch output file into ``{id: row}``, the LAST row for each id winning (keys are
+    ``result.record_key``: a rule row of a policy batch is keyed ``json.dumps([id, rule_id])``; policy
+    records are left out).
 
     Lines that are not JSON objects with a string ``id`` (a truncated last line, hand edits, hostile lines:
     deep nesting, huge numbers, invalid UTF-8, over-long lines) are ignored; lone surrogates are replaced

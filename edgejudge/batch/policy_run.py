@@ -2,17 +2,20 @@
 rule rows' fields, the decision records and the run record (the audit trail).
 
 A row is judged against its own ``policy`` field (a built-in name or a policy file; a relative path is
-taken from the input file's folder) or else the run's policy; each distinct value is loaded once, and one
-that cannot be loaded makes that row a single error row (the batch goes on). Rows with neither stay plain
-rows. A policy row becomes one ``Job`` per rule: the row as judged for that rule (its instruction by
-``Policy.instruction_for``, the rule's rubric; no instruction anywhere is that job's problem), keyed by
-``rule_key``: ``rows.row_key`` of that row, the rule's id, ``pass_at`` and severity, and the policy's sha256
-(``records.policy_items`` reads an item's rules from one version of its policy, so a changed policy file
-judges its rows again).
+taken from the input file's folder) or else the run's policy; each distinct value is loaded once. A row
+whose own policy cannot be loaded (or whose field holds no usable value) becomes ONE rule row with
+``rule_id`` ``records.POLICY_ERROR_RULE`` ("*", never a rule id), ``policy`` ``{"name": <the value as
+written>}`` and the error, plus its decision record (``error``): an item like any other for the report,
+the CSV and the review (the batch goes on). Rows with neither stay plain rows. A policy row becomes one
+``Job`` per rule: the row as judged for that rule (its instruction by ``Policy.instruction_for``, the
+rule's rubric; no instruction anywhere is that job's problem), keyed by ``rule_key``: ``rows.row_key`` of
+that row, the rule's id, ``pass_at`` and severity, and the policy's sha256 (``records.policy_items`` reads
+an item's rules from one version of its policy, so a changed policy file judges its rows again).
 
-``Decisions`` follows which rows have all their rules in the log (written now or by an earlier run) and
-gives the ``DecisionRecord`` to append, unless the latest one for the id already has that ``rules_key``.
-``run_record`` gathers the ``RunRecord``. Nothing here judges or writes.
+``Decisions`` follows which rows have all their rules in the log (written now or by an earlier run, a
+killed one too) and gives the ``DecisionRecord`` to append, unless the latest one for the id already has
+that ``rules_key``: so a row's latest decision record has the key of its rules exactly when they are all
+in (``PolicyItem.complete``). ``run_record`` gathers the ``RunRecord``. Nothing here judges or writes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..decision import Decision, decide
 from ..errors import EdgeJudgeError
 from .input_fields import FIX_HINT, BatchRow
-from .records import DecisionRecord, RunRecord, outcome_of, rules_key, utc_now
+from .records import POLICY_ERROR_RULE, DecisionRecord, RunRecord, outcome_of, rules_key, utc_now
 from .result import ResultRow, record_key
 from .rows import row_key
 
@@ -49,14 +52,30 @@ __all__ = [
 
 
 class Job(NamedTuple):
-    """One result to produce: a plain row (``rule`` None) or one rule of a policy row. ``row`` is the row
-    as judged (for a rule: its instruction and rubric), ``key`` its resume key, ``digest`` its image's."""
+    """One result to produce: a plain row, one rule of a policy row (``rule`` and ``policy``), or the one
+    error row of a row whose own policy could not be loaded (``bad_policy``: the value as written). ``row``
+    is the row as judged (for a rule: its instruction and rubric), ``key`` its resume key, ``digest`` its
+    image's."""
 
     row: BatchRow
     key: str
     digest: str | None
     rule: Rule | None = None
     policy: Policy | None = None
+    bad_policy: str | None = None
+
+    @property
+    def rule_id(self) -> str | None:
+        """The ``rule_id`` of the job's row: the rule's, ``POLICY_ERROR_RULE`` for a bad policy, else None."""
+        if self.rule is not None:
+            return self.rule.id
+        return POLICY_ERROR_RULE if self.bad_policy is not None else None
+
+    def identity(self) -> dict[str, str]:
+        """The ``policy`` of the job's row: the policy's identity, ``{"name": value}`` for a bad one."""
+        if self.policy is not None:
+            return self.policy.identity()
+        return {"name": self.bad_policy or ""}
 
 
 def row_policies(
@@ -105,7 +124,12 @@ def rule_key(row: BatchRow, digest: str | None, settings: dict[str, Any], policy
 
 
 def jobs_of(row: BatchRow, policy: Policy | None, digest: str | None, settings: dict[str, Any]) -> list[Job]:
-    """The jobs of one input row: itself for a plain row, one per rule for a policy row."""
+    """The jobs of one input row: itself for a plain row, one per rule for a policy row, the one error job
+    of a row whose own policy could not be loaded (``row_policies`` gave it None and the problem)."""
+    if policy is None and row.policy is not None:
+        payload = [row_key(row, digest, settings), POLICY_ERROR_RULE, row.policy]
+        key = hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()
+        return [Job(row, key, digest, bad_policy=row.policy)]
     if policy is None:
         return [Job(row, row_key(row, digest, settings), digest)]
     from ..policy_judge import no_instruction
@@ -122,31 +146,30 @@ def jobs_of(row: BatchRow, policy: Policy | None, digest: str | None, settings: 
 
 
 def rule_base(base: ResultRow, job: Job) -> ResultRow:
-    """A rule job's base row: the plain base row with the rule's fields (an error until ``rule_done``)."""
-    assert job.rule is not None and job.policy is not None
+    """A rule job's base row: the plain base row with the rule's fields (an error until ``rule_done``; a
+    bad policy's row has no title, severity or ``pass_at``)."""
     rule = job.rule
     return replace(
         base,
-        policy=job.policy.identity(),
-        rule_id=rule.id,
-        rule_title=rule.title,
-        severity=rule.severity,
-        pass_at=rule.pass_at,
+        policy=job.identity(),
+        rule_id=job.rule_id,
+        rule_title=rule.title if rule is not None else None,
+        severity=rule.severity if rule is not None else None,
+        pass_at=rule.pass_at if rule is not None else None,
         rule_state="error",
-        judged_at=utc_now(),
     )
 
 
 def rule_done(row: ResultRow, job: Job, verdict: Verdict | None, band: Sequence[float]) -> ResultRow:
     """The rule row with its outcome: ``passed``, ``p_pass`` and ``rule_state`` from ``verdict`` (the
-    ``policy_judge.rule_verdict`` of ``judge --policy``), or the error state without one."""
+    ``policy_judge.rule_verdict`` of ``judge --policy``), or the error state without one; ``judged_at``
+    now (the verdict is done)."""
     from ..policy_judge import rule_verdict
 
-    if verdict is None or not row.ok:
-        return replace(row, passed=None, p_pass=None, rule_state="error")
-    assert job.rule is not None
+    if verdict is None or not row.ok or job.rule is None:
+        return replace(row, passed=None, p_pass=None, rule_state="error", judged_at=utc_now())
     ruled = rule_verdict(job.rule, verdict, band)
-    return replace(row, passed=ruled.passed, p_pass=ruled.p_pass, rule_state=ruled.state)
+    return replace(row, passed=ruled.passed, p_pass=ruled.p_pass, rule_state=ruled.state, judged_at=utc_now())
 
 
 class Decisions:
@@ -164,11 +187,6 @@ class Decisions:
         self._jobs: dict[str, list[Job]] = {}
         self._rows: dict[str, ResultRow] = {}  # record_key -> the rule row with the job's key
 
-    @staticmethod
-    def _rule_id(job: Job) -> str:
-        assert job.rule is not None
-        return job.rule.id
-
     def expect(self, row_id: str, jobs: list[Job]) -> None:
         self._jobs[row_id] = jobs
 
@@ -180,7 +198,7 @@ class Decisions:
         jobs = self._jobs.get(row_id)
         if not jobs:
             return None
-        rows = [self._rows.get(record_key({"id": row_id, "rule_id": self._rule_id(j)})) for j in jobs]
+        rows = [self._rows.get(record_key({"id": row_id, "rule_id": j.rule_id})) for j in jobs]
         done = [r for r, j in zip(rows, jobs, strict=True) if r is not None and r.key == j.key]
         if len(done) < len(jobs):
             return None
@@ -204,16 +222,15 @@ class Decisions:
             key, decision = found
             jobs = self._jobs[row_id]
             first = jobs[0]
-            assert first.policy is not None
             self._latest[row_id] = (key, decision, self.band)
             out.append(
                 DecisionRecord(
                     id=row_id,
                     line=first.row.line,
                     key=key,
-                    policy=first.policy.identity(),
+                    policy=first.identity(),
                     decision=decision,
-                    rules=tuple(j.rule.id for j in jobs if j.rule is not None),
+                    rules=tuple(j.rule_id for j in jobs if j.rule_id is not None),
                     review_band=self.band,
                     decided_at=utc_now(),
                 )
@@ -222,19 +239,21 @@ class Decisions:
 
 
 def _file_identity(path: Path | None, recorded: Mapping[str, tuple[str, int]]) -> dict[str, Any]:
-    """``{"file", "sha256"}`` of a model file: the registry's hash when it recorded one and the size still
-    matches, else the file hashed now (once per run)."""
+    """``{"file", "sha256", "sha256_from"}`` of a model file: the registry's hash when it recorded one and
+    the size still matches (``"registry"``), else the file hashed now, once per run (``"file"``); None
+    for both when there is no hash (no file, or one that cannot be read)."""
     from ..registry import sha256_file
 
     if path is None:
-        return {"file": None, "sha256": None}
+        return {"file": None, "sha256": None, "sha256_from": None}
     sha, size = recorded.get(str(path.resolve()), ("", -1))
+    source = "registry"
     try:
         if not sha or path.stat().st_size != size:
-            sha = sha256_file(path)
+            sha, source = sha256_file(path), "file"
     except OSError:
         sha = ""
-    return {"file": path.name, "sha256": sha or None}
+    return {"file": path.name, "sha256": sha or None, "sha256_from": source if sha else None}
 
 
 def _recorded() -> dict[str, tuple[str, int]]:
@@ -262,7 +281,7 @@ def run_record(
 ) -> RunRecord:
     """The audit trail of a policy run (``records.RunRecord``)."""
     from .. import __version__
-    from ..prompt import JUDGE_TEMPLATE
+    from ..prompt import template_sha256
     from ..registry import sha256_file
 
     recorded = _recorded()
@@ -274,7 +293,7 @@ def run_record(
         model=model,
         mmproj=_file_identity(mmproj, recorded),
         policies=tuple(p.identity() for p in policies),
-        template_sha256=hashlib.sha256(JUDGE_TEMPLATE.encode("utf-8")).hexdigest(),
+        template_sha256=template_sha256(),
         input={"file": str(input_path), "sha256": sha256_file(input_path)},
         settings=dict(settings),
         review_band=(float(band[0]), float(band[1])),

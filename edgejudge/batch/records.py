@@ -3,9 +3,13 @@
 A policy batch writes, into the same append-only log as plain batches (``batch.log`` owns the file):
 
 - **rule rows**: a ``ResultRow`` per (input row, rule), with ``rule_id``, ``rule_title``, ``severity``,
-  ``pass_at``, ``passed``, ``p_pass``, ``rule_state`` and ``policy`` (``{"name", "version", "sha256"}``)
-  set. Their identity is (``id``, ``rule_id``): the last line for a pair wins (``record_key``).
-- a **decision** record per input row once its rules are all judged: ``DecisionRecord``;
+  ``pass_at``, ``passed``, ``p_pass``, ``rule_state``, ``judged_at`` (when its verdict was done) and
+  ``policy`` (``{"name", "version", "sha256"}``) set. Their identity is (``id``, ``rule_id``): the last
+  line for a pair wins (``record_key``). A row whose own policy could not be loaded has ONE rule row,
+  ``rule_id`` ``POLICY_ERROR_RULE`` ("*": no rule id can be it), ``policy`` ``{"name": <the value as
+  written>}``, status ``error`` and the reason;
+- a **decision** record per input row once its rules are all judged (also on a rerun when a killed run
+  wrote the rules): ``DecisionRecord``;
 - a **run** record when a policy run starts (the audit trail: versions, files and their hashes, the
   policies, the prompt template's hash, the settings, the input's hash): ``RunRecord``;
 - **override** records appended by ``edgejudge review``: a person's decision on an item, with a note,
@@ -16,10 +20,12 @@ Every record starts like a result row (``{"id": …, "line": N, "status": "ok", 
 and plain rows have no ``kind``. ``is_log_record`` is what the log takes for one of its records.
 
 ``policy_items`` groups the rule rows of a log into ``PolicyItem`` values (one per input row, in input
-order): the rules of the row's latest policy (by sha256, so rows of an older version of the policy are
-left out), the decision recomputed from them (``policy.decide``; the rows are the truth, the decision
-record is a convenience for readers of the raw file), and the person's override when its ``key`` is the
-key of those rules (an override of other results does not carry over). Pure; never raises on the
+order): the rules of the row's latest policy (by sha256: the policy of its latest decision record when
+no rule was judged after it, else of its latest judged rule; rows of another version of the policy, or
+the error row of a policy that could not be loaded, are left out), the decision recomputed from them
+(``policy.decide``; the rows are the truth, the decision record says they are all in: ``complete``), and
+the person's override when its ``key`` is the key of those rules (an override of other results does not
+carry over). Pure; never raises on the
 contents of a record (records come from files anyone can edit).
 """
 
@@ -52,6 +58,8 @@ from .result import KINDS, ResultRow
 __all__ = [
     "KINDS",
     "OVERRIDE_DECISIONS",
+    "POLICY_ERROR_RULE",
+    "RECORD_KEYS",
     "DecisionRecord",
     "RunRecord",
     "OverrideRecord",
@@ -66,6 +74,16 @@ __all__ = [
 
 #: What a person may decide on an item (``edgejudge review``).
 OVERRIDE_DECISIONS = ("compliant", "violation")
+#: The ``rule_id`` of the one rule row of a row whose own policy could not be loaded (not a valid rule id).
+POLICY_ERROR_RULE = "*"
+#: The keys of decision, run and override records besides a row's (``id``, ``line``, ``status``).
+RECORD_KEYS = frozenset(
+    (
+        "kind key policy decision severity failed uncertain errors rules review_band decided_at "
+        "started_at edgejudge model mmproj policies template_sha256 input settings "
+        "previous note reviewer at"
+    ).split()
+)
 
 
 def utc_now(at: datetime | None = None) -> str:
@@ -158,8 +176,10 @@ class DecisionRecord:
 @dataclass(frozen=True)
 class RunRecord:
     """The audit trail of one policy run, written when it starts. ``model``/``mmproj``: ``{"file",
-    "sha256"}`` (``name`` too for the model); ``policies``: the identities of the policies in use;
-    ``template_sha256``: sha256 of ``prompt.JUDGE_TEMPLATE``; ``input``: ``{"file", "sha256"}``."""
+    "sha256", "sha256_from"}`` (``name`` too for the model; ``sha256_from`` ``"registry"`` when the hash is
+    the one the registry recorded for a file of the same size, ``"file"`` when the file was hashed by the
+    run, None without a hash); ``policies``: the identities of the policies in use; ``template_sha256``:
+    ``prompt.template_sha256()`` (the whole prompt format); ``input``: ``{"file", "sha256"}``."""
 
     started_at: str
     edgejudge: str
@@ -327,10 +347,15 @@ def policy_items(
         latest_override[(override.id, override.key)] = override
     items: list[PolicyItem] = []
     for row_id, rule_rows in by_id.items():
+        record = decisions.get(row_id)
         newest = max(rule_rows, key=lambda r: r.judged_at or "")  # the policy of the latest judgment
         sha = (newest.policy or {}).get("sha256")
+        if record is not None and (record.decided_at or "") >= (newest.judged_at or ""):
+            decided = record.policy.get("sha256")  # nothing judged since the latest decision: its policy
+            if any((r.policy or {}).get("sha256") == decided for r in rule_rows):
+                sha = decided
         current = [r for r in rule_rows if (r.policy or {}).get("sha256") == sha]
-        record = decisions.get(row_id)
+        newest = max(current, key=lambda r: r.judged_at or "")
         order = {rule: k for k, rule in enumerate(record.rules)} if record is not None else {}
         current.sort(key=lambda r: (order.get(r.rule_id or "", len(order)), r.line or 0))
         use = record.review_band if record is not None else _band(list(band or DEFAULT_REVIEW_BAND))

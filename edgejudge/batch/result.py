@@ -19,6 +19,7 @@ pass-through fields such as ``orig_score``) and written back by ``to_dict``.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "ResultRow",
     "RowSample",
     "ROW_KEYS",
+    "OUTPUT_KEYS",
     "KINDS",
     "is_batch_row",
     "is_log_record",
@@ -70,6 +72,8 @@ _POLICY = (
     "judged_at",
 )
 _KNOWN = ROW_KEYS | {"warnings", *_TAIL, *_POLICY}
+#: Every key a result row (plain or rule row) is written with, besides its pass-through fields.
+OUTPUT_KEYS = frozenset(_KNOWN)
 
 
 @dataclass(frozen=True)
@@ -308,16 +312,19 @@ def _probs(probs: Mapping[Any, Any]) -> dict[str, float]:
 
 
 KINDS = ("decision", "run", "override")
-_SEP = "\x1f"
 
 
 def record_key(value: Mapping[str, Any]) -> str:
-    """The identity of a result row in a log: its ``id``, or ``id`` + U+001F + ``rule_id`` for a rule row
-    (the last line for a key wins)."""
+    """The identity of a result row in a log (the last line for a key wins): ``json.dumps([id, rule_id])``
+    for a rule row, the bare ``id`` for a plain row, except an id starting with ``[`` (``json.dumps([id])``):
+    every key starting with ``[`` is then a JSON list, of two texts for a rule row and one for a plain row,
+    so no plain id can ever be a rule row's key."""
     rule = value.get("rule_id")
     row_id = value.get("id")
     base = row_id if isinstance(row_id, str) else ""
-    return base + _SEP + rule if isinstance(rule, str) and rule else base
+    if isinstance(rule, str) and rule:
+        return json.dumps([base, rule])
+    return json.dumps([base]) if base.startswith("[") else base
 
 
 def is_log_record(value: Any) -> bool:

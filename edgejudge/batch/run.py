@@ -1,7 +1,8 @@
 """Batch evaluation: a JSONL file of judging tasks in, an append-only JSONL file of verdicts out, resumable.
 
 Owns the judging loop: ``run_batch`` (resume by content-hash key, rows sharing an image judged together,
-each verdict written and fsync'd as soon as it is done), its ``BatchEvent`` progress values and the
+each verdict written and fsync'd as soon as its group is done: at most ``max_parallel`` results, a
+policy row's rules cut into such chunks), its ``BatchEvent`` progress values and the
 ``BatchSummary``. Input rows, keys and the output row format are ``batch.rows``; the batch log on disk (what
 counts as one, the lock, repair, last-row-wins reading) is ``batch.log``, with the rules in its docstring.
 Both are re-exported here. Judging one group of jobs is ``batch.judging``; the policy side (rows judged
@@ -26,6 +27,7 @@ from ..decision import DECISIONS, DEFAULT_REVIEW_BAND
 from ..engine.base import GenerationParams
 from ..settings import check as check_setting
 from .judging import Digests, digest_of, groups, judge_jobs
+from .keep import check_keep
 from .log import (
     MAX_OUTPUT_BYTES,
     OutputLock,
@@ -105,10 +107,10 @@ class BatchSummary:
     one per (row, rule) of a policy row); ``skipped`` results already done by an earlier run, ``judged``
     results written by this run (``ok`` + ``errors``), ``malformed`` of them from bad JSON lines,
     ``remaining`` left when the run was stopped early (``stopped``). ``decisions`` counts the decisions of
-    the policy rows whose rules are all judged (now or before; a row whose policy could not be loaded is
-    an ``error``), by decision; empty without policy rows. ``histogram`` counts this run's scores 1..5 (keys
-    "1".."5"), ``mean_score`` their mean. ``repaired`` is the number of bytes of a truncated last line cut
-    off the output before starting. ``ignored_lines`` counts complete lines of the output that are not
+    the policy rows whose rules are all judged (now or before; a row whose own policy could not be loaded
+    is an ``error``), by decision; empty without policy rows. ``histogram`` counts this run's scores 1..5
+    (keys "1".."5"), ``mean_score`` their mean. ``repaired`` is the number of bytes of a truncated last line
+    cut off the output before starting. ``ignored_lines`` counts complete lines of the output that are not
     batch rows (ignored by resume and ``read_results``); ``warned`` the rows written with input warnings
     (text replaced: invalid UTF-8, lone surrogates).
     """
@@ -166,31 +168,36 @@ def run_batch(
     serves rows without their own. ``limit`` keeps only the first N input rows. Rows whose key (id + hash
     of inputs and settings) has an ``ok`` row in the output are skipped; error rows too unless
     ``retry_errors``. Bad rows become ``error`` rows and the batch goes on. ``should_stop`` is checked
-    between groups of rows: when it returns True the batch stops after the rows in flight (already written;
-    up to the engine's ``max_parallel`` rows on one image are judged together, one row with a plain engine).
+    between groups: when it returns True the batch stops after the results in flight (already written; up
+    to the engine's ``max_parallel`` results on one image are judged together, a policy row's rules in
+    chunks of that many, one result at a time with a plain engine).
     The whole run holds the output's lock (``lock`` when the caller already holds it, else taken here).
     Paths expand ``~``. An input with no rows to judge creates no output file.
 
     ``policy`` (a ``Policy``, a built-in name or a policy file) judges every row against its rules, and a
     row's own ``policy`` field judges that row against its own (``batch.policy_run``): one rule row per
     (row, rule), resumed per (row, rule), a ``DecisionRecord`` per row once its rules are all in the log
-    (their states read with ``review_band``), and a ``RunRecord`` when a policy run has anything to judge.
-    ``keep`` names more input fields to copy into the output rows.
-    Raises ``InputError`` only when ``samples`` is out of the setting's bounds, the input file cannot be
-    read, or the output is not an edgejudge batch log, cannot be written or is being written by another run;
-    ``PolicyError`` when ``policy`` or ``review_band`` cannot be used (before anything is read).
+    (their states read with ``review_band``; also for rules written by an earlier, killed run), and a
+    ``RunRecord`` when a policy run has anything to judge. A row whose own policy cannot be loaded is one
+    error rule row (``rule_id`` "*") with its decision ``error``.
+    ``keep`` names more input fields to copy into the output rows (``batch.keep``: not a field edgejudge
+    writes or reads itself).
+    Raises ``InputError`` only when ``samples`` is out of the setting's bounds, ``keep`` names a field
+    edgejudge uses, the input file cannot be read, or the output is not an edgejudge batch log, cannot be
+    written or is being written by another run (``OutputBusyError``); ``PolicyError`` when ``policy`` or
+    ``review_band`` cannot be used (before anything is read).
     """
     from ..decision import check_band
     from ..policy_judge import as_policy
 
     band = check_band(review_band)
+    kept = check_keep(keep)
     run_policy = as_policy(policy) if policy is not None else None
     output = _fs.user_path(output_path, what="output path")
     held = lock is not None and lock.covers(output)
     run = _Run(
         judge, _fs.user_path(input_path, what="input path"), output, retry_errors, samples,
-        params or GenerationParams(), on_event or (lambda event: None), should_stop, run_policy, band,
-        tuple(keep),
+        params or GenerationParams(), on_event or (lambda event: None), should_stop, run_policy, band, kept,
     )  # fmt: skip
     with nullcontext() if held else OutputLock(output):
         return _run_locked(run, image_root, default_rubric, limit)
@@ -292,8 +299,8 @@ def _plan(
     digests: Digests,
     decisions: Decisions,
     settings: dict[str, Any],
-) -> tuple[list[Job], int, list[Policy], dict[str, int]]:
-    """(the jobs to judge, the results the input asks for, the policies in use, bad-policy rows by id).
+) -> tuple[list[Job], int, list[Policy]]:
+    """(the jobs to judge, the results the input asks for, the policies in use).
 
     The rows with something to judge are ordered by ``rows.schedule`` (rows sharing an image together);
     a row's jobs stay together, in policy order."""
@@ -301,21 +308,18 @@ def _plan(
     pending: list[tuple[BatchRow, str, str | None]] = []
     row_jobs: dict[str, list[Job]] = {}
     results = 0
-    bad_policy: dict[str, int] = {}
     for index, (row, policy) in enumerate(with_policy):
-        if row.policy is not None and policy is None:
-            bad_policy[row.id] = 1
         digest = digest_of(row, root, digests)[0]
         jobs = jobs_of(row, policy, digest, settings)
         results += len(jobs)
-        if policy is not None:
+        if any(job.rule_id is not None for job in jobs):
             decisions.expect(row.id, jobs)
         todo = []
         for job in jobs:
-            prev = previous.get(record_key({"id": row.id, "rule_id": job.rule.id if job.rule else None}))
+            prev = previous.get(record_key({"id": row.id, "rule_id": job.rule_id}))
             if prev is not None and prev.get("key") == job.key:
                 if prev.get("status") == "ok" or not run.retry_errors:
-                    if job.rule is not None:
+                    if job.rule_id is not None:
                         decisions.seen(ResultRow.from_dict(prev))
                     continue
             todo.append(job)
@@ -323,7 +327,7 @@ def _plan(
             pending.append((row, str(index), digest))
             row_jobs[str(index)] = todo
     ordered = [job for _, index, _ in schedule(pending, root) for job in row_jobs[index]]
-    return ordered, results, policies, bad_policy
+    return ordered, results, policies
 
 
 def _judge_all(
@@ -342,10 +346,10 @@ def _judge_all(
     settings = settings_of(judge, run.params, run.samples)
     digests: Digests = {}
     decisions = Decisions(run.band, latest)
-    todo, results, policies, bad_policy = _plan(run, rows, root, previous, digests, decisions, settings)
+    todo, results, policies = _plan(run, rows, root, previous, digests, decisions, settings)
     skipped = results - len(todo)
     emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo), rows=len(rows)))
-    if any(job.rule is not None for job in todo):
+    if any(job.rule_id is not None for job in todo):
         out.write(
             run_record(judge.engine, run.input_path, policies, settings, run.band, started_at).to_dict()
         )
@@ -383,8 +387,6 @@ def _judge_all(
 
     histogram = {str(k): scores.count(k) for k in range(1, 6)}
     counts = decisions.counts()
-    if bad_policy:
-        counts["error"] = counts.get("error", 0) + len(bad_policy)
     summary = BatchSummary(
         input=str(run.input_path),
         output=str(run.output_path),

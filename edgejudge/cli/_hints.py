@@ -62,8 +62,10 @@ ABOUT_FLAGS: dict[str, str] = {
     "mmproj": "--mmproj",
     "policy": "--policy",
     "instruction": "--instruction",
+    "keep": "--keep",
     "review_band": "--review-band",
     "overwrite": "--force",
+    "by": "--by",
 }
 
 _CHANGE = r"(?:raise|lower|increase|decrease|reduce|set|use|pass|change|try|give|turn\s+on)"

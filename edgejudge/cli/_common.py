@@ -34,11 +34,14 @@ from rich.text import Text
 from .. import config
 from ..errors import EdgeJudgeError, InputError
 from ._console import (
+    DECISION_STYLE,
+    STATE_STYLE,
     FeedbackStream,
     StageProgress,
     human_bytes,
     make_progress,
     score_table,
+    shown,
     status,
     stderr_console,
     verdict_panel,
@@ -84,6 +87,9 @@ __all__ = [
     "status",
     "StageProgress",
     "human_bytes",
+    "shown",
+    "DECISION_STYLE",
+    "STATE_STYLE",
 ]
 
 EXIT_OK = 0
@@ -129,9 +135,10 @@ def emit_jsonl(obj: Any) -> None:
 def _print_error(message: str, hint: str | None) -> None:
     console = stderr_console()
     # soft_wrap: one logical line each, never hard-wrapped at the console width (logs, pipes, grep)
-    console.print(Text.assemble(("error: ", "bold red"), " ".join(message.split())), soft_wrap=True)
+    # messages quote paths and values from files: shown, so a control character in one is never run
+    console.print(Text.assemble(("error: ", "bold red"), shown(" ".join(message.split()))), soft_wrap=True)
     if hint:
-        console.print(Text.assemble(("hint: ", "yellow"), " ".join(hint.split())), soft_wrap=True)
+        console.print(Text.assemble(("hint: ", "yellow"), shown(" ".join(hint.split()))), soft_wrap=True)
 
 
 def fail(err: EdgeJudgeError | str, hint: str | None = None, *, code: int = EXIT_ERROR) -> NoReturn:

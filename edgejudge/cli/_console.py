@@ -2,11 +2,17 @@
 verdict panel (shared by the commands and the wizard). Re-exported by ``_common``.
 
 Not a terminal (a pipe, a file, CI) ⇒ no colours, no live displays, no spinners. NO_COLOR is honoured.
+
+Text that comes from a log, an input file or a policy file is untrusted: it is printed through ``shown``
+(a Rich ``Text``, never markup, with control characters written as ``\\xNN``, so an ESC in an id or a
+feedback cannot drive the terminal). The colours of decisions and rule states (``DECISION_STYLE``,
+``STATE_STYLE``) are set here once, for every command that shows them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +33,9 @@ if TYPE_CHECKING:
     from ..verdict import Verdict
 
 __all__ = [
+    "shown",
+    "DECISION_STYLE",
+    "STATE_STYLE",
     "stderr_console",
     "make_progress",
     "status",
@@ -38,6 +47,27 @@ __all__ = [
 ]
 
 _CONSOLE: tuple[tuple[Any, ...], Console] | None = None
+
+#: How an item's decision is coloured on a terminal (``decision.DECISIONS`` and ``decision.INCOMPLETE``).
+DECISION_STYLE = {
+    "compliant": "green",
+    "violation": "bold red",
+    "needs_review": "yellow",
+    "error": "magenta",
+    "incomplete": "cyan",
+}
+#: How a rule's state (``decision.RuleOutcome.state``) is coloured on a terminal.
+STATE_STYLE = {"pass": "green", "fail": "bold red", "uncertain": "yellow", "error": "magenta"}
+
+#: C0 controls but line feed and tab, DEL and the C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(value: object, style: str = "") -> Text:
+    """Untrusted text (from a log, an input or a policy file) as it may be printed on a terminal: a Rich
+    ``Text`` (never read as markup) with control characters (an ESC would start an escape sequence)
+    written as ``\\xNN``; line feeds and tabs kept. ``.plain`` gives it as a string."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)), style=style)
 
 
 def stderr_console() -> Console:
@@ -87,7 +117,7 @@ def verdict_panel(verdict: Verdict, *, title: str = "Verdict", model: str | None
     The subtitle names ``model`` (e.g. the registered ``name:QUANT`` the CLI resolved) or else the
     verdict's own model name (the file stem), and the rubric.
     """
-    parts: list[RenderableType] = [Text(verdict.feedback.strip() or "(no feedback)")]
+    parts: list[RenderableType] = [shown(verdict.feedback.strip() or "(no feedback)")]
     headline = Text()
     headline.append("Score ", style="bold")
     headline.append(f"{verdict.score if verdict.score is not None else '?'}", style="bold green")
@@ -104,12 +134,12 @@ def verdict_panel(verdict: Verdict, *, title: str = "Verdict", model: str | None
     if not verdict.reference:
         parts.append(Text("no reference answer was given", style="dim"))
     for warning in verdict.warnings:
-        parts.append(Text(f"warning: {warning}", style="yellow"))
+        parts.append(shown(f"warning: {warning}", style="yellow"))
     subtitle = f"{model or verdict.model} · rubric {verdict.rubric}"
     return Panel(
         Group(*parts),
         title=title,
-        subtitle=escape(subtitle),
+        subtitle=shown(subtitle),
         border_style="green",
         expand=True,  # a panel shrunk to its content would cut the subtitle off
         width=PANEL_WIDTH,

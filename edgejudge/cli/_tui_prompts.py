@@ -15,7 +15,7 @@ from rich.prompt import Prompt
 from rich.text import Text
 
 from ..errors import EdgeJudgeError, InputError
-from ._common import read_text_file
+from ._common import read_text_file, shown
 from ._hints import command_options, for_people
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class Prompter:
     def error(self, err: EdgeJudgeError) -> None:
         """A library error as ``error:``/``hint:`` lines, and the step goes on: the message as written, the
         hint in CLI words (``_hints.for_people``, the flags the running command offers)."""
-        self.console.print(Text.assemble(("error: ", "bold red"), str(err)))
+        self.console.print(Text.assemble(("error: ", "bold red"), shown(err)))
         if err.hint:
             hint = for_people(err.hint, command_options()) or ""
-            self.console.print(Text.assemble(("hint: ", "yellow"), hint))
+            self.console.print(Text.assemble(("hint: ", "yellow"), shown(hint)))

@@ -18,12 +18,12 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from ._common import (
+    DECISION_STYLE,
     EXIT_INTERRUPTED,
     GenerationOptions,
     JsonOpt,
@@ -31,13 +31,13 @@ from ._common import (
     emit_json,
     examples,
     make_progress,
+    shown,
     status,
     stderr_console,
     usage_error,
     with_generation_options,
 )
 from ._options import PolicyOpt, ReviewBandOpt, review_band
-from .judge import DECISION_STYLE
 
 __all__ = ["register", "histogram_text"]
 
@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
         console = stderr_console()
         if not rows_there or limit == 0:
             why = f"no rows in {input_path}" if not rows_there else "--limit 0"
-            console.print(f"{escape(why)}: nothing to judge (no output written)", soft_wrap=True)
+            console.print(shown(f"{why}: nothing to judge (no output written)"), soft_wrap=True)
             if json_out:
                 emit_json(_empty_summary(input_path, output))
             return
@@ -205,16 +205,16 @@ def register(app: typer.Typer) -> None:
                 TimeRemainingColumn(),
                 TextColumn("errors {task.fields[errors]}"),
                 TextColumn("{task.fields[hist]}"),
-                TextColumn("{task.fields[now]}"),
+                TextColumn("{task.fields[now]}", markup=False),  # an id and a rule: shown, never markup
                 console=console,
             )
             state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
 
             def on_event(event: BatchEvent) -> None:
                 if event.kind == "repaired":
-                    console.print(f"[yellow]repaired:[/yellow] {escape(event.message or '')}", soft_wrap=True)
+                    console.print(Text("repaired: ", "yellow") + shown(event.message or ""), soft_wrap=True)
                 elif event.kind == "ignored":
-                    console.print(f"[yellow]warning:[/yellow] {escape(event.message or '')}", soft_wrap=True)
+                    console.print(Text("warning: ", "yellow") + shown(event.message or ""), soft_wrap=True)
                 elif event.kind == "started":
                     what = f"{event.rows} rows" + (
                         f" ({event.total} judgments: one per rule of a policy row)"
@@ -222,8 +222,8 @@ def register(app: typer.Typer) -> None:
                         else ""
                     )
                     console.print(
-                        f"{what} in {escape(str(input_path))}: {event.skipped} already done, "
-                        f"{event.todo} to judge"
+                        shown(f"{what} in {input_path}: {event.skipped} already done, {event.todo} to judge"),
+                        soft_wrap=True,
                     )
                     state["task"] = progress.add_task(
                         "batch", total=event.todo, errors=0, hist=histogram_text({}), now=""
@@ -234,8 +234,10 @@ def register(app: typer.Typer) -> None:
                     severity = f" ({record.decision.severity})" if record.decision.severity else ""
                     style = DECISION_STYLE.get(word, "bold")
                     progress.console.print(
-                        f"{escape(record.id)} (line {record.line}): "
-                        f"[{style}]{word}{escape(severity)}[/{style}]"
+                        Text.assemble(
+                            shown(record.id), f" (line {record.line}): ", shown(f"{word}{severity}", style)
+                        ),
+                        soft_wrap=True,
                     )
                 elif event.kind == "error":
                     state["errors"] += 1
@@ -243,8 +245,10 @@ def register(app: typer.Typer) -> None:
                     if event.row is not None and event.row.rule_id is not None:
                         row_id = f"{row_id} · {event.row.rule_id}"
                     progress.console.print(
-                        f"[red]error[/red] {escape(str(row_id))} (line {event.line}): "
-                        f"{escape(event.message or '')}"
+                        Text.assemble(
+                            ("error ", "red"), shown(f"{row_id} (line {event.line}): {event.message or ''}")
+                        ),
+                        soft_wrap=True,
                     )
                 elif event.kind == "row_done":
                     if event.score is not None:
@@ -257,7 +261,7 @@ def register(app: typer.Typer) -> None:
                         advance=1,
                         errors=state["errors"],
                         hist=histogram_text(state["hist"]),
-                        now=escape(now),
+                        now=shown(now).plain,
                     )
 
             def on_first_interrupt() -> None:
@@ -288,14 +292,14 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     "[yellow]interrupted:[/yellow] the rows in flight were dropped; finished rows are saved."
                 )
-                console.print(f"resume with: {escape(resume)}", soft_wrap=True)
+                console.print(shown(f"resume with: {resume}"), soft_wrap=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             _print_summary(summary.to_dict())
             if json_out:
                 emit_json(summary.to_dict())
             if summary.stopped:
                 console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
-                console.print(f"resume with: {escape(resume)}", soft_wrap=True)
+                console.print(shown(f"resume with: {resume}"), soft_wrap=True)
                 raise typer.Exit(EXIT_INTERRUPTED)
 
 
@@ -318,11 +322,13 @@ def _print_summary(data: dict[str, Any]) -> None:
     table.add_row("judged", f"{data['judged']} ({data['ok']} ok, {data['errors']} errors)")
     table.add_row("skipped", f"{data['skipped']} already done")
     if data.get("decisions"):
+        from ..decision import DECISIONS
+
         counts = data["decisions"]
         table.add_row(
             "decisions",
             "  ".join(
-                f"[{DECISION_STYLE[k]}]{k}[/{DECISION_STYLE[k]}] {counts.get(k, 0)}" for k in DECISION_STYLE
+                f"[{DECISION_STYLE[k]}]{k}[/{DECISION_STYLE[k]}] {counts.get(k, 0)}" for k in DECISIONS
             ),
         )
     if data.get("warned"):
@@ -330,6 +336,6 @@ def _print_summary(data: dict[str, Any]) -> None:
     if data["mean_score"] is not None:
         table.add_row("mean score", f"{data['mean_score']:.2f}")
         table.add_row("scores", histogram_text(data["histogram"]))
-    table.add_row("output", escape(data["output"]))
+    table.add_row("output", shown(data["output"]))
     table.add_row("time", f"{data['elapsed_s']:.1f} s")
     console.print(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import examples, stderr_console
+from ._common import examples, shown, stderr_console
 
 __all__ = ["register"]
 
@@ -58,9 +58,8 @@ def register(app: typer.Typer) -> None:
         )
         console = stderr_console()
         console.print(
-            f"wrote {result.output}: {result.rows} image(s), {result.captioned} with a caption file",
-            highlight=False,
-            markup=False,
+            shown(f"wrote {result.output}: {result.rows} image(s), {result.captioned} with a caption file"),
+            soft_wrap=True,
         )
         if result.unreadable:
             console.print(

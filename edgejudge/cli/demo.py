@@ -51,10 +51,10 @@ def how_to_run() -> tuple[str, str | None]:
     if not script.is_file():
         return f"{sys.executable} -c 'from edgejudge.cli import main; main()'", None
     activate = bindir / "activate"
-    return _shown(script), (f"source {_shown(activate)}" if activate.is_file() else None)
+    return _relative(script), (f"source {_relative(activate)}" if activate.is_file() else None)
 
 
-def _shown(path: Path) -> str:
+def _relative(path: Path) -> str:
     """``path`` relative to the current folder when below it (``.venv/bin/edgejudge``), else absolute."""
     rel = os.path.relpath(path)
     return str(path) if rel.startswith("..") else rel

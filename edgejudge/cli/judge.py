@@ -20,6 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ._common import (
+    DECISION_STYLE,
+    STATE_STYLE,
     FeedbackStream,
     GenerationOptions,
     JsonOpt,
@@ -28,6 +30,7 @@ from ._common import (
     examples,
     read_text_file,
     registered_name,
+    shown,
     status,
     stderr_console,
     usage_error,
@@ -41,10 +44,7 @@ if TYPE_CHECKING:
     from ..rubric import Rubric
     from ..verdict import PolicyVerdict
 
-__all__ = ["register", "choose_rubric", "read_text_arg", "policy_view", "DEFAULT_RUBRIC", "DECISION_STYLE"]
-
-#: How a decision is coloured on a terminal.
-DECISION_STYLE = {"compliant": "green", "violation": "bold red", "needs_review": "yellow", "error": "magenta"}
+__all__ = ["register", "choose_rubric", "read_text_arg", "policy_view", "DEFAULT_RUBRIC"]
 
 #: The rubric used when neither --rubric nor --criteria is given.
 DEFAULT_RUBRIC = "vqa-helpfulness"
@@ -256,9 +256,7 @@ def register(app: typer.Typer) -> None:
             verdict = replace(verdict, warnings=(*verdict.warnings, *input_warnings))
         if as_json:
             for warning in verdict.warnings:  # people still hear about them; the JSON carries them too
-                console.print(
-                    f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True, markup=False
-                )
+                console.print(shown(f"warning: {warning}", "yellow"), soft_wrap=True)
             emit_json(verdict.to_dict())
         else:
             console.print(verdict_panel(verdict, model=registered_name(options)))
@@ -312,7 +310,7 @@ def _judge_policy(
             review_band=band or DEFAULT_REVIEW_BAND,
         )
     for warning in input_warnings:
-        console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True, markup=False)
+        console.print(shown(f"warning: {warning}", "yellow"), soft_wrap=True)
     if as_json:
         data = verdict.to_dict()
         if input_warnings:
@@ -325,36 +323,36 @@ def _judge_policy(
 
 def policy_view(verdict: PolicyVerdict, policy: Policy, *, model: str | None = None) -> Group:
     """The policy verdict for people: rules × (score, p_pass, passed, severity), each rule's feedback (or
-    error) and the decision line, coloured by decision."""
-    table = Table(title=f"{policy.name} {policy.version}", title_justify="left", expand=False)
+    error) and the decision line, coloured by decision. Text from the policy file and the model is printed
+    through ``shown``."""
+    table = Table(title=shown(f"{policy.name} {policy.version}"), title_justify="left", expand=False)
     for name, justify in (("rule", "left"), ("severity", "left"), ("score", "right"), ("p_pass", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     table.add_column("passed", justify="center")
     table.add_column("state")
-    state_style = {"pass": "green", "fail": "red", "uncertain": "yellow", "error": "magenta"}
     for rule in verdict.rules:
         passed = "?" if rule.passed is None else ("yes" if rule.passed else "no")
         table.add_row(
-            Text(f"{rule.rule_id}  {rule.title}"),
-            rule.severity,
+            shown(f"{rule.rule_id}  {rule.title}"),
+            shown(rule.severity),
             "?" if rule.score is None else str(rule.score),
             "-" if rule.p_pass is None else f"{rule.p_pass:.2f}",
             passed,
-            Text(rule.state, style=state_style.get(rule.state, "")),
+            Text(rule.state, style=STATE_STYLE.get(rule.state, "")),
         )
     parts: list[Text | Table] = [table]
     for rule in verdict.rules:
-        parts.append(Text(f"\n{rule.rule_id}", style="bold"))
+        parts.append(shown(f"\n{rule.rule_id}", "bold"))
         if rule.verdict is not None:
-            parts.append(Text(rule.verdict.feedback.strip() or "(no feedback)"))
-            parts += [Text(f"warning: {w}", style="yellow") for w in rule.verdict.warnings]
+            parts.append(shown(rule.verdict.feedback.strip() or "(no feedback)"))
+            parts += [shown(f"warning: {w}", "yellow") for w in rule.verdict.warnings]
         else:
-            parts.append(Text(f"error: {rule.error}", style="magenta"))
+            parts.append(shown(f"error: {rule.error}", "magenta"))
             if rule.hint:
-                parts.append(Text(f"hint: {rule.hint}", style="dim"))
+                parts.append(shown(f"hint: {rule.hint}", "dim"))
     parts.append(_decision_line(verdict))
     if model:
-        parts.append(Text(f"model {model}", style="dim"))
+        parts.append(shown(f"model {model}", "dim"))
     return Group(*parts)
 
 
@@ -369,5 +367,5 @@ def _decision_line(verdict: PolicyVerdict) -> Text:
         ("errors", decision.errors),
     ):
         if ids:
-            line.append(f"  {label}: {', '.join(ids)}")
+            line.append(shown(f"  {label}: {', '.join(ids)}"))
     return line

@@ -28,6 +28,7 @@ from ._common import (
     emit_json,
     examples,
     read_bytes_file,
+    shown,
     stderr_console,
     usage_error,
 )
@@ -52,7 +53,7 @@ def _render(metrics: Metrics, joined: Joined, pred_field: str, gold_field: str) 
         f"{joined.unmatched_pred} predictions, {joined.unmatched_gold} gold · failed predictions "
         f"{joined.failed_pred} · missing gold {joined.missing_gold}"
     )
-    corr = Table(title=f"{pred_field} vs {gold_field}", title_justify="left")
+    corr = Table(title=shown(f"{pred_field} vs {gold_field}"), title_justify="left")
     for col, justify in (("statistic", "left"), ("value", "right"), ("95% CI", "center"), ("p", "right")):
         corr.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, c in (
@@ -98,7 +99,7 @@ class View(str, Enum):
 
 def _render_leaderboard(board: Leaderboard, name: str) -> Group:
     pct = round(board.confidence * 100)
-    table = Table(title=Text(f"leaderboard by {board.field} ({name})"), title_justify="left")
+    table = Table(title=shown(f"leaderboard by {board.field} ({name})"), title_justify="left")
     for col, justify in (("#", "right"), (board.field, "left"), ("n", "right"), ("mean", "right")):
         table.add_column(Text(col), justify=justify)  # type: ignore[arg-type]
     table.add_column(f"{pct}% CI", justify="center")
@@ -130,8 +131,8 @@ def _render_leaderboard(board: Leaderboard, name: str) -> Group:
 
 
 def _render_grades(sheet: GradeSheet, name: str) -> Group:
-    table = Table(title=Text(f"grade sheet by {sheet.field} ({name})"), title_justify="left")
-    table.add_column(Text(sheet.field))
+    table = Table(title=shown(f"grade sheet by {sheet.field} ({name})"), title_justify="left")
+    table.add_column(shown(sheet.field))
     table.add_column("items", justify="right")
     for column in sheet.columns:
         table.add_column(Text(column), justify="right")
@@ -281,7 +282,7 @@ def register(app: typer.Typer) -> None:
         )
         console = stderr_console()
         for line in joined.malformed_lines:
-            console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
+            console.print(shown(f"warning: {line}", "yellow"), soft_wrap=True)
         if not joined.ids:
             raise InputError(
                 f"no scored rows matched between {pred_path.name} and {gold_path.name} "

@@ -1,9 +1,10 @@
 """``edgejudge policies list|show|check``: browse the built-in policies, inspect one, validate your own.
 
-People read stderr (tables, the ``ok:`` line, warnings); ``--json`` writes the data on stdout. A policy
-that cannot be used is the library's ``PolicyError`` (file, rule and field named), turned into one
-``error:`` line and exit 1 by ``_common.guard``. ``check`` also warns (exit 0) about a rule whose prompt,
-estimated without a tokenizer (``policy.prompt_estimate``), would come near the judge's training length.
+People read stderr (tables, the ``ok:`` line, warnings; a policy file's text through ``shown``, so a
+control character in it is never run); ``--json`` writes the data on stdout. A policy that cannot be
+used is the library's ``PolicyError`` (file, rule and field named), turned into one ``error:`` line and
+exit 1 by ``_common.guard``. ``check`` also warns (exit 0) about a rule whose prompt, estimated without a
+tokenizer (``policy.prompt_estimate``), would come near the judge's training length.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ._common import JsonOpt, emit_json, examples, make_app, reflow, stderr_console
+from ._common import JsonOpt, emit_json, examples, make_app, reflow, shown, stderr_console
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -71,7 +72,7 @@ def _rules_table(policy: Policy) -> Table:
     table.add_column("severity", no_wrap=True)
     table.add_column("pass_at", justify="right")
     for rule in policy.rules:
-        table.add_row(Text(rule.id), Text(rule.title), Text(rule.severity), str(rule.pass_at))
+        table.add_row(shown(rule.id), shown(rule.title), shown(rule.severity), str(rule.pass_at))
     return table
 
 
@@ -79,19 +80,19 @@ def _print_rubrics(policy: Policy) -> None:
     console = stderr_console()
     for rule in policy.rules:
         console.print()
-        head = Text.assemble((rule.id, "bold cyan"), " — ", (rule.title, "bold"))
-        head.append(f"  ({rule.severity}, passes at {rule.pass_at}+)", style="dim")
+        head = Text.assemble(shown(rule.id, "bold cyan"), " — ", shown(rule.title, "bold"))
+        head.append(shown(f"  ({rule.severity}, passes at {rule.pass_at}+)", "dim"))
         console.print(head)
         if rule.description:
-            console.print(Text(rule.description, style="dim"))
+            console.print(shown(rule.description, "dim"))
         if rule.instruction:
-            console.print(Text.assemble(("instruction: ", "bold"), rule.instruction))
-        console.print(Text.assemble(("criteria: ", "bold"), rule.rubric.criteria))
+            console.print(Text.assemble(("instruction: ", "bold"), shown(rule.instruction)))
+        console.print(Text.assemble(("criteria: ", "bold"), shown(rule.rubric.criteria)))
         grid = Table.grid(padding=(0, 2))
         grid.add_column(justify="right", style="bold cyan", no_wrap=True)
         grid.add_column()
         for score, text in enumerate(rule.rubric.descriptions, start=1):
-            grid.add_row(f"Score {score}", Text(text))
+            grid.add_row(f"Score {score}", shown(text))
         console.print(grid)
 
 
@@ -123,7 +124,8 @@ def register(app: typer.Typer) -> None:
         table.add_column("rules", justify="right")
         table.add_column("what it is for")
         for p in library.values():
-            table.add_row(Text(p.name), Text(p.version), str(len(p.rules)), Text(_first_line(p.description)))
+            about = shown(_first_line(p.description))
+            table.add_row(shown(p.name), shown(p.version), str(len(p.rules)), about)
         console = stderr_console()
         console.print(table)
         console.print(
@@ -166,13 +168,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(policy_to_toml(policy), nl=False)
             return
         console = stderr_console()
-        console.print(Text.assemble((policy.name, "bold"), " ", (policy.version, "bold cyan")))
-        console.print(Text(policy.description))
+        console.print(Text.assemble(shown(policy.name, "bold"), " ", shown(policy.version, "bold cyan")))
+        console.print(shown(policy.description))
         if policy.instruction:
-            console.print(Text.assemble(("instruction: ", "bold"), policy.instruction))
+            console.print(Text.assemble(("instruction: ", "bold"), shown(policy.instruction)))
         else:
             console.print(Text.assemble(("instruction: ", "bold"), ("none (each item's own)", "dim")))
-        console.print(Text(f"source: {policy.source}   sha256: {policy.sha256[:16]}…", style="dim"))
+        console.print(shown(f"source: {policy.source}   sha256: {policy.sha256[:16]}…", "dim"))
         console.print(_rules_table(policy))
         if rubrics:
             _print_rubrics(policy)
@@ -201,18 +203,16 @@ def register(app: typer.Typer) -> None:
             estimate = prompt_estimate(policy, rule)
             if estimate > near:
                 console.print(
-                    f"warning: {name}: rule '{rule.id}': the prompt would be about {estimate} tokens with a "
-                    f"typical item, near or over the {TRAINING_CONTEXT} the judge was trained on (with room "
-                    "for its feedback); shorten the rule's rubric or instruction",
-                    style="yellow",
-                    markup=False,
-                    highlight=False,
+                    shown(
+                        f"warning: {name}: rule '{rule.id}': the prompt would be about {estimate} tokens "
+                        f"with a typical item, near or over the {TRAINING_CONTEXT} the judge was trained on "
+                        "(with room for its feedback); shorten the rule's rubric or instruction",
+                        "yellow",
+                    ),
                     soft_wrap=True,
                 )
         count = len(policy.rules)
         console.print(
-            f"ok: {name}: policy {policy.name} {policy.version}, {count} rule{'s' if count != 1 else ''}",
-            markup=False,
-            highlight=False,
+            shown(f"ok: {name}: policy {policy.name} {policy.version}, {count} rule{'s' * (count != 1)}"),
             soft_wrap=True,
         )

@@ -4,18 +4,20 @@ appending those records to the log safely (``edgejudge review`` is the terminal 
 - ``review_queue(path)``: the ``policy_items`` of a policy batch's log (``records.read_log``) to review:
   those whose decision is ``needs_review`` and that carry no override made on the same results (a
   re-judged item has new results, so an older override does not hide it); with ``include_all`` every item.
+  An incomplete item (``PolicyItem.complete`` false: the batch has not judged all its rules yet) is never
+  reviewed, its decision is not known: the queue counts it apart (``ReviewQueue.incomplete``).
   A log without rule rows is not a policy log: ``InputError``.
 - ``make_override(item, decision, …)``: the ``OverrideRecord`` of a person's decision on an item:
   ``previous`` is the decision the rules add up to, ``key`` the item's key (``records.rules_key`` of its
-  rule rows: the override applies to exactly these results), ``at`` ISO 8601 UTC; a violation names a
-  severity (by default the worst severity among the item's uncertain rules, else its failed rules, else
-  all its rules: ``default_severity``).
+  rule rows: the override applies to exactly these results), ``at`` from ``records.utc_now``; a violation
+  names a severity (by default the worst severity among the item's uncertain rules, else its failed
+  rules, else all its rules: ``default_severity``).
 - ``append_override(path, record)``: one record appended as one whole line (``_jsonl.dumps_line``, written
   with ``batch.log.write_all`` and fsync'd) under the batch output lock (``batch.lock.OutputLock``: the same
   one-writer rule as a batch, so a batch running on the file is a clear error, not a torn line), after
   the checks a batch makes before appending (``batch.log``: a regular file that is an edgejudge batch log;
   a row cut short by a crash is repaired first, as a batch would).
-- ``parse_decision("ID=violation:major")``: the scripted form of a decision (``review --decide``).
+- ``find_items(queue, ids)``: the queue's items by id (a script's decisions name them).
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from . import _fs, _jsonl
 from .batch.lock import OutputLock
 from .batch.log import open_output, output_state, repair_locked, scan_output, write_all
-from .batch.records import OVERRIDE_DECISIONS, OverrideRecord, PolicyItem, policy_items, read_log
+from .batch.records import OVERRIDE_DECISIONS, OverrideRecord, PolicyItem, policy_items, read_log, utc_now
 from .decision import SEVERITIES, worst_severity
-from .errors import InputError
+from .errors import InputError, OutputBusyError
 
 __all__ = [
     "MAX_NOTE",
@@ -41,7 +43,6 @@ __all__ = [
     "default_severity",
     "make_override",
     "append_override",
-    "parse_decision",
     "find_items",
 ]
 
@@ -53,13 +54,15 @@ MAX_REVIEWER = 200
 @dataclass(frozen=True)
 class ReviewQueue:
     """The items of a policy log to review (input order), out of ``total`` items; ``already`` items
-    needing review were skipped because they carry an override made on the same results."""
+    needing review were skipped because they carry an override made on the same results; ``incomplete``
+    the ids of items left out because the batch has not judged every rule of them yet."""
 
     path: Path
     items: tuple[PolicyItem, ...]
     total: int
     already: int
     needs_review: int
+    incomplete: tuple[str, ...] = ()
 
 
 def review_queue(path: str | Path, *, include_all: bool = False) -> ReviewQueue:
@@ -80,10 +83,12 @@ def review_queue(path: str | Path, *, include_all: bool = False) -> ReviewQueue:
             f"{log_path} is not a policy log: {what}",
             hint="review reads the output of a batch run with a policy",
         )
-    waiting = [item for item in items if item.decision.decision == "needs_review"]
+    complete = [item for item in items if item.complete]
+    incomplete = tuple(item.id for item in items if not item.complete)
+    waiting = [item for item in complete if item.decision.decision == "needs_review"]
     already = sum(1 for item in waiting if item.override is not None)
-    chosen = items if include_all else [item for item in waiting if item.override is None]
-    return ReviewQueue(log_path, tuple(chosen), len(items), already, len(waiting))
+    chosen = complete if include_all else [item for item in waiting if item.override is None]
+    return ReviewQueue(log_path, tuple(chosen), len(items), already, len(waiting), incomplete)
 
 
 def default_severity(item: PolicyItem) -> str:
@@ -132,7 +137,7 @@ def make_override(
         raise InputError(
             "the reviewer needs a name on one line", hint="give the reviewer's name", about="reviewer"
         )
-    stamp = (at or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+    stamp = utc_now(at)
     return OverrideRecord(
         id=item.id,
         line=item.line,
@@ -148,9 +153,9 @@ def make_override(
 
 def append_override(path: str | Path, record: OverrideRecord, *, lock: OutputLock | None = None) -> None:
     """Append ``record`` to the batch log ``path`` as one whole line, fsync'd, under the output's lock
-    (``lock`` when the caller holds it, else taken here). ``InputError`` when another edgejudge is writing
-    the file, the file is missing, empty or not an edgejudge batch log (left as it was), or cannot be
-    written."""
+    (``lock`` when the caller holds it, else taken here). ``OutputBusyError`` when another edgejudge is
+    writing the file; ``InputError`` when the file is missing, empty or not an edgejudge batch log (left
+    as it was), or cannot be written."""
     output = _fs.user_path(path, what="results path")
     if lock is not None and lock.covers(output):
         _append_locked(output, record)
@@ -158,12 +163,11 @@ def append_override(path: str | Path, record: OverrideRecord, *, lock: OutputLoc
     own = OutputLock(output)
     try:
         own.acquire()
-    except InputError as err:
-        if "already being written" not in err.message:
-            raise
-        raise InputError(  # a batch is writing the file: say what to do as a reviewer
+    except OutputBusyError as err:  # a batch is writing the file: say what to do as a reviewer
+        raise OutputBusyError(
             err.message,
             hint="wait for that batch to finish, then review again (decisions saved so far are kept)",
+            about=err.about,
         ) from None
     try:
         _append_locked(output, record)
@@ -188,28 +192,15 @@ def _append_locked(output: Path, record: OverrideRecord) -> None:
         os.close(fd)
 
 
-def parse_decision(text: str) -> tuple[str, str, str | None]:
-    """``ID=compliant`` or ``ID=violation[:SEVERITY]`` as ``(id, decision, severity or None)``; the id is
-    what precedes the last ``=``, spaces around each part are ignored. ``InputError`` for anything else."""
-    row_id, sep, rest = text.rpartition("=")
-    decision, _, severity = rest.partition(":")
-    row_id, decision, severity = row_id.strip(), decision.strip(), severity.strip()
-    if not sep or not row_id or decision not in OVERRIDE_DECISIONS or (severity and decision != "violation"):
-        raise InputError(
-            f"cannot read the decision {text!r}",
-            hint="write ID=compliant or ID=violation, or ID=violation:SEVERITY",
-        )
-    if severity and severity not in SEVERITIES:
-        raise InputError(
-            f"unknown severity {severity!r} in {text!r}", hint=f"use one of: {', '.join(SEVERITIES)}"
-        )
-    return row_id, decision, severity or None
-
-
 def find_items(queue: ReviewQueue, ids: Sequence[str]) -> dict[str, PolicyItem]:
     """The queue's items by id for the ids asked; ``InputError`` naming the first id that is not one."""
     by_id = {item.id: item for item in queue.items}
     for row_id in ids:
+        if row_id in queue.incomplete:
+            raise InputError(
+                f"{queue.path}: item {row_id!r} is incomplete (the batch has not judged every rule yet)",
+                hint="run the batch again to judge its missing rules, then review it",
+            )
         if row_id not in by_id:
             raise InputError(
                 f"{queue.path} has no item {row_id!r} to review",

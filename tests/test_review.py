@@ -1,5 +1,5 @@
 """``edgejudge.review``: the review queue of a policy log, override records, the locked append, and the
-scripted decision syntax (hand-written policy logs in the documented format: tests/helpers/review_logs)."""
+incomplete items left out (hand-written policy logs in the documented format: tests/helpers/review_logs)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from edgejudge.review import (
     default_severity,
     find_items,
     make_override,
-    parse_decision,
     review_queue,
 )
-from tests.helpers.review_logs import policy_log
+from tests.helpers.review_logs import decision_record, policy_log
 
 
 def finals(path: Path) -> dict[str, str]:
@@ -79,8 +78,13 @@ def test_an_override_of_older_results_does_not_hide_a_rejudged_item(work_dir: Pa
     rejudged = json.loads(path.read_text().splitlines()[4])  # unsure-1's first rule, judged again
     assert (rejudged["id"], rejudged["rule_id"]) == ("unsure-1", "prohibited-items")
     rejudged["key"] = "e" * 64
-    with path.open("a") as handle:
-        handle.write(json.dumps(rejudged) + "\n")
+    others = [json.loads(line) for line in path.read_text().splitlines()[5:7]]  # its other two rules
+    assert [(r["id"], r.get("rule_id")) for r in others] == [
+        ("unsure-1", "misleading-claims"),
+        ("unsure-1", "personal-data"),
+    ]
+    with path.open("a") as handle:  # the re-judge finished: its decision record is written too
+        handle.write(json.dumps(rejudged) + "\n" + json.dumps(decision_record([rejudged, *others])) + "\n")
     assert "unsure-1" in [i.id for i in review_queue(path).items]
 
 
@@ -161,30 +165,29 @@ def test_queue_of_what_is_not_a_policy_log(work_dir: Path, path: str, words: str
         review_queue(work_dir / path)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("r1=compliant", ("r1", "compliant", None)),
-        ("r1=violation", ("r1", "violation", None)),
-        ("r1=violation:minor", ("r1", "violation", "minor")),
-        ("a=b=violation:critical", ("a=b", "violation", "critical")),
-        (" r1 = compliant ", ("r1", "compliant", None)),
-    ],
-)
-def test_parse_decision(text: str, expected: tuple) -> None:
-    assert parse_decision(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text", ["r1", "=compliant", "r1=maybe", "r1=compliant:major", "r1=violation:huge", "r1=needs_review"]
-)
-def test_parse_decision_refuses(text: str) -> None:
-    with pytest.raises(InputError):
-        parse_decision(text)
-
-
 def test_find_items(work_dir: Path) -> None:
     queue = review_queue(policy_log(work_dir))
     assert list(find_items(queue, ["unsure-2"])) == ["unsure-2"]
     with pytest.raises(InputError, match="no item 'clean' to review"):
         find_items(queue, ["clean"])  # compliant: not in the queue of items that need review
+
+
+def _cut(path: Path, item: str) -> None:
+    """Drop ``item``'s decision record and its last rule row: a batch killed before the item was done."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    mine = [k for k, r in enumerate(lines) if r["id"] == item]
+    kept = [r for k, r in enumerate(lines) if k not in mine[-2:]]  # the last rule row, then the decision
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def test_an_incomplete_item_is_never_reviewed(work_dir: Path) -> None:
+    path = policy_log(work_dir)
+    _cut(path, "unsure-2")
+    queue = review_queue(path)
+    assert [i.id for i in queue.items] == ["unsure-1"] and queue.incomplete == ("unsure-2",)
+    assert (queue.total, queue.needs_review) == (4, 1)
+    every = review_queue(path, include_all=True)
+    assert [i.id for i in every.items] == ["clean", "unsure-1", "bad"] and every.incomplete == ("unsure-2",)
+    with pytest.raises(InputError, match="'unsure-2' is incomplete") as err:
+        find_items(every, ["unsure-2"])
+    assert err.value.hint is not None and "run the batch again" in err.value.hint

@@ -1,5 +1,6 @@
 """``edgejudge review``: the walk driven in a real pseudo-terminal (pexpect, the console script), and the
-command's other paths through CliRunner (no terminal, --decide, nothing to review, not a policy log).
+command's other paths through CliRunner (no terminal, --decide and its syntax, nothing to review, incomplete
+items, not a policy log).
 
 The logs are hand-written policy logs in the documented record format (tests/helpers/review_logs): rule
 rows, decision records and a real image beside them."""
@@ -19,6 +20,8 @@ from typer.testing import CliRunner
 from edgejudge.batch.lock import OutputLock
 from edgejudge.batch.records import policy_items, read_log
 from edgejudge.cli import app
+from edgejudge.cli.review import parse_decision
+from edgejudge.errors import InputError
 from tests.helpers.review_logs import policy_log
 
 EDGEJUDGE = str(Path(sys.executable).with_name("edgejudge"))
@@ -306,3 +309,47 @@ def test_a_note_too_long_is_asked_again(work_dir: Path) -> None:
     answer(child, KEYS, "q")
     assert finish(child) == 0
     assert [(r["id"], r["note"]) for r in overrides(path)] == [("unsure-1", "short")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("r1=compliant", ("r1", "compliant", None)),
+        ("r1=violation", ("r1", "violation", None)),
+        ("r1=violation:minor", ("r1", "violation", "minor")),
+        ("a=b=violation:critical", ("a=b", "violation", "critical")),
+        (" r1 = compliant ", ("r1", "compliant", None)),
+    ],
+)
+def test_parse_decision(text: str, expected: tuple) -> None:
+    assert parse_decision(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["r1", "=compliant", "r1=maybe", "r1=compliant:major", "r1=violation:huge", "r1=needs_review"]
+)
+def test_parse_decision_refuses(text: str) -> None:
+    with pytest.raises(InputError):
+        parse_decision(text)
+
+
+def test_incomplete_items_are_skipped_and_counted(work_dir: Path) -> None:
+    path = policy_log(work_dir)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    unsure = [k for k, r in enumerate(lines) if r["id"] == "unsure-2"]
+    path.write_text("".join(json.dumps(r) + "\n" for k, r in enumerate(lines) if k not in unsure[-2:]))
+    result = runner.invoke(app, ["review", str(path), "--reviewer", "ana"])
+    assert result.exit_code == 2  # unsure-1 is left to review, and there is no terminal
+    said = " ".join(result.stderr.split())
+    assert (
+        "1 incomplete item(s) skipped (the batch has not judged every rule yet; run it again): unsure-2"
+        in said
+    )
+    scripted = runner.invoke(app, ["review", str(path), "--reviewer", "ci", "--decide", "unsure-2=compliant"])
+    assert scripted.exit_code == 1 and "'unsure-2' is incomplete" in " ".join(scripted.stderr.split())
+    assert overrides(path) == []
+    done = runner.invoke(app, ["review", str(path), "--reviewer", "ci", "--decide", "unsure-1=compliant"])
+    assert done.exit_code == 0, done.stderr
+    again = runner.invoke(app, ["review", str(path), "--reviewer", "ana"])
+    assert again.exit_code == 0, again.stderr
+    assert "4 item(s), 1 need review, all 1 already decided, 1 incomplete" in " ".join(again.stderr.split())

@@ -6,13 +6,14 @@ severity, state) and each rule's feedback; then a key: ``a`` accept (compliant),
 the severity), ``c`` confirm the computed decision (items that have one: with ``--all``), ``s`` skip,
 ``q`` quit; then an optional note. Every decision is appended at once (``edgejudge.review``: the
 queue, the override records, the locked append); a summary closes the walk. Without a terminal it
-refuses with a hint, unless the decisions are given with ``--decide ID=DECISION`` (scripts).
+refuses with a hint, unless the decisions are given with ``--decide ID=DECISION`` (scripts;
+``parse_decision`` reads that syntax). Incomplete items (the batch has not judged all their rules yet) are
+never reviewed: the walk says how many it skipped. Text from the log is printed through ``shown``.
 """
 
 from __future__ import annotations
 
 import getpass
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,14 +26,24 @@ from rich.text import Text
 
 from ..decision import SEVERITIES
 from ..errors import EdgeJudgeError, InputError
-from ._common import EXIT_INTERRUPTED, EXIT_USAGE, examples, fail, stderr_console, usage_error
+from ._common import (
+    DECISION_STYLE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    STATE_STYLE,
+    examples,
+    fail,
+    shown,
+    stderr_console,
+    usage_error,
+)
 from ._tui_prompts import Cancel, Prompter, preview
 
 if TYPE_CHECKING:
     from ..batch.records import OverrideRecord, PolicyItem
     from ..review import ReviewQueue
 
-__all__ = ["register"]
+__all__ = ["register", "parse_decision"]
 
 HELP = """\
 Walk through the items of a policy batch's output (edgejudge batch --policy) that need review: for each, \
@@ -43,26 +54,34 @@ severity, and the judge's feedback. Keys: [bold]a[/bold] accept (compliant), [bo
 
 Each decision is appended to the log at once as an override record (who, when, the decision it replaces, \
 the note), under the same one-writer lock as a batch; the report shows overridden decisions as such. \
-Items already decided on the same results are not shown again (--all shows every item). From a script, \
-give the decisions with --decide ID=compliant or --decide ID=violation[:SEVERITY].
+Items already decided on the same results are not shown again (--all shows every item). Incomplete items \
+(the batch has not judged every rule of them yet: run it again) are skipped. From a script, give the \
+decisions with --decide ID=compliant or --decide ID=violation[:SEVERITY].
 """
 
-_STATE_STYLE = {"pass": "green", "fail": "bold red", "uncertain": "yellow", "error": "magenta"}
-_DECISION_STYLE = {
-    "compliant": "green",
-    "violation": "bold red",
-    "needs_review": "yellow",
-    "error": "magenta",
-}
+#: What an incomplete item is, and what to do about it (the walk says it for the items it leaves out).
+INCOMPLETE_WHY = "the batch has not judged every rule yet; run it again"
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+def parse_decision(text: str) -> tuple[str, str, str | None]:
+    """``--decide`` as ``(id, decision, severity or None)``: ``ID=compliant`` or ``ID=violation[:SEVERITY]``;
+    the id is what precedes the last ``=``, spaces around each part are ignored. ``InputError`` for
+    anything else."""
+    from ..batch.records import OVERRIDE_DECISIONS
 
-
-def _shown(value: object) -> str:
-    """Text from the log as it may be printed on a terminal: control characters (an ESC would start an
-    escape sequence) written as ``\\xNN``; line feeds and tabs kept."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    row_id, sep, rest = text.rpartition("=")
+    decision, _, severity = rest.partition(":")
+    row_id, decision, severity = row_id.strip(), decision.strip(), severity.strip()
+    if not sep or not row_id or decision not in OVERRIDE_DECISIONS or (severity and decision != "violation"):
+        raise InputError(
+            f"cannot read the decision {text!r}",
+            hint="write --decide ID=compliant or --decide ID=violation, or --decide ID=violation:SEVERITY",
+        )
+    if severity and severity not in SEVERITIES:
+        raise InputError(
+            f"unknown severity {severity!r} in {text!r}", hint=f"use one of: {', '.join(SEVERITIES)}"
+        )
+    return row_id, decision, severity or None
 
 
 def _changes(item: PolicyItem, record: OverrideRecord) -> bool:
@@ -72,7 +91,7 @@ def _changes(item: PolicyItem, record: OverrideRecord) -> bool:
 
 def _say(console: Console, text: str, style: str = "") -> None:
     """One line for people, printed as written (paths and names are never markup) and never hard-wrapped."""
-    console.print(Text(_shown(text), style=style), soft_wrap=True)
+    console.print(shown(text, style), soft_wrap=True)
 
 
 def _reviewer(name: str | None) -> str:
@@ -96,16 +115,16 @@ def _rules_table(item: PolicyItem) -> Table:
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row, out in zip(item.rules, item.outcomes, strict=True):
-        title = Text(_shown(row.rule_id or ""))
+        title = shown(row.rule_id or "")
         if row.rule_title:
-            title.append(f" {_shown(row.rule_title)}", style="dim")
+            title.append(shown(f" {row.rule_title}", "dim"))
         table.add_row(
             title,
-            Text(_shown(row.severity or "")),
+            shown(row.severity or ""),
             "—" if row.score is None else str(row.score),
             "—" if row.p_pass is None else f"{row.p_pass:.2f}",
             "—" if row.passed is None else ("yes" if row.passed else "no"),
-            Text(out.state, style=_STATE_STYLE.get(out.state, "")),
+            Text(out.state, style=STATE_STYLE.get(out.state, "")),
         )
     return table
 
@@ -124,12 +143,12 @@ def _image(item: PolicyItem, root: Path, width: int) -> Panel | Text:
             )  # the preview is small; a log's size is not trusted
             fitted = prepare_image(path, size, row.image_fit or "crop", name=path.name)
         except EdgeJudgeError as err:
-            return Text(_shown(f"(image not shown: {err})"), style="dim")
+            return shown(f"(image not shown: {err})", "dim")
         cols = min(32, max(16, width // 3))
         return Panel(
-            preview(fitted, cols), title=Text(_shown(f"{path.name} as judged ({fitted.mode})")), expand=False
+            preview(fitted, cols), title=shown(f"{path.name} as judged ({fitted.mode})"), expand=False
         )
-    return Text(_shown(f"(image not shown: {row.image or 'no image'} not found)"), style="dim")
+    return shown(f"(image not shown: {row.image or 'no image'} not found)", "dim")
 
 
 def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path) -> None:
@@ -137,20 +156,21 @@ def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path
     decision = item.decision
     head = Text.assemble(
         (f"item {index}/{count} · ", "bold"),
-        (_shown(item.id), "bold"),
-        _shown(
+        shown(item.id, "bold"),
+        shown(
             f" (line {item.line}) · policy {item.policy.get('name', '?')} {item.policy.get('version', '')} · "
         ),
-        (decision.decision, _DECISION_STYLE.get(decision.decision, "")),
+        (decision.decision, DECISION_STYLE.get(decision.decision, "")),
     )
     if decision.severity:
         head.append(f" ({decision.severity})")
     if decision.uncertain:
-        head.append(_shown(f" · uncertain: {', '.join(decision.uncertain)}"), style="yellow")
+        head.append(shown(f" · uncertain: {', '.join(decision.uncertain)}", "yellow"))
     texts = Text()
     for label, value in (("instruction", row.instruction), ("response", row.response)):
         texts.append(f"{label}: ", style="bold")
-        texts.append(f"{_shown(value or '—')}\n\n")
+        texts.append(shown(value or "—"))
+        texts.append("\n\n")
     beside = Table.grid(padding=(0, 2))
     beside.add_column(no_wrap=True)
     beside.add_column(ratio=1)
@@ -160,16 +180,14 @@ def _show(console: Console, item: PolicyItem, index: int, count: int, root: Path
     parts.append(_rules_table(item))
     for rule in item.rules:
         evidence = rule.feedback or rule.error or "—"
-        parts.append(Text.assemble((_shown(f"{rule.rule_id}: "), "bold"), _shown(evidence)))
+        parts.append(Text.assemble(shown(f"{rule.rule_id}: ", "bold"), shown(evidence)))
     if item.override is not None:
         o = item.override
         parts.append(
-            Text(
-                _shown(
-                    f"already decided: {o.decision}{f' ({o.severity})' if o.severity else ''} "
-                    f"by {o.reviewer} at {o.at}{f' · note: {o.note}' if o.note else ''}"
-                ),
-                style="cyan",
+            shown(
+                f"already decided: {o.decision}{f' ({o.severity})' if o.severity else ''} "
+                f"by {o.reviewer} at {o.at}{f' · note: {o.note}' if o.note else ''}",
+                "cyan",
             )
         )
     console.print(Panel(Group(*parts), expand=True))  # type: ignore[arg-type]
@@ -253,7 +271,7 @@ class _Walk(Prompter):
 
 
 def _scripted(console: Console, queue: ReviewQueue, decisions: list[str], reviewer: str, note: str) -> None:
-    from ..review import append_override, find_items, make_override, parse_decision
+    from ..review import append_override, find_items, make_override
 
     parsed = [parse_decision(text) for text in decisions]
     items = find_items(queue, [row_id for row_id, _, _ in parsed])
@@ -316,11 +334,20 @@ def register(app: typer.Typer) -> None:
         if decide:
             _scripted(console, queue, decide, name, note)
             return
+        if queue.incomplete and not decide:
+            _say(
+                console,
+                f"{len(queue.incomplete)} incomplete item(s) skipped ({INCOMPLETE_WHY}): "
+                + ", ".join(queue.incomplete[:5])
+                + (", …" if len(queue.incomplete) > 5 else ""),
+                "yellow",
+            )
         if not queue.items:
             _say(
                 console,
                 f"nothing to review in {results}: {queue.total} item(s), {queue.needs_review} need review"
-                + (f", all {queue.already} already decided" if queue.already else ""),
+                + (f", all {queue.already} already decided" if queue.already else "")
+                + (f", {len(queue.incomplete)} incomplete" if queue.incomplete else ""),
             )
             return
         if not sys.stdin.isatty():

@@ -25,6 +25,8 @@ background:var(--card)}
 .d-needs_review{border-left-color:var(--s3)}.d-error{border-left-color:var(--err);background:#fff5f4}
 .bd-compliant{background:var(--s5)}.bd-violation{background:var(--s1)}.bd-needs_review{background:#b58105}
 .bd-error{background:var(--err)}
+.d-incomplete{border-left-color:var(--muted);border-left-style:dashed}.bd-incomplete{background:var(--muted)}
+.incomplete-note{margin:0 28px;padding:6px 12px;border:1px dashed var(--muted);border-radius:8px}
 .card.overridden .badge{outline:3px double var(--ink)}
 .decision{margin:6px 0}
 table.rules,table.grid,table.audit-table{border-collapse:collapse;font-size:13px;margin:6px 0;width:100%}

@@ -2,8 +2,9 @@
 
 ``views_html(rows, group_by)`` renders ``views.grade_sheet`` (by ``group_by``, default ``student``) and
 ``views.leaderboard`` (by ``system``) as HTML sections, or gives "" when no row carries the field, so a report
-of rows without them is unchanged. The views (numpy, scipy) are imported only when a row carries a field.
-Every label is escaped: group and system values come from the rows.
+of rows without them is unchanged; ``rows_carrying(rows, field)`` counts the rows that carry a field (the
+reports say so when a ``group_by`` field is carried by none). The views (numpy, scipy) are imported only when
+a row carries a field. Every label is escaped: group and system values come from the rows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from .batch.result import ResultRow
     from .views import GradeSheet, Leaderboard
 
-__all__ = ["views_html", "VIEWS_CSS", "DEFAULT_GROUP_FIELD", "SYSTEM_FIELD"]
+__all__ = ["views_html", "rows_carrying", "VIEWS_CSS", "DEFAULT_GROUP_FIELD", "SYSTEM_FIELD"]
 
 DEFAULT_GROUP_FIELD = "student"
 SYSTEM_FIELD = "system"
@@ -96,8 +97,9 @@ def leaderboard_html(board: Leaderboard) -> str:
     )
 
 
-def _carries(rows: Iterable[ResultRow], field: str) -> bool:
-    return any(name == field for row in rows for name, _ in row.extra)
+def rows_carrying(rows: Iterable[ResultRow], field: str) -> int:
+    """How many of ``rows`` carry the pass-through ``field`` (whatever its value)."""
+    return sum(1 for row in rows if any(name == field for name, _ in row.extra))
 
 
 def views_html(rows: Iterable[ResultRow], group_by: str | None = None) -> str:
@@ -105,7 +107,7 @@ def views_html(rows: Iterable[ResultRow], group_by: str | None = None) -> str:
     ``system``) sections, or "" when no row carries either field."""
     records = list(rows)
     field = group_by or DEFAULT_GROUP_FIELD
-    want_sheet, want_board = _carries(records, field), _carries(records, SYSTEM_FIELD)
+    want_sheet, want_board = rows_carrying(records, field) > 0, rows_carrying(records, SYSTEM_FIELD) > 0
     if not want_sheet and not want_board:
         return ""
     from .views import grade_sheet, leaderboard

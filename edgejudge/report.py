@@ -37,7 +37,7 @@ from ._report_html import HEAD_CSP, MAX_THUMBNAIL_FIT, THUMBNAIL_SIDE, Thumbnail
 from ._report_html import esc as _e
 from ._report_html import number as _number
 from ._report_html import text as _text
-from ._report_views import VIEWS_CSS, views_html
+from ._report_views import VIEWS_CSS, rows_carrying, views_html
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class ReportSummary:
     """What ``write_report`` wrote: ``rows`` cards (``ok`` + ``errors``), ``images_missing`` of them without
     a thumbnail (no image, image not found, unreadable, or outside the image root), ``images_outside_root``
     of those because the image lies outside the image root, ``skipped`` input rows that were not JSON
-    objects, ``bytes`` the size of the HTML file."""
+    objects, ``bytes`` the size of the HTML file, ``group_rows`` the rows carrying the grade sheet's
+    ``group_by`` field when one is given."""
 
     output: str
     rows: int
@@ -72,6 +73,7 @@ class ReportSummary:
     bytes: int
     images_outside_root: int = 0
     skipped: int = 0
+    group_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +273,7 @@ def render_report(
         bytes=len(page.encode("utf-8")),
         images_outside_root=outside,
         skipped=len(given) - len(records),
+        group_rows=rows_carrying(ordered, group_by) if group_by else None,
     )
     return page, summary
 

@@ -4,7 +4,11 @@ policy log, one line per row for a plain log, for spreadsheets. Nothing here pri
 Policy logs (rule rows; ``batch.records``): ``POLICY_COLUMNS`` (the item's instruction and response last,
 being the longest), then the input's pass-through fields (in the order they first appear). ``decision``
 is the decision that stands (a person's override applied), ``computed_decision`` the one the rule rows
-give, ``severity`` the item's, ``rule_severity`` the rule's.
+give, both ``incomplete`` for an item whose rules are not all judged yet (``PolicyItem.complete``: the
+batch was cut short or is still running); ``severity`` the item's, ``rule_severity`` the rule's;
+``rule_state`` the rule's state (pass, fail, uncertain or error) under the item's review band, so a
+``p_pass`` inside the band reads "uncertain" whatever ``passed`` says. A row whose policy could not be
+loaded is one line with ``rule_id`` "*" and its error.
 Plain logs: ``PLAIN_COLUMNS``, then the pass-through fields. Rows are untrusted, so every text cell that
 starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe (``'``): a
 spreadsheet then shows it as text instead of running it as a formula (CSV injection). Numbers are written
@@ -41,8 +45,8 @@ __all__ = [
 
 POLICY_COLUMNS = (
     "id line image decision computed_decision overridden_by override_note override_at severity rule_id "
-    "rule_title rule_severity score p_pass passed expected_score feedback error policy policy_version "
-    "policy_sha256 judged_at instruction response"
+    "rule_title rule_severity score p_pass passed rule_state expected_score feedback error policy "
+    "policy_version policy_sha256 judged_at instruction response"
 ).split()
 PLAIN_COLUMNS = (
     "id line status image rubric score expected_score agreement feedback error instruction response "
@@ -102,13 +106,15 @@ def _extras(row: ResultRow, names: Sequence[str]) -> list[Any]:
 
 def _policy_table(log: PolicyLog) -> tuple[list[str], list[list[Any]], int]:
     from .batch.records import policy_items
+    from .decision import INCOMPLETE
 
     items = policy_items(log.rows.values(), log.decisions, log.overrides)
     extra = _extra_columns((r for item in items for r in item.rules), POLICY_COLUMNS)
     lines: list[list[Any]] = []
     for item in items:
         override = item.override
-        for row in item.rules:
+        computed = item.decision.decision if item.complete else INCOMPLETE
+        for row, result in zip(item.rules, item.outcomes, strict=False):
             policy = row.policy or {}
             lines.append(
                 [
@@ -116,7 +122,7 @@ def _policy_table(log: PolicyLog) -> tuple[list[str], list[list[Any]], int]:
                     row.line,
                     row.image,
                     item.final,
-                    item.decision.decision,
+                    computed,
                     override.reviewer if override else None,
                     override.note if override else None,
                     override.at if override else None,
@@ -127,6 +133,7 @@ def _policy_table(log: PolicyLog) -> tuple[list[str], list[list[Any]], int]:
                     row.score if row.ok else None,
                     row.p_pass if row.ok else None,
                     row.passed if row.ok else None,
+                    result.state,
                     row.expected_score if row.ok else None,
                     row.feedback if row.ok else None,
                     None if row.ok else row.error or "unknown error",

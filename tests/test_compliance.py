@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgejudge.batch.records import read_log
+from edgejudge.batch.records import DecisionRecord, read_log, rules_key
 from edgejudge.cli import app
 from edgejudge.compliance import ComplianceSummary, render_compliance
+from edgejudge.decision import Decision
 from edgejudge.report import render_report, write_report
 from tests.helpers.compliance_logs import (
     POLICY,
@@ -23,6 +24,19 @@ from tests.helpers.compliance_logs import (
     rule_row,
     write_lines,
 )
+
+
+def _done(item: str, line: int, rows: list[dict]) -> dict:
+    """The decision record that makes an item complete, whatever its rows hold (an error decision)."""
+    rules = tuple(str(r.get("rule_id")) for r in rows)
+    return DecisionRecord(
+        id=item,
+        line=line,
+        key=rules_key(r["key"] for r in rows),
+        policy={},  # the rows' own (they hold no usable policy)
+        decision=Decision("error", None, (), (), rules),
+        rules=rules,
+    ).to_dict()
 
 
 def _page(path: Path, **kwargs: object) -> tuple[str, ComplianceSummary]:
@@ -95,8 +109,9 @@ def test_an_override_of_other_results_does_not_carry_over(work_dir: Path) -> Non
     path = policy_log(work_dir)
     again = rule_row("unsure", 3, RULES[1], 0.45, judged_at="2026-12-02T03:00:00Z")
     again["key"] = "cd" * 32  # judged again: other results, the override was made on the old ones
+    now = [rule_row("unsure", 3, RULES[0], 0.97), again, rule_row("unsure", 3, RULES[2], 0.9)]
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(again) + "\n")
+        handle.write(json.dumps(again) + "\n" + json.dumps(decision_record(now)) + "\n")
     page, summary = _page(path)
     assert summary.overridden == 0 and summary.needs_review == 1
     assert "decision: <b>needs_review</b>" in _card(page, "unsure")
@@ -141,8 +156,10 @@ def test_several_runs_are_listed_each(work_dir: Path) -> None:
 
     path = policy_log(work_dir)
     late = rule_row("clean", 1, RULES[0], 0.99, judged_at="2026-12-02T05:00:30Z")
+    decided = decision_record([late, *(rule_row("clean", 1, r, 0.95) for r in RULES[1:])])
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(run_record("2026-12-02T05:00:00Z")) + "\n" + json.dumps(late) + "\n")
+        handle.write(json.dumps(decided) + "\n")
     page, summary = _page(path)
     assert summary.runs == 2 and "<h3>Run 1</h3>" in page and "<h3>Run 2</h3>" in page
     run1 = re.search(r"<h3>Run 1</h3>.*?</table>", page, re.S).group(0)
@@ -166,7 +183,11 @@ def test_hostile_rows_are_escaped_and_bad_types_never_raise(work_dir: Path) -> N
     )
     with path.open("a", encoding="utf-8") as handle:
         handle.write(
-            json.dumps(weird) + "\n" + json.dumps({"id": "x", "line": 9, "status": "ok", "kind": "run"})
+            json.dumps(weird)
+            + "\n"
+            + json.dumps(_done("weird", 6, [weird]))  # the item is complete
+            + "\n"
+            + json.dumps({"id": "x", "line": 9, "status": "ok", "kind": "run"})
         )
         handle.write("\n[1, 2]\n{broken\n")
     page, summary = _page(path)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
-from ._common import JsonOpt, emit_json, examples, status, stderr_console, usage_error
+from ._common import JsonOpt, emit_json, examples, shown, status, stderr_console, usage_error
 
 __all__ = ["register"]
 
@@ -97,6 +97,10 @@ def register(app: typer.Typer) -> None:
         chosen = output_format.strip().lower()
         if chosen not in FORMATS:
             usage_error(f"unknown format {output_format!r}: choose html or csv", "--format")
+        if chosen == "csv":
+            for flag, value in (("--group-by", group_by), ("--title", title)):
+                if value is not None:
+                    usage_error(f"{flag} is for the HTML report: the CSV has every row and field", flag)
         results = user_path(results, what="results path")
         output = user_path(output, what="--output")
         image_root = user_path(image_root, what="--image-root") if image_root is not None else None
@@ -108,8 +112,11 @@ def register(app: typer.Typer) -> None:
                 table = write_csv(results, output)
             unit = "items" if table.kind == "policy" else "rows"
             console.print(
-                f"wrote {escape(table.output)}: {table.lines} lines ({table.items} {unit}, "
-                f"{table.columns} columns), {table.bytes / 1024:.0f} KiB"
+                shown(
+                    f"wrote {table.output}: {table.lines} lines ({table.items} {unit}, "
+                    f"{table.columns} columns), {table.bytes / 1024:.0f} KiB"
+                ),
+                soft_wrap=True,
             )
             if json_out:
                 emit_json(table.to_dict())
@@ -127,17 +134,24 @@ def register(app: typer.Typer) -> None:
                 group_by=group_by,
             )
         if isinstance(summary, ComplianceSummary):
+            incomplete = f", {summary.incomplete} incomplete" if summary.incomplete else ""
             console.print(
-                f"wrote {escape(summary.output)}: compliance report, {summary.items} items "
-                f"({summary.compliant} compliant, {summary.violation} violation, {summary.needs_review} "
-                f"needs review, {summary.error} error; {summary.overridden} overridden), "
-                f"{summary.bytes / 1024:.0f} KiB"
+                shown(
+                    f"wrote {summary.output}: compliance report, {summary.items} items "
+                    f"({summary.compliant} compliant, {summary.violation} violation, {summary.needs_review} "
+                    f"needs review, {summary.error} error{incomplete}; {summary.overridden} overridden), "
+                    f"{summary.bytes / 1024:.0f} KiB"
+                ),
+                soft_wrap=True,
             )
             noun = "items"
         else:
             console.print(
-                f"wrote {escape(summary.output)}: {summary.rows} rows ({summary.ok} judged, "
-                f"{summary.errors} errors), {summary.bytes / 1024:.0f} KiB"
+                shown(
+                    f"wrote {summary.output}: {summary.rows} rows ({summary.ok} judged, "
+                    f"{summary.errors} errors), {summary.bytes / 1024:.0f} KiB"
+                ),
+                soft_wrap=True,
             )
             noun = "rows"
         outside = summary.images_outside_root
@@ -151,11 +165,29 @@ def register(app: typer.Typer) -> None:
                 f"[yellow]{outside} images outside the image root were not embedded[/yellow]; pass "
                 "--image-root DIR (the folder they are in) or --embed-outside-root to embed them"
             )
+        if group_by is not None and summary.group_rows == 0:
+            from ..batch.input_fields import PASS_THROUGH
+
+            console.print(
+                shown(f"no row carries the field {group_by!r}: no grade sheet", "yellow")
+                + shown(
+                    f" (a batch copies only {', '.join(PASS_THROUGH)} and its --keep fields into its output; "
+                    f"run it again with --keep {group_by} to pass {group_by!r} through)"
+                ),
+                soft_wrap=True,
+            )
         if isinstance(summary, ComplianceSummary):
+            from ..compliance import INCOMPLETE_WHY
+
+            if summary.incomplete:
+                console.print(
+                    Text(f"{summary.incomplete} items incomplete", "yellow") + f": {INCOMPLETE_WHY}",
+                    soft_wrap=True,
+                )
             if summary.other_rows:
                 console.print(
-                    f"[yellow]{summary.other_rows} rows without a rule not shown[/yellow] (plain rows in a "
-                    "policy log)"
+                    f"[yellow]{summary.other_rows} rows without a rule not shown[/yellow] (rows of the log "
+                    "judged without a policy)"
                 )
         elif summary.skipped:
             console.print(f"[yellow]{summary.skipped} results rows skipped[/yellow] (not JSON objects)")

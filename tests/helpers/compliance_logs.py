@@ -86,7 +86,11 @@ def rule_row(
     return row.to_dict()
 
 
-def decision_record(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def decision_record(
+    rows: Iterable[Mapping[str, Any]], *, policy: Mapping[str, str] = POLICY
+) -> dict[str, Any]:
+    """The decision record the batch writes once every rule row of an item is in (it makes the item
+    complete: its ``key`` is ``rules_key`` of the rows' keys)."""
     rows = list(rows)
     records = [ResultRow.from_dict(r) for r in rows]
     outcomes = [outcome(r.rule_id or "", r.severity or "major", r.passed, r.p_pass) for r in records]
@@ -94,7 +98,7 @@ def decision_record(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         id=records[0].id,
         line=records[0].line or 0,
         key=rules_key(r.key for r in records),
-        policy=dict(POLICY),
+        policy=dict(policy),
         decision=decide(outcomes),
         rules=tuple(r.rule_id or "" for r in records),
         decided_at="2026-12-02T01:00:05Z",

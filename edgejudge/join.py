@@ -10,6 +10,10 @@ Owns how two JSONL files line up:
   id in its input.
 - Failed predictions (``status`` error, or no numeric score), rows in only one file and gold rows without a
   gold score are counted, never silently dropped.
+- A policy batch's log holds records beside its rows (decision, run and override records:
+  ``batch.result.is_log_record``): they are not rows and are passed over. Its rows are rule rows (one per
+  item and rule, ``rule_id`` set), which have no one score per id: predictions holding rule rows are
+  refused (``InputError``; such results are grouped by a field of their rows, or read as a report).
 
 ``join_rows`` pairs the bytes a caller read (the CLI reads ``-`` as stdin); ``join_scores`` reads two files,
 which must be regular files of at most ``MAX_FILE_BYTES`` (``_fs``: never a hang on a FIFO or a device).
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _fs, _jsonl
+from .errors import InputError
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -45,10 +50,13 @@ MAX_FILE_BYTES = 2 * 2**30
 
 @dataclass(frozen=True)
 class KeyedRows:
-    """The rows of one JSONL file by id, and its lines with problems (``problems``: "file:N: why")."""
+    """The rows of one JSONL file by id, and its lines with problems (``problems``: "file:N: why");
+    ``rule_rows`` of its rows are a policy batch's rule rows, ``name`` names the file."""
 
     rows: dict[str, dict[str, Any]]
     problems: tuple[str, ...]
+    rule_rows: int = 0
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,12 @@ class Joined:
 def keyed_rows(data: bytes, *, name: str, id_field: str = "id", first_wins: bool = False) -> KeyedRows:
     """``{id: row}`` of the JSONL bytes ``data`` (a file called ``name`` in problems); see the module
     docstring for which row of an id wins (``first_wins`` for gold files)."""
+    from .batch.result import is_log_record
     from .batch.rows import id_of
 
     rows: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
+    rule_rows = 0
     for n, line, replaced in _jsonl.split_lines(data):
         if replaced:  # ids and scores of such a line cannot be trusted: reported, not joined
             bad.append(f"{name}:{n}: not valid UTF-8 (undecodable bytes in the line)")
@@ -98,6 +108,10 @@ def keyed_rows(data: bytes, *, name: str, id_field: str = "id", first_wins: bool
         if not isinstance(row, dict):
             bad.append(f"{name}:{n}: not a JSON object")
             continue
+        if is_log_record(row):  # a policy log's decision, run or override record: not a row
+            continue
+        rule = row.get("rule_id")
+        rule_rows += isinstance(rule, str) and bool(rule)
         key = id_of(row, n, id_field)
         if key is None:
             bad.append(f"{name}:{n}: {id_field} must be a string or an integer")
@@ -106,7 +120,7 @@ def keyed_rows(data: bytes, *, name: str, id_field: str = "id", first_wins: bool
             bad.append(f"{name}:{n}: duplicate {id_field} {key!r} ignored (its first row is used)")
             continue
         rows[key] = row
-    return KeyedRows(rows, tuple(bad))
+    return KeyedRows(rows, tuple(bad), rule_rows, name)
 
 
 def read_keyed_rows(
@@ -133,7 +147,15 @@ def _number(value: Any) -> float | None:
 
 
 def pair_scores(preds: KeyedRows, golds: KeyedRows, *, pred_field: str = "score", gold_field: str) -> Joined:
-    """Pair the scores of rows with the same id; count everything that does not pair up."""
+    """Pair the scores of rows with the same id; count everything that does not pair up. ``InputError``
+    when the predictions are a policy batch's rule rows (see the module docstring)."""
+    if preds.rule_rows:
+        raise InputError(
+            f"{preds.name or 'the predictions'} holds policy results ({preds.rule_rows} rule rows: one per "
+            "item and rule), not one score per id to compare with gold scores",
+            hint="read policy results as a compliance report, or group them by a field of their input rows",
+            about="by",
+        )
     gold_rows = golds.rows
     ids: list[str] = []
     xs: list[float] = []

@@ -124,3 +124,43 @@ def test_join_scores_reads_files_through_the_safe_reader(work_dir: Path) -> None
         join_scores(folder, gold, gold_field="human")
     with pytest.raises(InputError, match="not found"):
         join_scores(work_dir / "missing.jsonl", gold, gold_field="human")
+
+
+def test_records_of_a_policy_log_are_not_rows() -> None:
+    from tests.helpers.compliance_logs import run_record
+
+    override = {"id": "a", "line": 1, "status": "ok", "kind": "override", "decision": "compliant"}
+    decision = {"id": "a", "line": 1, "status": "ok", "kind": "decision", "decision": "compliant"}
+    data = _jsonl(run_record(), {"id": "a", "line": 1, "score": 4}, decision, override)
+    keyed = keyed_rows(data, name="p.jsonl")
+    assert list(keyed.rows) == ["a"] and keyed.rows["a"]["score"] == 4  # the row, not the last record
+    assert keyed.problems == () and keyed.rule_rows == 0
+    joined = pair_scores(keyed, keyed_rows(_jsonl({"id": "a", "gold": 5}), name="g"), gold_field="gold")
+    assert joined.ids == ("a",) and joined.failed_pred == 0
+    # a row that only looks like a record (kind, but no integer line) stays a row
+    lookalike = keyed_rows(_jsonl({"id": "b", "kind": "decision", "score": 3}), name="p.jsonl")
+    assert list(lookalike.rows) == ["b"]
+
+
+def test_predictions_of_rule_rows_are_refused_with_a_hint(work_dir: Path) -> None:
+    from tests.helpers.compliance_logs import RULES, policy_log, rule_row
+
+    rows = keyed_rows(_jsonl(*(rule_row("x", 1, r, 0.9) for r in RULES)), name="out.jsonl")
+    assert rows.rule_rows == 3 and rows.name == "out.jsonl"
+    with pytest.raises(InputError, match=r"out\.jsonl holds policy results \(3 rule rows") as err:
+        pair_scores(rows, keyed_rows(_jsonl({"id": "x", "gold": 4}), name="g"), gold_field="gold")
+    assert err.value.about == ("by",) and "compliance report" in (err.value.hint or "")
+
+    from typer.testing import CliRunner
+
+    from edgejudge.cli import app
+
+    log = policy_log(work_dir)
+    (work_dir / "gold.jsonl").write_bytes(_jsonl({"id": "clean", "orig_score": 5}))
+    args = ["metrics", str(log), str(work_dir / "gold.jsonl"), "--gold-field", "orig_score"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "error: out.jsonl holds policy results (15 rule rows: one per item and rule)" in said
+    assert "hint: read policy results as a compliance report, or group them by a field" in said
+    assert said.endswith("of their input rows (--by)")

@@ -16,10 +16,10 @@ rows (``ResultRow.extra``: ``student``, ``system``, or any other):
   the mean score per column (``None`` where the group has no score), ``total`` = the mean over the row's
   column means, and for rule columns the number of rule rows that passed (``passed`` true).
 - **Leaderboard**: per system the mean over its counted rows, with a ``confidence`` (95%) bootstrap
-  interval from ``scipy.stats.bootstrap`` (BCa, ``resamples`` resamples, ``numpy.random.default_rng(seed)``
-  for every system, so the same rows give the same intervals); where BCa is undefined (a system with all
-  scores equal) or too costly (over ``BCA_MAX_ROWS`` rows) the percentile interval, and a system with one
-  row or one value gets the point itself.
+  interval from ``scipy.stats.bootstrap`` (BCa, ``resamples`` resamples,
+  ``rng=numpy.random.default_rng(seed)`` for every system, so the same rows give the same intervals); where
+  BCa is undefined (a system with all scores equal) or too costly (over ``BCA_MAX_ROWS`` rows) the
+  percentile interval, and a system with one row or one value gets the point itself.
   Systems best first (mean, then interval low end, then name). Pairwise wins compare systems on the items
   both judged: an item is (``image_sha256`` or ``image``, ``instruction``, ``rule_id`` or ``rubric``), a
   system's score on an item the mean of its rows for it; the higher score wins, equal scores tie, and
@@ -287,7 +287,8 @@ def _interval(values: np.ndarray, resamples: int, seed: int, confidence: float) 
     methods = ("BCa", "percentile") if len(values) <= BCA_MAX_ROWS else ("percentile",)
     for method in methods:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # a degenerate BCa warns and gives NaN: the percentile follows
+            # a degenerate BCa warns and gives NaN: the percentile follows (nothing else is hidden)
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
             result = stats.bootstrap(
                 (values,),
                 np.mean,
@@ -296,7 +297,7 @@ def _interval(values: np.ndarray, resamples: int, seed: int, confidence: float) 
                 vectorized=True,
                 confidence_level=confidence,
                 method=method,
-                random_state=np.random.default_rng(seed),
+                rng=np.random.default_rng(seed),
             )
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if math.isfinite(low) and math.isfinite(high):

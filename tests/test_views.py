@@ -333,3 +333,17 @@ def test_labels_with_control_characters_are_left_out(name: str) -> None:
     rows = [row("r1", 4, system="ok"), row("r2", 3, system=name), row("r3", 2, system="ok", rule=name)]
     board = leaderboard(rows, resamples=100)
     assert board is not None and [s.system for s in board.systems] == ["ok"] and board.left_out == 2
+
+
+def test_the_bootstrap_raises_no_deprecation_warning() -> None:
+    """The interval passes ``rng=`` (scipy >= 1.15; ``random_state`` is deprecated) and hides only the
+    degenerate-BCa warning, so a deprecation is seen, never a silent TypeError on the day it is removed."""
+    import warnings
+
+    rows = system_rows("a", [1, 2, 3, 4, 5, 4]) + system_rows("b", [3, 3, 3, 3], start=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning the views let through fails the test
+        board = leaderboard(rows, resamples=200, seed=3)
+    assert board is not None and [s.system for s in board.systems] == ["a", "b"]
+    low, high = board.systems[0].ci_low, board.systems[0].ci_high
+    assert low < board.systems[0].mean < high

@@ -2,7 +2,8 @@
 a policy run. Nothing here prints.
 
 ``audit_html(log, items)`` gives one section with a block per run record of the log (sorted by start): the
-edgejudge version, model and projector files with their sha256, the policies, the prompt template's sha256,
+edgejudge version, model and projector files with their sha256 (marked "registry record" when the run took
+the registry's recorded hash rather than hashing the file), the policies, the prompt template's sha256,
 the settings, the review band, the input file's sha256, the start and the end (the latest ``judged_at`` of
 the rule rows before the next run started). A log without run records (written by an older edgejudge) gets
 one block whose fields read "not recorded", with the policies taken from the items. Records come from files
@@ -45,6 +46,20 @@ def _setting(value: Any) -> str:
         return text(value)
 
 
+#: How the audit names where a model file's sha256 came from (``RunRecord.model["sha256_from"]``).
+_HASH_FROM = {"registry": "registry record", "file": "file hashed by the run"}
+
+
+def _file_hash(mapping: Any) -> str:
+    """A model or projector file's sha256, marked "(registry record)" when the run took the hash the
+    registry recorded for a file of that size instead of hashing the file."""
+    if not isinstance(mapping, Mapping):
+        return NOT_RECORDED
+    value = _value(mapping.get("sha256"))
+    origin = _HASH_FROM.get(mapping.get("sha256_from")) if value != NOT_RECORDED else None
+    return f'{value} <small class="muted">({origin})</small>' if origin else value
+
+
 def _end_of(rows: Sequence[ResultRow], start: str, until: str | None) -> str | None:
     times = [
         r.judged_at
@@ -78,9 +93,9 @@ def _run_html(
     fields = [
         ("edgejudge version", _value(run.edgejudge if run else None)),
         ("model", f"{_value(get(model, 'name'))} · file {_value(get(model, 'file'))}"),
-        ("model sha256", _value(get(model, "sha256"))),
+        ("model sha256", _file_hash(model)),
         ("projector (mmproj)", _value(get(mmproj, "file"))),
-        ("projector sha256", _value(get(mmproj, "sha256"))),
+        ("projector sha256", _file_hash(mmproj)),
         ("policies", policy_lines or NOT_RECORDED),
         ("prompt template sha256", _value(run.template_sha256 if run else None)),
         ("settings", settings_html),

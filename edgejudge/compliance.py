@@ -15,10 +15,11 @@ Items come from ``records.policy_items`` (the decision recomputed from the rule 
 applies to those results). An incomplete item (the batch has not judged every rule of it yet: cut short by a
 kill, or read while its batch runs) is its own category, ``incomplete``: counted apart in the summary, a value
 of the decision filter, its badge, never a decision its partial rules would give. A row whose policy could not
-be loaded is an item of one rule row with ``rule_id`` "*" (the whole policy): its card shows the error, and it
-counts as an error (it names no rule of the filter or of the failures table). Rows are untrusted: every text
-is escaped (``_report_html.esc``), and values of the wrong type are shown as text or "not recorded", never an
-error. Images follow the plain report's image-root rules (``_report_html.Thumbnails``). Nothing here prints.
+be loaded is an item of one rule row with ``rule_id`` "*" (``records.POLICY_ERROR_RULE``): its card shows the
+error, and it counts as an error (it names no rule of the filter or of the failures table). Rows are
+untrusted: every text is escaped (``_report_html.esc``), and values of the wrong type are shown as text or
+"not recorded", never an error. Images follow the plain report's image-root rules
+(``_report_html.Thumbnails``). Nothing here prints.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._compliance_audit import audit_html
 from ._report_assets import CSS
 from ._report_html import HEAD_CSP, Thumbnails, esc, number, text
 from ._report_views import rows_carrying, views_html
+from .batch.records import POLICY_ERROR_RULE
 from .decision import DECISIONS, INCOMPLETE, SEVERITIES
 
 if TYPE_CHECKING:
@@ -49,7 +51,6 @@ __all__ = [
     "DEFAULT_TITLE",
     "CATEGORIES",
     "INCOMPLETE_WHY",
-    "WHOLE_POLICY",
 ]
 
 DEFAULT_TITLE = "edgejudge compliance report"
@@ -57,8 +58,6 @@ DEFAULT_TITLE = "edgejudge compliance report"
 CATEGORIES = (*DECISIONS, INCOMPLETE)
 #: Why an item is incomplete and what to do about it.
 INCOMPLETE_WHY = "the batch has not judged every rule yet; run it again"
-#: The ``rule_id`` of the one rule row of an item whose policy could not be loaded.
-WHOLE_POLICY = "*"
 _LABELS = {
     "compliant": "compliant",
     "violation": "violation",
@@ -121,7 +120,7 @@ def _passed(value: bool | None) -> str:
 
 def _rule_name(row: ResultRow) -> tuple[str, str]:
     """A rule row's id and title as the card shows them ("*" is the whole policy, which could not load)."""
-    if row.rule_id == WHOLE_POLICY:
+    if row.rule_id == POLICY_ERROR_RULE:
         return "the policy", "could not be loaded: no rule was judged"
     return text(row.rule_id), text(row.rule_title or "")
 
@@ -176,7 +175,7 @@ def _card(item: PolicyItem, thumb: str | None, why: str) -> str:
     first = item.first
     final = _category(item)
     severity = item.final_severity
-    bad = [o for o in _not_passing(item.outcomes) if o.rule_id != WHOLE_POLICY]  # "*" is no rule
+    bad = [o for o in _not_passing(item.outcomes) if o.rule_id != POLICY_ERROR_RULE]  # "*" is no rule
     rules_attr = json.dumps([o.rule_id for o in bad], ensure_ascii=True)
     found = {o.severity for o in bad} | {severity}
     severities = [s for s in SEVERITIES if s in found]
@@ -215,7 +214,7 @@ def _rule_table(items: Sequence[PolicyItem]) -> str:
     for item in items:
         for row, result in zip(item.rules, item.outcomes, strict=False):
             rule = result.rule_id
-            if rule == WHOLE_POLICY:  # no rule of the policy: counted among the items' errors
+            if rule == POLICY_ERROR_RULE:  # no rule of the policy: counted among the items' errors
                 continue
             order.setdefault(rule, text(row.rule_title))
             if result.state == "fail":
@@ -280,7 +279,7 @@ def render_compliance(
     rule_ids: dict[str, None] = {}
     for item in items:
         for row in item.rules:
-            if row.rule_id != WHOLE_POLICY:
+            if row.rule_id != POLICY_ERROR_RULE:
                 rule_ids.setdefault(text(row.rule_id), None)
     incomplete_note = (
         f'<p class="incomplete-note" id="incomplete-note">{counts[INCOMPLETE]} item(s) incomplete: '

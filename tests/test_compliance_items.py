@@ -180,3 +180,42 @@ def test_html_only_options_with_csv_are_usage_errors(work_dir: Path) -> None:
         assert result.exit_code == 2, result.stderr
         assert flag in result.stderr and "HTML report" in result.stderr
         assert not (work_dir / "o.csv").exists()
+
+
+def test_a_real_batch_row_whose_policy_cannot_load_reaches_the_report(work_dir: Path) -> None:
+    """run_batch (fake engine for the judge) with a row naming a policy file that does not exist: the
+    report shows it as an error item, counted, and no row is 'not shown'."""
+    from edgejudge.batch import run_batch
+    from edgejudge.engine.fake import FakeEngine
+    from edgejudge.images import synthetic_image
+    from edgejudge.judge import Judge
+    from edgejudge.policy import load_policy
+
+    synthetic_image(64, seed=6).save(work_dir / "bike.png")
+    rows = [
+        {"id": "fine", "image": "bike.png", "response": "A bike."},
+        {"id": "lost", "image": "bike.png", "response": "A bike.", "policy": "gone.toml"},
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    policy = load_policy("marketplace-listing")
+    run_batch(Judge(FakeEngine()), work_dir / "in.jsonl", work_dir / "out.jsonl", policy=policy)
+    page, summary = render_compliance(read_log(work_dir / "out.jsonl"), results_dir=work_dir)
+    assert (summary.items, summary.other_rows, summary.incomplete) == (2, 0, 0)
+    assert summary.error >= 1
+    lost = _card(page, "lost")
+    assert 'data-decision="error"' in lost and "gone.toml" in lost and "could not be loaded" in lost
+
+
+def test_the_audit_says_where_a_model_hash_came_from(work_dir: Path) -> None:
+    from tests.helpers.compliance_logs import run_record
+
+    record = run_record("2026-12-02T06:00:00Z")
+    record["model"]["sha256_from"] = "registry"
+    record["mmproj"]["sha256_from"] = "file"
+    path = _with(work_dir, record)
+    page, _ = render_compliance(read_log(path), results_dir=work_dir)
+    run2 = re.search(r"<h3>Run 2</h3>.*?</table>", page, re.S).group(0)
+    assert f'{"11" * 32} <small class="muted">(registry record)</small>' in run2
+    assert f'{"22" * 32} <small class="muted">(file hashed by the run)</small>' in run2
+    run1 = re.search(r"<h3>Run 1</h3>.*?</table>", page, re.S).group(0)
+    assert "11" * 32 in run1 and "registry record" not in run1  # an older record says nothing

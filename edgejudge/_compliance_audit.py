@@ -56,7 +56,8 @@ def _file_hash(mapping: Any) -> str:
     if not isinstance(mapping, Mapping):
         return NOT_RECORDED
     value = _value(mapping.get("sha256"))
-    origin = _HASH_FROM.get(mapping.get("sha256_from")) if value != NOT_RECORDED else None
+    source = mapping.get("sha256_from")
+    origin = _HASH_FROM.get(source) if isinstance(source, str) and value != NOT_RECORDED else None
     return f'{value} <small class="muted">({origin})</small>' if origin else value
 
 

@@ -30,12 +30,15 @@ and their counts, failures per rule and severity, a card per item with the rules
 judge's feedback as evidence, overrides from edgejudge review shown as such, filters by decision, rule and \
 severity and a search box ([bold]#decision=violation[/bold] in the URL), a print stylesheet for the \
 browser's "Save as PDF", and the audit trail (versions, model and policy files with their sha256, \
-settings, input hash, start and end). Rows with a [bold]student[/bold] field (or --group-by FIELD) add a \
-grade sheet, rows with a [bold]system[/bold] field a leaderboard with 95% intervals and win rates.
+settings, input hash, start and end). Items whose rules are not all judged yet (a batch cut short or still \
+running) are shown as incomplete: run the batch again. Rows with a [bold]student[/bold] field (or \
+--group-by FIELD: a field the batch copied into its output, e.g. with batch --keep FIELD) add a grade \
+sheet, rows with a [bold]system[/bold] field a leaderboard with 95% intervals and win rates.
 
 --format csv writes a spreadsheet instead: one line per item and rule for a policy batch, one per row \
 otherwise (UTF-8, RFC 4180). A text cell starting with = + - @, a tab or a carriage return gets a leading \
-apostrophe so a spreadsheet shows it as text and never runs it as a formula.
+apostrophe so a spreadsheet shows it as text and never runs it as a formula. --title and --group-by are \
+for the HTML page only.
 """
 
 FORMATS = ("html", "csv")
@@ -87,7 +90,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--group-by",
                 metavar="FIELD",
-                help="The input field the grade sheet groups by (default: student).",
+                help="The input field the grade sheet groups by (default: student); a field other than "
+                "student, system or orig_score reaches the output only with batch --keep FIELD.",
             ),
         ] = None,
         json_out: JsonOpt = False,

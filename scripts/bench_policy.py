@@ -18,6 +18,7 @@ medians and the median of the per-round wall-time ratios against the stock side.
 at least 3× faster than stock. Prints Markdown; exits 0.
 
     python scripts/bench_policy.py --bench-dir /tmp/edgejudge-bench --rounds 3
+    python scripts/bench_policy.py --rounds 0 --decode-table     # only the decode-step table
 """
 
 from __future__ import annotations
@@ -198,6 +199,34 @@ def trim_rules(policy: Any, text_model: Path, target: int) -> Any:
         model.close()
 
 
+def decode_steps(text_model: Path, threads: int, sizes: tuple[int, ...] = (1, 2, 4, 5, 8)) -> None:
+    """Print the cost of one decode step for batches of 1..8 sequences after a shared 1000-token prefix
+    (what bounds the policy path's generation: on a compute-bound CPU a batch of N costs almost N steps)."""
+    from edgejudge.native.model import TextModel
+
+    model = TextModel(text_model, n_ctx=4096, n_threads=threads, n_seq=max(sizes))
+    try:
+        prefix = list(range(100, 1100))
+        for at in range(0, len(prefix), 500):
+            piece = prefix[at : at + 500]
+            model.decode([(t, at + i, 0, at + i == len(prefix) - 1) for i, t in enumerate(piece)])
+        print("\n| sequences decoded together | ms per step | tokens/s in all |\n|---:|---:|---:|")
+        for n in sizes:
+            for seq in range(1, n):
+                model.copy_sequence(0, seq, len(prefix))
+            steps = 16
+            t0 = time.perf_counter()
+            for k in range(steps):
+                model.decode([(500 + k, len(prefix) + k, seq, True) for seq in range(n)])
+            step = (time.perf_counter() - t0) / steps
+            print(f"| {n} | {step * 1e3:.0f} | {n / step:.1f} |")
+            model.truncate(len(prefix))
+            for seq in range(1, n):
+                model.drop_sequence(seq)
+    finally:
+        model.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,7 +248,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--n-batch", type=int, default=512)
+    parser.add_argument(
+        "--decode-table", action="store_true", help="also print the cost of a decode step per batch size"
+    )
     args = parser.parse_args()
+    if args.rounds == 0 and args.decode_table:  # only the decode table
+        from edgejudge.native.log import set_native_logging
+
+        set_native_logging(False)
+        decode_steps(ensure_model(args.bench_dir, args.quant)[0], args.threads)
+        return 0
     args.rounds = max(3, args.rounds)
 
     from edgejudge.engine.llama import LlamaCppEngine
@@ -295,6 +333,8 @@ def main() -> int:
         "Stock stages come from llama.cpp's perf counters, which charge the CLIP encode to prompt eval; "
         "edgejudge's generation time of parallel sequences is each one's share of the shared decode loop."
     )
+    if args.decode_table:
+        decode_steps(text, args.threads)
     return 0
 
 

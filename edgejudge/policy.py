@@ -261,6 +261,12 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
                     hint="rubric fields: " + ", ".join(_RUBRIC_KEYS),
                 )
             rubric = rubric_from_mapping(rubric_value, name=f"{policy_name}/{rule_id}", source=None)
+            for text in (rubric.criteria, *rubric.descriptions, rubric.title, rubric.summary):
+                if _CONTROL.search(text):
+                    raise PolicyError(
+                        f"{where}: the rubric holds a control character",
+                        hint="remove it (line breaks and tabs are fine)",
+                    )
         else:
             raise PolicyError(
                 f"{where}: rubric must be a built-in rubric name or a table, "

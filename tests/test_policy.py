@@ -165,6 +165,10 @@ def _rubric_typo(data: dict[str, Any]) -> None:
     data["rules"][1]["rubric"]["scor4"] = "a typo of score4"
 
 
+def _rubric_control(data: dict[str, Any]) -> None:
+    data["rules"][1]["rubric"]["score2"] = "Mostly \x1b]0;owned\x07 wrong."
+
+
 def _title_typo(data: dict[str, Any]) -> None:
     data["rules"][1]["titel"] = data["rules"][1].pop("title")
 
@@ -208,6 +212,7 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], tuple[str, ...]]] = [
     ("unknown rubric field", _rubric_typo, ("rule 'r2'", "unknown field 'scor4' in the rubric")),
     ("a typo is named, not the field it hides", _title_typo, ("rule 'r2'", "unknown field 'titel'")),
     ("control character", _set("title", "No\x1b[2J weapons", 1), ("rule 'r2'", "control character")),
+    ("control character in a rubric", _rubric_control, ("rule 'r2'", "rubric holds a control character")),
 ]
 
 

@@ -1,7 +1,8 @@
 """The grade sheet and leaderboard sections of the HTML reports (``report``, ``compliance``). Nothing prints.
 
-``views_html(rows, group_by)`` renders ``views.grade_sheet`` (by ``group_by``, default ``student``) and
-``views.leaderboard`` (by ``system``) as HTML sections, or gives "" when no row carries the field, so a report
+``views_html(rows, group_by, decisions)`` renders ``views.grade_sheet`` (by ``group_by``, default ``student``)
+and ``views.leaderboard`` (by ``system``) as HTML sections (a policy log's ``decisions`` leave its incomplete
+items out), or gives "" when no row carries the field, so a report
 of rows without them is unchanged; ``rows_carrying(rows, field)`` counts the rows that carry a field (the
 reports say so when a ``group_by`` field is carried by none). The views (numpy, scipy) are imported only when
 a row carries a field. Every label is escaped: group and system values come from the rows.
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING
 from ._report_html import esc
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .batch.records import DecisionRecord
     from .batch.result import ResultRow
     from .views import GradeSheet, Leaderboard
 
@@ -49,7 +53,9 @@ def grade_sheet_html(sheet: GradeSheet) -> str:
             f"<tr><td>{esc(row.group)}</td><td>{row.n_items}</td>{''.join(cells)}<td><b>{_mean(row.total)}</b></td></tr>"
         )
     left = (
-        f" {sheet.left_out} rows left out (errors, no score or no usable {esc(sheet.field)})."
+        f" {sheet.left_out} rows left out (errors, no score or no usable {esc(sheet.field)}"
+        + (f"; the rules of {sheet.incomplete} incomplete items" if sheet.incomplete else "")
+        + ")."
         if sheet.left_out
         else ""
     )
@@ -84,7 +90,13 @@ def leaderboard_html(board: Leaderboard) -> str:
                     f'<td title="{esc(title)}">{rate.rate * 100:.0f}% <small>n={rate.n}</small></td>'
                 )
         matrix.append(f"<tr><th>{esc(a)}</th>{''.join(cells)}</tr>")
-    left = f" {board.left_out} rows left out." if board.left_out else ""
+    left = (
+        f" {board.left_out} rows left out"
+        + (f" (the rules of {board.incomplete} incomplete items among them)" if board.incomplete else "")
+        + "."
+        if board.left_out
+        else ""
+    )
     return (
         f'<section class="views" id="leaderboard"><h2>Leaderboard by {esc(board.field)}</h2>'
         f'<table class="grid"><thead><tr><th>#</th><th>{esc(board.field)}</th><th>n</th><th>mean</th>'
@@ -102,9 +114,14 @@ def rows_carrying(rows: Iterable[ResultRow], field: str) -> int:
     return sum(1 for row in rows if any(name == field for name, _ in row.extra))
 
 
-def views_html(rows: Iterable[ResultRow], group_by: str | None = None) -> str:
+def views_html(
+    rows: Iterable[ResultRow],
+    group_by: str | None = None,
+    decisions: Mapping[str, DecisionRecord] | None = None,
+) -> str:
     """The grade sheet (rows carrying ``group_by``, default ``student``) and leaderboard (rows carrying
-    ``system``) sections, or "" when no row carries either field."""
+    ``system``) sections, or "" when no row carries either field; ``decisions`` as ``views.grade_sheet``
+    takes them."""
     records = list(rows)
     field = group_by or DEFAULT_GROUP_FIELD
     want_sheet, want_board = rows_carrying(records, field) > 0, rows_carrying(records, SYSTEM_FIELD) > 0
@@ -112,6 +129,6 @@ def views_html(rows: Iterable[ResultRow], group_by: str | None = None) -> str:
         return ""
     from .views import grade_sheet, leaderboard
 
-    sheet = grade_sheet(records, field) if want_sheet else None
-    board = leaderboard(records, SYSTEM_FIELD) if want_board else None
+    sheet = grade_sheet(records, field, decisions=decisions) if want_sheet else None
+    board = leaderboard(records, SYSTEM_FIELD, decisions=decisions) if want_board else None
     return (grade_sheet_html(sheet) if sheet else "") + (leaderboard_html(board) if board else "")

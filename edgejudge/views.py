@@ -11,7 +11,10 @@ rows (``ResultRow.extra``: ``student``, ``system``, or any other):
   characters, so a label is safe to print on a terminal). Every other row is left
   out and counted (``left_out``): rows come from files anyone can edit. Rule rows go through
   ``records.policy_items`` first, so the rules of an older version of a row's policy are left out as the
-  compliance report leaves them out.
+  compliance report leaves them out. Given the log's ``decisions`` (``records.read_log(...).decisions``),
+  the policy of each item is chosen as the report chooses it, and the rule rows of an incomplete item
+  (``PolicyItem.complete`` false: the batch has not judged all its rules yet) are left out too, counted
+  in ``left_out`` and, per item, in ``incomplete``; without ``decisions`` every item's rules count.
 - **Grade sheet**: one ``GradeRow`` per group (sorted by name): the number of items (distinct row ids),
   the mean score per column (``None`` where the group has no score), ``total`` = the mean over the row's
   column means, and for rule columns the number of rule rows that passed (``passed`` true).
@@ -32,9 +35,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
@@ -42,6 +45,9 @@ from scipy import stats
 from .batch.records import policy_items
 from .batch.result import ResultRow
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .batch.records import DecisionRecord
 
 __all__ = [
     "MAX_LABEL",
@@ -89,12 +95,14 @@ class GradeRow:
 @dataclass(frozen=True)
 class GradeSheet:
     """Groups × columns (rule ids, then rubric names, in the order they first appear); ``left_out``
-    counts the rows that were not used (see the module docstring)."""
+    counts the rows that were not used, ``incomplete`` the incomplete items among them (see the module
+    docstring)."""
 
     field: str
     columns: tuple[str, ...]
     rows: tuple[GradeRow, ...]
     left_out: int = 0
+    incomplete: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +110,7 @@ class GradeSheet:
             "columns": list(self.columns),
             "rows": [row.to_dict() for row in self.rows],
             "left_out": self.left_out,
+            "incomplete": self.incomplete,
         }
 
 
@@ -152,7 +161,8 @@ class WinRate:
 @dataclass(frozen=True)
 class Leaderboard:
     """Systems best first, the pairwise win rates (both orders of every pair with a shared item), and how
-    the intervals were drawn (``resamples``, ``seed``, ``confidence``); ``left_out`` as in ``GradeSheet``."""
+    the intervals were drawn (``resamples``, ``seed``, ``confidence``); ``left_out`` and ``incomplete`` as in
+    ``GradeSheet``."""
 
     field: str
     systems: tuple[SystemScore, ...]
@@ -161,6 +171,7 @@ class Leaderboard:
     seed: int
     confidence: float = 0.95
     left_out: int = 0
+    incomplete: int = 0
 
     def win(self, a: str, b: str) -> WinRate | None:
         """``a`` against ``b``, or None when they share no item."""
@@ -179,6 +190,7 @@ class Leaderboard:
             "confidence": self.confidence,
             "interval": f"bootstrap BCa (percentile where BCa is undefined or over {BCA_MAX_ROWS} rows)",
             "left_out": self.left_out,
+            "incomplete": self.incomplete,
         }
 
 
@@ -215,16 +227,27 @@ class _Counted:
     score: int
 
 
-def _counted(rows: Iterable[ResultRow], field: str) -> tuple[list[_Counted], int, bool]:
-    """The rows a view uses, how many were left out, and whether an ok row carries ``field``."""
+@dataclass(frozen=True)
+class _Used:
+    rows: list[_Counted]
+    left_out: int
+    incomplete: int
+    carried: bool  # an ok row carries the field
+
+
+def _counted(rows: Iterable[ResultRow], field: str, decisions: Mapping[str, DecisionRecord] | None) -> _Used:
+    """The rows a view uses, how many were left out (and how many incomplete items), and whether an ok
+    row carries ``field``."""
     plain: list[ResultRow] = []
     rule_rows: list[ResultRow] = []
     for row in rows:
         (rule_rows if row.rule_id else plain).append(row)
-    current = [r for item in policy_items(rule_rows) for r in item.rules]
+    items = policy_items(rule_rows, decisions)
+    incomplete = [item for item in items if decisions is not None and not item.complete]
+    current = [r for item in items if decisions is None or item.complete for r in item.rules]
     left_out = len(rule_rows) - len(current)
     used: list[_Counted] = []
-    carried = False
+    carried = any(r.ok and group_value(r, field) is not None for item in incomplete for r in item.rules)
     for row in (*current, *plain):
         group = group_value(row, field)
         carried = carried or (row.ok and group is not None)
@@ -234,19 +257,26 @@ def _counted(rows: Iterable[ResultRow], field: str) -> tuple[list[_Counted], int
             left_out += 1
             continue
         used.append(_Counted(row, group, column, score))
-    return used, left_out, carried
+    return _Used(used, left_out, len(incomplete), carried)
 
 
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def grade_sheet(rows: Iterable[ResultRow], field: str = "student") -> GradeSheet | None:
-    """The grade sheet of ``rows`` grouped by ``field`` (see the module docstring); None when no ok row
-    carries the field."""
-    used, left_out, carried = _counted(rows, field)
-    if not carried:
+def grade_sheet(
+    rows: Iterable[ResultRow],
+    field: str = "student",
+    *,
+    decisions: Mapping[str, DecisionRecord] | None = None,
+) -> GradeSheet | None:
+    """The grade sheet of ``rows`` grouped by ``field`` (see the module docstring; ``decisions``: the log's
+    latest decision record per id, so incomplete items are left out); None when no ok row carries the
+    field."""
+    counted = _counted(rows, field, decisions)
+    if not counted.carried:
         return None
+    used = counted.rows
     rule_columns: dict[str, None] = {}
     plain_columns: dict[str, None] = {}
     for c in used:
@@ -276,7 +306,13 @@ def grade_sheet(rows: Iterable[ResultRow], field: str = "student") -> GradeSheet
                 passed=passed,
             )
         )
-    return GradeSheet(field=field, columns=columns, rows=tuple(sheet_rows), left_out=left_out)
+    return GradeSheet(
+        field=field,
+        columns=columns,
+        rows=tuple(sheet_rows),
+        left_out=counted.left_out,
+        incomplete=counted.incomplete,
+    )
 
 
 def _interval(values: np.ndarray, resamples: int, seed: int, confidence: float) -> tuple[float, float]:
@@ -312,9 +348,11 @@ def leaderboard(
     resamples: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
+    decisions: Mapping[str, DecisionRecord] | None = None,
 ) -> Leaderboard | None:
-    """The leaderboard of ``rows`` by ``field`` (see the module docstring); None when no ok row carries
-    the field. ``InputError`` when ``resamples`` is below 1 or ``confidence`` not strictly between 0 and 1."""
+    """The leaderboard of ``rows`` by ``field`` (see the module docstring; ``decisions`` as in
+    ``grade_sheet``); None when no ok row carries the field. ``InputError`` when ``resamples`` is below 1
+    or ``confidence`` not strictly between 0 and 1."""
     if resamples < 1:
         raise InputError(
             f"the leaderboard needs at least 1 bootstrap resample, got {resamples}",
@@ -323,9 +361,10 @@ def leaderboard(
         )
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be between 0 and 1, got {confidence}", hint="use 0.95")
-    used, left_out, carried = _counted(rows, field)
-    if not carried:
+    counted = _counted(rows, field, decisions)
+    if not counted.carried:
         return None
+    used = counted.rows
     by_system: dict[str, list[_Counted]] = {}
     for c in used:
         by_system.setdefault(c.group, []).append(c)
@@ -361,5 +400,6 @@ def leaderboard(
         resamples=resamples,
         seed=seed,
         confidence=confidence,
-        left_out=left_out,
+        left_out=counted.left_out,
+        incomplete=counted.incomplete,
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edgejudge.batch.records import DecisionRecord, policy_items, rules_key
 from edgejudge.batch.result import ResultRow
 from edgejudge.errors import InputError
 from edgejudge.views import grade_sheet, leaderboard
@@ -347,3 +348,69 @@ def test_the_bootstrap_raises_no_deprecation_warning() -> None:
     assert board is not None and [s.system for s in board.systems] == ["a", "b"]
     low, high = board.systems[0].ci_low, board.systems[0].ci_high
     assert low < board.systems[0].mean < high
+
+
+# ------------------------------------------------------------------------------------ incomplete items
+
+
+def decided(rows: list[ResultRow], at: str = "2026-12-02T01:00:00Z") -> DecisionRecord:
+    """The decision record the batch writes once every rule of an item is in (its key: the rule rows')."""
+    item = policy_items(rows)[0]
+    return DecisionRecord(
+        id=item.id,
+        line=item.line,
+        key=rules_key(r.key for r in rows),
+        policy=POLICY,
+        decision=item.decision,
+        rules=tuple(r.rule_id or "" for r in rows),
+        decided_at=at,
+    )
+
+
+CRITERIA = ("correct", "figure", "units")
+ANN = [row("r1", 4, rule=rule, passed=True, student="ann", system="a") for rule in CRITERIA]
+BEN = [row("r2", 2, rule="correct", passed=False, student="ben", system="b")]  # 1 of 3 criteria so far
+INCOMPLETE_CASES = [
+    pytest.param({"r1": decided(ANN)}, ["ann"], 1, 1, id="no decision record yet"),
+    pytest.param(
+        {"r1": decided(ANN), "r2": decided([*BEN, row("r2", 2, rule="figure", passed=False, student="ben")])},
+        ["ann"],
+        1,
+        1,
+        id="a decision on other rule rows",
+    ),
+    pytest.param(None, ["ann", "ben"], 0, 0, id="rows only: every item counts"),
+]
+
+
+@pytest.mark.parametrize(("decisions", "groups", "left_out", "incomplete"), INCOMPLETE_CASES)
+def test_incomplete_items_are_left_out(
+    decisions: dict[str, DecisionRecord] | None, groups: list[str], left_out: int, incomplete: int
+) -> None:
+    """A student graded on 1 of 3 criteria (the batch stopped) gets no total: the item is incomplete."""
+    sheet = grade_sheet([*ANN, *BEN], "student", decisions=decisions)
+    assert sheet is not None
+    assert [r.group for r in sheet.rows] == groups
+    assert (sheet.left_out, sheet.incomplete) == (left_out, incomplete)
+    assert sheet.rows[0].total == 4.0 and sheet.to_dict()["incomplete"] == incomplete
+    board = leaderboard([*ANN, *BEN], "system", resamples=50, decisions=decisions)
+    assert board is not None
+    assert [s.system for s in board.systems] == (["a", "b"] if decisions is None else ["a"])
+    assert (board.left_out, board.incomplete) == (left_out, incomplete)
+
+
+def test_only_incomplete_items_still_give_a_view_that_says_so() -> None:
+    sheet = grade_sheet(BEN, "student", decisions={})
+    assert sheet is not None and sheet.rows == () and (sheet.left_out, sheet.incomplete) == (1, 1)
+
+
+def test_the_decided_policy_is_the_one_counted() -> None:
+    """Decided under policy A, then one rule row of policy B judged later and the item decided again under
+    A: the view counts A's rules, as the compliance report does."""
+    other = {"name": "other", "version": "1", "sha256": "d" * 64}
+    stray = row(
+        "r1", 1, rule="b-only", passed=False, student="ann", policy=other, judged_at="2026-12-02T02:00:00Z"
+    )
+    sheet = grade_sheet([*ANN, stray], "student", decisions={"r1": decided(ANN, at="2026-12-02T03:00:00Z")})
+    assert sheet is not None and sheet.columns == CRITERIA and sheet.rows[0].total == 4.0
+    assert (sheet.left_out, sheet.incomplete) == (1, 0)

@@ -14,8 +14,10 @@ an item's rules from one version of its policy, so a changed policy file judges 
 
 ``Decisions`` follows which rows have all their rules in the log (written now or by an earlier run, a
 killed one too) and gives the ``DecisionRecord`` to append, unless the latest one for the id already has
-that ``rules_key``: so a row's latest decision record has the key of its rules exactly when they are all
-in (``PolicyItem.complete``). ``run_record`` gathers the ``RunRecord``. Nothing here judges or writes.
+that ``rules_key`` and no rule row of the id (of any policy) was judged after it: so a row's latest
+decision record has the key of its rules exactly when they are all in (``PolicyItem.complete``), and a
+rule row of another policy judged since (a run with another policy, stopped) cannot hide them.
+``run_record`` gathers the ``RunRecord``. Nothing here judges or writes.
 """
 
 from __future__ import annotations
@@ -102,8 +104,6 @@ def row_policies(
                 loaded[row.policy] = load_policy(row.policy, root=folder)
             except EdgeJudgeError as err:
                 loaded[row.policy] = err
-            except OSError as exc:  # e.g. a name too long for the file system
-                loaded[row.policy] = EdgeJudgeError(f"cannot read policy {row.policy!r}: {exc.strerror}")
         found = loaded[row.policy]
         if isinstance(found, EdgeJudgeError):
             if row.problem is None:
@@ -178,12 +178,17 @@ class Decisions:
     ``expect`` registers a row's rule jobs; ``seen`` records a rule row of the log (an earlier one, or one
     just written); ``due`` gives the ``DecisionRecord`` of a row whose every rule has a row with the job's
     key, unless the latest decision record for the id already has that ``rules_key``, decision and band
-    (a retried error keeps its key and may change the decision; another band may too). ``counts`` tallies
-    the complete rows."""
+    (a retried error keeps its key and may change the decision; another band may too) and was decided no
+    earlier than the newest rule row of the id (``judged``: the log's, then each row ``seen``; another
+    policy's too). ``counts`` tallies the complete rows, ``incomplete`` the others."""
 
-    def __init__(self, band: Sequence[float], latest: Mapping[str, DecisionRecord]) -> None:
+    def __init__(
+        self, band: Sequence[float], latest: Mapping[str, DecisionRecord], judged: Mapping[str, str]
+    ) -> None:
         self.band = (float(band[0]), float(band[1]))
         self._latest = {k: (v.key, v.decision, v.review_band) for k, v in latest.items()}
+        self._decided = {k: v.decided_at or "" for k, v in latest.items()}
+        self._judged = dict(judged)  # id -> the newest judged_at of its rule rows
         self._jobs: dict[str, list[Job]] = {}
         self._rows: dict[str, ResultRow] = {}  # record_key -> the rule row with the job's key
 
@@ -192,6 +197,8 @@ class Decisions:
 
     def seen(self, row: ResultRow) -> None:
         self._rows[record_key({"id": row.id, "rule_id": row.rule_id})] = row
+        if (row.judged_at or "") > self._judged.get(row.id, ""):
+            self._judged[row.id] = row.judged_at or ""
 
     def _decision(self, row_id: str) -> tuple[str, Decision] | None:
         """(rules_key, decision) of a row whose rules are all there, else None."""
@@ -213,16 +220,24 @@ class Decisions:
                 out[found[1].decision] = out.get(found[1].decision, 0) + 1
         return out
 
+    def incomplete(self) -> int:
+        """How many policy rows do not have all their rules in the log."""
+        return sum(1 for row_id in self._jobs if self._decision(row_id) is None)
+
     def due(self, row_ids: Iterable[str]) -> list[DecisionRecord]:
         out = []
         for row_id in dict.fromkeys(row_ids):
             found = self._decision(row_id)
-            if found is None or self._latest.get(row_id) == (*found, self.band):
+            if found is None:
+                continue
+            stands = self._latest.get(row_id) == (*found, self.band)
+            if stands and self._decided.get(row_id, "") >= self._judged.get(row_id, ""):
                 continue
             key, decision = found
             jobs = self._jobs[row_id]
             first = jobs[0]
             self._latest[row_id] = (key, decision, self.band)
+            self._decided[row_id] = now = utc_now()
             out.append(
                 DecisionRecord(
                     id=row_id,
@@ -232,7 +247,7 @@ class Decisions:
                     decision=decision,
                     rules=tuple(j.rule_id for j in jobs if j.rule_id is not None),
                     review_band=self.band,
-                    decided_at=utc_now(),
+                    decided_at=now,
                 )
             )
         return out

@@ -108,11 +108,12 @@ class BatchSummary:
     results written by this run (``ok`` + ``errors``), ``malformed`` of them from bad JSON lines,
     ``remaining`` left when the run was stopped early (``stopped``). ``decisions`` counts the decisions of
     the policy rows whose rules are all judged (now or before; a row whose own policy could not be loaded
-    is an ``error``), by decision; empty without policy rows. ``histogram`` counts this run's scores 1..5
-    (keys "1".."5"), ``mean_score`` their mean. ``repaired`` is the number of bytes of a truncated last line
-    cut off the output before starting. ``ignored_lines`` counts complete lines of the output that are not
-    batch rows (ignored by resume and ``read_results``); ``warned`` the rows written with input warnings
-    (text replaced: invalid UTF-8, lone surrogates).
+    is an ``error``), by decision; empty without policy rows; ``incomplete`` the policy rows whose rules
+    are not all in the log when the run ends (a stopped run; rerun to judge the rest). ``histogram``
+    counts this run's scores 1..5 (keys "1".."5"), ``mean_score`` their mean. ``repaired`` is the number
+    of bytes of a truncated last line cut off the output before starting. ``ignored_lines`` counts complete
+    lines of the output that are not batch rows (ignored by resume and ``read_results``); ``warned`` the
+    rows written with input warnings (text replaced: invalid UTF-8, lone surrogates).
     """
 
     input: str
@@ -133,6 +134,7 @@ class BatchSummary:
     warned: int = 0
     results: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -345,7 +347,12 @@ def _judge_all(
     judge, emit = run.judge, run.emit
     settings = settings_of(judge, run.params, run.samples)
     digests: Digests = {}
-    decisions = Decisions(run.band, latest)
+    newest: dict[str, str] = {}  # id -> the newest judged_at of its rule rows in the log (any policy)
+    for prev in previous.values():
+        stamp = prev.get("judged_at")
+        if prev.get("rule_id") and isinstance(stamp, str) and stamp > newest.get(str(prev.get("id")), ""):
+            newest[str(prev.get("id"))] = stamp
+    decisions = Decisions(run.band, latest, newest)
     todo, results, policies = _plan(run, rows, root, previous, digests, decisions, settings)
     skipped = results - len(todo)
     emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo), rows=len(rows)))
@@ -406,6 +413,7 @@ def _judge_all(
         warned=warned,
         results=results,
         decisions={k: counts[k] for k in DECISIONS if k in counts},
+        incomplete=decisions.incomplete(),
     )
     emit(BatchEvent("finished", summary=summary, total=results, skipped=skipped, todo=len(todo), done=done))
     return summary

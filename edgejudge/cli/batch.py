@@ -164,6 +164,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from .._fs import user_path
         from ..batch import BatchEvent, OutputLock, check_output, run_batch
+        from ..batch.keep import check_keep
         from ..batch.rows import has_rows
         from ..decision import DEFAULT_REVIEW_BAND
         from ..policy import load_policy
@@ -179,6 +180,7 @@ def register(app: typer.Typer) -> None:
             )
         the_band = review_band(band)
         the_policy = load_policy(policy) if policy is not None else None  # fail before loading a model
+        check_keep(keep or ())  # a field edgejudge writes or reads: refused before the model loads too
         default_rubric = load_rubric(rubric) if rubric else None
         console = stderr_console()
         if not rows_there or limit == 0:
@@ -298,7 +300,10 @@ def register(app: typer.Typer) -> None:
             if json_out:
                 emit_json(summary.to_dict())
             if summary.stopped:
-                console.print(f"[yellow]stopped[/yellow] with {summary.remaining} rows left.")
+                left = f"{summary.remaining} judgments left"
+                if summary.incomplete:
+                    left += f", {summary.incomplete} policy rows incomplete"
+                console.print(f"[yellow]stopped[/yellow] with {left}.")
                 console.print(shown(f"resume with: {resume}"), soft_wrap=True)
                 raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -321,16 +326,14 @@ def _print_summary(data: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("judged", f"{data['judged']} ({data['ok']} ok, {data['errors']} errors)")
     table.add_row("skipped", f"{data['skipped']} already done")
-    if data.get("decisions"):
-        from ..decision import DECISIONS
+    if data.get("decisions") or data.get("incomplete"):
+        from ..decision import DECISIONS, INCOMPLETE
 
         counts = data["decisions"]
-        table.add_row(
-            "decisions",
-            "  ".join(
-                f"[{DECISION_STYLE[k]}]{k}[/{DECISION_STYLE[k]}] {counts.get(k, 0)}" for k in DECISIONS
-            ),
-        )
+        cells = [f"[{DECISION_STYLE[k]}]{k}[/{DECISION_STYLE[k]}] {counts.get(k, 0)}" for k in DECISIONS]
+        if data.get("incomplete"):
+            cells.append(f"[yellow]{INCOMPLETE}[/yellow] {data['incomplete']}")
+        table.add_row("decisions", "  ".join(cells))
     if data.get("warned"):
         table.add_row("warnings", f"{data['warned']} rows (text replaced with U+FFFD: see their warnings)")
     if data["mean_score"] is not None:

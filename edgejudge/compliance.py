@@ -56,7 +56,7 @@ __all__ = [
 DEFAULT_TITLE = "edgejudge compliance report"
 #: What the report sorts an item into: the decisions, then the items not judged on every rule yet.
 CATEGORIES = (*DECISIONS, INCOMPLETE)
-#: Why an item is incomplete and what to do about it.
+#: Why an item is incomplete and what to do about it (the report, the CSV summary and the review walk say it).
 INCOMPLETE_WHY = "the batch has not judged every rule yet; run it again"
 _LABELS = {
     "compliant": "compliant",
@@ -314,7 +314,7 @@ def render_compliance(
         )
     }</section>{incomplete_note}
 <section class="rulesum"><h2>Failures per rule and severity</h2>{_rule_table(items)}</section>
-{views_html(log.rows.values(), group_by)}
+{views_html(log.rows.values(), group_by, log.decisions)}
 {controls}
 <main id="cards">{"".join(cards)}</main>
 {audit_html(log, items)}

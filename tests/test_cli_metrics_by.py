@@ -198,3 +198,51 @@ def test_by_student_on_a_real_policy_batch(work_dir: Path) -> None:
         assert row["n_items"] == 2 and row["total"] == 5.0
         assert row["scores"] == dict.fromkeys(rule_ids, 5.0) and row["passed"] == dict.fromkeys(rule_ids, 2)
     assert [row["group"] for row in data["rows"]] == ["ana", "ben"]
+
+
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [
+        ("team", "hint: a batch copies only orig_score, student, system and its --keep fields into its "
+         "output: run it again with batch --keep team to group by 'team'"),
+        ("model", "hint: 'model' is a field edgejudge itself uses, not one copied from the input rows"),
+        ("student", "hint: check --by: the field of the input rows to group by, e.g. system or student"),
+    ],
+    ids=["any field: --keep", "an output key", "a pass-through field"],
+)  # fmt: skip
+def test_by_a_field_no_row_carries_names_keep(systems_log: Path, field: str, words: str) -> None:
+    result = runner.invoke(app, ["metrics", str(systems_log), "--by", field])
+    assert result.exit_code == 1
+    assert words in " ".join(result.stderr.split())
+
+
+def test_by_student_leaves_out_an_incomplete_item(work_dir: Path) -> None:
+    """A policy batch cut short: the item whose rules are not all in counts in no grade (left out, named
+    as incomplete in the footer and the JSON), the complete ones as before."""
+    from edgejudge.batch import run_batch
+    from edgejudge.judge import Judge
+    from edgejudge.policy import load_policy
+
+    policy = load_policy("figure-grading")
+    synthetic_image(64, seed=2).save(work_dir / "figure.png")
+    rows = [
+        {"id": f"{s}-1", "image": "figure.png", "instruction": "Explain.", "response": "R", "student": s}
+        for s in ("ana", "ben")
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = work_dir / "out.jsonl"
+    assert run_batch(Judge(FakeEngine()), work_dir / "in.jsonl", out, policy=policy).errors == 0
+    # as a kill leaves it: ben's decision record and one of his rule rows never written
+    lines = out.read_text(encoding="utf-8").splitlines()
+    ben = [k for k, line in enumerate(lines) if json.loads(line)["id"] == "ben-1"]
+    kept = [line for k, line in enumerate(lines) if k not in ben[-2:]]
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["metrics", str(out), "--by", "student", "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [row["group"] for row in data["rows"]] == ["ana"]
+    assert (data["incomplete"], data["left_out"]) == (1, len(policy.rules) - 1)
+    table = runner.invoke(app, ["metrics", str(out), "--by", "student"])
+    assert table.exit_code == 0 and "the rules of 1 incomplete item(s): run the batch again" in " ".join(
+        table.stderr.split()
+    )

@@ -219,3 +219,24 @@ def test_the_audit_says_where_a_model_hash_came_from(work_dir: Path) -> None:
     assert f'{"22" * 32} <small class="muted">(file hashed by the run)</small>' in run2
     run1 = re.search(r"<h3>Run 1</h3>.*?</table>", page, re.S).group(0)
     assert "11" * 32 in run1 and "registry record" not in run1  # an older record says nothing
+
+
+def test_the_grade_sheet_leaves_out_incomplete_items(work_dir: Path) -> None:
+    """ana's item is decided; ben's was cut after 1 of 3 rules: the report's grade sheet (and leaderboard)
+    has no grade for ben, and its footer says the rows of an incomplete item were left out (with the 15
+    rows of the other items, which carry no student)."""
+    ana = [rule_row("ana-1", 6, r, 0.95, extra=[("student", "ana"), ("system", "s1")]) for r in RULES]
+    ben = [rule_row("ben-1", 7, RULES[0], 0.95, extra=[("student", "ben"), ("system", "s2")])]
+    path = _with(work_dir, *ana, decision_record(ana), *ben)
+    page, summary = render_compliance(read_log(path), results_dir=work_dir)
+    assert summary.incomplete == 1
+    sheet = re.search(r'<section class="views" id="grade-sheet">.*?</section>', page, re.S)
+    board = re.search(r'<section class="views" id="leaderboard">.*?</section>', page, re.S)
+    assert sheet and board
+    assert "<td>ana</td>" in sheet.group(0) and "<td>ben</td>" not in sheet.group(0)
+    assert (
+        "16 rows left out (errors, no score or no usable student; the rules of 1 incomplete items)"
+        in sheet.group(0)
+    )
+    assert ">s1<" in board.group(0) and ">s2<" not in board.group(0)
+    assert "(the rules of 1 incomplete items among them)" in board.group(0)

@@ -123,7 +123,8 @@ def _render_leaderboard(board: Leaderboard, name: str) -> Group:
     parts.append(
         Text(
             f"{pct}% intervals: bootstrap (BCa, {board.resamples} resamples, seed {board.seed}); "
-            f"{board.left_out} row(s) left out (errors, no score, no usable {board.field})",
+            f"{board.left_out} row(s) left out (errors, no score, no usable {board.field}"
+            f"{_incomplete_note(board.incomplete)})",
             style="dim",
         )
     )
@@ -148,10 +149,34 @@ def _render_grades(sheet: GradeSheet, name: str) -> Group:
         table.add_row(Text(row.group), str(row.n_items), *cells, _fmt(row.total, ".2f"))
     note = Text(
         f"mean scores (1-5); total = mean of the row's columns; {sheet.left_out} row(s) left out "
-        f"(errors, no score, no usable {sheet.field})",
+        f"(errors, no score, no usable {sheet.field}{_incomplete_note(sheet.incomplete)})",
         style="dim",
     )
     return Group(table, note)
+
+
+def _incomplete_note(incomplete: int) -> str:
+    """The footers' words for the rule rows of incomplete items (left out of a view)."""
+    return f"; the rules of {incomplete} incomplete item(s): run the batch again" if incomplete else ""
+
+
+def _by_hint(field: str) -> str:
+    """What to check when no row carries ``field``: a field other than the pass-through ones reaches a
+    batch's output only with ``batch --keep FIELD``."""
+    from ..batch.input_fields import PASS_THROUGH
+    from ..batch.keep import RESERVED
+
+    if field in PASS_THROUGH:
+        return "check --by: the field of the input rows to group by, e.g. system or student"
+    if field in RESERVED:
+        return (
+            f"{field!r} is a field edgejudge itself uses, not one copied from the input rows: group by one "
+            "the batch copies (system, student, or a field kept with batch --keep FIELD)"
+        )
+    return (
+        f"a batch copies only {', '.join(PASS_THROUGH)} and its --keep fields into its output: run it again "
+        f"with batch --keep {field} to group by {field!r}"
+    )
 
 
 def _by_field(
@@ -167,19 +192,26 @@ def _by_field(
         )
     if not pred_path.expanduser().exists():
         raise InputError(f"no such results file: {pred_path}", hint="pass the output of a batch run")
-    rows = list(read_log(pred_path).rows.values())
+    log = read_log(pred_path)
+    rows = list(log.rows.values())
     board = view is View.leaderboard or (view is View.auto and field == "system")
     ranked = (
-        leaderboard(rows, field, resamples=2000 if bootstrap is None else bootstrap, seed=seed)
+        leaderboard(
+            rows,
+            field,
+            resamples=2000 if bootstrap is None else bootstrap,
+            seed=seed,
+            decisions=log.decisions,
+        )
         if board
         else None
     )
-    sheet = None if board else grade_sheet(rows, field)
+    sheet = None if board else grade_sheet(rows, field, decisions=log.decisions)
     result = ranked or sheet
     if result is None:
         raise InputError(
             f"no judged row of {pred_path.name} carries the field {field!r} ({len(rows)} row(s) read)",
-            hint="check --by: the field of the input rows to group by, e.g. system or student",
+            hint=_by_hint(field),
         )
     if as_json:
         emit_json({"view": "leaderboard" if board else "grades", **result.to_dict()})

@@ -181,3 +181,50 @@ def test_csv_cli_errors_and_atomic_write(work_dir: Path) -> None:
     assert [p.name for p in site.iterdir()] == ["d.csv"] and (site / "d.csv").stat().st_mode & 0o777 == 0o644
     help_text = " ".join(CliRunner().invoke(app, ["report", "--help"]).stdout.split())
     assert "leading apostrophe" in help_text and "--format" in help_text
+
+
+def test_a_mixed_log_writes_its_plain_rows_too(work_dir: Path) -> None:
+    """A batch without --policy whose rows name their own policy or none: the CSV has every item's rules
+    and every plain row (one line each, in input order, the decision empty, its rubric in ``rubric``)."""
+    from edgejudge.images import synthetic_image
+
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    rows = [
+        {"id": "plain0", "image": "a.png", "instruction": "Q?", "response": "-1", "student": "ana"},
+        {"id": "p1", "image": "a.png", "instruction": "Q?", "response": "R", "policy": "figure-grading"},
+        {"id": "plain2", "image": "missing.png", "instruction": "Q?", "response": "R"},
+    ]
+    (work_dir / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_batch(
+        Judge(FakeEngine()), work_dir / "in.jsonl", work_dir / "out.jsonl", default_rubric="vqa-helpfulness"
+    )
+    result = CliRunner().invoke(
+        app,
+        ["report", str(work_dir / "out.jsonl"), "--format", "csv", "-o", str(work_dir / "m.csv"), "--json"],
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    lines = _read(work_dir / "m.csv")
+    rules = [r for r in lines if r["id"] == "p1"]
+    assert summary["kind"] == "policy" and (summary["items"], summary["plain_rows"]) == (1, 2)
+    assert summary["lines"] == len(lines) == len(rules) + 2 and len(rules) >= 2
+    said = " ".join(result.stderr.split())
+    assert f"{len(lines)} lines (1 items and 2 rows judged without a policy," in said
+    assert list(lines[0])[: len(POLICY_COLUMNS) + 1] == [*POLICY_COLUMNS, "rubric"]
+    assert [r["id"] for r in lines] == ["plain0", *(["p1"] * len(rules)), "plain2"]  # input order
+    first, last = lines[0], lines[-1]
+    assert (first["line"], first["decision"], first["rule_id"], first["rubric"], first["student"]) == (
+        "1",
+        "",
+        "",
+        "vqa-helpfulness",
+        "ana",
+    )
+    assert first["score"] != "" and first["feedback"] and first["response"] == "'-1"
+    assert last["score"] == "" and last["error"].startswith("image not found: missing.png")
+    assert {r["rubric"] for r in rules} == {""} and all(r["decision"] for r in rules)
+
+
+def test_a_policy_log_has_no_rubric_column(work_dir: Path) -> None:
+    summary = write_csv(policy_log(work_dir), work_dir / "p.csv")
+    assert summary.plain_rows == 0 and "rubric" not in _read(work_dir / "p.csv")[0]

@@ -36,7 +36,8 @@ running) are shown as incomplete: run the batch again. Rows with a [bold]student
 sheet, rows with a [bold]system[/bold] field a leaderboard with 95% intervals and win rates.
 
 --format csv writes a spreadsheet instead: one line per item and rule for a policy batch, one per row \
-otherwise (UTF-8, RFC 4180). A text cell starting with = + - @, a tab or a carriage return gets a leading \
+otherwise; the rows of a mixed log judged without a policy are lines with an empty decision (UTF-8, RFC \
+4180). A text cell starting with = + - @, a tab or a carriage return gets a leading \
 apostrophe so a spreadsheet shows it as text and never runs it as a formula. --title and --group-by are \
 for the HTML page only.
 """
@@ -115,9 +116,10 @@ def register(app: typer.Typer) -> None:
             with status("writing the CSV…"):
                 table = write_csv(results, output)
             unit = "items" if table.kind == "policy" else "rows"
+            plain = f" and {table.plain_rows} rows judged without a policy" if table.plain_rows else ""
             console.print(
                 shown(
-                    f"wrote {table.output}: {table.lines} lines ({table.items} {unit}, "
+                    f"wrote {table.output}: {table.lines} lines ({table.items} {unit}{plain}, "
                     f"{table.columns} columns), {table.bytes / 1024:.0f} KiB"
                 ),
                 soft_wrap=True,
@@ -191,7 +193,7 @@ def register(app: typer.Typer) -> None:
             if summary.other_rows:
                 console.print(
                     f"[yellow]{summary.other_rows} rows without a rule not shown[/yellow] (rows of the log "
-                    "judged without a policy)"
+                    "judged without a policy); --format csv lists them"
                 )
         elif summary.skipped:
             console.print(f"[yellow]{summary.skipped} results rows skipped[/yellow] (not JSON objects)")

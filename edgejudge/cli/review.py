@@ -59,9 +59,6 @@ Items already decided on the same results are not shown again (--all shows every
 decisions with --decide ID=compliant or --decide ID=violation[:SEVERITY].
 """
 
-#: What an incomplete item is, and what to do about it (the walk says it for the items it leaves out).
-INCOMPLETE_WHY = "the batch has not judged every rule yet; run it again"
-
 
 def parse_decision(text: str) -> tuple[str, str, str | None]:
     """``--decide`` as ``(id, decision, severity or None)``: ``ID=compliant`` or ``ID=violation[:SEVERITY]``;
@@ -335,6 +332,8 @@ def register(app: typer.Typer) -> None:
             _scripted(console, queue, decide, name, note)
             return
         if queue.incomplete and not decide:
+            from ..compliance import INCOMPLETE_WHY
+
             _say(
                 console,
                 f"{len(queue.incomplete)} incomplete item(s) skipped ({INCOMPLETE_WHY}): "

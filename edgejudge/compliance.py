@@ -56,7 +56,7 @@ __all__ = [
 DEFAULT_TITLE = "edgejudge compliance report"
 #: What the report sorts an item into: the decisions, then the items not judged on every rule yet.
 CATEGORIES = (*DECISIONS, INCOMPLETE)
-#: Why an item is incomplete and what to do about it (the report page, the report command and the review say it).
+#: Why an item is incomplete and what to do about it (said by the report page, the report command, review).
 INCOMPLETE_WHY = "the batch has not judged every rule yet; run it again"
 _LABELS = {
     "compliant": "compliant",

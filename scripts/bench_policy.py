@@ -137,33 +137,13 @@ class StockPolicy(StockSide):
         self.policy = policy
 
     def run(self, png: bytes) -> dict[str, float]:  # type: ignore[override]
-        import llama_cpp
-
-        from edgejudge.prompt import SYSTEM_PROMPT, render_judge_prompt
+        from edgejudge.prompt import render_judge_prompt
 
         uri = "data:image/png;base64," + base64.b64encode(png).decode()
         stats = _stats()
         t0 = time.perf_counter()
         for rule in self.policy.rules:  # type: ignore[attr-defined]
-            prompt = render_judge_prompt(INSTRUCTION, RESPONSE, rule.rubric, REFERENCE)
-            messages = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
-                                             {"type": "text", "text": "\n" + prompt}]},
-            ]  # fmt: skip
-            llama_cpp.llama_perf_context_reset(self.llm.ctx)
-            tc = time.perf_counter()
-            out = self.llm.create_chat_completion(
-                messages=messages, temperature=0.0, max_tokens=self.args.max_tokens, repeat_penalty=1.0
-            )
-            wall = time.perf_counter() - tc
-            perf = llama_cpp.llama_perf_context(self.llm.ctx)
-            p_eval, gen = perf.t_p_eval_ms / 1e3, perf.t_eval_ms / 1e3
-            stats["prompt"] += p_eval
-            stats["gen"] += gen
-            stats["encode"] += max(wall - p_eval - gen, 0.0)
-            stats["prompt_tok"] += out["usage"]["prompt_tokens"]
-            stats["gen_tok"] += out["usage"]["completion_tokens"]
+            self.call(uri, render_judge_prompt(INSTRUCTION, RESPONSE, rule.rubric, REFERENCE), stats)
         stats["wall"] = time.perf_counter() - t0
         return stats
 

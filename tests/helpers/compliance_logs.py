@@ -46,6 +46,8 @@ def rule_row(
     judged_at: str = "2026-12-02T01:00:00Z",
     extra: Sequence[tuple[str, Any]] = (),
     response: str = "A red bicycle, barely used.",
+    policy: Mapping[str, str] = POLICY,
+    image_size: int = 336,
 ) -> dict[str, Any]:
     rule_id, title, severity = rule
     key = hashlib.sha256(f"{item}/{rule_id}".encode()).hexdigest()
@@ -53,16 +55,16 @@ def rule_row(
         "id": item,
         "line": line,
         "key": key,
-        "image_size": 336,
+        "image_size": image_size,
         "settings": {"model": "tiny", "image_fit": "crop"},
         "image": image,
         "instruction": "A listing photo for a second-hand marketplace",
         "response": response,
-        "rubric": f"{POLICY['name']}/{rule_id}",
+        "rubric": f"{policy['name']}/{rule_id}",
         "model": "tiny",
         "image_fit": "crop",
         "extra": tuple(extra),
-        "policy": dict(POLICY),
+        "policy": dict(policy),
         "rule_id": rule_id,
         "rule_title": title,
         "severity": severity,
@@ -87,7 +89,10 @@ def rule_row(
 
 
 def decision_record(
-    rows: Iterable[Mapping[str, Any]], *, policy: Mapping[str, str] = POLICY
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    policy: Mapping[str, str] = POLICY,
+    decided_at: str = "2026-12-02T01:00:05Z",
 ) -> dict[str, Any]:
     """The decision record the batch writes once every rule row of an item is in (it makes the item
     complete: its ``key`` is ``rules_key`` of the rows' keys)."""
@@ -101,7 +106,7 @@ def decision_record(
         policy=dict(policy),
         decision=decide(outcomes),
         rules=tuple(r.rule_id or "" for r in records),
-        decided_at="2026-12-02T01:00:05Z",
+        decided_at=decided_at,
     ).to_dict()
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "user_path",
     "open_regular",
     "read_regular",
+    "read_utf8",
     "read_stamped",
     "sha256_stamped",
     "FileStamp",
@@ -159,6 +160,23 @@ def read_regular(
 ) -> bytes:
     """The bytes of a regular file, at most ``max_bytes`` (a file growing past it while read is refused)."""
     return read_stamped(path, label=label, what=what, max_bytes=max_bytes, error=error)[0]
+
+
+def read_utf8(
+    path: Path,
+    *,
+    what: str,
+    max_bytes: int | None,
+    error: type[EdgeJudgeError] = InputError,
+    hint: str = "save it as UTF-8",
+) -> tuple[str, bytes]:
+    """``(text, bytes)`` of a regular UTF-8 text file (``read_regular``); bytes that are not UTF-8 are
+    ``error`` naming the file and the first bad byte."""
+    data = read_regular(path, what=what, max_bytes=max_bytes, error=error)
+    try:
+        return data.decode("utf-8"), data
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})", hint=hint) from None
 
 
 def read_stamped(

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._fs import read_regular, user_path
+from ._fs import read_utf8, user_path
 from .decision import SEVERITIES
 from .errors import PolicyError, RubricError
 from .prompt import full_conversation, render_judge_prompt
@@ -424,14 +424,8 @@ def load_policy(name_or_path: str | Path, *, root: Path | None = None) -> Policy
             hint="check the path, or use a built-in name (edgejudge policies list)",
             about="policy",
         )
-    data = read_regular(path, what="policy file", max_bytes=MAX_POLICY_BYTES, error=PolicyError)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(
-            f"policy file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
-            hint="save the policy as UTF-8",
-        ) from None
+    hint = "save the policy as UTF-8"
+    text, data = read_utf8(path, what="policy file", max_bytes=MAX_POLICY_BYTES, error=PolicyError, hint=hint)
     return parse_policy(
         text, suffix=path.suffix.lower(), source=str(path), sha256=hashlib.sha256(data).hexdigest()
     )

@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._fs import atomic_write, read_regular, user_path
+from ._fs import atomic_write, read_utf8, user_path
 from .errors import RubricError
 
 if sys.version_info >= (3, 11):
@@ -255,14 +255,8 @@ def load_rubric(name_or_path: str | Path) -> Rubric:
         raise RubricError(
             f"rubric file must end in .toml or .json: {path}", hint="rename it, or convert it to TOML/JSON"
         )
-    data_bytes = read_regular(path, what="rubric file", max_bytes=MAX_RUBRIC_BYTES, error=RubricError)
-    try:
-        text = data_bytes.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RubricError(
-            f"rubric file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
-            hint="save the rubric as UTF-8",
-        ) from None
+    hint = "save the rubric as UTF-8"
+    text = read_utf8(path, what="rubric file", max_bytes=MAX_RUBRIC_BYTES, error=RubricError, hint=hint)[0]
     data = parse_rubric_text(text, suffix, str(path))
     return rubric_from_mapping(data, name=path.stem, source=str(path))
 

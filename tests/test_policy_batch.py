@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.policies import listing_policy
 from typer.testing import CliRunner
 
 from edgejudge.batch import run_batch
@@ -21,37 +22,7 @@ from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge
 from edgejudge.policy import load_policy
 
-POLICY = """
-name = "shop"
-version = "1"
-description = "A small listing policy."
-instruction = "A listing photo for a second-hand marketplace."
-
-[[rules]]
-id = "accurate"
-title = "The text matches the photo"
-rubric = "vqa-helpfulness"
-severity = "major"
-
-[[rules]]
-id = "safe"
-title = "Nothing dangerous"
-severity = "critical"
-pass_at = 3
-[rules.rubric]
-criteria = "Does the listing avoid dangerous items?"
-score1 = "A weapon or drug is offered."
-score2 = "A dangerous item is shown prominently."
-score3 = "Something risky is visible."
-score4 = "Nothing dangerous, one unclear detail."
-score5 = "Nothing dangerous at all."
-
-[[rules]]
-id = "honest"
-title = "No misleading claims"
-rubric = "caption-quality"
-severity = "minor"
-"""
+POLICY = listing_policy("shop", "1", "A small listing policy.")
 RULES = ["accurate", "safe", "honest"]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from _support import cli
+from helpers.policies import listing_policy
 from typer.testing import CliRunner
 
 from edgejudge import __version__
@@ -24,37 +25,7 @@ from edgejudge.decision import DECISIONS, decide
 from edgejudge.images import synthetic_image
 from edgejudge.prompt import template_sha256
 
-POLICY = """
-name = "tiny-shop"
-version = "0.1"
-description = "Three rules for a listing."
-instruction = "A listing photo for a second-hand marketplace."
-
-[[rules]]
-id = "accurate"
-title = "The text matches the photo"
-rubric = "vqa-helpfulness"
-severity = "major"
-
-[[rules]]
-id = "safe"
-title = "Nothing dangerous"
-severity = "critical"
-pass_at = 3
-[rules.rubric]
-criteria = "Does the listing avoid dangerous items?"
-score1 = "A weapon or drug is offered."
-score2 = "A dangerous item is shown prominently."
-score3 = "Something risky is visible."
-score4 = "Nothing dangerous, one unclear detail."
-score5 = "Nothing dangerous at all."
-
-[[rules]]
-id = "honest"
-title = "No misleading claims"
-rubric = "caption-quality"
-severity = "minor"
-"""
+POLICY = listing_policy("tiny-shop", "0.1", "Three rules for a listing.")
 RULES = ("accurate", "safe", "honest")
 
 

@@ -38,6 +38,8 @@ COMMAND_MODULES = (
     "doctor",
     "demo",
     "collect",
+    "server",
+    "merge",
     "wizard",
 )
 

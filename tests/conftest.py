@@ -50,6 +50,13 @@ _SCRUBBED = ("EDGEJUDGE_DEFAULT_MODEL", "EDGEJUDGE_DEBUG", "EDGEJUDGE_MODELS_DIR
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # the real llama-server build in the user's cache stays findable once the cache is replaced below
+    if not os.environ.get("EDGEJUDGE_LLAMA_SERVER", "").strip():
+        from edgejudge.serverctl import find_server_binary
+
+        binary = find_server_binary()
+        if binary is not None:
+            os.environ["EDGEJUDGE_LLAMA_SERVER"] = str(binary)
     env = {
         "EDGEJUDGE_HOME": _SESSION_ROOT / "home",
         "EDGEJUDGE_CACHE": _SESSION_ROOT / "cache",

@@ -11,9 +11,11 @@
     ├── RubricError                     (also ValueError) a rubric is unknown or malformed
     ├── ContextOverflowError            the prompt + generation budget exceed n_ctx
     ├── EngineError                     the native runtime failed (load, tokenize, decode)
-    │   └── CLSOrderMismatchError       an mmproj was converted for another llama.cpp behaviour
+    │   ├── CLSOrderMismatchError       an mmproj was converted for another llama.cpp behaviour
+    │   └── ServerUnavailableError      an inference server cannot be reached (url: which)
     ├── InputError                      (also ValueError) bad user input: batch rows, JSONL, options
-    │   └── OutputBusyError             a batch output is being written by another edgejudge run
+    │   ├── OutputBusyError             a batch output is being written by another edgejudge run
+    │   └── PromptRefusedError          an engine cannot send one request as it is (index: which)
     └── RegistryError                   the model manifest/registry is inconsistent
 
 Every error carries a one-line ``message``, an optional ``hint`` (what to do about it, in library words)
@@ -35,8 +37,10 @@ __all__ = [
     "ContextOverflowError",
     "EngineError",
     "CLSOrderMismatchError",
+    "ServerUnavailableError",
     "InputError",
     "OutputBusyError",
+    "PromptRefusedError",
     "PolicyError",
     "RegistryError",
 ]
@@ -114,8 +118,26 @@ class CLSOrderMismatchError(EngineError):
     """The mmproj's recorded CLS-position layout does not match the installed libmtmd's behaviour."""
 
 
+class ServerUnavailableError(EngineError):
+    """An inference server (llama-server, vLLM) cannot be reached or keeps failing after the retries;
+    ``url`` names it. A fleet moves the work to another server."""
+
+    def __init__(self, message: str, *, url: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+
+
 class InputError(EdgeJudgeError, ValueError):
     """Bad user input that is not an image or rubric: malformed JSONL, a missing field, a bad option."""
+
+
+class PromptRefusedError(InputError):
+    """An engine cannot send one request of several as it is (e.g. a server would read a text as a control
+    token); ``index`` is the request's position. Raised before anything runs, like a context overflow."""
+
+    def __init__(self, message: str, *, hint: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.index = index
 
 
 class OutputBusyError(InputError):

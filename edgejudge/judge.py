@@ -22,7 +22,7 @@ from ._closing import Closing
 from .aggregate import aggregate_samples, expected_score, seeds
 from .decision import DEFAULT_REVIEW_BAND
 from .engine.base import Engine, Generation, GenerationParams, PromptParts, TokenCallback
-from .errors import ContextOverflowError, EdgeJudgeError, InputError
+from .errors import ContextOverflowError, EdgeJudgeError, InputError, PromptRefusedError
 from .inputs import (
     Task,
     check_run,
@@ -34,7 +34,8 @@ from .inputs import (
     name_overflow,
     prompt_markers,
 )
-from .settings import MAX_SAMPLES, GenerationSettings, LoadOptions, default, settings_object
+from .load_options import LoadOptions
+from .settings import MAX_SAMPLES, GenerationSettings, default, settings_object
 from .verdict import Sample, Verdict
 
 if TYPE_CHECKING:
@@ -96,17 +97,32 @@ class Judge(Closing):
 
     @classmethod
     def from_options(cls, options: LoadOptions) -> Judge:
-        """Load the pair at ``options.model`` (a text ``.gguf`` path; ``load.load_judge`` resolves registry
-        names to one) with ``LlamaCppEngine``, which checks the projector's CLS-position stamp against the
-        runtime's order (by default through the cached ``probe.runtime_cls_position``; the pair rule of
-        ``judgefile``)."""
-        from .engine.llama import LlamaCppEngine
+        """Load the judge ``options`` name: with ``engine`` llama.cpp, the pair at ``options.model`` (a text
+        ``.gguf`` path; ``load.load_judge`` resolves registry names to one) in ``LlamaCppEngine``, which
+        checks the projector's CLS-position stamp against the runtime's order (by default through the
+        cached ``probe.runtime_cls_position``; the pair rule of ``judgefile``); with llama-server, the same
+        pair on the servers (``LlamaServerEngine`` checks they serve it, with a build of that CLS order);
+        with vllm, the served model ``options.model`` names (``VllmEngine``)."""
         from .images import check_fit
 
         check_fit(options.image_fit)  # fail before loading a model
+        engine: Engine
+        if options.engine == "vllm":
+            from .engine.vllm import VllmEngine
+
+            model = None if options.model is None else str(options.model)
+            engine = VllmEngine(model=model, **options.remote_options())
+            return cls(engine, image_fit=options.image_fit)
         if options.model is None:
             raise InputError("no model file given", hint="name the text model's .gguf file")
-        engine = LlamaCppEngine(options.model, options.mmproj, **options.engine_options())
+        if options.engine == "llama-server":
+            from .engine.llama_server import LlamaServerEngine
+
+            engine = LlamaServerEngine(options.model, options.mmproj, **options.remote_options())
+        else:
+            from .engine.llama import LlamaCppEngine
+
+            engine = LlamaCppEngine(options.model, options.mmproj, **options.engine_options())
         return cls(engine, image_fit=options.image_fit)
 
     # -- inputs ----------------------------------------------------------------------------------------
@@ -170,7 +186,9 @@ class Judge(Closing):
             samples=samples,
             grammar=params.constrained,
         )
-        return settings_object(generation, model=self.engine.model_name, image_fit=self.image_fit)
+        return settings_object(
+            generation, model=self.engine.model_name, image_fit=self.image_fit, engine=self.engine.kind
+        )
 
     # -- judging ---------------------------------------------------------------------------------------
     def evaluate(
@@ -289,6 +307,10 @@ class Judge(Closing):
                 position, prepared, _ = ready.pop(at)
                 results[position] = self._name_overflow(err, prepared, params.max_tokens)
                 continue
+            except PromptRefusedError as err:  # the same: the engine cannot send that task's prompt
+                position, _, _ = ready.pop((err.index or 0) // samples)
+                results[position] = err
+                continue
             for k, (position, prepared, task_seeds) in enumerate(ready):
                 own = gens[k * samples : (k + 1) * samples]
                 results[position] = self._verdict(prepared, own, task_seeds, params, samples)
@@ -302,7 +324,7 @@ class Judge(Closing):
         for index, (parts, p) in enumerate(requests):
             try:
                 gens.append(self.engine.generate(parts, p))
-            except ContextOverflowError as err:
+            except (ContextOverflowError, PromptRefusedError) as err:
                 err.index = index
                 raise
         return gens

@@ -6,9 +6,10 @@ a ``.gguf`` path with its projector found beside it, or the default model) → `
 (``LlamaCppEngine``, which checks the projector's CLS-position stamp against the runtime's order by the
 pair rule of ``judgefile``) → ``Judge``. The CLI, the wizard and the demo load through it.
 
-``LoadOptions`` (re-exported here) is defined in ``edgejudge.settings`` with the other settings records:
-every field's default and bounds are written there once. ``registered_name`` names the registry entry a
-``LoadOptions`` points at, for display.
+``LoadOptions`` (re-exported here) is defined in ``edgejudge.load_options`` from the settings table of
+``edgejudge.settings``: every field's default and bounds are written there once. With the ``vllm`` engine
+the model is the served model's name (or its llava-hf folder), not a GGUF pair: it is passed on as given.
+``registered_name`` names the registry entry a ``LoadOptions`` points at, for display.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import EdgeJudgeError
-from .settings import LoadOptions
+from .load_options import LoadOptions
 
 if TYPE_CHECKING:
     from .judge import Judge
@@ -43,6 +44,8 @@ def load_judge(options: LoadOptions) -> Judge:
     from .registry import resolve_model
 
     check_fit(options.image_fit)
+    if options.engine == "vllm":
+        return Judge.from_options(options)
     text, mmproj = resolve_model(_model_value(options.model), mmproj=options.mmproj)
     return Judge.from_options(replace(options, model=text, mmproj=mmproj))
 

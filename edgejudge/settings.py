@@ -8,8 +8,8 @@ setting name in a library hint into that flag). Two groups:
   grammar (the constrained output format; ``GenerationParams`` calls it ``constrained`` inside the
   engine, every output calls it ``grammar``);
 - load settings (``LOAD``): model, mmproj, n_ctx, n_threads, n_gpu_layers, parallel (the engine's
-  ``max_parallel``), image_fit, verbose, and the engine tunings without a flag (mmproj_offload,
-  image_cache_size, n_batch).
+  ``max_parallel``), image_fit, verbose, the remote engines' (engine, servers, concurrency,
+  request_timeout) and the engine tunings without a flag (mmproj_offload, image_cache_size, n_batch).
 
 ``check(name, value)`` is THE validation of one value against its bounds (an ``InputError`` whose hint
 names the setting bare, in library words); the engines, ``GenerationSettings``, ``load.LoadOptions`` and
@@ -18,8 +18,8 @@ the judge call it. ``image_fit``'s vocabulary is ``images.FIT_MODES``, checked b
 
 The records: ``GenerationSettings`` (the generation settings of a judgment; ``settings_object`` writes
 from it THE ``settings`` object that ``judge --json`` verdicts and batch rows carry, same keys in both: the
-settings that change a verdict; batch resume keys hash it) and ``LoadOptions`` (what to load and how;
-``load.load_judge`` takes it, ``Judge.from_files`` builds it).
+settings that change a verdict; batch resume keys hash it). ``LoadOptions`` (what to load and how) is
+in ``edgejudge.load_options``, built from this table.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_PARALLEL",
     "GENERATION_PANEL",
     "MODEL_PANEL",
+    "SERVERS_PANEL",
     "setting",
     "default",
     "check",
@@ -49,9 +50,8 @@ __all__ = [
     "flag_names",
     "GenerationSettings",
     "SETTINGS_KEYS",
+    "KEY_EXEMPT",
     "settings_object",
-    "ENGINE_FIELDS",
-    "LoadOptions",
 ]
 
 #: The most samples one judgment may draw.
@@ -61,6 +61,7 @@ MAX_PARALLEL = 16
 
 GENERATION_PANEL = "Generation"
 MODEL_PANEL = "Model"
+SERVERS_PANEL = "Servers"
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,46 @@ LOAD: tuple[Setting, ...] = (
         panel=MODEL_PANEL,
     ),
     Setting(
+        "engine",
+        str,
+        "llama.cpp",
+        "Where the judge runs: llama.cpp (in this process), llama-server or vllm (the servers given "
+        "with --server).",
+        flag="--engine",
+        panel=SERVERS_PANEL,
+        advice="use engine llama.cpp, llama-server or vllm",
+    ),
+    Setting(
+        "servers",
+        tuple,
+        (),
+        "URL of a server to judge on (repeat for a fleet), e.g. http://127.0.0.1:8080.",
+        flag="--server",
+        panel=SERVERS_PANEL,
+    ),
+    Setting(
+        "concurrency",
+        int,
+        None,
+        "Requests in flight per server (default: its slot count for llama-server, 8 for vLLM).",
+        flag="--concurrency",
+        panel=SERVERS_PANEL,
+        minimum=1,
+        maximum=256,
+        optional=True,
+        advice="use {name} from {minimum} to {maximum}, or leave it unset for the server's own",
+    ),
+    Setting(
+        "request_timeout",
+        float,
+        600.0,
+        "Seconds one request to a server may take before it is retried.",
+        flag="--request-timeout",
+        panel=SERVERS_PANEL,
+        above=0.0,
+        advice="use a {name} above {above} seconds (the default is {default})",
+    ),
+    Setting(
         "mmproj_offload",
         bool,
         True,
@@ -306,7 +347,14 @@ def advice_for(spec: Setting, name: str | None = None) -> str:
     return (spec.advice or "").format(name=name or spec.name, **{k: _shown(v) for k, v in values.items()})
 
 
-_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+_KIND_WORDS = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+    Path: "a path",
+    tuple: "a list of texts",
+}
 
 
 def _refuse(spec: Setting, name: str, problem: str, value: Any) -> InputError:
@@ -335,6 +383,8 @@ def check(name: str, value: Any) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif kind is Path:
         ok = isinstance(value, (str, os.PathLike))
+    elif kind is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
     else:
         ok = isinstance(value, kind)
     if not ok:
@@ -374,77 +424,22 @@ class GenerationSettings:
 
 #: The keys of the ``settings`` object, in the order it is written.
 SETTINGS_KEYS = tuple(
-    "model temperature top_p seed samples max_tokens repeat_penalty image_fit grammar".split()
+    "model engine temperature top_p seed samples max_tokens repeat_penalty image_fit grammar".split()
 )
 
 
-def settings_object(generation: GenerationSettings, *, model: str, image_fit: str) -> dict[str, Any]:
-    """THE ``settings`` object of a judgment: the model, the image fit and the generation settings, i.e.
-    what changes a verdict (``SETTINGS_KEYS``). ``judge --json`` verdicts and batch rows carry it, and a
-    batch row's resume key hashes it. Capacity settings (n_ctx, parallel, threads, GPU layers) are not in
-    it: they decide whether and how fast a prompt runs, not what the judge answers."""
-    values = {"model": model, "image_fit": image_fit, **generation.to_json()}
+#: The settings keys a batch row's resume key leaves out (see ``settings_object``).
+KEY_EXEMPT = ("engine",)
+
+
+def settings_object(
+    generation: GenerationSettings, *, model: str, image_fit: str, engine: str = "llama.cpp"
+) -> dict[str, Any]:
+    """THE ``settings`` object of a judgment: the model, the engine that ran it, the image fit and the
+    generation settings (``SETTINGS_KEYS``). ``judge --json`` verdicts and batch rows carry it, and a batch
+    row's resume key hashes it except ``engine`` (``KEY_EXEMPT``: the engines running one GGUF pair give the
+    same verdicts, so a batch may resume on another; ``model`` is the pair's identity). Capacity settings
+    (n_ctx, parallel, threads, GPU layers, servers) are not in it: they decide whether and how fast a prompt
+    runs, not what the judge answers."""
+    values = {"model": model, "engine": engine, "image_fit": image_fit, **generation.to_json()}
     return {key: values[key] for key in SETTINGS_KEYS}
-
-
-#: The ``LoadOptions`` fields that are ``LlamaCppEngine`` keyword arguments (and ``parallel``, its
-#: ``max_parallel``).
-ENGINE_FIELDS = (
-    "n_ctx",
-    "n_threads",
-    "n_gpu_layers",
-    "verbose",
-    "mmproj_offload",
-    "image_cache_size",
-    "n_batch",
-    "seed",
-)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """What to load and how (``load.load_judge`` takes it): the model (a registered ``name``/``name:QUANT``,
-    a text ``.gguf`` path, or None for the default model), the projector (None: found beside the text model
-    or in the registry) and the runtime settings. Checked on creation (``image_fit`` only as text: its
-    modes are checked by ``images.check_fit`` before anything is loaded). ``seed`` is the engine's default
-    seed, for generations that do not set one (the ``seed`` setting's default and bounds).
-    """
-
-    model: str | Path | None = default("model")
-    mmproj: str | Path | None = default("mmproj")
-    n_ctx: int = default("n_ctx")
-    n_threads: int | None = default("n_threads")
-    n_gpu_layers: int = default("n_gpu_layers")
-    parallel: int = default("parallel")
-    image_fit: str = default("image_fit")
-    verbose: bool = default("verbose")
-    mmproj_offload: bool = default("mmproj_offload")
-    image_cache_size: int = default("image_cache_size")
-    n_batch: int = default("n_batch")
-    seed: int | None = default("seed")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, os.PathLike):  # a path to the text model: kept as text, like a name
-            object.__setattr__(self, "model", os.fspath(self.model))
-        for f in fields(self):
-            check(f.name, getattr(self, f.name))
-
-    @classmethod
-    def from_engine_options(
-        cls, model: str | Path | None, mmproj: str | Path | None, image_fit: str, options: Mapping[str, Any]
-    ) -> LoadOptions:
-        """From ``LlamaCppEngine``'s keyword arguments (``max_parallel`` is ``parallel``), as
-        ``Judge.from_files`` takes them; an unknown keyword is a TypeError, as it is for the engine."""
-        values = dict(options)
-        if "max_parallel" in values:
-            if "parallel" in values:
-                raise TypeError("give parallel or max_parallel, not both")
-            values["parallel"] = values.pop("max_parallel")
-        unknown = sorted(set(values) - {*ENGINE_FIELDS, "parallel"})
-        if unknown:
-            raise TypeError(f"unexpected engine option(s): {', '.join(unknown)}")
-        return cls(model=model, mmproj=mmproj, image_fit=image_fit, **values)
-
-    def engine_options(self) -> dict[str, Any]:
-        """The ``LlamaCppEngine`` keyword arguments these options set."""
-        return {name: getattr(self, name) for name in ENGINE_FIELDS} | {"max_parallel": self.parallel}

@@ -73,6 +73,7 @@ def test_judge_json_and_batch_rows_carry_the_same_settings_object(
     assert tuple(settings) == SETTINGS_KEYS
     assert settings == {
         "model": fake_factory[0].model_name,
+        "engine": "fake",
         "temperature": 0.5,
         "top_p": 0.8,
         "seed": 3,

@@ -13,7 +13,8 @@ import pytest
 
 from edgejudge.errors import InputError, ModelNotFoundError
 from edgejudge.load import LoadOptions, load_judge, registered_name
-from edgejudge.settings import ENGINE_FIELDS, default
+from edgejudge.load_options import ENGINE_FIELDS
+from edgejudge.settings import default
 
 
 def test_defaults_come_from_the_settings_record() -> None:

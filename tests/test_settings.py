@@ -103,6 +103,7 @@ def test_generation_settings_check_on_creation_and_write_the_settings_object() -
     assert tuple(obj) == SETTINGS_KEYS
     assert obj == {
         "model": "tiny-F16",
+        "engine": "llama.cpp",
         "temperature": 0.0,
         "top_p": 0.9,
         "seed": 3,

@@ -26,6 +26,7 @@ from .. import _fs, _jsonl
 from ..decision import DECISIONS, DEFAULT_REVIEW_BAND
 from ..engine.base import GenerationParams
 from ..settings import check as check_setting
+from .flow import Flow
 from .judging import Digests, digest_of, groups, judge_jobs
 from .keep import check_keep
 from .log import (
@@ -44,8 +45,10 @@ from .policy_run import Decisions, Job, jobs_of, row_policies, run_record
 from .records import DecisionRecord, utc_now
 from .result import ResultRow, is_batch_row, record_key
 from .rows import BatchRow, read_input_rows, schedule
+from .shard import in_shard, parse_shard
 
 if TYPE_CHECKING:
+    from ..engine.base import ServerStats
     from ..judge import Judge
     from ..policy import Policy
     from ..rubric import Rubric
@@ -78,7 +81,8 @@ class BatchEvent:
     judge), ``"row_done"`` (``row`` the output row just written, a rule row with its ``rule_id``;
     ``status``, ``score``, ``done`` results so far), ``"error"`` (an error row was written: ``message``,
     ``line``, ``row``), ``"decision"`` (a decision record was written: ``decision``, ``message`` the
-    decision, ``line``) and ``"finished"`` (``summary``).
+    decision, ``line``) and ``"finished"`` (``summary``). ``servers`` is the engine's servers' state when
+    the event was made (``Engine.servers``: empty for an in-process engine).
     """
 
     kind: str
@@ -94,6 +98,7 @@ class BatchEvent:
     summary: BatchSummary | None = None
     decision: DecisionRecord | None = None
     rows: int = 0
+    servers: tuple[ServerStats, ...] = ()
 
 
 EventFn = Callable[[BatchEvent], None]
@@ -135,6 +140,8 @@ class BatchSummary:
     results: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
     incomplete: int = 0
+    shard: list[int] | None = None
+    servers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +170,7 @@ def run_batch(
     policy: Policy | str | Path | None = None,
     review_band: Sequence[float] = DEFAULT_REVIEW_BAND,
     keep: Sequence[str] = (),
+    shard: tuple[int, int] | None = None,
 ) -> BatchSummary:
     """Judge every row of ``input_path`` not already done in ``output_path``; append the verdicts there.
 
@@ -183,7 +191,11 @@ def run_batch(
     ``RunRecord`` when a policy run has anything to judge. A row whose own policy cannot be loaded is one
     error rule row (``rule_id`` "*") with its decision ``error``.
     ``keep`` names more input fields to copy into the output rows (``batch.keep``: not a field edgejudge
-    writes or reads itself).
+    writes or reads itself). ``shard`` (K, N) keeps only the rows of shard K of N (``batch.shard``: by id,
+    after ``limit``); the summary counts those rows only.
+    An engine serving several calls at once (``Engine.concurrency`` > 1: servers) gets that many groups
+    in flight, each written when it is done (so the log's order is the order they finish); when one fails
+    (every server down) the groups already judged are written and the error is raised: rerun to resume.
     Raises ``InputError`` only when ``samples`` is out of the setting's bounds, ``keep`` names a field
     edgejudge uses, the input file cannot be read, or the output is not an edgejudge batch log, cannot be
     written or is being written by another run (``OutputBusyError``); ``PolicyError`` when ``policy`` or
@@ -200,6 +212,7 @@ def run_batch(
     run = _Run(
         judge, _fs.user_path(input_path, what="input path"), output, retry_errors, samples,
         params or GenerationParams(), on_event or (lambda event: None), should_stop, run_policy, band, kept,
+        None if shard is None else parse_shard(f"{shard[0]}/{shard[1]}"),
     )  # fmt: skip
     with nullcontext() if held else OutputLock(output):
         return _run_locked(run, image_root, default_rubric, limit)
@@ -220,6 +233,7 @@ class _Run:
     policy: Policy | None
     band: tuple[float, float]
     keep: tuple[str, ...]
+    shard: tuple[int, int] | None
 
 
 def _run_locked(
@@ -263,6 +277,7 @@ def _run_locked(
             input_path, default_rubric=default_rubric, limit=limit, policy_run=run.policy is not None,
             keep=run.keep,
         )  # fmt: skip
+        rows = [row for row in rows if in_shard(row.id, run.shard)]
         out = _Output(output_path, fd)
         try:
             return _judge_all(run, rows, out, root, previous, latest, started, started_at, repaired, ignored)
@@ -364,12 +379,13 @@ def _judge_all(
 
     ok = errors = malformed = done = warned = 0
     scores: list[int] = []
-    stopped = False
-    for group in groups(todo, judge.engine.max_parallel):
-        if run.should_stop is not None and run.should_stop():
-            stopped = True
-            break
-        judged = judge_jobs(judge, group, root, settings, run.samples, run.params, digests, run.band)
+    engine = judge.engine
+    flow: Flow[list[Job], list[ResultRow]] = Flow(
+        groups(todo, engine.max_parallel), engine.concurrency, run.should_stop
+    )
+    for group, judged in flow.judged(
+        lambda group: judge_jobs(judge, group, root, settings, run.samples, run.params, digests, run.band)
+    ):
         for job, result in zip(group, judged, strict=True):
             out.write(result.to_dict())
             done += 1
@@ -388,9 +404,11 @@ def _judge_all(
                 BatchEvent(
                     "row_done", row=result, status=result.status, score=result.score, done=done,
                     total=results, skipped=skipped, todo=len(todo), line=job.row.line,
+                    servers=judge.engine.servers,
                 )
             )  # fmt: skip
         _decide(decisions, [job.row.id for job in group], out, emit)
+    stopped = flow.stopped
 
     histogram = {str(k): scores.count(k) for k in range(1, 6)}
     counts = decisions.counts()
@@ -414,6 +432,8 @@ def _judge_all(
         results=results,
         decisions={k: counts[k] for k in DECISIONS if k in counts},
         incomplete=decisions.incomplete(),
+        shard=list(run.shard) if run.shard is not None else None,
+        servers=[asdict(stats) for stats in judge.engine.servers],
     )
     emit(BatchEvent("finished", summary=summary, total=results, skipped=skipped, todo=len(todo), done=done))
     return summary

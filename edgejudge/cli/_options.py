@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import InputError
+from ..load_options import REMOTE_ENGINES
 from ..settings import SETTINGS, Setting, check, default
 
 if TYPE_CHECKING:
@@ -109,12 +110,17 @@ class GenerationOptions:
     parallel: int = default("parallel")
     verbose: bool = default("verbose")
     grammar: bool = default("grammar")
+    engine: str = default("engine")
+    servers: tuple[str, ...] = default("servers")
+    concurrency: int | None = default("concurrency")
+    request_timeout: float = default("request_timeout")
 
     def __post_init__(self) -> None:
         """``image_fit`` in any case, as the flag takes it (``PAD`` → ``pad``), also for a record built in
         code (the wizard, embedders); an unknown mode is refused here, naming the flag."""
         from ..images import check_fit
 
+        object.__setattr__(self, "servers", tuple(self.servers or ()))
         fit = self.image_fit.lower() if isinstance(self.image_fit, str) else self.image_fit
         try:
             check_fit(fit)
@@ -148,6 +154,10 @@ class GenerationOptions:
             parallel=self.parallel,
             image_fit=self.image_fit,
             verbose=self.verbose,
+            engine=self.engine,
+            servers=self.servers,
+            concurrency=self.concurrency,
+            request_timeout=self.request_timeout,
         )
 
     def cli_args(self) -> list[str]:
@@ -159,7 +169,10 @@ class GenerationOptions:
                 continue
             spec = SETTINGS[f.name]
             assert spec.flag is not None
-            args.append(spec.flag if spec.kind is bool else f"{spec.flag}={value}")
+            if spec.kind is tuple:
+                args.extend(f"{spec.flag}={item}" for item in value)
+            else:
+                args.append(spec.flag if spec.kind is bool else f"{spec.flag}={value}")
         return args
 
 
@@ -178,6 +191,10 @@ def _callback(spec: Setting) -> Callable[[Any], Any]:
             return value
         if spec.inverted:
             value = not value
+        if spec.kind is tuple:
+            value = tuple(value or ())
+        if spec.name == "engine" and value not in REMOTE_ENGINES + ("llama.cpp",):
+            raise typer.BadParameter(f"unknown engine {value!r}: use llama.cpp, llama-server or vllm")
         try:
             check(spec.name, value)
         except InputError as err:
@@ -203,6 +220,8 @@ def option_for(name: str) -> tuple[str, Any, Any]:
     )
     if spec.inverted:  # a flag that turns the setting off: --no-grammar
         return f"no_{name}", Annotated[bool, option], not spec.default
+    if spec.kind is tuple:  # a repeatable option: --server URL --server URL
+        return name, Annotated[list[str] | None, option], None
     kind: Any = spec.kind | None if spec.optional else spec.kind
     return name, Annotated[kind, option], spec.default
 

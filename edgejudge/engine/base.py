@@ -4,10 +4,13 @@ An ``Engine`` takes a prompt split around one image (text before, the fitted ima
 settings, and returns the generated text with the score distribution read at the digit position. Prefix
 reuse, image-embedding caches and native resources are the engine's business; the judge never sees them.
 
-Two engines ship: ``LlamaCppEngine`` (edgejudge.engine.llama, real llama.cpp + mtmd) and ``FakeEngine``
-(edgejudge.engine.fake, scripted, for plumbing tests and demos of the UI). Both implement the whole
-``Engine`` Protocol (callers never probe an engine for a method) and call the checks defined here, so they
-refuse the same settings and prompts:
+In-process engines: ``LlamaCppEngine`` (edgejudge.engine.llama, real llama.cpp + mtmd) and ``FakeEngine``
+(edgejudge.engine.fake, scripted, for plumbing tests and demos of the UI). Remote engines drive existing
+inference servers with the same semantics: ``LlamaServerEngine`` (edgejudge.engine.llama_server) and
+``VllmEngine`` (edgejudge.engine.vllm), over a ``Fleet`` of servers (edgejudge.engine.fleet). Every engine
+implements the whole ``Engine`` Protocol (callers never probe an engine for a method; ``kind`` says which
+it is, ``concurrency`` how many calls it serves at once, ``servers`` how its servers are doing) and calls
+the checks defined here, so they refuse the same settings and prompts:
 
 - ``check_params``: the generation settings against their bounds in ``edgejudge.settings``;
 - ``check_parts``: a prompt's image is the engine's square size, its RGB buffer has the right length and
@@ -30,8 +33,10 @@ from ..settings import check, default
 from ..verdict import StageTimings
 
 __all__ = [
+    "ENGINE_KINDS",
     "PromptParts",
     "GenerationParams",
+    "ServerStats",
     "StageTimings",
     "Generation",
     "Engine",
@@ -42,6 +47,9 @@ __all__ = [
     "check_fits",
     "generation_budget",
 ]
+
+#: The engines a judge can run on (``Engine.kind``; the ``engine`` setting picks one of the first three).
+ENGINE_KINDS = ("llama.cpp", "llama-server", "vllm", "fake")
 
 #: Positions a constrained generation always keeps free for the forced " [RESULT] d" tail.
 TAIL_RESERVE = 16
@@ -103,13 +111,42 @@ class Generation:
     timings: StageTimings = field(default_factory=StageTimings)
 
 
+@dataclass(frozen=True)
+class ServerStats:
+    """How one inference server of a remote engine is doing (a snapshot, for progress and summaries).
+
+    ``lanes`` is how many requests it serves at once, ``in_flight`` how many it serves now; ``done`` counts
+    the generations finished there, ``failed`` the requests that failed there (moved to another server or
+    reported); ``prompt_tokens``/``reused_tokens`` the prompt positions of its generations and how many of
+    them came from its prompt cache; ``busy_s`` sums the wall time of its requests.
+    """
+
+    url: str
+    alive: bool = True
+    lanes: int = 1
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    busy_s: float = 0.0
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded judge model. Engines are context managers; ``close()`` frees native resources."""
 
     @property
+    def kind(self) -> str:
+        """Which engine this is: one of ``ENGINE_KINDS`` (written to every verdict's settings)."""
+        ...
+
+    @property
     def model_name(self) -> str:
-        """A human name for the model (file stem or registry name)."""
+        """The model's identity in verdict settings and batch keys: the text model's file stem (the same
+        for every engine running that GGUF pair, so a batch may resume on another of them), or the served
+        model's name (vLLM)."""
         ...
 
     @property
@@ -130,6 +167,18 @@ class Engine(Protocol):
     @property
     def max_parallel(self) -> int:
         """The most requests ``generate_many`` decodes together as parallel sequences (1: one at a time)."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """How many ``generate``/``generate_many`` calls the engine serves at once from different threads
+        (a batch keeps that many groups in flight): 1 for in-process engines, the lanes of the live servers
+        for remote ones."""
+        ...
+
+    @property
+    def servers(self) -> tuple[ServerStats, ...]:
+        """A snapshot of each server's state (remote engines); empty for in-process engines."""
         ...
 
     @property

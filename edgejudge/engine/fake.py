@@ -10,6 +10,8 @@ It implements the whole ``Engine`` Protocol and shares the real engine's checks 
 settings and prompts are refused, and the context window is enforced by the same overflow rule; only the
 prompt's size is its own (a rough count: one BOS, about a token per 4 characters, the image's positions).
 ``max_parallel`` is what it declares (default 1); ``generate_many`` still generates one request at a time.
+``concurrency`` (default 1) and ``servers`` are what it is told to declare (to drive a batch's threads and
+a UI's server lines as a remote engine would); its calls are safe from several threads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .base import (
     Generation,
     GenerationParams,
     PromptParts,
+    ServerStats,
     StageTimings,
     TokenCallback,
     check_fits,
@@ -82,9 +85,12 @@ class FakeEngine(Closing):
         n_ctx: int = default("n_ctx"),
         model_name: str = "fake",
         max_parallel: int = 1,
+        concurrency: int = 1,
+        servers: Sequence[ServerStats] = (),
     ) -> None:
         check("n_ctx", n_ctx)
         check("max_parallel", max_parallel)
+        check("concurrency", concurrency)
         self._queue: deque[tuple[str, dict[int, float] | None]] = deque()
         self.history: list[tuple[PromptParts, GenerationParams]] = []
         # the Engine protocol's read-only properties, as plain attributes
@@ -94,11 +100,22 @@ class FakeEngine(Closing):
         self.image_tokens = image_tokens
         self.n_ctx = n_ctx
         self._max_parallel = max_parallel
+        self.concurrency = concurrency
+        #: what ``servers`` reports: set it to show a UI a remote engine's servers
+        self.server_stats: tuple[ServerStats, ...] = tuple(servers)
         self.closed = False
         for text in outputs or ():
             self.enqueue(text)
 
     # -- Engine protocol -------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return "fake"
+
+    @property
+    def servers(self) -> tuple[ServerStats, ...]:
+        return self.server_stats
+
     @property
     def max_parallel(self) -> int:
         return self._max_parallel

@@ -42,6 +42,7 @@ from .base import (
     Generation,
     GenerationParams,
     PromptParts,
+    ServerStats,
     TokenCallback,
     check_fits,
     check_params,
@@ -158,6 +159,18 @@ class LlamaCppEngine(Closing):
         self._closed = False
 
     # -- Engine protocol -------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return "llama.cpp"
+
+    @property
+    def concurrency(self) -> int:
+        return 1
+
+    @property
+    def servers(self) -> tuple[ServerStats, ...]:
+        return ()
+
     @property
     def model_name(self) -> str:
         return self.model_path.stem

@@ -19,6 +19,10 @@ leaving it empty would show the model a layout it never saw (and the task descri
 reference); a plain statement keeps the learned structure and tells the model the truth. An empty or
 whitespace-only reference counts as missing. Callers mark such verdicts ``reference: false``.
 
+``parse_rendered_prompt`` reads a judge prompt back into its fields (the reference pipeline's question files
+hold the prompt already rendered): it accepts exactly the texts ``render_judge_prompt`` gives, so rendering
+what it returns gives the same text again.
+
 ``template_sha256`` names this whole format in an audit trail: a change to any of its texts changes it.
 """
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from typing import NamedTuple
 
 from .rubric import Rubric
 
@@ -37,6 +43,8 @@ __all__ = [
     "normalize_text",
     "has_reference",
     "render_judge_prompt",
+    "PromptFields",
+    "parse_rendered_prompt",
     "conversation_parts",
     "full_conversation",
     "template_sha256",
@@ -117,6 +125,58 @@ def render_judge_prompt(instruction: str, response: str, rubric: Rubric, referen
         fields[f"score{k}_description"] = normalize_text(text)
     # str.format inserts the values verbatim: braces inside user text are not interpreted.
     return JUDGE_TEMPLATE.format(**fields)
+
+
+class PromptFields(NamedTuple):
+    """The fields of a rendered judge prompt (``parse_rendered_prompt``): ``reference`` is None when the
+    prompt holds ``NO_REFERENCE_TEXT``; ``descriptions`` are the five score descriptions in order."""
+
+    instruction: str
+    response: str
+    reference: str | None
+    criteria: str
+    descriptions: tuple[str, str, str, str, str]
+
+
+#: The template's text between its fields, in order (the literal parts of ``JUDGE_TEMPLATE``).
+_LITERALS = tuple(re.split(r"\{[a-z0-9_]+\}", JUDGE_TEMPLATE))
+
+
+def parse_rendered_prompt(text: str) -> PromptFields | None:
+    """The fields of ``text`` when it is a judge prompt as ``render_judge_prompt`` renders it, else None.
+
+    Each field ends at the first occurrence of the template text that follows it, and the result is
+    accepted only when rendering it gives ``text`` back byte for byte (so a field that was not normalised,
+    a changed heading or a missing section gives None). A field holding one of the template's own headings
+    is read at its first occurrence: the fields may then differ from the ones rendered, the prompt does not.
+    Pure; never raises."""
+    head, tail = _LITERALS[0], _LITERALS[-1]
+    if not isinstance(text, str) or len(text) < len(head) + len(tail):
+        return None
+    if not text.startswith(head) or not text.endswith(tail):
+        return None
+    body = text[len(head) : len(text) - len(tail)]
+    values: list[str] = []
+    pos = 0
+    for literal in _LITERALS[1:-1]:
+        end = body.find(literal, pos)
+        if end < 0:
+            return None
+        values.append(body[pos:end])
+        pos = end + len(literal)
+    values.append(body[pos:])
+    instruction, response, reference, criteria, *descriptions = values
+    fields = PromptFields(
+        instruction,
+        response,
+        None if reference == NO_REFERENCE_TEXT else reference,
+        criteria,
+        (descriptions[0], descriptions[1], descriptions[2], descriptions[3], descriptions[4]),
+    )
+    rubric = Rubric(name="prompt", criteria=criteria, descriptions=fields.descriptions)
+    if render_judge_prompt(instruction, response, rubric, fields.reference) != text:
+        return None
+    return fields
 
 
 def conversation_parts(judge_prompt: str) -> tuple[str, str]:

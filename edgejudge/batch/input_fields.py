@@ -2,7 +2,10 @@
 
 Native fields (``id``, ``image``, ``instruction``, ``response``, ``reference``, ``rubric``, ``policy``) and
 Perception-Collection/Bench fields (``orig_instruction``, ``orig_response`` / ``original_response``,
-``orig_reference_answer``, ``orig_criteria``, ``orig_score1_description`` …); THE id rule (``id_of``); the
+``orig_reference_answer``, ``orig_criteria``, ``orig_score1_description`` …) and the reference evaluation's
+question files (``question_id``, ``image``, ``text``: the judge prompt already rendered, read back into
+the fields with ``prompt.parse_rendered_prompt`` when the row has no instruction or response of its own;
+a ``text`` that is not such a prompt is the row's problem); THE id rule (``id_of``); the
 pass-through fields copied into output rows (``PASS_THROUGH``: gold scores, the ``student`` and the
 ``system`` of grading and leaderboard views, plus the fields a run asks to ``keep``). A row judged against
 a policy (its own ``policy`` field, or a policy run) needs no instruction of its own (the policy may give
@@ -20,6 +23,7 @@ from .. import _fs
 from ..errors import InputError, RubricError
 
 if TYPE_CHECKING:
+    from ..prompt import PromptFields
     from ..rubric import Rubric
 
 __all__ = ["BatchRow", "PASS_THROUGH", "READ_FIELDS", "FIX_HINT", "id_of", "parse_line", "malformed"]
@@ -34,7 +38,8 @@ FIX_HINT = "fix the row in the input file (the batch skips rows already done whe
 class BatchRow:
     """One input row, resolved. ``problem`` (with ``hint``) is set when the row cannot be judged.
     ``policy`` is the row's own ``policy`` field (a built-in name or a policy file), None without one, ""
-    when the field holds no usable value (the row's ``problem`` says so)."""
+    when the field holds no usable value (the row's ``problem`` says so). ``int_id``: the id was a JSON
+    integer in the input (``id`` is its text), for writers that give it back as it was."""
 
     id: str
     line: int
@@ -50,6 +55,7 @@ class BatchRow:
     extra: tuple[tuple[str, Any], ...] = ()
     warnings: tuple[str, ...] = ()
     policy: str | None = None
+    int_id: bool = False
 
 
 #: Each field of a row and the keys it is read from, first found wins (native, Perception-Collection/Bench).
@@ -67,6 +73,7 @@ READ_FIELDS = frozenset(
         "question_id",
         "rubric",
         "policy",
+        "text",
         "criteria",
         "orig_criteria",
         *(name for names in _FIELD_NAMES.values() for name in names),
@@ -149,13 +156,21 @@ def parse_line(
         else:
             warnings.append(f"line {number}: field {name!r} holds NaN or an infinity (not JSON); left out")
     fields = {name: _first(data, *keys) for name, keys in _FIELD_NAMES.items()}
+    prompt = _question_prompt(data, fields)
+    if isinstance(prompt, str):
+        return BatchRow(id=row_id, line=number, image=_text_or_none(fields["image"]), extra=tuple(extra),
+                        problem=f"line {number}: {prompt}", hint=_PROMPT_HINT, source_sha256=sha)  # fmt: skip
+    if prompt is not None:
+        fields.update(instruction=prompt.instruction, response=prompt.response, reference=prompt.reference)
     bad = [name for name, value in fields.items() if value is not None and not isinstance(value, str)]
     values = {k: v if isinstance(v, str) else None for k, v in fields.items()}
     reference = values["reference"] if values["reference"] and values["reference"].strip() else None
     own_policy = data.get("policy")
+    raw_id = data.get("id", data.get("question_id"))
     row = BatchRow(
         id=row_id,
         line=number,
+        int_id=type(raw_id) is int,
         image=values["image"],
         instruction=values["instruction"],
         response=values["response"],
@@ -183,6 +198,11 @@ def parse_line(
         return _with_problem(row, problem, FIX_HINT)
     if judged_by_policy:  # each rule brings its own rubric
         return row
+    if prompt is not None:  # the rubric rendered in the prompt is the one judged against
+        from ..rubric import Rubric
+
+        return replace(row, rubric=Rubric(name="inline", criteria=prompt.criteria,
+                                          descriptions=prompt.descriptions))  # fmt: skip
     try:
         rubric = _row_rubric(data, default, cache)
     except RubricError as err:
@@ -194,6 +214,35 @@ def parse_line(
             "add a 'rubric' field to the row or give a default rubric for rows without one",
         )
     return replace(row, rubric=rubric)
+
+
+_PROMPT_HINT = (
+    "give 'text' as the judge prompt rendered by the Prometheus-Vision template, or give the fields "
+    "instruction, response and rubric instead"
+)
+
+
+def _question_prompt(data: dict[str, Any], fields: dict[str, Any]) -> PromptFields | str | None:
+    """A question-file row's rendered prompt read back (``PromptFields``), what is wrong with its ``text``
+    (a problem), or None when the row is not one (no ``text``, or an instruction or response of its own)."""
+    from ..prompt import parse_rendered_prompt
+
+    text = data.get("text")
+    if text is None or fields["instruction"] is not None or fields["response"] is not None:
+        return None
+    if not isinstance(text, str):
+        return "field 'text' must be a string (the rendered judge prompt)"
+    parsed = parse_rendered_prompt(text)
+    if parsed is None:
+        return (
+            "field 'text' is not a judge prompt as the Prometheus-Vision template renders it (a section "
+            "heading missing or changed, or a field not normalised)"
+        )
+    return parsed
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _policy_value(value: Any) -> str | None:

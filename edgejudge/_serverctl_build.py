@@ -353,6 +353,7 @@ def _run(argv: list[str], log_file: TextIO, log: Path, stage: str, report: Progr
     try:
         for line in proc.stdout:
             log_file.write(line)
+            log_file.flush()  # readable while the build runs (tail -f)
             report(
                 BuildProgress(stage, parse_build_percent(line) if stage == "build" else None, line.rstrip())
             )

@@ -22,6 +22,21 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# The scale-out tests run a real llama-server: build it once (about 4 minutes on 2 cores on a new machine,
+# a cache hit afterwards: ~/.cache/edgejudge/llama-server/) and make a missing one a failure, not a skip.
+EDGEJUDGE_LLAMA_SERVER="$("$VENV/bin/edgejudge" server build)"
+export EDGEJUDGE_LLAMA_SERVER
+export EDGEJUDGE_REQUIRE_SERVER=1
+
+# The vLLM tests run when its environment exists (scripts/install_vllm.sh creates it).
+VLLM_PYTHON="${EDGEJUDGE_VLLM_ENV:-$HOME/.cache/edgejudge/vllm-env}/bin/python"
+if [ -x "$VLLM_PYTHON" ]; then
+  export EDGEJUDGE_VLLM_PYTHON="$VLLM_PYTHON"
+  export EDGEJUDGE_REQUIRE_VLLM=1
+else
+  echo "no vLLM environment at $VLLM_PYTHON: the vLLM tests will be skipped (scripts/install_vllm.sh)" >&2
+fi
+
 "$VENV/bin/ruff" check edgejudge scripts tests
 "$VENV/bin/mypy" edgejudge
 "$VENV/bin/python" -m pytest -q "$@"

@@ -5,23 +5,33 @@ ETA, errors, a running score histogram), SIGINT handling (first Ctrl-C: finish t
 second: drop it) and the resume hint. It holds the output's lock (``batch.OutputLock``) from before the
 model loads, so a second run on the same output stops at once; an input without rows loads no model and
 writes nothing. With ``--policy`` (or rows naming their own policy) progress counts rule judgments, each
-row's decision is printed as it is written, and the summary counts the decisions. The logic lives in
-``edgejudge.batch``.
+row's decision is printed as it is written, and the summary counts the decisions. With servers behind
+the engine (``Engine.servers``) a line per server sits under the bar (rows/min, in flight, alive, prompt
+cache reuse) and the summary ends with a table of them. ``--shard K/N`` runs one share of the rows;
+``--answers-format reference`` writes the original pipeline's answer file after the run
+(``edgejudge.answers``). The logic lives in ``edgejudge.batch``.
 """
 
 from __future__ import annotations
 
 import shlex
 import signal
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
+from ._batch_view import BatchProgress, RateColumn, histogram_text, server_table
 from ._common import (
     DECISION_STYLE,
     EXIT_INTERRUPTED,
@@ -30,7 +40,6 @@ from ._common import (
     build_judge,
     emit_json,
     examples,
-    make_progress,
     shown,
     status,
     stderr_console,
@@ -60,28 +69,20 @@ With [bold]--policy NAME|FILE[/bold] every row is judged against each rule of th
 violation or needs_review: a rule's p_pass inside --review-band needs review). The instruction is the \
 row's, else the rule's, else the policy's. Resume works per (row, rule). Fields such as student and \
 system are copied into the output rows; --keep FIELD copies more.
+
+[bold]Several machines:[/bold] put INPUT and its images on a folder every machine sees, run \
+[bold]--shard K/N[/bold] on machine K (1..N), each with its own --output, then join the logs with \
+[bold]edgejudge merge OUT1 … OUTN --output ALL.jsonl[/bold]. A row's shard depends on its id only, so the \
+N shards judge every row exactly once; each resumes on its own. With servers (--engine llama-server or \
+vllm) a line per server shows its rows/min, requests in flight, whether it is alive and its cache reuse.
+
+[bold]The original pipeline:[/bold] rows of its question files (question_id, image, text: the judge \
+prompt already rendered) are read into the fields above; [bold]--answers-format reference[/bold] writes \
+its answer file (question_id, prompt, text, answer_id, model_id, metadata: one line per ok row, in input \
+order) to --answers (default: OUT with .answers.jsonl), rewritten whole after each run.
 """
 
-_SPARK = " ▁▂▃▄▅▆▇█"
-
-
-def histogram_text(counts: dict[str, int]) -> str:
-    """A one-line score histogram, e.g. ``1:▂2 2:·0 3:█9 4:▅5 5:▁1`` (bar height relative to the top)."""
-    top = max(counts.values(), default=0)
-    cells = []
-    for k in range(1, 6):
-        n = counts.get(str(k), 0)
-        level = 0 if top == 0 or n == 0 else max(1, round(n / top * (len(_SPARK) - 1)))
-        cells.append(f"{k}:{_SPARK[level] if level else '·'}{n}")
-    return " ".join(cells)
-
-
-class _RateColumn(ProgressColumn):
-    """Rows per minute, from Rich's own speed estimate."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- rows/min" if not speed else f"{speed * 60:.1f} rows/min", style="progress.data.speed")
+ANSWER_FORMATS = ("reference",)
 
 
 class _Stopper:
@@ -127,6 +128,8 @@ def register(app: typer.Typer) -> None:
             "edgejudge batch bench.jsonl -o out.jsonl --retry-errors --json > summary.json",
             "edgejudge batch listings.jsonl -o checked.jsonl --policy marketplace-listing",
             "edgejudge batch posts.jsonl -o out.jsonl --policy rules.toml --review-band 0.2,0.8 --keep url",
+            "edgejudge batch /shared/bench.jsonl -o /shared/out-2.jsonl --shard 2/4   # on machine 2 of 4",
+            "edgejudge batch questions.jsonl -o out.jsonl --answers-format reference",
         ),
     )
     @with_generation_options
@@ -158,15 +161,36 @@ def register(app: typer.Typer) -> None:
                 help="Copy this input field into the output rows (repeatable).",
             ),
         ] = None,
+        shard: Annotated[
+            str | None,
+            typer.Option(
+                "--shard", metavar="K/N", help="Judge only shard K of N: a stable share of the rows by id."
+            ),
+        ] = None,
+        answers_format: Annotated[
+            str | None,
+            typer.Option(
+                "--answers-format",
+                metavar="FORMAT",
+                help="Also write an answer file: reference (the original pipeline's answer rows).",
+            ),
+        ] = None,
+        answers: Annotated[
+            Path | None,
+            typer.Option("--answers", help="The answer file (default: OUT's name with .answers.jsonl)."),
+        ] = None,
         json_out: JsonOpt = False,
         *,
         options: GenerationOptions,
     ) -> None:
         from .._fs import user_path
-        from ..batch import BatchEvent, OutputLock, check_output, run_batch
+        from ..answers import answers_path, check_answers_path
+        from ..batch import BatchEvent, OutputLock, check_output, run_batch, settings_of
         from ..batch.keep import check_keep
         from ..batch.rows import has_rows
+        from ..batch.shard import parse_shard
         from ..decision import DEFAULT_REVIEW_BAND
+        from ..errors import InputError
         from ..policy import load_policy
         from ..rubric import load_rubric
 
@@ -178,6 +202,23 @@ def register(app: typer.Typer) -> None:
             usage_error(
                 "give --policy or --rubric, not both: each rule of a policy has its own rubric", "--policy"
             )
+        try:
+            the_shard = None if shard is None else parse_shard(shard)
+        except InputError as err:
+            usage_error(f"{err} (e.g. --shard 1/4 ... --shard 4/4)", "--shard")
+        if answers_format is not None and answers_format not in ANSWER_FORMATS:
+            usage_error(f"unknown answer format {answers_format!r}: use reference", "--answers-format")
+        if answers is not None and answers_format is None:
+            usage_error(
+                "--answers names the answer file of --answers-format reference: give both", "--answers"
+            )
+        if answers_format is not None and policy is not None:
+            usage_error("the reference answer file has no rows for a policy run: leave out --policy",
+                        "--answers-format")  # fmt: skip
+        answers_file = None
+        if answers_format is not None:
+            answers_file = user_path(answers, what="--answers path") if answers else answers_path(output)
+            check_answers_path(answers_file, input_path, output)
         the_band = review_band(band)
         the_policy = load_policy(policy) if policy is not None else None  # fail before loading a model
         check_keep(keep or ())  # a field edgejudge writes or reads: refused before the model loads too
@@ -190,7 +231,8 @@ def register(app: typer.Typer) -> None:
                 emit_json(_empty_summary(input_path, output))
             return
         given = {"--rubric": rubric, "--policy": policy, "--review-band": band, "--image-root": image_root,
-                 "--limit": limit}  # fmt: skip
+                 "--limit": limit, "--shard": shard, "--answers-format": answers_format,
+                 "--answers": answers}  # fmt: skip
         extra = [f"{flag}={value}" for flag, value in given.items() if value is not None]
         extra += [f"--keep={name}" for name in keep or ()]
         resume = _resume_command(input_path, output, [*extra, *options.cli_args()])
@@ -199,20 +241,22 @@ def register(app: typer.Typer) -> None:
             check_output(input_path, output)  # under the lock: what it reads is not being written
             with status("loading the judge model…"):
                 judge = build_judge(options)
-            progress = make_progress(
+            progress = BatchProgress(
                 TextColumn("[bold]judging[/bold]"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                _RateColumn(),
+                RateColumn(),
                 TimeRemainingColumn(),
                 TextColumn("errors {task.fields[errors]}"),
                 TextColumn("{task.fields[hist]}"),
                 TextColumn("{task.fields[now]}", markup=False),  # an id and a rule: shown, never markup
                 console=console,
             )
-            state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}}
+            state: dict[str, Any] = {"task": None, "errors": 0, "hist": {}, "began": time.monotonic()}
 
             def on_event(event: BatchEvent) -> None:
+                if event.servers:
+                    progress.show_servers(event.servers, time.monotonic() - state["began"])
                 if event.kind == "repaired":
                     console.print(Text("repaired: ", "yellow") + shown(event.message or ""), soft_wrap=True)
                 elif event.kind == "ignored":
@@ -227,6 +271,7 @@ def register(app: typer.Typer) -> None:
                         shown(f"{what} in {input_path}: {event.skipped} already done, {event.todo} to judge"),
                         soft_wrap=True,
                     )
+                    state["began"] = time.monotonic()
                     state["task"] = progress.add_task(
                         "batch", total=event.todo, errors=0, hist=histogram_text({}), now=""
                     )
@@ -289,16 +334,27 @@ def register(app: typer.Typer) -> None:
                         policy=the_policy,
                         review_band=the_band or DEFAULT_REVIEW_BAND,
                         keep=tuple(keep or ()),
+                        shard=the_shard,
                     )
+                    run_settings = settings_of(judge, options.params(), options.samples)
             except KeyboardInterrupt:
                 console.print(
                     "[yellow]interrupted:[/yellow] the rows in flight were dropped; finished rows are saved."
                 )
                 console.print(shown(f"resume with: {resume}"), soft_wrap=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
-            _print_summary(summary.to_dict())
+            data = summary.to_dict()
+            if answers_file is not None:
+                from ..answers import write_reference_answers
+
+                written = write_reference_answers(
+                    input_path, output, answers_file, image_root=image_root, default_rubric=default_rubric,
+                    limit=limit, shard=the_shard, keep=tuple(keep or ()), settings=run_settings,
+                )  # fmt: skip
+                data["answers"] = written.to_dict()
+            _print_summary(data)
             if json_out:
-                emit_json(summary.to_dict())
+                emit_json(data)
             if summary.stopped:
                 left = f"{summary.remaining} judgments left"
                 if summary.incomplete:
@@ -339,6 +395,15 @@ def _print_summary(data: dict[str, Any]) -> None:
     if data["mean_score"] is not None:
         table.add_row("mean score", f"{data['mean_score']:.2f}")
         table.add_row("scores", histogram_text(data["histogram"]))
+    if data.get("shard"):
+        table.add_row("shard", f"{data['shard'][0]}/{data['shard'][1]} ({data['total']} rows of the input)")
     table.add_row("output", shown(data["output"]))
+    if data.get("answers"):
+        a = data["answers"]
+        left = [f"{a[k]} {k}" for k in ("errors", "missing", "stale") if a.get(k)]
+        out = f"{a['written']} written to " + a["path"] + (f" (left out: {', '.join(left)})" if left else "")
+        table.add_row("answers", shown(out))
     table.add_row("time", f"{data['elapsed_s']:.1f} s")
     console.print(table)
+    if data.get("servers"):
+        console.print(server_table(data["servers"], data["elapsed_s"]))

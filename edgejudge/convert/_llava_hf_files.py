@@ -357,11 +357,13 @@ def tokenizer_files(tok: SourceTokenizer, max_length: int) -> dict[str, Any]:
     decoder[str(tok.image_id)] = {**_token_entry(IMAGE_TOKEN), "special": True}
     decoder[str(tok.pad_id)] = {**_token_entry(PAD_TOKEN), "special": True}
     config = {
-        "tokenizer_class": "LlamaTokenizer",
+        # loaded as tokenizer.json says (transformers 5 rebuilds a LlamaTokenizer's pre-tokenizer, which
+        # drops SentencePiece's extra "▁" before a leading space)
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True,
         "add_eos_token": False,
         "add_prefix_space": tok.add_prefix_space,
-        "legacy": True,  # a dummy prefix after every added token: LLaVA's per-segment tokenization
+        "legacy": True,  # if rebuilt anyway: a dummy prefix after every added token, as LLaVA tokenizes
         "added_tokens_decoder": decoder,
         **names,
         "pad_token": PAD_TOKEN,

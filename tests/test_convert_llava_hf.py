@@ -330,6 +330,28 @@ def test_logits_with_an_image_match_the_original_weights(
     assert np.abs(text_got - text_logits(tiny_checkpoint, text_ids, round_f16=False)).max() < 1e-3
 
 
+def test_external_tower_and_f16_safetensors(tmp_path: Path, image: np.ndarray) -> None:
+    """The tower only in the mm_vision_tower folder (a CLIPConfig), F16 safetensors shards: F16 kept."""
+    from edgejudge.fixtures.tiny import make_tiny_llava
+
+    ckpt = make_tiny_llava(
+        tmp_path / "ckpt", SPEC, fmt="safetensors", dtype="f16", tower_weights="external", clip_config="clip"
+    )
+    result = export_llava_hf(ckpt, tmp_path / "out", name="ext")
+    assert result.dtype == "F16"
+    loaded, info = transformers.LlavaForConditionalGeneration.from_pretrained(
+        result.folder, dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    proc = transformers.AutoProcessor.from_pretrained(result.folder)
+    pixels = proc.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        got = loaded.eval().get_image_features(pixel_values=pixels)
+    got = (got.pooler_output if hasattr(got, "pooler_output") else got)[0].double().numpy()
+    want, _cls = image_features(ckpt, image, round_f16=False)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
 # -- the folder appears whole or not at all; clear errors ------------------------------------------------
 
 

@@ -199,6 +199,7 @@ def build_server(
                 f"the build finished but left no {BINARY_NAME} (log: {log})",
                 hint="read the log; report it with the log attached",
             )
+        _check_runs(built, log)
         report(BuildProgress("install", line=f"installing {BINARY_NAME}"))
         binary = _install(built, root / key, commit=commit, version=version, cmake_args=extra)
         return BuildResult(binary, commit, key, extra, cached=False, log=log)
@@ -369,6 +370,29 @@ def _run(argv: list[str], log_file: TextIO, log: Path, stage: str, report: Progr
             f"the llama-server {stage} step failed (exit status {code}); the log is {log}",
             hint="read the end of the log: a missing library or toolkit (CUDA, Metal) is named there; "
             "check the extra cmake arguments",
+        )
+
+
+def _check_runs(binary: Path, log: Path) -> None:
+    """The new binary starts and reports its version (a missing runtime library shows here)."""
+    try:
+        proc = subprocess.run(
+            [str(binary), "--version"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"the built llama-server does not run: {exc}", hint=f"read the log: {log}") from exc
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0 or "version" not in output:
+        raise EngineError(
+            f"the built llama-server does not run as expected (exit status {proc.returncode}): "
+            f"{_last_line(output) or 'no output'}",
+            hint="a runtime library (libgomp, libstdc++, a GPU toolkit) may be missing; the build log is "
+            f"{log}",
         )
 
 

@@ -3,10 +3,12 @@ stopping a real llama-server on the tiny model (tests/helpers/llama_server.py)."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 from pathlib import Path
 
 import httpx
@@ -249,6 +251,110 @@ def test_build_reports_a_failed_download(cache: Path, monkeypatch: pytest.Monkey
     assert err.value.hint is not None and "network" in err.value.hint
     assert [e.stage for e in events] == ["download"]
     assert not list((cache / "llama-server").glob("build-*"))  # no temp folder left
+
+
+# -- building: the whole pipeline on a stand-in source tree -----------------------------------------
+# The real llama.cpp build takes minutes (scripts/test.sh runs it through `edgejudge server build`); these
+# tests run every step for real (tar extraction, the commit, cmake, the compiler, the check, the install) on
+# an sdist of the same layout whose "llama.cpp" is one small C++ program named llama-server.
+
+FAKE_VERSION = "9.9.9"
+FAKE_COMMIT = "ab" * 20
+FAKE_MAIN = '#include <cstdio>\nint main() { std::puts("version: 9.9.9 (build 1, commit abababa)"); }\n'
+FAKE_CMAKE = """cmake_minimum_required(VERSION 3.14)
+project(fake_llama CXX)
+add_executable(llama-server server.cpp)
+set_target_properties(llama-server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+add_executable(other other.cpp)
+"""
+
+
+def _fake_sdist(cache: Path, cmakelists: str = FAKE_CMAKE) -> Path:
+    """``<cache>/llama-server/src/llama_cpp_python-9.9.9.tar.gz`` laid out like the real sdist: the tree in
+    ``vendor/llama.cpp`` with a ``.git`` file pointing at the submodule's git folder (a detached HEAD)."""
+    top = cache / "staging" / f"llama_cpp_python-{FAKE_VERSION}"
+    tree = top / "vendor" / "llama.cpp"
+    tree.mkdir(parents=True)
+    (tree / "CMakeLists.txt").write_text(cmakelists)
+    (tree / "server.cpp").write_text(FAKE_MAIN)
+    (tree / "other.cpp").write_text("int main() { return 0; }\n")
+    (tree / ".git").write_text("gitdir: ../../.git/modules/vendor/llama.cpp\n")
+    gitdir = top / ".git" / "modules" / "vendor" / "llama.cpp"
+    gitdir.mkdir(parents=True)
+    (gitdir / "HEAD").write_text(FAKE_COMMIT + "\n")
+    src = cache / "llama-server" / "src"
+    src.mkdir(parents=True)
+    sdist = src / f"llama_cpp_python-{FAKE_VERSION}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        archive.add(top, arcname=top.name)
+    shutil.rmtree(cache / "staging")
+    return sdist
+
+
+def _needs_build_tools() -> None:
+    if shutil.which("cmake") is None or shutil.which("c++") is None or shutil.which("make") is None:
+        pytest.skip("cmake, make or a C++ compiler is not installed here")
+
+
+def test_build_pipeline_builds_checks_and_installs(cache: Path) -> None:
+    _needs_build_tools()
+    _fake_sdist(cache)
+    events: list[BuildProgress] = []
+    result = build_server(version=FAKE_VERSION, jobs=1, progress=events.append)
+    key = cache_key(FAKE_COMMIT)
+    assert not result.cached and result.commit == FAKE_COMMIT and result.key == key
+    assert result.binary == cache / "llama-server" / key / "llama-server"
+    ran = subprocess.run([str(result.binary)], capture_output=True, text=True, check=True)
+    assert ran.stdout.startswith("version: 9.9.9")
+    about = json.loads((result.binary.parent / "build.json").read_text())
+    assert about == {"llama_cpp_python": FAKE_VERSION, "commit": FAKE_COMMIT, "cmake_args": []}
+    stages = [e.stage for e in events]
+    assert stages[0] == "extract" and stages[-1] == "install"  # the sdist was there: no download
+    assert {"configure", "build"} <= set(stages)
+    percents = [e.percent for e in events if e.percent is not None]
+    assert percents and percents == sorted(percents) and percents[-1] == 100
+    assert all(e.stage == "build" for e in events if e.percent is not None)
+    log = result.log
+    assert log == cache / "llama-server" / "logs" / f"{key}.log"
+    text = log.read_text()
+    assert "-DLLAMA_BUILD_SERVER=ON" in text and "--target llama-server" in text
+    assert "Built target llama-server" in text and "Built target other" not in text  # only the target
+    assert not list((cache / "llama-server").glob("build-*"))  # the temp folder is gone
+
+    again: list[BuildProgress] = []  # an unknown version's cache is found after reading its commit
+    hit = build_server(version=FAKE_VERSION, progress=again.append)
+    assert hit.cached and hit.binary == result.binary and [e.stage for e in again] == ["extract"]
+
+    custom = build_server(version=FAKE_VERSION, cmake_args=["-DEDGEJUDGE_TEST=1"], jobs=1)
+    assert not custom.cached and custom.key == cache_key(FAKE_COMMIT, ["-DEDGEJUDGE_TEST=1"]) != key
+    assert custom.log is not None and "-DEDGEJUDGE_TEST=1" in custom.log.read_text()
+    assert result.binary.is_file() and custom.binary.is_file()  # side by side
+
+
+def test_build_failure_keeps_the_log(cache: Path) -> None:
+    _needs_build_tools()
+    _fake_sdist(cache, 'cmake_minimum_required(VERSION 3.14)\nmessage(FATAL_ERROR "stand-in failure")\n')
+    with pytest.raises(EngineError, match="configure step failed") as err:
+        build_server(version=FAKE_VERSION)
+    log = cache / "llama-server" / "logs" / f"{cache_key(FAKE_COMMIT)}.log"
+    assert str(log) in str(err.value)
+    assert "stand-in failure" in log.read_text()
+    assert not list((cache / "llama-server").glob("build-*"))
+    assert not (cache / "llama-server" / cache_key(FAKE_COMMIT)).exists()  # nothing installed
+
+
+def test_build_refuses_an_archive_escaping_its_folder(cache: Path) -> None:
+    _needs_build_tools()
+    src = cache / "llama-server" / "src"
+    src.mkdir(parents=True)
+    payload = cache / "payload.txt"
+    payload.write_text("outside")
+    with tarfile.open(src / f"llama_cpp_python-{FAKE_VERSION}.tar.gz", "w:gz") as archive:
+        archive.add(payload, arcname="../../escaped.txt")
+    with pytest.raises(EngineError, match="cannot be extracted") as err:
+        build_server(version=FAKE_VERSION)
+    assert err.value.hint is not None and "downloaded again" in err.value.hint
+    assert not list(cache.rglob("escaped.txt"))
 
 
 # -- a real server ----------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def register(app: typer.Typer) -> None:
             BarColumn(),
             TaskProgressColumn(),
             TimeElapsedColumn(),
+            transient=True,
         ) as progress:
             task = progress.add_task("looking for a cached build", total=None)
             seen: set[str] = set()

@@ -293,6 +293,7 @@ def run_record(
     settings: dict[str, Any],
     band: Sequence[float],
     started_at: str,
+    shard: tuple[int, int] | None = None,
 ) -> RunRecord:
     """The audit trail of a policy run (``records.RunRecord``)."""
     from .. import __version__
@@ -312,4 +313,5 @@ def run_record(
         input={"file": str(input_path), "sha256": sha256_file(input_path)},
         settings=dict(settings),
         review_band=(float(band[0]), float(band[1])),
+        shard=shard,
     )

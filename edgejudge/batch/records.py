@@ -80,7 +80,7 @@ POLICY_ERROR_RULE = "*"
 RECORD_KEYS = frozenset(
     (
         "kind key policy decision severity failed uncertain errors rules review_band decided_at "
-        "started_at edgejudge model mmproj policies template_sha256 input settings "
+        "started_at edgejudge model mmproj policies template_sha256 input settings shard "
         "previous note reviewer at"
     ).split()
 )
@@ -179,7 +179,8 @@ class RunRecord:
     "sha256", "sha256_from"}`` (``name`` too for the model; ``sha256_from`` ``"registry"`` when the hash is
     the one the registry recorded for a file of the same size, ``"file"`` when the file was hashed by the
     run, None without a hash); ``policies``: the identities of the policies in use; ``template_sha256``:
-    ``prompt.template_sha256()`` (the whole prompt format); ``input``: ``{"file", "sha256"}``."""
+    ``prompt.template_sha256()`` (the whole prompt format); ``input``: ``{"file", "sha256"}``; ``shard``:
+    ``(K, N)`` when the run took shard K of N of the rows (``batch --shard``), else None."""
 
     started_at: str
     edgejudge: str
@@ -190,6 +191,7 @@ class RunRecord:
     input: dict[str, Any]
     settings: dict[str, Any]
     review_band: tuple[float, float] = DEFAULT_REVIEW_BAND
+    shard: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +199,7 @@ class RunRecord:
             "line": 0,
             "status": "ok",
             "kind": "run",
+            "shard": list(self.shard) if self.shard is not None else None,
             "started_at": self.started_at,
             "edgejudge": self.edgejudge,
             "model": dict(self.model),
@@ -225,7 +228,13 @@ class RunRecord:
             input=mapping("input"),
             settings=mapping("settings"),
             review_band=_band(data.get("review_band")),
+            shard=_shard(data.get("shard")),
         )
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    ok = isinstance(value, list) and len(value) == 2 and all(type(v) is int and v >= 1 for v in value)
+    return (value[0], value[1]) if ok else None
 
 
 @dataclass(frozen=True)

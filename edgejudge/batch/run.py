@@ -373,7 +373,9 @@ def _judge_all(
     emit(BatchEvent("started", total=results, skipped=skipped, todo=len(todo), rows=len(rows)))
     if any(job.rule_id is not None for job in todo):
         out.write(
-            run_record(judge.engine, run.input_path, policies, settings, run.band, started_at).to_dict()
+            run_record(
+                judge.engine, run.input_path, policies, settings, run.band, started_at, run.shard
+            ).to_dict()
         )
     _decide(decisions, [row.id for row in rows], out, emit)  # rows whose rules were all judged before
 

@@ -66,6 +66,9 @@ ABOUT_FLAGS: dict[str, str] = {
     "review_band": "--review-band",
     "overwrite": "--force",
     "by": "--by",
+    "answers": "--answers",
+    "servers": "--server",
+    "shard": "--shard",
 }
 
 _CHANGE = r"(?:raise|lower|increase|decrease|reduce|set|use|pass|change|try|give|turn\s+on)"

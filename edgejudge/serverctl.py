@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,7 +78,8 @@ MEDIA_MARKER = "<__edgejudge_image__>"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 BINARY_ENV = "EDGEJUDGE_LLAMA_SERVER"
-_TAIL_LINES = 8
+_TAIL_LINES = 12
+_LOG_LINE = re.compile(r"^[\d.]+ ([IWEDT]) ")  # llama.cpp's log prefix: time, level
 
 
 def find_server_binary() -> Path | None:
@@ -320,5 +322,10 @@ def _tail(log: IO[bytes], lines: int) -> str:
     return "\n".join(kept[-lines:])
 
 
-def _one_line(tail: str) -> str:
-    return " | ".join(tail.splitlines()) or "no output"
+def _one_line(tail: str, keep: int = 5) -> str:
+    """The server's last lines as one: its error lines (``E``) when it logged some, timestamps dropped."""
+    lines = [_LOG_LINE.sub("", line) if _LOG_LINE.match(line) else line for line in tail.splitlines()]
+    errors = [
+        _LOG_LINE.sub("", line) for line in tail.splitlines() if (m := _LOG_LINE.match(line)) and m[1] == "E"
+    ]
+    return " | ".join((errors or lines)[-keep:]) or "no output"

@@ -5,7 +5,8 @@ transformers' ``LlavaForConditionalGeneration`` / ``AutoProcessor`` load. It res
 directory or hub repo id), reads and validates the checkpoint with the GGUF converter's readers and checks
 (:func:`~edgejudge.convert.hparams.plan_conversion`, the same errors), then streams every tensor, renamed
 and with its dtype kept (:mod:`edgejudge.convert._llava_hf_tensors`), into sharded safetensors and writes
-the configs, tokenizer and raw-prompt chat template (:mod:`edgejudge.convert._llava_hf_files`).
+the configs (:mod:`edgejudge.convert._llava_hf_files`), tokenizer and raw-prompt chat template
+(:mod:`edgejudge.convert._llava_hf_tokenizer`).
 
 The folder appears complete or not at all: everything is written into a hidden sibling
 (``.<folder>.<host>.<pid>.<tag>.partial``) that is renamed into place at the end. A non-empty folder is
@@ -180,15 +181,9 @@ def export_llava_hf(
 ) -> LlavaHfResult:
     """Export ``src`` into ``outdir/<name>-llava-hf/`` (see the module docstring). Raises
     ``EdgeJudgeError`` subclasses only."""
-    from ._llava_hf_files import (
-        CHAT_TEMPLATE,
-        generation_config,
-        model_config,
-        processor_files,
-        read_source_tokenizer,
-        tokenizer_files,
-    )
+    from ._llava_hf_files import generation_config, model_config, processor_files
     from ._llava_hf_tensors import OutTensor, plan_tensors, write_shards
+    from ._llava_hf_tokenizer import CHAT_TEMPLATE, read_source_tokenizer, tokenizer_files
     from .hparams import plan_conversion
     from .readers import open_checkpoint, open_tensor_dir
     from .source import resolve_source

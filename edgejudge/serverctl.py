@@ -235,7 +235,10 @@ def start_server(
         extra=extra,
     )
     _check_port_free(host, port)
-    log_file: IO[bytes] = open(log, "a+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
+    try:
+        log_file: IO[bytes] = open(log, "a+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"cannot open the log file {log}: {exc.strerror or exc}", about="log") from exc
     try:
         process = subprocess.Popen(
             command.argv,
@@ -310,12 +313,12 @@ def _wait_healthy(handle: ServerHandle, timeout: float) -> None:
 
 
 def _tail(log: IO[bytes], lines: int) -> str:
+    """The last lines of the server's output file, read without moving the offset the server writes at."""
     try:
-        log.flush()
-        log.seek(0, os.SEEK_END)
-        size = log.tell()
-        log.seek(max(0, size - 16384))
-        data = log.read().decode("utf-8", errors="replace")
+        fd = log.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - 16384)
+        data = os.pread(fd, size - start, start).decode("utf-8", errors="replace")
     except (OSError, ValueError):
         return ""
     kept = [line.strip() for line in data.splitlines() if line.strip()]

@@ -406,3 +406,9 @@ def test_start_server_quotes_the_server_when_it_exits_early(
 def test_start_server_resolves_the_model_like_the_judge(tiny_gguf: tuple[Path, Path]) -> None:
     with pytest.raises(ModelNotFoundError, match="no-such-judge"):
         start_server("no-such-judge", port=free_port())
+
+
+def test_start_server_names_a_log_file_it_cannot_open(tiny_gguf: tuple[Path, Path], tmp_path: Path) -> None:
+    server_binary()
+    with pytest.raises(InputError, match="cannot open the log file"):
+        start_server(tiny_gguf[0], port=free_port(), log=tmp_path / "missing-folder" / "server.log")

@@ -10,6 +10,10 @@ Variables (all optional):
 - ``EDGEJUDGE_DEFAULT_MODEL``: model name or path used when no model is given (``edgejudge models default``
   sets the registry's default instead; this variable overrides it).
 - ``EDGEJUDGE_DEBUG``: ``1`` shows tracebacks instead of one-line errors.
+- ``EDGEJUDGE_LLAMA_SERVER``: the llama-server binary to start (default: the one ``edgejudge server build``
+  cached).
+- ``EDGEJUDGE_SERVER_API_KEY``: the key sent to inference servers (``Authorization: Bearer``) by the remote
+  engines: llama-server started with ``--api-key``, vLLM with ``--api-key``. Kept out of command lines.
 - ``NO_COLOR``: any value turns colour off (https://no-color.org).
 - ``HF_HUB_OFFLINE``: ``1`` forbids network access for hub downloads (read by huggingface-hub itself).
 """
@@ -61,6 +65,17 @@ def models_dir() -> Path:
 def default_model() -> str | None:
     """The model name or path to use when none is given, or None."""
     value = os.environ.get("EDGEJUDGE_DEFAULT_MODEL", "").strip()
+    return value or None
+
+
+def llama_server_binary() -> Path | None:
+    """The llama-server binary ``EDGEJUDGE_LLAMA_SERVER`` names, or None when it is unset."""
+    return _env_path("EDGEJUDGE_LLAMA_SERVER")
+
+
+def server_api_key() -> str | None:
+    """The API key for inference servers (``EDGEJUDGE_SERVER_API_KEY``), or None when unset."""
+    value = os.environ.get("EDGEJUDGE_SERVER_API_KEY", "").strip()
     return value or None
 
 

@@ -85,9 +85,11 @@ _LOG_LINE = re.compile(r"^[\d.]+ ([IWEDT]) ")  # llama.cpp's log prefix: time, l
 def find_server_binary() -> Path | None:
     """``$EDGEJUDGE_LLAMA_SERVER`` when set (even if it does not exist: ``start_server`` says so), else the
     cached build of the pinned llama.cpp commit without extra cmake arguments, else None."""
-    explicit = os.environ.get(BINARY_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
+    from .config import llama_server_binary
+
+    explicit = llama_server_binary()
+    if explicit is not None:
+        return explicit
     commit = KNOWN_COMMITS.get(pinned_version())
     return cached_binary(commit) if commit else None
 

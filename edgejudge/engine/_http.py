@@ -10,7 +10,7 @@ Failure policy, in one place:
   ``RetryPolicy.attempts`` times in all, waiting an exponential backoff with jitter between tries (a 429's
   or 503's ``Retry-After`` is honoured, capped at ``RetryPolicy.max_wait_s``). When the tries are spent:
   ``ServerUnavailableError`` naming the URL and what happened (a fleet then moves the work to another
-  server);
+  server); when the server did answer (5xx, 429) it is the subclass ``ServerFailedError`` with the status;
 - any other 4xx is the request's own fault: ``ServerRequestError`` at once, carrying the server's own error
   message (``{"error": {"message": ...}}``, ``{"message": ...}`` or ``{"detail": ...}``);
 - a stream that breaks after its first event is not retried here (what was streamed cannot be taken back):
@@ -28,7 +28,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "HttpClient",
     "RetryPolicy",
+    "ServerFailedError",
     "ServerRequestError",
     "ServerUnavailableError",
     "server_message",
@@ -48,6 +49,15 @@ __all__ = [
 
 #: The longest wait for a TCP connection, whatever the request timeout.
 CONNECT_TIMEOUT_S = 10.0
+
+
+class ServerFailedError(ServerUnavailableError):
+    """A server kept answering HTTP ``status`` (5xx or 429) to one request after the retries: it may be
+    down, overloaded, or failing on that very request (a caller can ask ``healthy()`` to tell)."""
+
+    def __init__(self, message: str, *, url: str, status: int, hint: str | None = None) -> None:
+        super().__init__(message, url=url, hint=hint)
+        self.status = status
 
 
 class ServerRequestError(EngineError):
@@ -128,8 +138,6 @@ class HttpClient(Closing):
         api_key: str | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int = 16,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if timeout_s <= 0:
             raise EngineError(f"timeout of {timeout_s} s", hint="give a positive request timeout")
@@ -145,10 +153,8 @@ class HttpClient(Closing):
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
             trust_env=False,  # a server on 127.0.0.1 must not go through a proxy from the environment
         )
-        self._sleep = sleep
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
         self._closed = False
@@ -230,16 +236,17 @@ class HttpClient(Closing):
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         with self._rng_lock:
             wait = self.retry.delay(attempt, retry_after, self._rng)
-        self._sleep(wait)
+        time.sleep(wait)
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> EngineError:
         status = response.status_code
         said = server_message(response)
         if _transient(status):
-            return ServerUnavailableError(
+            return ServerFailedError(
                 f"{self.url}: {method} {path} answered HTTP {status} "
                 f"after {self.retry.attempts} tries: {said}",
                 url=self.url,
+                status=status,
                 hint="check the server's log; a fleet moves the work to another server",
             )
         return ServerRequestError(

@@ -86,6 +86,16 @@ class Fleet:
     def urls(self) -> tuple[str, ...]:
         return tuple(s.stats.url for s in self._servers)
 
+    def live(self) -> list[int]:
+        """The indices of the live servers, in the order given."""
+        with self._lock:
+            return [i for i, s in enumerate(self._servers) if s.stats.alive]
+
+    def all_down(self) -> EngineError:
+        """The error that says every server is down (and why each one is)."""
+        with self._lock:
+            return self._all_down()
+
     def record(
         self,
         server: int,

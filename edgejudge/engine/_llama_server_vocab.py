@@ -1,0 +1,177 @@
+"""The local text model's facts for the llama-server engine, read from its GGUF in pure Python (``gguf``;
+no native runtime): its identity (file name, tensor bytes, parameter and vocabulary counts, which the
+server's ``/v1/models`` reports too), and its vocabulary as llama.cpp renders it.
+
+``TextVocab.piece(t)`` is the bytes llama.cpp's ``llama_token_to_piece(..., special=False)`` gives for a
+SentencePiece ("llama") vocabulary: a normal token's text with ``▁`` as a space, a byte token's byte, a
+user-defined token's text, nothing for control, unknown and unused tokens. The engine decodes the
+server's token ids with it, so its text is the local engine's byte for byte.
+
+``special_texts`` are the texts llama-server would read as *tokens* in a prompt (it tokenizes prompts with
+special-token parsing; the local engine never does): the control and unknown tokens' texts. The digit
+groups follow the local engine's rule (``engine._decoding.DigitTokens``): ``digits[d-1]`` holds every token
+whose piece is ``"d"``, ``spaced_digits[d-1]`` every token whose piece is ``" d"`` (byte-fallback variants
+included), and ``score_groups`` picks the group at a score position exactly as the local engine does.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EngineError
+from . import grammar as gbnf
+
+__all__ = ["TextModelFacts", "TextVocab", "TextDecoder", "read_text_model"]
+
+# llama.cpp's token types (GGUF tokenizer.ggml.token_type)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_BYTE_TOKEN = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
+
+
+@dataclass(frozen=True)
+class TextModelFacts:
+    """What identifies a text model file: ``name`` (file name), ``tensor_bytes`` (llama.cpp's model size),
+    ``n_params``, ``n_vocab``."""
+
+    name: str
+    tensor_bytes: int
+    n_params: int
+    n_vocab: int
+
+
+class TextVocab:
+    """Token pieces, special texts, end-of-generation ids, whether prompts start with BOS (``add_bos``),
+    the byte-fallback token of each byte value (``byte_ids``) and the score digits of one vocabulary."""
+
+    def __init__(
+        self,
+        pieces: list[bytes],
+        special_texts: list[str],
+        eog: set[int],
+        add_bos: bool = True,
+        byte_ids: dict[int, int] | None = None,
+    ) -> None:
+        self.pieces = pieces
+        self.add_bos = add_bos
+        self.byte_ids = byte_ids or {}
+        self.n_vocab = len(pieces)
+        self.special_texts = tuple(sorted(set(special_texts), key=len, reverse=True))
+        self.eog = frozenset(eog)
+        self.digits: list[list[int]] = [[] for _ in range(5)]
+        self.spaced_digits: list[list[int]] = [[] for _ in range(5)]
+        wanted = {str(d).encode(): d for d in range(1, 6)}
+        for token, piece in enumerate(pieces):
+            if piece in wanted:
+                self.digits[wanted[piece] - 1].append(token)
+            elif len(piece) == 2 and piece[:1] == b" " and piece[1:] in wanted:
+                self.spaced_digits[wanted[piece[1:]] - 1].append(token)
+
+    def piece(self, token: int) -> bytes:
+        return self.pieces[token] if 0 <= token < self.n_vocab else b""
+
+    def score_groups(self, text: str, piece: bytes) -> list[list[int]] | None:
+        """The digit groups to read when ``piece`` is the score digit after ``text``; None otherwise (the
+        rule of the local engine's ``DigitTokens.score_groups``)."""
+        if len(piece) == 1 and b"1" <= piece <= b"5" and text.endswith(gbnf.MARKER):
+            groups = self.digits
+        elif (
+            len(piece) == 2 and piece[:1] == b" " and b"1" <= piece[1:] <= b"5" and text.endswith("[RESULT]")
+        ):
+            groups = self.spaced_digits
+        else:
+            return None
+        return groups if all(groups) else None
+
+    def special_in(self, text: str) -> str | None:
+        """The first special text (control/unknown token) ``text`` contains, or None."""
+        for special in self.special_texts:
+            if special and special in text:
+                return special
+        return None
+
+
+class TextDecoder:
+    """Generated text as the local engine builds it: ``raw`` (incremental UTF-8, a character split over
+    tokens emitted when complete, bad bytes replaced) and ``text`` without leading whitespace."""
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.text = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, data: bytes, *, final: bool = False) -> str:
+        """Add a piece; the text it adds to ``text`` (what a stream shows)."""
+        piece = self._decoder.decode(data, final=final)
+        if not piece:
+            return ""
+        self.raw += piece
+        if not self.text:
+            piece = piece.lstrip()
+            if not piece:
+                return ""
+        self.text += piece
+        return piece
+
+
+def _piece(text: bytes, kind: int) -> bytes:
+    if kind in (_CONTROL, _UNKNOWN, _UNUSED):
+        return b""
+    if kind == _BYTE:
+        match = _BYTE_TOKEN.fullmatch(text)
+        return bytes([int(match.group(1), 16)]) if match else b""
+    if kind == _USER_DEFINED:
+        return text
+    return text.replace("\u2581".encode(), b" ")
+
+
+def read_text_model(path: Path) -> tuple[TextModelFacts, TextVocab]:
+    """The facts and vocabulary of the text GGUF at ``path``; EngineError when it has no SentencePiece
+    vocabulary (the only kind this engine decodes, as LLaVA and Prometheus-Vision use)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as err:  # noqa: BLE001 - gguf raises ValueError/struct/index errors on garbage
+        raise EngineError(f"{path} is not a GGUF file ({err})", hint="pass the text model's .gguf") from None
+    fields = reader.fields
+
+    def scalar(key: str) -> object:
+        fld = fields.get(key)
+        return fld.contents() if fld is not None and fld.types else None
+
+    model = scalar("tokenizer.ggml.model")
+    tokens, types = fields.get("tokenizer.ggml.tokens"), fields.get("tokenizer.ggml.token_type")
+    if model != "llama" or tokens is None:
+        raise EngineError(
+            f"{path.name} has a {model or 'missing'} vocabulary; the llama-server engine reads SentencePiece "
+            "('llama') vocabularies only",
+            hint="judge this model with the local engine",
+        )
+    texts = [bytes(tokens.parts[i]) for i in tokens.data]
+    kinds = [int(types.parts[i][0]) for i in types.data] if types is not None else [_NORMAL] * len(texts)
+    pieces = [_piece(text, kind) for text, kind in zip(texts, kinds, strict=True)]
+    special = [
+        text.decode("utf-8", "replace")
+        for text, kind in zip(texts, kinds, strict=True)
+        if kind in (_CONTROL, _UNKNOWN)
+    ]
+    eog = {
+        int(v)
+        for v in (scalar("tokenizer.ggml.eos_token_id"), scalar("tokenizer.ggml.eot_token_id"))
+        if isinstance(v, int)
+    }
+    facts = TextModelFacts(
+        name=path.name,
+        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        n_vocab=len(pieces),
+    )
+    add_bos = scalar("tokenizer.ggml.add_bos_token")
+    byte_ids: dict[int, int] = {}
+    for token, (piece, kind) in enumerate(zip(pieces, kinds, strict=True)):
+        if kind == _BYTE and len(piece) == 1:
+            byte_ids.setdefault(piece[0], token)
+    return facts, TextVocab(pieces, special, eog, add_bos is not False, byte_ids)

@@ -17,6 +17,8 @@ import codecs
 import io
 import math
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,74 @@ def test_dead_server_is_a_clear_error(server: VllmServer) -> None:
     assert info.value.url == dead and "connection refused" in str(info.value)
     with pytest.raises(ServerUnavailableError, match=re.escape(dead)):
         VllmEngine([server.url, dead])  # every server must answer when the engine connects
+
+
+class _Proxy:
+    """A TCP forwarder to ``target`` on a loopback port of its own: a second server URL for one vLLM
+    server, which ``stop()`` takes away (connections refused, open ones closed) like a server that dies."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+def test_a_dead_server_fails_over(server: VllmServer, llava_hf: Path, judge: Judge) -> None:
+    from edgejudge.engine.vllm import VllmEngine
+
+    proxy = _Proxy(int(server.url.rsplit(":", 1)[1]))
+    try:
+        with VllmEngine([proxy.url, server.url], str(llava_hf), concurrency=2) as e:
+            assert e.concurrency == 4
+            requests = [
+                (_parts(judge, seed), GenerationParams(temperature=0.0, max_tokens=6)) for seed in range(4)
+            ]
+            first = e.generate_many(requests)
+            assert {s.url: s.done > 0 for s in e.servers} == {proxy.url: True, server.url: True}
+            proxy.stop()  # one server dies: its rows go to the other, none lost, none twice
+            again = e.generate_many(requests)
+            dead, alive = e.servers
+            assert dead.alive is False and dead.failed >= 1 and alive.alive
+            assert [g.text for g in again] == [g.text for g in first]
+            assert alive.done + dead.done == 2 * len(requests) and e.concurrency == 2
+    finally:
+        proxy.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edgejudge.engine._http import HttpClient, RetryPolicy, ServerRequestError
+from edgejudge.engine._http import HttpClient, RetryPolicy, ServerFailedError, ServerRequestError
 from edgejudge.errors import EngineError, ServerUnavailableError
 
 #: (status, headers, body), or "sse:<events>" / "drop" / "slow"
@@ -120,7 +120,7 @@ def test_persistent_5xx_becomes_server_unavailable_naming_the_url(server: tuple[
     script.replies = [_json(500, {"error": {"message": "boom"}})] * 3
     with _client(url) as client, pytest.raises(ServerUnavailableError) as info:
         client.get_json("/props")
-    assert info.value.url == url
+    assert isinstance(info.value, ServerFailedError) and info.value.status == 500 and info.value.url == url
     assert url in str(info.value) and "HTTP 500" in str(info.value) and "boom" in str(info.value)
     assert len(script.seen) == 3
 

@@ -1,0 +1,81 @@
+"""A batch on a fleet of two REAL llama-servers (127.0.0.1, tiny model), one killed with SIGKILL mid-run:
+its rows move to the other server, every row is in the log exactly once, and the log resumes on one
+server and on the local engine (the engine is not part of a row's resume key)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgejudge.batch import run_batch
+from edgejudge.batch.run import BatchEvent
+from edgejudge.engine._http import RetryPolicy
+from edgejudge.engine.base import GenerationParams
+from edgejudge.engine.llama import LlamaCppEngine
+from edgejudge.engine.llama_server import LlamaServerEngine
+from edgejudge.images import synthetic_image
+from edgejudge.judge import Judge
+from tests.helpers.llama_server import running_server
+
+N_CTX = 2048
+FLAGS = ("-fa", "off", "--override-kv", f"llama.context_length=int:{N_CTX}")
+ROWS, IMAGES = 14, 7
+PARAMS = GenerationParams(temperature=0.0, max_tokens=12)
+
+
+def _input(work_dir: Path) -> Path:
+    for k in range(IMAGES):
+        synthetic_image(64 + 8 * k, seed=k).save(work_dir / f"img{k}.png")
+    rows = [
+        {
+            "id": f"row{i}",
+            "image": f"img{i % IMAGES}.png",
+            "instruction": "What is shown?",
+            "response": f"Answer number {i}.",
+            "rubric": "vqa-helpfulness",
+        }
+        for i in range(ROWS)
+    ]
+    path = work_dir / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_server_killed_mid_batch_loses_and_duplicates_nothing(
+    tiny_gguf: tuple[Path, Path], work_dir: Path
+) -> None:
+    inp, out = _input(work_dir), work_dir / "out.jsonl"
+    with (
+        running_server(*tiny_gguf, slots=1, ctx_per_seq=N_CTX, extra=FLAGS) as a,
+        running_server(*tiny_gguf, slots=1, ctx_per_seq=N_CTX, extra=FLAGS) as b,
+    ):
+        retry = RetryPolicy(attempts=2, base_s=0.05, max_s=0.1)
+        engine = LlamaServerEngine(
+            *tiny_gguf, servers=[a.url, b.url], max_parallel=2, timeout_s=30, retry=retry
+        )
+        done_before_kill: list[int] = []
+
+        def on_event(event: BatchEvent) -> None:
+            if event.kind == "row_done" and event.done >= 4 and not done_before_kill:
+                done_before_kill.append(engine.servers[1].done)
+                b.process.kill()  # SIGKILL: no goodbye, requests in flight break
+
+        with Judge(engine) as judge:
+            summary = run_batch(judge, inp, out, params=PARAMS, on_event=on_event)
+            stats = engine.servers
+        assert summary.ok == ROWS and summary.errors == 0
+        assert done_before_kill and done_before_kill[0] >= 1  # b really served rows before it died
+        assert stats[0].alive and not stats[1].alive and stats[1].failed >= 1  # the fleet moved its work
+        assert stats[0].done + stats[1].done >= ROWS and stats[0].done > stats[1].done
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        ids = [r["id"] for r in rows if "id" in r and r.get("status")]
+        assert sorted(ids) == sorted(f"row{i}" for i in range(ROWS))  # each row once
+        assert all(r["status"] == "ok" and r["score"] in range(1, 6) for r in rows if r.get("status"))
+
+        with LlamaServerEngine(*tiny_gguf, servers=[a.url]) as one, Judge(one) as judge:
+            again = run_batch(judge, inp, out, params=PARAMS)
+        assert again.skipped == ROWS and again.judged == 0
+
+    with LlamaCppEngine(*tiny_gguf, n_ctx=N_CTX, n_threads=1) as native, Judge(native) as judge:
+        local = run_batch(judge, inp, out, params=PARAMS)
+    assert local.skipped == ROWS and local.judged == 0  # the same resume keys on the local engine

@@ -17,6 +17,7 @@ import codecs
 import io
 import math
 import re
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import pytest
 
 from edgejudge.engine import grammar as gbnf
 from edgejudge.engine.base import GenerationParams, PromptParts
-from edgejudge.errors import ContextOverflowError, PromptRefusedError, ServerUnavailableError
+from edgejudge.errors import ContextOverflowError, EngineError, PromptRefusedError, ServerUnavailableError
 from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge
 from tests.helpers.llama_server import free_port
@@ -210,12 +211,18 @@ def test_connect_reads_the_server(
     )
 
 
-def test_served_model_by_default(server: VllmServer, llava_hf: Path) -> None:
+def test_served_model_by_default_or_by_a_copy(server: VllmServer, llava_hf: Path, tmp_path: Path) -> None:
     from edgejudge.engine.vllm import VllmEngine
 
     with VllmEngine([server.url]) as e:  # no model named: the server's only one, image size from its tokens
         assert e.model_name == str(llava_hf) and e.image_size == 56 and e.model_files == (None, None)
         assert len(e.warnings) == 1 and "image size 56" in e.warnings[0]
+    copy = tmp_path / llava_hf.name  # the same export on another machine: found by its folder's name
+    shutil.copytree(llava_hf, copy)
+    with VllmEngine([server.url], str(copy)) as e:
+        assert e.model_name == str(llava_hf) and e.model_files == (copy, None) and e.warnings == ()
+    with pytest.raises(EngineError, match="does not serve 'other-model'"):
+        VllmEngine([server.url], "other-model")
 
 
 def test_unconstrained_generation(engine: Any, judge: Judge) -> None:

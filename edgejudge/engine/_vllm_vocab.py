@@ -22,6 +22,7 @@ import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import EngineError
@@ -47,16 +48,20 @@ class ServedModel:
     n_ctx: int
 
 
-def served_model(client: HttpClient, wanted: Sequence[str]) -> ServedModel:
+def served_model(client: HttpClient, wanted: Sequence[str], folder: str | None = None) -> ServedModel:
     """The model among the server's ``/v1/models`` whose id or root is one of ``wanted`` (names, or paths
-    the server may have been started with), or the only one when ``wanted`` is empty."""
+    the server may have been started with), else whose root folder is named ``folder`` (the same export
+    copied to another machine), or the only one when ``wanted`` is empty."""
     data = client.get_json("/v1/models")
-    models = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(models, list) or not models:
+    listed = data.get("data") if isinstance(data, dict) else None
+    models = [m for m in listed if isinstance(m, dict) and "id" in m] if isinstance(listed, list) else []
+    if not models:
         raise EngineError(
             f"{client.url} lists no served model at /v1/models", hint="check that it is a vLLM server"
         )
-    found = [m for m in models if isinstance(m, dict) and (m.get("id") in wanted or m.get("root") in wanted)]
+    found = [m for m in models if m.get("id") in wanted or m.get("root") in wanted]
+    if not found and folder is not None:
+        found = [m for m in models if PurePosixPath(str(m.get("root") or m["id"])).name == folder]
     if not wanted:
         if len(models) > 1:
             names = ", ".join(str(m.get("id")) for m in models)

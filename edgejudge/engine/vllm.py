@@ -158,7 +158,8 @@ class VllmEngine(Closing):
         self._closed = False
 
     def _connect(self, wanted: list[str]) -> None:
-        served = [served_model(client, wanted) for client in self._clients]
+        folder = self._folder.resolve().name if self._folder is not None else None
+        served = [served_model(client, wanted, folder) for client in self._clients]
         first = served[0]
         for client, other in zip(self._clients[1:], served[1:], strict=True):
             if (other.name, other.n_ctx) != (first.name, first.n_ctx):

@@ -126,7 +126,8 @@ def _pieces(client: HttpClient, model: str, sep: int, sep_text: str, ids: list[i
 
 
 def _separator(client: HttpClient, model: str) -> tuple[int, str]:
-    for candidate in ("\n", "|", "#", "~", "@"):
+    # a piece of its own first: a byte token ("\n" in SentencePiece) merges with byte tokens beside it
+    for candidate in ("|", "#", "~", "@", "\n"):
         ids = tokenize(client, model, candidate)  # may start with a space prefix: the last is the character
         if ids and _detokenize(client, model, [ids[-1], ids[-1], ids[-1]]) == candidate * 3:
             return ids[-1], candidate

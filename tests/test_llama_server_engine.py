@@ -231,3 +231,37 @@ def test_clear_cache_without_slot_actions_is_harmless(
     before = remote.generate(parts, params)
     remote.clear_cache()  # the server has no --slot-save-path: erasing slots is refused, nothing breaks
     assert remote.generate(parts, params).text == before.text
+
+
+def test_a_token_id_grammar_makes_the_server_regenerate_exactly_those_tokens(
+    tiny_gguf: tuple[Path, Path], server: ServerHandle
+) -> None:
+    """What the forced tail and the distribution request rely on: token elements for whole pieces (a
+    control token included: the grammar sees it as its text), a literal for a character split over byte
+    tokens (biased so that those byte tokens spell it), on the real server."""
+    from edgejudge.engine._http import HttpClient
+    from edgejudge.engine._llama_server_score import BIAS
+    from edgejudge.engine._llama_server_wire import forced
+
+    _, vocab = read_text_model(tiny_gguf[0])
+    normal = [t for t, p in enumerate(vocab.pieces) if len(p) > 1 and p.isascii() and p.isalpha()][:3]
+    bos = next(t for t, p in enumerate(vocab.grammar_pieces) if p == b"<s>")
+    e_acute = [vocab.byte_ids[0xC3], vocab.byte_ids[0xA9]]  # "é" as two byte-fallback tokens
+    tokens = [normal[0], bos, *e_acute, normal[1], normal[2]]
+    assert forced(e_acute[:1], vocab.grammar_pieces) is None  # a character left open cannot be forced
+    made = forced(tokens, vocab.grammar_pieces)
+    assert made is not None and made[1] == frozenset(e_acute)
+    assert made[0].count("<[") == 4 and '"\\U000000E9"' in made[0]
+    body = {
+        "prompt": "Hello",
+        "grammar": f"root ::= {made[0]}\n",
+        "n_predict": len(tokens) + 2,
+        "return_tokens": True,
+        "samplers": ["temperature"],
+        "temperature": 1.0,
+        "seed": 3,
+        "logit_bias": [[t, BIAS] for t in sorted(made[1])],
+    }
+    with HttpClient(server.url) as client:
+        answer = client.post_json("/completion", body)
+    assert [t for t in answer["tokens"] if t not in vocab.eog] == tokens

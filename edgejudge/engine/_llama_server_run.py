@@ -12,6 +12,7 @@ a control token in an unconstrained text (the top-N at that position is used as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -105,10 +106,10 @@ def run_generation(
     forced_tail = params.constrained and track.hit is None
     if forced_tail:
         replay = list(track.tokens)
-        elements = forced(replay, vocab.pieces)
+        elements = forced(replay, vocab.grammar_pieces)
         while elements is None and replay:  # a character left open at the end cannot be replayed
             replay.pop()
-            elements = forced(replay, vocab.pieces)
+            elements = forced(replay, vocab.grammar_pieces)
         assert elements is not None
         rest = gbnf.tail_text(track.decoder.raw)
         rule = " ".join(x for x in (elements[0], gbnf_literal(rest) if rest else "") if x)
@@ -133,7 +134,7 @@ def run_generation(
             probs, seconds = _distribution(at, vocab, base, context, groups)
             extra_s += seconds
             if probs is None and len(context) in source.top:  # not replayable: the top-N as it is
-                probs = from_top(source.top[len(context)], groups, 0)
+                probs = from_top(source.top[len(context)], groups, top_n, eps=math.inf)
     text = track.finish()
     seen = "".join(shown)
     if on_text is not None and not stream and text.startswith(seen) and len(text) > len(seen):
@@ -156,7 +157,7 @@ def _distribution(
 ) -> tuple[dict[int, float] | None, float]:
     """The score distribution after ``context`` by the follow-up request (``_llama_server_score``), and
     its seconds; None when ``context`` cannot be regenerated."""
-    elements = forced(context, vocab.pieces)
+    elements = forced(context, vocab.grammar_pieces)
     if elements is None:
         return None, 0.0
     choices = sorted({t for group in groups for t in group})

@@ -93,17 +93,19 @@ def _normalise(mass: list[float]) -> dict[int, float] | None:
     return {d + 1: m / total for d, m in enumerate(mass)}
 
 
-def from_top(top: dict[int, float], groups: list[list[int]], listed_max: int) -> dict[int, float] | None:
+def from_top(
+    top: dict[int, float], groups: list[list[int]], listed_max: int, *, eps: float = EPS
+) -> dict[int, float] | None:
     """The distribution from raw top-N log-probabilities ``top`` (id → logprob) when the unlisted group
-    tokens cannot matter (``EPS``), else None. ``listed_max`` is the N asked for: a shorter list lists the
-    whole vocabulary."""
+    tokens can hold at most ``eps`` of the digits' mass, else None. ``listed_max`` is the N asked for: a
+    shorter list lists the whole vocabulary."""
     if not top:
         return None
     mass = [sum(math.exp(top[t]) for t in ids if t in top) for ids in groups]
     missing = sum(1 for ids in groups for t in ids if t not in top)
-    if missing and len(top) >= listed_max:
+    if missing and len(top) >= listed_max and math.isfinite(eps):
         bound = missing * math.exp(min(top.values()))
-        if bound > EPS * sum(mass):
+        if bound > eps * sum(mass):
             return None
     return _normalise(mass)
 

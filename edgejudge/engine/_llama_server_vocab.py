@@ -44,7 +44,9 @@ class TextModelFacts:
 
 class TextVocab:
     """Token pieces, special texts, end-of-generation ids, whether prompts start with BOS (``add_bos``),
-    the byte-fallback token of each byte value (``byte_ids``) and the score digits of one vocabulary."""
+    the byte-fallback token of each byte value (``byte_ids``) and the score digits of one vocabulary.
+    ``grammar_pieces`` are the pieces llama.cpp's grammar matches: control and unknown tokens as their
+    text (``<s>``), which the grammar lets through as text, unlike ``pieces`` (what users see)."""
 
     def __init__(
         self,
@@ -53,8 +55,10 @@ class TextVocab:
         eog: set[int],
         add_bos: bool = True,
         byte_ids: dict[int, int] | None = None,
+        grammar_pieces: list[bytes] | None = None,
     ) -> None:
         self.pieces = pieces
+        self.grammar_pieces = grammar_pieces if grammar_pieces is not None else pieces
         self.add_bos = add_bos
         self.byte_ids = byte_ids or {}
         self.n_vocab = len(pieces)
@@ -174,4 +178,8 @@ def read_text_model(path: Path) -> tuple[TextModelFacts, TextVocab]:
     for token, (piece, kind) in enumerate(zip(pieces, kinds, strict=True)):
         if kind == _BYTE and len(piece) == 1:
             byte_ids.setdefault(piece[0], token)
-    return facts, TextVocab(pieces, special, eog, add_bos is not False, byte_ids)
+    grammar_pieces = [
+        text if kind in (_CONTROL, _UNKNOWN) else piece
+        for text, kind, piece in zip(texts, kinds, pieces, strict=True)
+    ]
+    return facts, TextVocab(pieces, special, eog, add_bos is not False, byte_ids, grammar_pieces)

@@ -131,11 +131,12 @@ def _literal(points: list[int]) -> str:
 
 
 def forced(tokens: Sequence[int], pieces: Sequence[bytes]) -> tuple[str, frozenset[int]] | None:
-    """GBNF elements forcing exactly ``tokens`` (``pieces[i]`` is token i's bytes) and the ids of the
+    """GBNF elements forcing exactly ``tokens`` (``pieces[i]`` is token i's bytes as llama.cpp's grammar
+    sees them: control tokens as their text) and the ids of the
     tokens forced as literal characters (to bias). A token that decodes, from a clean state, to whole
     characters is a token element ``<[id]>``; a run of tokens that splits characters is the literal of
-    the characters it spells. None when llama.cpp's grammar would refuse a token: a piece that renders
-    as nothing or starts with NUL (a control token), invalid UTF-8, or a character left open at the end."""
+    the characters it spells. None when llama.cpp's grammar would refuse a token: a piece that is empty
+    or starts with NUL, invalid UTF-8, or a character left open at the end."""
     elements: list[str] = []
     biased: set[int] = set()
     run: list[int] = []

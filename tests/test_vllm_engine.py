@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from edgejudge.engine import grammar as gbnf
-from edgejudge.engine.base import GenerationParams, PromptParts
+from edgejudge.engine.base import Engine, GenerationParams, PromptParts
 from edgejudge.errors import ContextOverflowError, EngineError, PromptRefusedError, ServerUnavailableError
 from edgejudge.images import synthetic_image
 from edgejudge.judge import Judge
@@ -195,7 +195,7 @@ def reference(llava_hf: Path) -> Reference:
 def test_connect_reads_the_server(
     engine: Any, server: VllmServer, llava_hf: Path, reference: Reference
 ) -> None:
-    assert engine.kind == "vllm"
+    assert isinstance(engine, Engine) and engine.kind == "vllm"
     assert engine.model_name == str(llava_hf)  # served under its path
     assert engine.n_ctx == 2048  # the server's max_model_len
     assert (engine.image_size, engine.image_tokens) == (56, 16)  # the export's config: 56 px, 14 px patches

@@ -121,11 +121,30 @@ def test_verdicts_equal_the_local_engines(
 def test_unconstrained_text_and_distribution_equal_the_local_engines(
     remote: LlamaServerEngine, local: LlamaCppEngine
 ) -> None:
-    parts = _parts(local.image_size, "A blue circle on grass.", 7)
-    params = GenerationParams(temperature=0.0, max_tokens=40, constrained=False)
-    want, got = local.generate(parts, params), remote.generate(parts, params)
-    assert got.text == want.text and not got.forced_tail
-    assert (got.score_probs is None) == (want.score_probs is None)
+    for seed, response in enumerate(RESPONSES):
+        parts = _parts(local.image_size, response, 20 + seed)
+        params = GenerationParams(temperature=0.0, max_tokens=60, constrained=False)
+        want, got = local.generate(parts, params), remote.generate(parts, params)
+        assert got.text == want.text and not got.forced_tail
+        assert (got.score_probs is None) == (want.score_probs is None)
+        if want.score_probs is not None and got.score_probs is not None and not _byte_level(want.text):
+            assert got.score_probs == pytest.approx(want.score_probs, abs=1e-3)
+
+
+def test_the_top_n_is_used_only_when_the_unlisted_digits_cannot_matter() -> None:
+    from edgejudge.engine._llama_server_score import EPS, from_top
+
+    groups = [[10, 11], [20], [30], [40], [50]]
+    listed = {10: -0.5, 20: -1.5, 30: -2.0, 40: -3.0, 50: -4.0, 99: -30.0}  # 11 unlisted, at most e^-30
+    probs = from_top(listed, groups, listed_max=6)
+    assert probs is not None and sum(probs.values()) == pytest.approx(1)
+    mass = [np.exp(-0.5), np.exp(-1.5), np.exp(-2.0), np.exp(-3.0), np.exp(-4.0)]
+    assert [probs[d] for d in range(1, 6)] == pytest.approx([m / sum(mass) for m in mass], abs=EPS)
+    loose = {**listed, 99: -3.5}  # the unlisted token may now hold a few percent of the mass
+    assert from_top(loose, groups, listed_max=6) is None
+    assert (
+        from_top(loose, groups, listed_max=7) is not None
+    )  # a shorter list than asked: the whole vocabulary
 
 
 def test_streaming_delivers_the_text(remote: LlamaServerEngine, local: LlamaCppEngine) -> None:

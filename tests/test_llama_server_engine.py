@@ -22,7 +22,7 @@ import pytest
 
 from edgejudge.engine._llama_server_connect import build_commit, known_build
 from edgejudge.engine._llama_server_vocab import read_text_model
-from edgejudge.engine.base import GenerationParams, PromptParts
+from edgejudge.engine.base import Engine, GenerationParams, PromptParts
 from edgejudge.engine.llama import LlamaCppEngine
 from edgejudge.engine.llama_server import LlamaServerEngine
 from edgejudge.errors import CLSOrderMismatchError, EngineError, PromptRefusedError
@@ -71,6 +71,7 @@ def _byte_level(text: str) -> bool:
 def test_connect_reports_the_server_and_the_pair(
     remote: LlamaServerEngine, local: LlamaCppEngine, server: ServerHandle
 ) -> None:
+    assert isinstance(remote, Engine)  # the whole Protocol
     assert remote.kind == "llama-server" and remote.n_ctx == N_CTX and remote.concurrency == 2
     assert (remote.image_size, remote.image_tokens) == (local.image_size, local.image_tokens)
     assert remote.model_name == local.model_name and remote.model_files == local.model_files

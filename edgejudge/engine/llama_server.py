@@ -183,7 +183,20 @@ class LlamaServerEngine(Closing):
     ) -> Generation:
         self._check_open()
         req = self._prepare(parts, params, 0)
-        return self._fleet.run(parts.pixels_sha256, lambda s, lane: self._generate(s, lane, req, on_text))
+        shown = [""]  # what ``on_text`` got so far, over the tries (a server may die mid-stream)
+
+        def attempt(server: int, lane: int) -> Generation:
+            seen = [""]
+
+            def show(piece: str) -> None:  # a retry shows only what goes beyond the text already shown
+                seen[0] += piece
+                if on_text is not None and seen[0].startswith(shown[0]) and len(seen[0]) > len(shown[0]):
+                    new, shown[0] = seen[0][len(shown[0]) :], seen[0]
+                    on_text(new)
+
+            return self._generate(server, lane, req, show if on_text is not None else None)
+
+        return self._fleet.run(parts.pixels_sha256, attempt)
 
     def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
         """One generation per request, in order. Everything is checked first (``ContextOverflowError``,

@@ -29,7 +29,7 @@ import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .._closing import Closing
@@ -220,7 +220,9 @@ class LlamaServerEngine(Closing):
         if len(groups) == 1:
             run_group(groups[0])
         else:
-            for future in [self._pool.submit(run_group, g) for g in groups]:
+            futures = [self._pool.submit(run_group, g) for g in groups]
+            wait(futures)  # every group ends before an error is raised (none is left running)
+            for future in futures:
                 future.result()
         return [r for r in results if r is not None]
 

@@ -102,23 +102,28 @@ class Judge(Closing):
         checks the projector's CLS-position stamp against the runtime's order (by default through the
         cached ``probe.runtime_cls_position``; the pair rule of ``judgefile``); with llama-server, the same
         pair on the servers (``LlamaServerEngine`` checks they serve it, with a build of that CLS order);
-        with vllm, the served model ``options.model`` names (``VllmEngine``)."""
+        with vllm, the served model ``options.model`` names (``VllmEngine``). Remote engines send the key
+        ``EDGEJUDGE_SERVER_API_KEY`` holds (``config.server_api_key``), if any."""
         from .images import check_fit
 
         check_fit(options.image_fit)  # fail before loading a model
         engine: Engine
         if options.engine == "vllm":
+            from .config import server_api_key
             from .engine.vllm import VllmEngine
 
             model = None if options.model is None else str(options.model)
-            engine = VllmEngine(model=model, **options.remote_options())
+            engine = VllmEngine(model=model, api_key=server_api_key(), **options.remote_options())
             return cls(engine, image_fit=options.image_fit)
         if options.model is None:
             raise InputError("no model file given", hint="name the text model's .gguf file")
         if options.engine == "llama-server":
+            from .config import server_api_key
             from .engine.llama_server import LlamaServerEngine
 
-            engine = LlamaServerEngine(options.model, options.mmproj, **options.remote_options())
+            engine = LlamaServerEngine(
+                options.model, options.mmproj, api_key=server_api_key(), **options.remote_options()
+            )
         else:
             from .engine.llama import LlamaCppEngine
 

@@ -117,8 +117,9 @@ def server_command(
     extra: Sequence[str] = (),
 ) -> ServerCommand:
     """The llama-server command line for a pair: ``-m``, ``--mmproj``, ``--host``, ``--port``, ``-np slots``,
-    ``-c slots × ctx_per_seq`` (default per sequence: the judge's ``n_ctx`` default), ``-t threads`` when
-    given, then ``extra`` as they are (so they can override any of these)."""
+    ``-c slots × ctx_per_seq`` (default per sequence: the judge's ``n_ctx`` default), ``-fa off`` (as the
+    local engine runs), ``-t threads`` when given, then ``extra`` as they are (so they can override any of
+    these)."""
     per_seq = settings.default("n_ctx") if ctx_per_seq is None else ctx_per_seq
     if slots < 1:
         raise InputError(f"the server needs at least one slot, got {slots}", about="slots")
@@ -131,6 +132,9 @@ def server_command(
     n_ctx = slots * per_seq
     argv = [str(binary), "-m", str(text), "--mmproj", str(mmproj), "--host", host, "--port", str(port)]
     argv += ["-np", str(slots), "-c", str(n_ctx)]
+    # flash attention off, as the local engine runs: llama-server's default (auto: on, on CPU too) changes
+    # the logits enough to change greedy texts
+    argv += ["-fa", "off"]
     if threads is not None:
         argv += ["-t", str(threads)]
     argv += list(extra)

@@ -84,6 +84,8 @@ def test_server_command_composes_every_flag() -> None:
         "3",
         "-c",
         "3072",
+        "-fa",
+        "off",
         "-t",
         "2",
         "--api-key",

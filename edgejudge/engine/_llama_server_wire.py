@@ -1,7 +1,5 @@
 """What the llama-server engine sends and reads on ``POST /completion``, in plain values.
 
-- ``png``: the fitted RGB pixels as a PNG (stored as decoded: the server's decoder gives back exactly
-  these pixels, so the projector sees what the local engine's sees);
 - ``sampler_fields``: the local engine's sampler chain in llama-server's terms: [penalties when
   repeat_penalty ≠ 1, last 64 tokens] → temperature → top-p (min_keep 1) → draw with the seed; greedy at
   temperature 0 (temperature 0 keeps only the highest logit); no top-k, min-p, typical-p, XTC, DRY or
@@ -18,34 +16,15 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import GenerationParams
 
-__all__ = ["png", "sampler_fields", "forced", "Completion", "gbnf_literal", "REPEAT_LAST_N"]
+__all__ = ["sampler_fields", "forced", "Completion", "gbnf_literal", "REPEAT_LAST_N"]
 
 #: The repetition penalty's window, as the local engine's sampler (native.sampling).
 REPEAT_LAST_N = 64
-
-
-def png(rgb: bytes, width: int, height: int) -> bytes:
-    """An 8-bit RGB PNG of ``rgb`` (rows top to bottom, no filter), zlib level 1."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    stride = width * 3
-    raw = b"".join(b"\x00" + rgb[y * stride : (y + 1) * stride] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 1))
-        + chunk(b"IEND", b"")
-    )
 
 
 def sampler_fields(params: GenerationParams, seed: int | None) -> dict[str, Any]:

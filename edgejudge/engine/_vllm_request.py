@@ -1,6 +1,6 @@
 """What ``VllmEngine`` sends to a vLLM server and reads back, in plain values (no I/O here).
 
-- the image: the fitted RGB pixels as a PNG ``data:`` URL (``png_bytes``: stdlib zlib, no resampling: the
+- the image: the fitted RGB pixels as a PNG ``data:`` URL (``images.png_bytes``: lossless, no resampling: the
   server's processor sees the pixels the judge fitted, at the tower's size);
 - the constraint: ``VERDICT_REGEX`` is ``grammar.VERDICT_GRAMMAR`` as the regex vLLM's
   ``structured_outputs.regex`` takes (an optional ``Feedback:`` lead, 1..``MAX_FEEDBACK_CHARS`` characters
@@ -25,9 +25,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-import struct
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +41,6 @@ __all__ = [
     "Token",
     "chat_body",
     "image_url",
-    "png_bytes",
     "tail_regex",
 ]
 
@@ -57,30 +54,10 @@ def tail_regex(generated: str) -> str:
     return re.escape(gbnf.tail_text(generated)) + "[1-5]"
 
 
-# -- the image -----------------------------------------------------------------------------------------------
-def png_bytes(rgb: bytes, width: int, height: int) -> bytes:
-    """A lossless 8-bit RGB PNG of ``width`` × ``height`` raw pixels (no filter, zlib level 6)."""
-    if len(rgb) != width * height * 3:
-        raise EngineError(
-            f"{len(rgb)} bytes are not {width}x{height} RGB pixels", hint="give width × height × 3"
-        )
-    stride = width * 3
-    raw = b"".join(b"\x00" + rgb[y * stride : (y + 1) * stride] for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
-
-
 def image_url(parts: PromptParts) -> str:
     """The prompt's fitted pixels as a ``data:image/png;base64,...`` URL."""
+    from ..images import png_bytes
+
     png = png_bytes(parts.image_rgb, parts.image_width, parts.image_height)
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 

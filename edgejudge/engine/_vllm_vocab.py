@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import EngineError
 from ._http import HttpClient
-from ._vllm_request import DigitIds, png_bytes
+from ._vllm_request import DigitIds
 
 __all__ = ["ServedModel", "Vocabulary", "served_model", "read_vocabulary", "check_template", "image_tokens"]
 
@@ -215,6 +215,8 @@ def check_template(client: HttpClient, model: str, bos: int) -> None:
 def image_tokens(client: HttpClient, model: str, image_id: int, image_text: str, side: int) -> int:
     """Prompt positions the server gives one ``side`` × ``side`` image (counted in a probe prompt that
     holds ``image_text``, the image token, as every request does)."""
+    from ..images import png_bytes
+
     png = base64.b64encode(png_bytes(bytes(side * side * 3), side, side)).decode("ascii")
     url = "data:image/png;base64," + png
     content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": image_text + "x"}]

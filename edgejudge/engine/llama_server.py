@@ -39,7 +39,6 @@ from ._http import HttpClient, RetryPolicy, ServerFailedError, ServerRequestErro
 from ._llama_server_connect import ServerInfo, connect
 from ._llama_server_run import Request, Slot, run_generation
 from ._llama_server_vocab import read_text_model
-from ._llama_server_wire import png
 from ._mmproj import check_text_model_name, find_mmproj, read_mmproj_info
 from .base import (
     TAIL_RESERVE,
@@ -295,7 +294,9 @@ class LlamaServerEngine(Closing):
         with self._lock:
             hit = self._images.get(parts.pixels_sha256)
         if hit is None:
-            hit = base64.b64encode(png(parts.image_rgb, parts.image_width, parts.image_height)).decode()
+            from ..images import png_bytes  # the server decodes exactly these pixels
+
+            hit = base64.b64encode(png_bytes(parts.image_rgb, parts.image_width, parts.image_height)).decode()
             with self._lock:
                 self._images[parts.pixels_sha256] = hit
                 while len(self._images) > 8:

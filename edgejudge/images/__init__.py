@@ -23,7 +23,7 @@ from .decode import (
     sniff_format,
 )
 from .fit import FIT_MODES, PAD_COLOR, FittedImage, ImageInput, check_fit, fit_image, prepare_image
-from .pictures import pixel_grid, synthetic_image, thumbnail_data_uri
+from .pictures import pixel_grid, png_bytes, synthetic_image, thumbnail_data_uri
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -40,6 +40,7 @@ __all__ = [
     "prepare_image",
     "thumbnail_data_uri",
     "pixel_grid",
+    "png_bytes",
     "synthetic_image",
     "sniff_format",
 ]

@@ -11,7 +11,20 @@ from PIL import Image, ImageDraw
 from ..errors import InputError
 from .decode import to_rgb
 
-__all__ = ["thumbnail_data_uri", "pixel_grid", "synthetic_image"]
+__all__ = ["thumbnail_data_uri", "pixel_grid", "synthetic_image", "png_bytes"]
+
+
+def png_bytes(rgb: bytes, width: int, height: int) -> bytes:
+    """A lossless PNG of ``width`` × ``height`` raw 8-bit RGB pixels (the fitted image as a remote engine
+    sends it: a server decodes exactly these pixels, and the same pixels always give the same bytes, which
+    its prompt cache recognises). ``InputError`` when the buffer is not width × height × 3 bytes."""
+    if width < 1 or height < 1 or len(rgb) != width * height * 3:
+        raise InputError(
+            f"{len(rgb)} bytes are not {width}x{height} RGB pixels", hint="give width × height × 3 bytes"
+        )
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), rgb).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def thumbnail_data_uri(img: Image.Image, max_side: int = 256) -> str:

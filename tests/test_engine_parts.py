@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from llama_cpp import _internals
 
-from edgejudge.engine._decoding import TextStream, softmax_digits
+from edgejudge.engine._reading import TextStream, softmax_digits
 from edgejudge.engine.base import GenerationParams
 from edgejudge.engine.grammar import VERDICT_GRAMMAR, tail_grammar, tail_text
 from edgejudge.engine.llama import LlamaCppEngine

@@ -20,13 +20,13 @@ always a proper distribution (five keys, non-negative, summing to 1; a digit is 
 
 from __future__ import annotations
 
-import codecs
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..native.sampling import Sampler, Vocab
 from . import grammar as gbnf
+from ._reading import DigitTokens, TextStream, softmax_digits
 from .base import TAIL_RESERVE, Generation, GenerationParams, StageTimings, TokenCallback
 
 __all__ = ["Decoding", "DigitTokens", "PromptStats", "TextStream", "softmax_digits"]
@@ -42,68 +42,6 @@ class PromptStats:
     cached: bool
 
 
-def softmax_digits(logits: np.ndarray, groups: list[list[int]]) -> dict[int, float]:
-    """p_d ∝ Σ_{t in groups[d-1]} exp(logits[t]), for d = 1..5 (raw logits; see the module docstring)."""
-    logits = logits.astype(np.float64)
-    per_digit = np.array([np.logaddexp.reduce(logits[ids]) for ids in groups])
-    p = np.exp(per_digit - per_digit.max())
-    p /= p.sum()
-    return {d + 1: float(p[d]) for d in range(5)}
-
-
-class DigitTokens:
-    """The score digits' token groups in a vocabulary: ``digits[d-1]`` renders ``"d"``, ``spaced_digits[d-1]``
-    renders ``" d"`` (several tokens may render the same digit, e.g. byte fallback)."""
-
-    def __init__(self, vocab: Vocab) -> None:
-        self.vocab = vocab
-        self.digits: list[list[int]] = [[] for _ in range(5)]
-        self.spaced_digits: list[list[int]] = [[] for _ in range(5)]
-        wanted = {str(d).encode(): d for d in range(1, 6)}
-        for token in range(vocab.n_vocab):
-            piece = vocab.piece(token)
-            if piece in wanted:
-                self.digits[wanted[piece] - 1].append(token)
-            elif len(piece) == 2 and piece[:1] == b" " and piece[1:] in wanted:
-                self.spaced_digits[wanted[piece[1:]] - 1].append(token)
-
-    def score_groups(self, text: str, piece: bytes) -> list[list[int]] | None:
-        """The digit groups to read when ``piece`` is the score digit after ``text``; None otherwise."""
-        if len(piece) == 1 and b"1" <= piece <= b"5" and text.endswith(gbnf.MARKER):
-            groups = self.digits
-        elif (
-            len(piece) == 2 and piece[:1] == b" " and b"1" <= piece[1:] <= b"5" and text.endswith("[RESULT]")
-        ):
-            groups = self.spaced_digits
-        else:
-            return None
-        return groups if all(groups) else None
-
-
-class TextStream:
-    """Generated text: ``raw`` as decoded (incremental UTF-8, never splitting a character) and ``text``
-    without the leading whitespace, streamed piece by piece to ``on_text``."""
-
-    def __init__(self, on_text: TokenCallback | None) -> None:
-        self.raw = ""
-        self.text = ""
-        self._on_text = on_text
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def add(self, data: bytes, *, final: bool = False) -> None:
-        piece = self._decoder.decode(data, final=final)
-        if not piece:
-            return
-        self.raw += piece
-        if not self.text:
-            piece = piece.lstrip()
-            if not piece:
-                return
-        self.text += piece
-        if self._on_text is not None:
-            self._on_text(piece)
-
-
 class Decoding:
     """One sequence's generation: sampler, grammar phases, forced tail, digit distribution and text.
 
@@ -114,7 +52,7 @@ class Decoding:
 
     def __init__(
         self,
-        tokens: DigitTokens,
+        tokens: DigitTokens[Vocab],
         n_ctx: int,
         params: GenerationParams,
         seed: int | None,

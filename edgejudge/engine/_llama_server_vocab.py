@@ -9,22 +9,22 @@ server's token ids with it, so its text is the local engine's byte for byte.
 
 ``special_texts`` are the texts llama-server would read as *tokens* in a prompt (it tokenizes prompts with
 special-token parsing; the local engine never does): the control and unknown tokens' texts. The digit
-groups follow the local engine's rule (``engine._decoding.DigitTokens``): ``digits[d-1]`` holds every token
-whose piece is ``"d"``, ``spaced_digits[d-1]`` every token whose piece is ``" d"`` (byte-fallback variants
-included), and ``score_groups`` picks the group at a score position exactly as the local engine does.
+groups are the local engine's (``engine._reading.DigitTokens``, the one rule every engine uses).
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EngineError
-from . import grammar as gbnf
+from ._reading import DigitTokens, TextStream
 
 __all__ = ["TextModelFacts", "TextVocab", "TextDecoder", "read_text_model"]
+
+#: Generated text as the local engine builds it (``engine._reading.TextStream``, without a callback).
+TextDecoder = TextStream
 
 # llama.cpp's token types (GGUF tokenizer.ggml.token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -64,30 +64,12 @@ class TextVocab:
         self.n_vocab = len(pieces)
         self.special_texts = tuple(sorted(set(special_texts), key=len, reverse=True))
         self.eog = frozenset(eog)
-        self.digits: list[list[int]] = [[] for _ in range(5)]
-        self.spaced_digits: list[list[int]] = [[] for _ in range(5)]
-        wanted = {str(d).encode(): d for d in range(1, 6)}
-        for token, piece in enumerate(pieces):
-            if piece in wanted:
-                self.digits[wanted[piece] - 1].append(token)
-            elif len(piece) == 2 and piece[:1] == b" " and piece[1:] in wanted:
-                self.spaced_digits[wanted[piece[1:]] - 1].append(token)
+        found = DigitTokens(self)
+        self.digits, self.spaced_digits = found.digits, found.spaced_digits
+        self.score_groups = found.score_groups
 
     def piece(self, token: int) -> bytes:
         return self.pieces[token] if 0 <= token < self.n_vocab else b""
-
-    def score_groups(self, text: str, piece: bytes) -> list[list[int]] | None:
-        """The digit groups to read when ``piece`` is the score digit after ``text``; None otherwise (the
-        rule of the local engine's ``DigitTokens.score_groups``)."""
-        if len(piece) == 1 and b"1" <= piece <= b"5" and text.endswith(gbnf.MARKER):
-            groups = self.digits
-        elif (
-            len(piece) == 2 and piece[:1] == b" " and b"1" <= piece[1:] <= b"5" and text.endswith("[RESULT]")
-        ):
-            groups = self.spaced_digits
-        else:
-            return None
-        return groups if all(groups) else None
 
     def special_in(self, text: str) -> str | None:
         """The first special text (control/unknown token) ``text`` contains, or None."""
@@ -95,29 +77,6 @@ class TextVocab:
             if special and special in text:
                 return special
         return None
-
-
-class TextDecoder:
-    """Generated text as the local engine builds it: ``raw`` (incremental UTF-8, a character split over
-    tokens emitted when complete, bad bytes replaced) and ``text`` without leading whitespace."""
-
-    def __init__(self) -> None:
-        self.raw = ""
-        self.text = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def add(self, data: bytes, *, final: bool = False) -> str:
-        """Add a piece; the text it adds to ``text`` (what a stream shows)."""
-        piece = self._decoder.decode(data, final=final)
-        if not piece:
-            return ""
-        self.raw += piece
-        if not self.text:
-            piece = piece.lstrip()
-            if not piece:
-                return ""
-        self.text += piece
-        return piece
 
 
 def _piece(text: bytes, kind: int) -> bytes:

@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 
 from ..errors import EngineError
 from . import grammar as gbnf
+from ._reading import score_groups, softmax_digits
 from .base import GenerationParams, PromptParts
 
 __all__ = [
@@ -195,15 +195,9 @@ class DigitIds:
     def all_ids(self) -> list[int]:
         return sorted({t for group in (*self.digits, *self.spaced) for t in group})
 
-    def groups(self, text: str, piece: str) -> tuple[tuple[int, ...], ...] | None:
-        """The digit groups to read when ``piece`` is the score digit after ``text`` (as ``_decoding``)."""
-        if len(piece) == 1 and "1" <= piece <= "5" and text.endswith(gbnf.MARKER):
-            groups = self.digits
-        elif len(piece) == 2 and piece[0] == " " and "1" <= piece[1] <= "5" and text.endswith("[RESULT]"):
-            groups = self.spaced
-        else:
-            return None
-        return groups if all(groups) else None
+    def groups(self, text: str, piece: str) -> Sequence[Sequence[int]] | None:
+        """The digit groups to read when ``piece`` is the score digit after ``text`` (``_reading``'s rule)."""
+        return score_groups(text, piece.encode("utf-8", "surrogatepass"), self.digits, self.spaced)
 
     def score_probs(
         self, tokens: Sequence[Token], pieces: Sequence[str], skip: frozenset[int], before: str = ""
@@ -219,23 +213,11 @@ class DigitIds:
             piece = pieces[token.id] if 0 <= token.id < len(pieces) else ""
             groups = self.groups(text, piece)
             if groups is not None:
-                probs = softmax_digits(token.logprobs, groups)
+                try:
+                    probs = softmax_digits(token.logprobs, groups)
+                except ValueError:
+                    raise EngineError(
+                        "the server gave no logprob for any digit token", hint="check the server's version"
+                    ) from None
             text += piece
         return probs
-
-
-def softmax_digits(logprobs: dict[int, float], groups: Sequence[Sequence[int]]) -> dict[int, float]:
-    """p_d ∝ Σ_{t in groups[d-1]} exp(logprobs[t]), d = 1..5 (a missing id counts as impossible)."""
-    per_digit = []
-    for ids in groups:
-        values = [logprobs.get(t, -math.inf) for t in ids]
-        top = max(values)
-        per_digit.append(
-            top + math.log(sum(math.exp(v - top) for v in values)) if top > -math.inf else -math.inf
-        )
-    best = max(per_digit)
-    if best == -math.inf:
-        raise EngineError("the server gave no logprob for any digit token", hint="check the server's version")
-    weights = [math.exp(v - best) for v in per_digit]
-    total = sum(weights)
-    return {d + 1: w / total for d, w in enumerate(weights)}

@@ -148,33 +148,35 @@ class StockPolicy(StockSide):
         return stats
 
 
+def trim_rubric(rubric: Any, model: Any, target: int) -> Any:
+    """``rubric`` with its criterion and five score descriptions cut to the same share of each field's
+    words, the largest share that keeps it within about ``target`` tokens of ``model``'s tokenizer (a
+    ``native.model.TextModel``): the issue's proportions, whatever the tokenizer (the fixture's synthetic
+    vocabulary spends more tokens per English word than LLaMA's)."""
+
+    def cut(fields: list[list[str]], share: float) -> list[str]:
+        return [" ".join(words[: max(3, math.ceil(share * len(words)))]) for words in fields]
+
+    fields = [f.split() for f in (rubric.criteria, *rubric.descriptions)]
+    low, high = 0.0, 1.0
+    for _ in range(12):  # the largest share of every field's words that fits the target
+        mid = (low + high) / 2
+        if len(model.tokenize("\n".join(cut(fields, mid)))) > target:
+            high = mid
+        else:
+            low = mid
+    criteria, *descriptions = cut(fields, low)
+    return replace(rubric, criteria=criteria, descriptions=tuple(descriptions))
+
+
 def trim_rules(policy: Any, text_model: Path, target: int) -> Any:
-    """The policy with each rule's rubric (criterion and five score descriptions) cut to the same share
-    of each field's words, the largest share that keeps it within about ``target`` tokens of the model's
-    own tokenizer: the issue's proportions, whatever the tokenizer (the fixture's synthetic vocabulary
-    spends more tokens per English word than LLaMA's)."""
+    """The policy with each rule's rubric trimmed to about ``target`` tokens (``trim_rubric``)."""
     from edgejudge.native.model import TextModel
 
     model = TextModel(text_model, n_ctx=512, n_threads=1)
     try:
-
-        def cut(fields: list[list[str]], share: float) -> list[str]:
-            return [" ".join(words[: max(3, math.ceil(share * len(words)))]) for words in fields]
-
-        rules = []
-        for rule in policy.rules:
-            fields = [f.split() for f in (rule.rubric.criteria, *rule.rubric.descriptions)]
-            low, high = 0.0, 1.0
-            for _ in range(12):  # the largest share of every field's words that fits the target
-                mid = (low + high) / 2
-                if len(model.tokenize("\n".join(cut(fields, mid)))) > target:
-                    high = mid
-                else:
-                    low = mid
-            criteria, *descriptions = cut(fields, low)
-            rubric = replace(rule.rubric, criteria=criteria, descriptions=tuple(descriptions))
-            rules.append(replace(rule, rubric=rubric))
-        return replace(policy, rules=tuple(rules))
+        rules = tuple(replace(rule, rubric=trim_rubric(rule.rubric, model, target)) for rule in policy.rules)
+        return replace(policy, rules=rules)
     finally:
         model.close()
 

@@ -14,7 +14,9 @@ side, so on a small machine the slots compete for the same cores):
 - **2 servers ×2 slots**: two servers with half the threads each (the fleet: images spread over both).
 
 Realistic proportions: the model of ``bench_judge.py`` (CLIP-L/336 tower, 576 image tokens, ~1.1B LLaMA
-text model, Q4_K_M), the built-in ``vqa-helpfulness`` rubric, a reference answer, ``--max-tokens`` 64.
+text model, Q4_K_M), the built-in ``vqa-helpfulness`` rubric trimmed to about ``--rubric-tokens`` 120
+tokens of the fixture's tokenizer (as ``bench_policy.py`` does: its synthetic vocabulary spends more tokens
+per English word than LLaMA's; 0 keeps the rubric as written), a reference answer, ``--max-tokens`` 64.
 The output logs are written in a temporary folder and each configuration starts cold (fresh engine or
 fresh servers). Prints Markdown; exits 0.
 
@@ -38,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_judge import INSTRUCTION, REFERENCE, RESPONSES, ensure_model, machine_info  # noqa: E402
+from bench_policy import trim_rubric  # noqa: E402
 
 CONFIGS = {
     "local": ("local engine (in process, --parallel 4)", 0, 0),
@@ -68,7 +71,22 @@ class Outcome:
         return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
-def write_input(folder: Path, rows: int, images: int) -> Path:
+def bench_rubric(text_model: Path, target: int) -> dict[str, Any]:
+    """The ``vqa-helpfulness`` rubric as an inline table, trimmed to about ``target`` tokens (0: whole)."""
+    from edgejudge.native.model import TextModel
+    from edgejudge.rubric import load_rubric
+
+    rubric = load_rubric("vqa-helpfulness")
+    if target > 0:
+        model = TextModel(text_model, n_ctx=512, n_threads=1)
+        try:
+            rubric = trim_rubric(rubric, model, target)
+        finally:
+            model.close()
+    return {"criteria": rubric.criteria, **{f"score{k + 1}": d for k, d in enumerate(rubric.descriptions)}}
+
+
+def write_input(folder: Path, rows: int, images: int, rubric: dict[str, Any]) -> Path:
     from edgejudge.images import synthetic_image
 
     for k in range(images):
@@ -82,7 +100,7 @@ def write_input(folder: Path, rows: int, images: int) -> Path:
                 "instruction": INSTRUCTION,
                 "response": RESPONSES[i % len(RESPONSES)] + f" (answer {i})",
                 "reference": REFERENCE,
-                "rubric": "vqa-helpfulness",
+                "rubric": rubric,
             }
         )
     path = folder / "input.jsonl"
@@ -119,6 +137,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=40)
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rubric-tokens", type=int, default=120, help="trim the rubric (0: as written)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--ctx-per-seq", type=int, default=2048)
     parser.add_argument("--only", default=",".join(CONFIGS), help="configurations to run, comma-separated")
@@ -142,7 +161,7 @@ def main() -> int:
     server_stats: dict[str, list[Any]] = {}
     with tempfile.TemporaryDirectory(prefix="edgejudge-bench-scale-") as tmp:
         folder = Path(tmp)
-        inp = write_input(folder, args.rows, args.images)
+        inp = write_input(folder, args.rows, args.images, bench_rubric(text, args.rubric_tokens))
         for config in wanted:
             label, servers, slots = CONFIGS[config]
             out = folder / f"{config}.jsonl"
@@ -169,9 +188,9 @@ def main() -> int:
     print(f"\n## Scale-out ({args.rows} rows, {args.images} images, max_tokens {args.max_tokens})\n")
     print(machine_info() + "\n")
     base = next((o for o in outcomes if o.name == CONFIGS["server1"][0]), None)
-    print("| configuration | rows ok | wall s | rows/min | × 1-slot server | prefix reused | eval tok/s "
-          "| gen tok/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| configuration | rows ok | wall s | rows/min | × 1-slot server | prompt tok/row | prefix reused "
+          "| evaluated tok/s | generated tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for o in outcomes:
         ratio = "-"
         if base is not None and base.rows_per_min:
@@ -179,7 +198,8 @@ def main() -> int:
         evaluated = o.prompt_tokens - o.reused_tokens
         print(
             f"| {o.name} | {o.ok}/{o.rows} | {o.wall_s:.1f} | {o.rows_per_min:.2f} | {ratio} | "
-            f"{100 * o.hit_rate:.0f} % | {evaluated / o.wall_s:.0f} | {o.generated_tokens / o.wall_s:.1f} |"
+            f"{o.prompt_tokens / max(o.rows, 1):.0f} | {100 * o.hit_rate:.0f} % | "
+            f"{evaluated / o.wall_s:.0f} | {o.generated_tokens / o.wall_s:.1f} |"
         )
     print("\nPer server (requests done, cache reuse, busy seconds):\n")
     for label, stats in server_stats.items():

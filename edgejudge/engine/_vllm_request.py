@@ -2,9 +2,8 @@
 
 - the image: the fitted RGB pixels as a PNG ``data:`` URL (``images.png_bytes``: lossless, no resampling: the
   server's processor sees the pixels the judge fitted, at the tower's size);
-- the constraint: ``VERDICT_REGEX`` is ``grammar.VERDICT_GRAMMAR`` as the regex vLLM's
-  ``structured_outputs.regex`` takes (an optional ``Feedback:`` lead, 1..``MAX_FEEDBACK_CHARS`` characters
-  without ``[``, ``[RESULT] `` and one digit 1–5); ``tail_regex`` forces ``grammar.tail_text`` then a digit;
+- the constraint: ``grammar.VERDICT_REGEX`` (the verdict grammar as the regex vLLM's
+  ``structured_outputs.regex`` takes) and ``grammar.tail_regex`` (the forced tail), kept beside the GBNF;
 - the request body (``chat_body``): the prompt as ONE user message holding the image part and the text
   with the literal image token, sent with ``add_generation_prompt`` off (the served chat template renders
   BOS + the text, nothing else), every sampling setting explicit (so a model's generation defaults never
@@ -23,35 +22,16 @@
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EngineError
-from . import grammar as gbnf
 from ._reading import score_groups, softmax_digits
 from .base import GenerationParams, PromptParts
 
-__all__ = [
-    "VERDICT_REGEX",
-    "DigitIds",
-    "Reply",
-    "Token",
-    "chat_body",
-    "image_url",
-    "tail_regex",
-]
-
-VERDICT_REGEX = (
-    r"([ \t\n]*Feedback:)?[^\[]{1," + str(gbnf.MAX_FEEDBACK_CHARS) + r"}" + re.escape(gbnf.MARKER) + "[1-5]"
-)
-
-
-def tail_regex(generated: str) -> str:
-    """The regex forcing ``grammar.tail_text(generated)`` then one digit 1–5."""
-    return re.escape(gbnf.tail_text(generated)) + "[1-5]"
+__all__ = ["DigitIds", "Reply", "Token", "chat_body", "image_url"]
 
 
 def image_url(parts: PromptParts) -> str:

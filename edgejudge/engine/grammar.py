@@ -7,11 +7,23 @@ training targets end ``... So the overall score is N.\\n[RESULT] N``, which the 
 
 ``tail_grammar(text)`` is used when ``max_tokens`` runs out before the score: it completes whatever part
 of ``[RESULT] `` the text already ends with (or starts a new `` [RESULT] ``) and asks for the digit.
+
+``VERDICT_REGEX`` and ``tail_regex(text)`` are the same two languages as regular expressions (what vLLM's
+``structured_outputs.regex`` takes); tests/test_vllm_regex.py checks that each regex and its GBNF accept
+and refuse the same strings.
 """
 
 from __future__ import annotations
 
-__all__ = ["MARKER", "MAX_FEEDBACK_CHARS", "VERDICT_GRAMMAR", "tail_grammar", "tail_text"]
+__all__ = [
+    "MARKER",
+    "MAX_FEEDBACK_CHARS",
+    "VERDICT_GRAMMAR",
+    "VERDICT_REGEX",
+    "tail_grammar",
+    "tail_regex",
+    "tail_text",
+]
 
 MARKER = "[RESULT] "
 #: Upper bound on feedback characters (a real feedback is 400–1500 characters; max_tokens bounds it too).
@@ -46,3 +58,21 @@ def tail_grammar(generated: str) -> str:
     """GBNF forcing ``tail_text(generated)`` then one digit 1–5."""
     rest = tail_text(generated)
     return f"root ::= {_gbnf_literal(rest)} [1-5]\n" if rest else "root ::= [1-5]\n"
+
+
+# -- the same languages as regular expressions (vLLM) --------------------------------------------------------
+_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def _regex_literal(text: str) -> str:
+    """A regex matching exactly ``text`` (its regex metacharacters escaped)."""
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+
+#: ``VERDICT_GRAMMAR`` rule for rule: ``lead?`` is the optional group, ``feedback`` the bounded class.
+VERDICT_REGEX = rf"([ \t\n]*Feedback:)?[^\[]{{1,{MAX_FEEDBACK_CHARS}}}" + _regex_literal(MARKER) + "[1-5]"
+
+
+def tail_regex(generated: str) -> str:
+    """``tail_grammar(generated)`` as a regex: ``tail_text(generated)`` then one digit 1–5."""
+    return _regex_literal(tail_text(generated)) + "[1-5]"

@@ -38,7 +38,7 @@ from ..errors import EngineError, PromptRefusedError
 from ..settings import check, default
 from ..verdict import StageTimings
 from ._http import HttpClient
-from ._vllm_request import VERDICT_REGEX, DigitIds, Reply, chat_body, image_url, tail_regex
+from ._vllm_request import DigitIds, Reply, chat_body, image_url
 from ._vllm_vocab import (
     ServedModel,
     Vocabulary,
@@ -61,6 +61,7 @@ from .base import (
     check_parts,
 )
 from .fleet import Fleet
+from .grammar import VERDICT_REGEX, tail_regex
 
 __all__ = ["VllmEngine", "DEFAULT_LANES", "DEFAULT_IMAGE_SIZE", "PATCH_SIZE"]
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edgejudge.engine.fleet import Fleet
+from edgejudge.engine.fleet import Fleet, unique_urls
 from edgejudge.errors import EngineError, ServerUnavailableError
 
 URLS = ("http://a", "http://b")
@@ -132,3 +132,77 @@ def test_bad_construction() -> None:
         Fleet([], [])
     with pytest.raises(EngineError, match="at least one lane"):
         Fleet(URLS, [1, 0])
+
+
+def test_one_server_per_spelling() -> None:
+    assert unique_urls(["http://h:1", " HTTP://H:1/", "http://h:2"]) == ["http://h:1", "http://h:2"]
+    with pytest.raises(EngineError, match="server http://h:1 is given twice"):
+        Fleet(["http://h:1", "http://H:1/"], [1, 1])
+
+
+def test_one_server_down_is_said_in_the_singular() -> None:
+    fleet = Fleet(URLS[:1], [1])
+
+    def down(server: int, lane: int) -> None:
+        raise ServerUnavailableError("http://a: refused", url="http://a")
+
+    with pytest.raises(EngineError) as info:
+        fleet.run("k", down)
+    assert str(info.value).startswith("the server is down: http://a: refused")
+    assert "all 1" not in str(info.value) and info.value.hint and "restart the server " in info.value.hint
+
+
+def test_a_dead_server_is_probed_in_the_background_and_readmitted() -> None:
+    """The probe runs at most every ``reprobe_s``, on its own thread (work goes on meanwhile on the live
+    server), and a server that passes it gets work again."""
+    back = threading.Event()
+    probes: list[float] = []
+    probe_started = threading.Event()
+
+    def probe(server: int) -> bool:
+        probes.append(time.monotonic())
+        probe_started.set()
+        time.sleep(0.2)  # a slow probe: nobody waits for it
+        return back.is_set()
+
+    fleet = Fleet(URLS, [1, 1], probe=probe, reprobe_s=0.3)
+    fleet.mark_dead(0, "http://a: refused")
+    dead_at = time.monotonic()
+    assert fleet.live() == [1]
+    deadline = time.monotonic() + 5
+    while not probe_started.is_set() and time.monotonic() < deadline:
+        began = time.monotonic()
+        assert fleet.run(None, _where)[0] == 1
+        assert time.monotonic() - began < 0.1  # starting work never waits for a probe
+        time.sleep(0.05)
+    assert probe_started.is_set() and probes[0] - dead_at >= 0.3 and fleet.live() == [1]
+    time.sleep(0.6)
+    fleet.run(None, _where)  # starts the second probe (the first said no)
+    back.set()
+    while fleet.live() != [0, 1] and time.monotonic() < deadline:
+        fleet.run(None, _where)
+        time.sleep(0.05)
+    assert fleet.live() == [0, 1] and fleet.stats[0].alive
+    assert all(b - a >= 0.3 for a, b in zip(probes, probes[1:], strict=False))
+    assert fleet.run("new-key", _where)[0] == 0  # the readmitted server (less done) gets new work
+
+
+def test_call_runs_without_a_lane_and_skips_dead_servers() -> None:
+    fleet = Fleet(URLS, [1, 1])
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(fleet.run, "img", lambda s, n: release.wait(5))
+        time.sleep(0.05)
+
+        def tokenize(server: int) -> int:
+            if server == 0:
+                raise ServerUnavailableError("http://a: gone", url="http://a")
+            return server
+
+        assert fleet.call(tokenize) == 1  # both lanes may be busy: call takes none
+        release.set()
+        holder.result(5)
+    assert fleet.live() == [1]
+    fleet.mark_dead(1, "http://b: gone")
+    with pytest.raises(EngineError, match="all 2 servers are down"):
+        fleet.call(tokenize)

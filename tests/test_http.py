@@ -18,8 +18,17 @@ from typing import Any
 
 import pytest
 
-from edgejudge.engine._http import HttpClient, RetryPolicy, ServerFailedError, ServerRequestError
-from edgejudge.errors import EngineError, ServerUnavailableError
+from edgejudge.engine._http import (
+    HttpClient,
+    RequestTimeoutError,
+    RetryPolicy,
+    ServerFailedError,
+    ServerRequestError,
+    ServerResponseError,
+    normalize_url,
+    row_error,
+)
+from edgejudge.errors import EngineError, PromptRefusedError, ServerUnavailableError
 
 #: (status, headers, body), or "sse:<events>" / "drop" / "slow"
 Reply = tuple[int, dict[str, str], bytes] | str
@@ -95,7 +104,7 @@ def server() -> Iterator[tuple[str, _Script]]:
 
 
 def _client(url: str, **kw: Any) -> HttpClient:
-    return HttpClient(url, retry=RetryPolicy(attempts=3, base_s=0.02, max_s=0.05), **kw)
+    return HttpClient(url, retry=RetryPolicy(attempts=3, base_s=0.02, max_s=0.05, outage_s=0.3), **kw)
 
 
 def _json(status: int, data: Any, **headers: str) -> Reply:
@@ -138,9 +147,12 @@ def test_refused_connection_and_timeouts_are_unavailable() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    started = time.perf_counter()
     with _client(f"http://127.0.0.1:{port}") as client, pytest.raises(ServerUnavailableError) as info:
         client.get_json("/health")
-    assert "connection refused" in str(info.value) and "after 3 tries" in str(info.value)
+    assert time.perf_counter() - started >= 0.3  # retried for the whole outage window, not 3 quick tries
+    tries = int(str(info.value).split(" failed after ")[1].split()[0])
+    assert "connection refused" in str(info.value) and tries > 3
     assert not HttpClient(f"http://127.0.0.1:{port}").healthy()
 
 
@@ -148,8 +160,9 @@ def test_read_timeout_and_dropped_connections(server: tuple[str, _Script]) -> No
     url, script = server
     script.replies = ["slow", "drop", _json(200, {"fine": 1})]
     with _client(url, timeout_s=0.3) as client:
-        with pytest.raises(ServerUnavailableError, match="no answer within the timeout"):
+        with pytest.raises(ServerUnavailableError, match="no answer within the timeout") as info:
             client.get_json("/slow", retry=False)
+        assert not isinstance(info.value, RequestTimeoutError)  # a GET: retried unless told not to
         time.sleep(0.8)  # the handler finishes its slow answer
         assert client.get_json("/y") == {"fine": 1}  # the dropped connection was retried
     assert len(script.seen) == 3
@@ -184,5 +197,81 @@ def test_bad_urls_and_non_json_answers(server: tuple[str, _Script]) -> None:
         HttpClient("127.0.0.1:8080")
     url, script = server
     script.replies = [(200, {"Content-Type": "text/html"}, b"<html>hello</html>")]
-    with _client(url) as client, pytest.raises(EngineError, match="did not answer JSON"):
+    with _client(url) as client, pytest.raises(ServerResponseError, match="did not answer JSON"):
         client.get_json("/")
+
+
+def test_a_post_that_times_out_is_sent_once(server: tuple[str, _Script]) -> None:
+    """A generation that takes longer than the timeout is not sent again (each retry would leave one more
+    abandoned generation on the server); a streamed one neither."""
+    url, script = server
+    script.replies = ["slow", "slow"]
+    with _client(url, timeout_s=0.3) as client:
+        with pytest.raises(RequestTimeoutError, match="no answer within 0.3 s") as info:
+            client.post_json("/completion", {"prompt": "x"})
+        assert info.value.timeout_s == 0.3 and info.value.url == url
+        with pytest.raises(RequestTimeoutError):
+            list(client.stream_events("/completion", {"stream": True}))
+    time.sleep(1.0)  # both slow answers are done
+    assert [path for _, path, _, _ in script.seen] == ["/completion", "/completion"]
+
+
+def test_a_server_restarting_within_the_outage_window_is_not_lost() -> None:
+    """Connection refused for ~0.6 s (a server restarting), then the server is there: the request, retried
+    with backoff for up to ``outage_s``, gets its answer."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = _Script()
+    script.replies = [_json(200, {"back": True})]
+    started: list[ThreadingHTTPServer] = []
+
+    def start_later() -> None:
+        time.sleep(0.6)
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(script))
+        started.append(httpd)
+        httpd.serve_forever(0.05)
+
+    thread = threading.Thread(target=start_later, daemon=True)
+    thread.start()
+    try:
+        retry = RetryPolicy(attempts=2, base_s=0.05, max_s=0.2, outage_s=5.0)
+        with HttpClient(f"http://127.0.0.1:{port}", retry=retry) as client:
+            assert client.post_json("/completion", {}) == {"back": True}
+    finally:
+        thread.join(2)
+        for httpd in started:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def test_row_error_tells_the_requests_failures_from_the_servers(server: tuple[str, _Script]) -> None:
+    url, script = server
+    with _client(url, timeout_s=0.3) as client:
+        timeout = RequestTimeoutError("t", url=url, timeout_s=0.3)
+        script.replies = [_json(200, {"status": "ok"})]  # /health answers: the server is fine
+        row = row_error(client, timeout, 7)
+        assert isinstance(row, PromptRefusedError) and row.index == 7
+        assert "longer than the request timeout (0.3 s)" in str(row) and row.hint and "max_tokens" in row.hint
+        failed = ServerFailedError("500", url=url, status=500)
+        script.replies = [_json(503, {"status": "loading"})]  # /health fails: the server's problem
+        assert row_error(client, failed, 1) is None
+        script.replies = [_json(200, {})]
+        assert isinstance(row_error(client, failed, 1), PromptRefusedError)
+        for own in (
+            ServerResponseError("bad", url=url),
+            ServerRequestError("no", url=url, status=400, server_message="no"),
+        ):
+            assert isinstance(row_error(client, own, 2), PromptRefusedError)
+        assert row_error(client, ServerUnavailableError("gone", url=url), 2) is None
+        assert row_error(client, EngineError("projector"), 2) is None
+
+
+def test_urls_have_one_spelling() -> None:
+    assert normalize_url(" HTTP://LocalHost:8080/ ") == "http://localhost:8080"
+    assert normalize_url("http://127.0.0.1:8080") == normalize_url("http://127.0.0.1:8080/")
+    assert normalize_url("https://Example.COM/v1/") == "https://example.com/v1"
+    assert HttpClient("http://H:1/").url == "http://h:1"
+    for bad in ("localhost:8080", "ftp://h", "http://", "http://h:notaport"):
+        with pytest.raises(EngineError, match="not an http"):
+            normalize_url(bad)

@@ -285,3 +285,109 @@ def test_a_token_id_grammar_makes_the_server_regenerate_exactly_those_tokens(
     with HttpClient(server.url) as client:
         answer = client.post_json("/completion", body)
     assert [t for t in answer["tokens"] if t not in vocab.eog] == tokens
+
+
+def _processing(url: str) -> bool:
+    import httpx
+
+    slots = httpx.get(f"{url}/slots", timeout=5, trust_env=False).json()
+    return any(s.get("is_processing") for s in slots)
+
+
+def test_a_generation_longer_than_the_timeout_is_that_requests_error(
+    tiny_gguf: tuple[Path, Path], server: ServerHandle, local: LlamaCppEngine
+) -> None:
+    """Review bug 1: the timeout is not retried and does not take the healthy server out; the generation
+    it abandoned does not go on on the server (llama-server drops a task whose connection closed)."""
+    import time
+
+    parts = _parts(local.image_size, "A blue circle on grass.", 11)
+    long = GenerationParams(temperature=0.0, max_tokens=800)
+    with LlamaServerEngine(*tiny_gguf, servers=[server.url], timeout_s=120) as patient:
+        patient.generate(parts, GenerationParams(temperature=0.0, max_tokens=2))  # the prompt is cached
+        started = time.perf_counter()
+        full = patient.generate(parts, long)
+        took = time.perf_counter() - started
+    assert full.timings.generated_tokens >= 400 and took > 0.5, (full.timings, took)  # really long
+    timeout = took / 6
+    with LlamaServerEngine(*tiny_gguf, servers=[server.url], timeout_s=timeout) as hasty:
+        with pytest.raises(PromptRefusedError) as info:
+            hasty.generate(parts, long)
+        assert f"took longer than the request timeout ({timeout:g} s)" in str(info.value)
+        assert info.value.hint is not None and "max_tokens" in info.value.hint
+        (stats,) = hasty.servers
+        assert stats.alive and stats.failed == 1 and hasty.concurrency == 2  # the server stays in
+        deadline = time.monotonic() + 10
+        while _processing(server.url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _processing(server.url)  # nothing left generating for nobody
+        short = hasty.generate(parts, GenerationParams(temperature=0.0, max_tokens=2))
+    assert short.text == local.generate(parts, GenerationParams(temperature=0.0, max_tokens=2)).text
+
+
+def test_two_spellings_of_one_server_are_one_member(
+    tiny_gguf: tuple[Path, Path], server: ServerHandle
+) -> None:
+    """Review bug 7: the URLs are normalised before they are deduplicated."""
+    host, port = server.url.removeprefix("http://").split(":")
+    spellings = [server.url, server.url + "/", f" HTTP://{host.upper()}:{port}/ "]
+    with LlamaServerEngine(*tiny_gguf, servers=spellings) as engine:
+        (stats,) = engine.servers
+        assert stats.url == server.url and engine.concurrency == 2
+
+
+def test_one_gbnf_literal_escaper_that_llama_cpp_reads_back(server: ServerHandle) -> None:
+    """Review bug 8: grammar.gbnf_literal (used by the local tail grammar and the server engine's forced
+    tail) escapes quotes, backslashes, \\n, \\r, \\t and other control characters so that llama.cpp's
+    grammar parser reads back exactly the text: the server, forced by it, generates that text."""
+    from edgejudge.engine._http import HttpClient
+    from edgejudge.engine.grammar import gbnf_literal, tail_grammar
+
+    text = 'a "q" \\ b\n\tc\r\x01é [RESULT] '
+    assert gbnf_literal(text) == '"a \\"q\\" \\\\ b\\n\\tc\\r\\x01é [RESULT] "'
+    assert tail_grammar("x\n[RES") == 'root ::= "ULT] " [1-5]\n'
+    body = {
+        "prompt": "Hello",
+        "grammar": f"root ::= {gbnf_literal(text)}\n",
+        "n_predict": 64,
+        "samplers": ["temperature"],
+        "temperature": 0.0,
+    }
+    with HttpClient(server.url) as client:
+        answer = client.post_json("/completion", body)
+    assert answer["content"] == text
+
+
+def test_a_distribution_at_an_approximate_context_says_so(
+    remote: LlamaServerEngine, local: LlamaCppEngine
+) -> None:
+    """Review bug 4: when max_tokens ends the text inside a UTF-8 character (or the tiny model wrote bytes
+    that are not UTF-8), llama-server cannot regenerate that context for the forced tail: text and score
+    are still the local engine's, and the generation carries APPROX_CONTEXT for its verdict. Clean texts
+    carry no note and match the local distribution within 1e-3."""
+    from edgejudge.engine._llama_server_run import APPROX_CONTEXT
+
+    approximate = clean = 0
+    worst = 0.0
+    for seed in range(12):
+        parts = _parts(local.image_size, f"Answer number {seed}.", 100 + seed)
+        for max_tokens in (60, 200):
+            params = GenerationParams(temperature=0.0, max_tokens=max_tokens)
+            want, got = local.generate(parts, params), remote.generate(parts, params)
+            assert got.text == want.text and got.forced_tail == want.forced_tail
+            assert got.score_probs is not None and want.score_probs is not None
+            if not want.forced_tail:
+                continue
+            head = want.text[: want.text.rindex("[RESULT]")].rstrip(" ")
+            if head.endswith("\ufffd"):
+                assert APPROX_CONTEXT in got.warnings, (seed, max_tokens)
+                approximate += 1
+                worst = max(worst, max(abs(got.score_probs[d] - want.score_probs[d]) for d in range(1, 6)))
+            elif "\ufffd" not in want.text:
+                assert got.warnings == (), (seed, max_tokens, got.warnings)
+                assert got.score_probs == pytest.approx(want.score_probs, abs=1e-3)
+                clean += 1
+        if approximate >= 2 and clean >= 2:
+            break
+    print(f"approximate contexts: {approximate}, largest difference {worst:.3f}; clean: {clean}")
+    assert approximate >= 1 and clean >= 2

@@ -36,8 +36,8 @@ __all__ = ["ServerInfo", "connect", "build_commit", "known_build"]
 
 _BUILD = re.compile(r"(?:^|-)([0-9a-f]{7,40})$")
 _BUILD_HINT = (
-    "run a llama-server built from the llama.cpp of the installed llama-cpp-python "
-    "(edgejudge server build), or judge with the local engine"
+    "run a llama-server built from the llama.cpp commit the installed llama-cpp-python vendors "
+    "(serverctl.build_server builds it), or judge with the local engine"
 )
 
 
@@ -122,7 +122,7 @@ def connect(
         raise CLSOrderMismatchError(
             f"the projector was converted for a llama.cpp that puts CLIP's class token "
             f"{mmproj.cls_position}, but the build of {url} ({build}) puts it {actual}",
-            hint="re-convert the checkpoint with this edgejudge (edgejudge convert ...) for that build",
+            hint="re-convert the checkpoint with this edgejudge for that build",
         ) from None
     slots = int(props.get("total_slots") or 0)
     n_ctx = _slot_context(client, props)

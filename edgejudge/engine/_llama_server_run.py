@@ -4,10 +4,12 @@ forced tail and score distribution.
 
 Every follow-up request sends the same prompt (its slot's cache holds it) and regenerates the tokens the
 first request generated with a token-id grammar (``_llama_server_wire.forced``), so it continues exactly
-that context, never a re-tokenization of its text. Two cases cannot be regenerated that way and are
-approximated: a forced tail after a character left open by the budget (the open bytes are left out of the
-tail's context; the text still shows them as U+FFFD, like the local engine's), and the distribution after
-a control token in an unconstrained text (the top-N at that position is used as it is).
+that context, never a re-tokenization of its text. Some contexts cannot be regenerated that way and are
+approximated, each with a note (``APPROX_CONTEXT``, ``APPROX_TOP_N``) for the verdict: a forced tail after
+bytes llama.cpp's grammar cannot force (a character left open by the budget, or bytes that are not
+UTF-8: the tail is read after the longest start that can be forced; the text still shows them as U+FFFD,
+like the local engine's), and a distribution at a position that cannot be regenerated (after such bytes or
+a control token: the top-N at that position is used as it is, unlisted digit tokens counted as 0).
 """
 
 from __future__ import annotations
@@ -19,14 +21,26 @@ from typing import Any
 
 from ..errors import EngineError
 from . import grammar as gbnf
-from ._http import HttpClient
+from ._http import HttpClient, ServerResponseError
 from ._llama_server_connect import ServerInfo
 from ._llama_server_score import BIAS, Track, from_post, from_top
 from ._llama_server_vocab import TextVocab
-from ._llama_server_wire import Completion, forced, gbnf_literal, sampler_fields
+from ._llama_server_wire import Completion, forced, sampler_fields
 from .base import TAIL_RESERVE, Generation, GenerationParams, PromptParts, StageTimings, TokenCallback
 
-__all__ = ["Slot", "Request", "run_generation"]
+__all__ = ["Slot", "Request", "run_generation", "APPROX_CONTEXT", "APPROX_TOP_N"]
+
+#: The note of a forced tail whose context llama-server could not be made to regenerate exactly.
+APPROX_CONTEXT = (
+    "score distribution read at an approximate context: the text ends in bytes that are not whole UTF-8 "
+    "characters (max_tokens ended it inside one, or the model wrote invalid UTF-8), which llama-server "
+    "cannot regenerate; the local engine's distribution can differ"
+)
+#: The note of a distribution read from the top-N alone (its position could not be regenerated).
+APPROX_TOP_N = (
+    "score distribution read from the server's top log-probabilities only (digit tokens outside them count "
+    "as 0): its position follows bytes llama-server cannot regenerate"
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ def run_generation(
             hint="start the server with the judge's projector (--mmproj)",
         )
     extra_s = 0.0
+    notes: list[str] = []
     source, context = main, track.tokens[: track.hit[0]] if track.hit else []
     forced_tail = params.constrained and track.hit is None
     if forced_tail:
@@ -111,8 +126,10 @@ def run_generation(
             replay.pop()
             elements = forced(replay, vocab.grammar_pieces)
         assert elements is not None
+        if len(replay) < len(track.tokens):
+            notes.append(APPROX_CONTEXT)
         rest = gbnf.tail_text(track.decoder.raw)
-        rule = " ".join(x for x in (elements[0], gbnf_literal(rest) if rest else "") if x)
+        rule = " ".join(x for x in (elements[0], gbnf.gbnf_literal(rest) if rest else "") if x)
         body = {
             **base,
             "grammar": f"root ::= {rule} [1-5]\n",
@@ -135,6 +152,7 @@ def run_generation(
             extra_s += seconds
             if probs is None and len(context) in source.top:  # not replayable: the top-N as it is
                 probs = from_top(source.top[len(context)], groups, top_n, eps=math.inf)
+                notes.append(APPROX_TOP_N)
     text = track.finish()
     seen = "".join(shown)
     if on_text is not None and not stream and text.startswith(seen) and len(text) > len(seen):
@@ -178,9 +196,10 @@ def _distribution(
     ids = _until_eog(answer.tokens, vocab)
     top = answer.top.get(len(ids) - 1)
     if top is None or not ids or ids[-1] not in choices:
-        raise EngineError(
+        raise ServerResponseError(  # this request's failure (its row's error), not the server's
             f"{at.info.url} did not answer the score distribution request as expected",
-            hint="report this with the server's build",
+            url=at.info.url,
+            hint="judge this one with the local engine, and report it with the server's build",
         )
     return from_post(top, groups), _seconds(answer)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .base import GenerationParams
 
-__all__ = ["sampler_fields", "forced", "Completion", "gbnf_literal", "REPEAT_LAST_N"]
+__all__ = ["sampler_fields", "forced", "Completion", "REPEAT_LAST_N"]
 
 #: The repetition penalty's window, as the local engine's sampler (native.sampling).
 REPEAT_LAST_N = 64
@@ -52,25 +52,6 @@ def sampler_fields(params: GenerationParams, seed: int | None) -> dict[str, Any]
         "mirostat": 0,
         "seed": -1 if seed is None else seed % 2**32,
     }
-
-
-def gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 _LEAD = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)  # llama-grammar.cpp's UTF-8 length table

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EngineError
+from ..errors import EngineError, ModelNotFoundError
 from ..judgefile import (
     CLS_KEY,
     NO_CLS_KEY_WARNING,
@@ -29,6 +29,7 @@ __all__ = [
     "find_mmproj",
     "check_text_model_name",
     "read_mmproj_info",
+    "resolve_pair",
     "check_cls_position",
     "NO_CLS_KEY_WARNING",
 ]
@@ -45,6 +46,23 @@ class MmprojInfo:
     @property
     def image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def resolve_pair(model_path: str | Path, mmproj_path: str | Path | None) -> tuple[Path, Path]:
+    """The judge pair's two files: ``model_path`` (a text-model GGUF, not a projector) and ``mmproj_path``,
+    by default the projector found beside it (``find_mmproj``); ModelNotFoundError when one is missing."""
+    model = Path(model_path)
+    if not model.is_file():
+        raise ModelNotFoundError(
+            f"model file not found: {model}", hint="pass the path of the text-model .gguf"
+        )
+    check_text_model_name(model)
+    mmproj = Path(mmproj_path) if mmproj_path is not None else find_mmproj(model)
+    if not mmproj.is_file():
+        raise ModelNotFoundError(
+            f"projector file not found: {mmproj}", hint="pass the path of the mmproj .gguf"
+        )
+    return model, mmproj
 
 
 def read_mmproj_info(path: Path) -> MmprojInfo:

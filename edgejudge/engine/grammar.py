@@ -20,6 +20,7 @@ __all__ = [
     "MAX_FEEDBACK_CHARS",
     "VERDICT_GRAMMAR",
     "VERDICT_REGEX",
+    "gbnf_literal",
     "tail_grammar",
     "tail_regex",
     "tail_text",
@@ -35,9 +36,23 @@ feedback ::= [^\[]{{1,{MAX_FEEDBACK_CHARS}}}
 """
 
 
-def _gbnf_literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (the one escaper of every engine): ``\\`` and ``"`` escaped,
+    ``\\n``, ``\\r``, ``\\t`` and the other control characters (``\\xHH``) written as escapes."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def tail_text(generated: str) -> str:
@@ -57,7 +72,7 @@ def tail_text(generated: str) -> str:
 def tail_grammar(generated: str) -> str:
     """GBNF forcing ``tail_text(generated)`` then one digit 1–5."""
     rest = tail_text(generated)
-    return f"root ::= {_gbnf_literal(rest)} [1-5]\n" if rest else "root ::= [1-5]\n"
+    return f"root ::= {gbnf_literal(rest)} [1-5]\n" if rest else "root ::= [1-5]\n"
 
 
 # -- the same languages as regular expressions (vLLM) --------------------------------------------------------

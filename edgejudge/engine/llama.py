@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._closing import Closing
-from ..errors import EngineError, ModelNotFoundError
+from ..errors import EngineError
 from ..settings import check, default
 from ._mmproj import (
     CLS_KEY,
     MmprojInfo,
     check_cls_position,
-    check_text_model_name,
     find_mmproj,
     read_mmproj_info,
+    resolve_pair,
 )
 from ._prompt import Request, group_requests, lcp, shared_prefix, units_of
 from .base import (
@@ -101,17 +101,7 @@ class LlamaCppEngine(Closing):
         from ._decoding import DigitTokens
 
         self._closed = True
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelNotFoundError(
-                f"model file not found: {self.model_path}", hint="pass the path of the text-model .gguf"
-            )
-        check_text_model_name(self.model_path)
-        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else find_mmproj(self.model_path)
-        if not self.mmproj_path.is_file():
-            raise ModelNotFoundError(
-                f"projector file not found: {self.mmproj_path}", hint="pass the path of the mmproj .gguf"
-            )
+        self.model_path, self.mmproj_path = resolve_pair(model_path, mmproj_path)
         for name, value in (
             ("n_ctx", n_ctx),
             ("max_parallel", max_parallel),

@@ -20,7 +20,11 @@ One generation is up to three ``POST /completion`` requests on the same slot (it
 
 Requests that share an image go to the same server and slot (``Fleet``: affinity by the fitted pixels'
 sha256); ``generate_many`` runs each image's requests one after another on one lane and different images
-at once; a server that stops answering is dropped and its work retried on the others.
+at once; a server that stops answering is dropped and its work retried on the others, and readmitted when
+its health check answers again and it still serves the pair (the fleet's probe, every ``reprobe_s``). A
+request that fails on its own (refused, answered in an unexpected shape, or longer than the request
+timeout on a server whose health check answers) is that request's ``PromptRefusedError``, not the
+server's (``_http.row_error``).
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .._closing import Closing
-from ..errors import EngineError, ModelNotFoundError, PromptRefusedError, ServerUnavailableError
+from ..errors import EngineError, PromptRefusedError
 from ..settings import check, default
-from ._http import HttpClient, RetryPolicy, ServerFailedError, ServerRequestError
+from ._http import HttpClient, RetryPolicy, row_error
 from ._llama_server_connect import ServerInfo, connect
 from ._llama_server_run import Request, Slot, run_generation
 from ._llama_server_vocab import read_text_model
-from ._mmproj import check_text_model_name, find_mmproj, read_mmproj_info
+from ._mmproj import read_mmproj_info, resolve_pair
 from .base import (
     TAIL_RESERVE,
     Generation,
@@ -51,7 +55,7 @@ from .base import (
     check_params,
     check_parts,
 )
-from .fleet import Fleet
+from .fleet import REPROBE_S, Fleet, unique_urls
 
 __all__ = ["LlamaServerEngine", "SCORE_TOP_N"]
 
@@ -66,7 +70,9 @@ class LlamaServerEngine(Closing):
     count; lane k uses slot k mod slots); ``max_parallel`` the ``parallel`` setting (the batch's group
     size); ``timeout_s`` one request's timeout; ``seed`` the default for generations without one;
     ``api_key`` is sent as a bearer token; ``score_top_n`` as ``SCORE_TOP_N``; ``runtime_cls`` the CLS
-    order of the known build (None: the local runtime's, ``probe.runtime_cls_position``)."""
+    order of the known build (None: the local runtime's, ``probe.runtime_cls_position``); ``retry`` the
+    HTTP retry policy; ``reprobe_s`` the shortest time between two probes of a dead server. Server URLs
+    are normalised and each server is one member however often it is given (``fleet.unique_urls``)."""
 
     def __init__(
         self,
@@ -82,19 +88,10 @@ class LlamaServerEngine(Closing):
         score_top_n: int = SCORE_TOP_N,
         runtime_cls: str | Callable[[], str] | None = None,
         retry: RetryPolicy | None = None,
+        reprobe_s: float = REPROBE_S,
     ) -> None:
         self._closed = True
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelNotFoundError(
-                f"model file not found: {self.model_path}", hint="pass the path of the text-model .gguf"
-            )
-        check_text_model_name(self.model_path)
-        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else find_mmproj(self.model_path)
-        if not self.mmproj_path.is_file():
-            raise ModelNotFoundError(
-                f"projector file not found: {self.mmproj_path}", hint="pass the path of the mmproj .gguf"
-            )
+        self.model_path, self.mmproj_path = resolve_pair(model_path, mmproj_path)
         for name, value in (
             ("concurrency", concurrency),
             ("max_parallel", max_parallel),
@@ -115,7 +112,7 @@ class LlamaServerEngine(Closing):
         self._top_n = max(score_top_n, 0)
         self._clients = [
             HttpClient(url, timeout_s=timeout_s, api_key=api_key, retry=retry, max_connections=64)
-            for url in dict.fromkeys(servers)
+            for url in unique_urls(servers)
         ]
         try:
             self._servers: list[ServerInfo] = [
@@ -128,8 +125,9 @@ class LlamaServerEngine(Closing):
         self.warnings: tuple[str, ...] = tuple(dict.fromkeys(w for s in self._servers for w in s.warnings))
         self._n_ctx = min(s.n_ctx for s in self._servers)
         lanes = [concurrency or s.slots for s in self._servers]
-        self._fleet = Fleet([s.url for s in self._servers], lanes)
         self._markers = tuple(dict.fromkeys(s.marker for s in self._servers))
+        self._runtime_cls = runtime_cls
+        self._fleet = Fleet([s.url for s in self._servers], lanes, probe=self._readmit, reprobe_s=reprobe_s)
         self._lock = threading.Lock()
         self._tokens: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._images: OrderedDict[str, str] = OrderedDict()
@@ -276,19 +274,13 @@ class LlamaServerEngine(Closing):
                 self._tokens.move_to_end(text)
                 return hit
         body = {"content": text, "add_special": False, "parse_special": False}
-        for index in self._fleet.live():
-            try:
-                answer = self._clients[index].post_json("/tokenize", body)
-            except ServerUnavailableError as err:
-                self._fleet.mark_dead(index, str(err))
-                continue
-            tokens = tuple(int(t) for t in answer.get("tokens", [])) if isinstance(answer, dict) else ()
-            with self._lock:
-                self._tokens[text] = tokens
-                while len(self._tokens) > _CACHE:
-                    self._tokens.popitem(last=False)
-            return tokens
-        raise self._fleet.all_down()
+        answer = self._fleet.call(lambda index: self._clients[index].post_json("/tokenize", body))
+        tokens = tuple(int(t) for t in answer.get("tokens", [])) if isinstance(answer, dict) else ()
+        with self._lock:
+            self._tokens[text] = tokens
+            while len(self._tokens) > _CACHE:
+                self._tokens.popitem(last=False)
+        return tokens
 
     def _image(self, parts: PromptParts) -> str:
         with self._lock:
@@ -316,14 +308,11 @@ class LlamaServerEngine(Closing):
                 image_tokens=self.image_tokens,
                 on_text=on_text,
             )
-        except ServerFailedError as err:
-            if client.healthy():  # the server is fine: this request made it fail
-                raise PromptRefusedError(
-                    f"{info.url} failed on this request: {err}", hint=err.hint, index=req.index
-                ) from None
+        except EngineError as err:
+            row = row_error(client, err, req.index)  # this request's own failure: the server stays in
+            if row is not None:
+                raise row from None
             raise
-        except ServerRequestError as err:
-            raise PromptRefusedError(str(err), hint=err.hint, index=req.index) from None
         self._fleet.record(
             server,
             done=1,
@@ -332,6 +321,18 @@ class LlamaServerEngine(Closing):
             generated_tokens=gen.timings.generated_tokens,
         )
         return gen
+
+    def _readmit(self, server: int) -> bool:
+        """Whether a dead server is back, serving what it served (the fleet's probe): the connect checks
+        again, a context at least the engine's and the same media marker."""
+        client = self._clients[server]
+        if self._closed or not client.healthy():
+            return False
+        info = connect(client, self._facts, self._info, self._runtime_cls)
+        if info.n_ctx < self._n_ctx or info.marker not in self._markers:
+            return False
+        self._servers[server] = info
+        return True
 
     def _check_open(self) -> None:
         if self._closed:

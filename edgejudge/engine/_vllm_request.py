@@ -8,9 +8,12 @@
   with the literal image token, sent with ``add_generation_prompt`` off (the served chat template renders
   BOS + the text, nothing else), every sampling setting explicit (so a model's generation defaults never
   apply: no top-k, no min-p), ``logprobs`` with ``logprob_token_ids`` = the digit tokens, and the tokens
-  named by id (``return_tokens_as_token_ids``); always streamed, with usage in the last event;
+  named by id (``return_tokens_as_token_ids``), the tokens the local model does not have (``<image>``,
+  ``<pad>``) banned by ``logit_bias``; always streamed, with usage in the last event;
 - the answer (``Reply``): the streamed events folded into the text (the server's own detokenization),
   each generated token (id, bytes, the listed ids' logprobs), the finish reason, usage and timings;
+  ``ShownText``: what a caller's ``on_text`` sees of one generation over its tries (a try on another
+  server after a stream broke shows only the text beyond what was shown);
 - the score (``DigitIds.score_probs``): the digit distribution at the score position, with the semantics
   of ``engine._decoding`` (p_d ∝ Σ exp(logprob) over the tokens whose piece is exactly ``d`` after
   ``"[RESULT] "``, or ``" d"`` after ``"[RESULT]"``, byte-fallback tokens included, renormalised over
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,7 @@ from ..errors import EngineError
 from ._reading import score_groups, softmax_digits
 from .base import GenerationParams, PromptParts
 
-__all__ = ["DigitIds", "Reply", "Token", "chat_body", "image_url"]
+__all__ = ["DigitIds", "Reply", "ShownText", "Token", "chat_body", "image_url"]
 
 
 def image_url(parts: PromptParts) -> str:
@@ -53,10 +56,12 @@ def chat_body(
     regex: str | None,
     digit_ids: Sequence[int],
     continuation: str | None = None,
+    banned: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The ``/v1/chat/completions`` body of one generation (see the module docstring). ``prompt`` is the
     whole text with the image token where the image goes; ``url`` the image (None: a text-only prompt, for
-    tokenizing); ``continuation`` the text generated so far (the forced tail continues it)."""
+    tokenizing); ``continuation`` the text generated so far (the forced tail continues it); ``banned`` the
+    token ids never to generate (``logit_bias`` -100, vLLM's floor: each one's odds scaled by e^-100)."""
     content: list[dict[str, Any]] = []
     if url is not None:
         content.append({"type": "image_url", "image_url": {"url": url}})
@@ -87,6 +92,8 @@ def chat_body(
         body["seed"] = params.seed
     if regex is not None:
         body["structured_outputs"] = {"regex": regex}
+    if banned:
+        body["logit_bias"] = {str(t): -100.0 for t in banned}
     return body
 
 
@@ -160,6 +167,31 @@ class Reply:
             if new and on_text is not None:
                 on_text(new)
         return self
+
+
+class ShownText:
+    """The text of one generation as ``on_text`` sees it, over all its tries (a server may die mid-stream
+    and the generation run again elsewhere): without the leading whitespace (as the local engine streams),
+    and a later try shows only what goes beyond the text already shown (nothing when it wrote otherwise)."""
+
+    def __init__(self, on_text: Callable[[str], None] | None) -> None:
+        self.on_text = on_text
+        self.shown = ""
+
+    def attempt(self) -> Callable[[str], None] | None:
+        """The callback for the pieces of one try (None when nobody listens)."""
+        on_text = self.on_text
+        if on_text is None:
+            return None
+        seen = [""]  # this try's text so far, without the leading whitespace
+
+        def add(piece: str) -> None:
+            seen[0] = seen[0] + piece if seen[0] else piece.lstrip()
+            if len(seen[0]) > len(self.shown) and seen[0].startswith(self.shown):
+                new, self.shown = seen[0][len(self.shown) :], seen[0]
+                on_text(new)
+
+        return add
 
 
 # -- the score -----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import EngineError
-from ._http import HttpClient
+from ._http import HttpClient, ServerResponseError
 from ._vllm_request import DigitIds
 
 __all__ = ["ServedModel", "Vocabulary", "served_model", "read_vocabulary", "check_template", "image_tokens"]
@@ -85,14 +85,24 @@ def served_model(client: HttpClient, wanted: Sequence[str], folder: str | None =
 def tokenize(client: HttpClient, model: str, text: str, *, special: bool = False) -> list[int]:
     """The server's token ids of ``text`` (``special``: with the tokenizer's own BOS)."""
     answer = client.post_json("/tokenize", {"model": model, "prompt": text, "add_special_tokens": special})
-    return [int(t) for t in answer["tokens"]]
+    return _tokens(client, answer)
 
 
 def tokenize_chat(client: HttpClient, body: dict[str, Any]) -> list[int]:
     """The server's token ids of a chat request's prompt (messages rendered by its chat template)."""
     keys = ("model", "messages", "add_generation_prompt", "continue_final_message")
-    answer = client.post_json("/tokenize", {k: body[k] for k in keys if k in body})
-    return [int(t) for t in answer["tokens"]]
+    return _tokens(client, client.post_json("/tokenize", {k: body[k] for k in keys if k in body}))
+
+
+def _tokens(client: HttpClient, answer: Any) -> list[int]:
+    tokens = answer.get("tokens") if isinstance(answer, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise ServerResponseError(
+            f"{client.url}: /tokenize answered without a list of token ids",
+            url=client.url,
+            hint="check that the URL is a vLLM server's",
+        )
+    return tokens
 
 
 def _detokenize(client: HttpClient, model: str, ids: list[int]) -> str:

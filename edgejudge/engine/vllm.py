@@ -16,34 +16,54 @@ tokens (llama.cpp's the last 64); with the default 1 (off) they agree.
 
 A text that the server's tokenizer would read as a control token (``</s>``, ``<s>``, ``<image>`` …; the
 local engine reads them as plain text) is refused with ``PromptRefusedError`` before anything is generated.
+The tokens the local model does not have (``<image>``, ``<pad>``; their ids from the server's tokenizer) are
+banned from the output (``logit_bias``), so a feedback never holds them.
+
+Errors: what is one request's own (a 4xx, a malformed answer, a 5xx or a timeout while the server's health
+check answers, no room for the forced tail) is that request's ``PromptRefusedError`` (``index``: its place in
+``generate_many``; a judge makes it that task's error) and the server stays in (``_http.row_error``, the
+rule the llama-server engine follows too); only a server that is down or unhealthy fails over.
 
 Servers: a ``Fleet`` with ``concurrency`` lanes per server (default ``DEFAULT_LANES``: vLLM batches what
 is in flight itself), rows of one image on the server that last saw it (its prefix cache hits), a server
-that fails after the retries of ``_http`` taken out and its work run on the others. ``clear_cache`` cannot
-reach a server's prefix cache (vLLM resets it only in its development mode): results never depend on it.
+that fails after the retries of ``_http`` taken out and its work run on the others (a stream shown live
+shows only what goes beyond the text already shown), and taken back once its health check answers and it
+serves the model again. Tokenizing runs on any live server without holding a generation lane
+(``Fleet.call``). ``clear_cache`` cannot reach a server's prefix cache (vLLM resets it only in its
+development mode): results never depend on it.
+
+``model_name`` (the verdicts' ``model`` setting, part of every resume key) is the same on every machine:
+the local llava-hf folder's name when ``model`` is one; else the served model's name when the server was
+given one (``--served-model-name``), or the last part of the path (or hub repository) it was started on.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._closing import Closing
-from ..errors import EngineError, PromptRefusedError
+from ..errors import EngineError, PromptRefusedError, ServerUnavailableError
 from ..settings import check, default
 from ..verdict import StageTimings
-from ._http import HttpClient
-from ._vllm_request import DigitIds, Reply, chat_body, image_url
+from ._http import HttpClient, row_error
+from ._vllm_model import (
+    DEFAULT_IMAGE_SIZE,
+    IMAGE_TOKEN,
+    LLAVA_HF_HINT,
+    PATCH_SIZE,
+    image_geometry,
+    local_folder,
+    model_identity,
+)
+from ._vllm_request import DigitIds, Reply, ShownText, chat_body, image_url
 from ._vllm_vocab import (
     ServedModel,
     Vocabulary,
     check_template,
-    image_tokens,
     read_vocabulary,
     served_model,
     tokenize,
@@ -60,55 +80,17 @@ from .base import (
     check_params,
     check_parts,
 )
-from .fleet import Fleet
+from .fleet import Fleet, unique_urls
 from .grammar import VERDICT_REGEX, tail_regex
 
 __all__ = ["VllmEngine", "DEFAULT_LANES", "DEFAULT_IMAGE_SIZE", "PATCH_SIZE"]
 
 #: Requests in flight per server when ``concurrency`` is not given.
 DEFAULT_LANES = 8
-#: LLaVA-1.5's tower input (CLIP ViT-L/14-336) and patch side: the image size of a served model whose
-#: llava-hf folder is not at hand is derived from the server's image token count with it.
-DEFAULT_IMAGE_SIZE = 336
-PATCH_SIZE = 14
-_IMAGE_TOKEN = "<image>"
 
-
-def _local_folder(model: str | None) -> Path | None:
-    if model is None:
-        return None
-    path = Path(model).expanduser()
-    return path if (path / "config.json").is_file() else None
-
-
-def _folder_image_size(folder: Path) -> tuple[int, int]:
-    """(image size, patch size) from a llava-hf folder's ``config.json``."""
-    try:
-        vision = json.loads((folder / "config.json").read_text(encoding="utf-8"))["vision_config"]
-        return int(vision["image_size"]), int(vision["patch_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise EngineError(
-            f"{folder / 'config.json'} has no vision_config with image_size and patch_size",
-            hint="give the folder of a llava-hf export (edgejudge convert --to llava-hf)",
-        ) from None
-
-
-class _Stream:
-    """Streams generated text to ``on_text`` without the leading whitespace (as the local engine does)."""
-
-    def __init__(self, on_text: TokenCallback | None) -> None:
-        self.on_text = on_text
-        self.started = False
-
-    def add(self, piece: str) -> None:
-        if self.on_text is None:
-            return
-        if not self.started:
-            piece = piece.lstrip()
-            if not piece:
-                return
-            self.started = True
-        self.on_text(piece)
+#: Served tokens the local model (the GGUF) does not have: never generated (``logit_bias``).
+_BANNED = (IMAGE_TOKEN, "<pad>")
+T = TypeVar("T")
 
 
 class VllmEngine(Closing):
@@ -132,7 +114,7 @@ class VllmEngine(Closing):
         api_key: str | None = None,
     ) -> None:
         self._closed = True
-        urls = [str(u) for u in servers]
+        urls = unique_urls(str(u) for u in servers)  # one client per server, however its URL is spelt
         if not urls:
             raise EngineError(
                 "no vLLM server given", hint="give the URL of a vLLM server, e.g. http://HOST:8000"
@@ -142,7 +124,7 @@ class VllmEngine(Closing):
         check("request_timeout", timeout_s)
         lanes = concurrency if concurrency is not None else DEFAULT_LANES
         self._max_parallel = max_parallel
-        self._folder = _local_folder(model)
+        self._folder = local_folder(model)
         wanted = [] if model is None else [model]
         if self._folder is not None:
             wanted.append(str(self._folder.resolve()))
@@ -155,7 +137,7 @@ class VllmEngine(Closing):
             for client in self._clients:
                 client.close()
             raise
-        self._fleet = Fleet([c.url for c in self._clients], [lanes] * len(self._clients))
+        self._fleet = Fleet([c.url for c in self._clients], [lanes] * len(self._clients), probe=self._back)
         self._closed = False
 
     def _connect(self, wanted: list[str]) -> None:
@@ -170,36 +152,19 @@ class VllmEngine(Closing):
                     hint="serve the same model with the same max_model_len on every server",
                 )
         self._served: ServedModel = first
+        self._identity = model_identity(first, self._folder)
         self._vocab: Vocabulary = read_vocabulary(self._clients[0], first.name)
         for client in self._clients:
             check_template(client, first.name, self._vocab.bos)
-        image_ids = [t for t, text in self._vocab.control.items() if text == _IMAGE_TOKEN]
+        image_ids = [t for t, text in self._vocab.control.items() if text == IMAGE_TOKEN]
         if not image_ids:
             raise EngineError(
-                f"{self._clients[0].url}: the served vocabulary has no {_IMAGE_TOKEN} token",
-                hint="serve a llava-hf export (edgejudge convert --to llava-hf)",
+                f"{self._clients[0].url}: the served vocabulary has no {IMAGE_TOKEN} token",
+                hint=LLAVA_HF_HINT,
             )
         self._image_id = image_ids[0]
-        warnings: list[str] = []
-        if self._folder is not None:
-            size, patch = _folder_image_size(self._folder)
-            expected = (size // patch) ** 2
-        else:
-            size, expected = DEFAULT_IMAGE_SIZE, 0
-        n = image_tokens(self._clients[0], first.name, self._image_id, _IMAGE_TOKEN, size)
-        if self._folder is not None and n != expected:
-            raise EngineError(
-                f"{self._clients[0].url} gives an image {n} prompt positions, the folder's config {expected}",
-                hint="start the server on that folder, with --chat-template-content-format string",
-            )
-        if self._folder is None:
-            side = math.isqrt(n)
-            if side * side == n:
-                size = side * PATCH_SIZE
-            warnings.append(
-                f"image size {size} assumed from the server's {n} image tokens (LLaVA-1.5's "
-                f"{PATCH_SIZE}-pixel patches); name the model's llava-hf folder to read it from its config"
-            )
+        self._banned = tuple(sorted(t for t, text in self._vocab.control.items() if text in _BANNED))
+        size, n, warnings = image_geometry(self._clients[0], first.name, self._image_id, self._folder)
         self._image_size, self._image_tokens = size, n
         self._skip = frozenset(self._vocab.control)
         self.warnings: tuple[str, ...] = tuple(warnings)
@@ -211,6 +176,12 @@ class VllmEngine(Closing):
 
     @property
     def model_name(self) -> str:
+        """The judge's identity, the same on every machine (the module docstring's rule)."""
+        return self._identity
+
+    @property
+    def served_name(self) -> str:
+        """The model name the requests send (vLLM's ``id`` of it)."""
         return self._served.name
 
     @property
@@ -246,11 +217,16 @@ class VllmEngine(Closing):
         """The score digits' token ids found in the served vocabulary."""
         return self._vocab.digits
 
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """The served tokens never generated (``<image>``, ``<pad>``: the local model has no such tokens)."""
+        return self._banned
+
     def count_tokens(self, text: str) -> int:
         self._check_open()
         if not text:
             return 0
-        return self._fleet.run(None, lambda s, _: len(tokenize(self._clients[s], self._served.name, text)))
+        return len(self._on_any(lambda client: tokenize(client, self._served.name, text), None))
 
     def generate(
         self,
@@ -263,12 +239,13 @@ class VllmEngine(Closing):
         check_parts(parts, self.image_size)
         prompt = self._prompt(parts)
         n_prompt, image_end = self._measure(prompt, params, None)
-        return self._run(parts, prompt, params, n_prompt, image_end, on_text)
+        return self._run(parts, prompt, params, n_prompt, image_end, on_text, None)
 
     def generate_many(self, requests: Sequence[tuple[PromptParts, GenerationParams]]) -> list[Generation]:
         """One generation per request, in order, up to ``max_parallel`` in flight at once (the server
         batches them). Every request is checked (settings, image, control tokens, context) before any is
-        sent; ``index`` in the error names the offending one."""
+        sent; ``index`` in the error names the offending one (also for a request the server then fails on:
+        the module docstring's rule)."""
         self._check_open()
         for parts, params in requests:
             check_params(params)
@@ -280,8 +257,10 @@ class VllmEngine(Closing):
                 pool.map(lambda i: self._measure(prompts[i], requests[i][1], i), range(len(requests)))
             )
             jobs = [
-                pool.submit(self._run, parts, prompt, params, n, end, None)
-                for (parts, params), prompt, (n, end) in zip(requests, prompts, measured, strict=True)
+                pool.submit(self._run, parts, prompt, params, n, end, None, i)
+                for i, ((parts, params), prompt, (n, end)) in enumerate(
+                    zip(requests, prompts, measured, strict=True)
+                )
             ]
             return [job.result() for job in jobs]
 
@@ -296,15 +275,46 @@ class VllmEngine(Closing):
         for client in self._clients:
             client.close()
 
+    # -- servers ---------------------------------------------------------------------------------------
+    def _back(self, server: int) -> bool:
+        """Whether a dead server may be taken back: it is healthy and serves the model as at connect."""
+        client = self._clients[server]
+        if not client.healthy():
+            return False
+        try:
+            again = served_model(client, [self._served.name])
+        except EngineError:
+            return False
+        return (again.name, again.n_ctx) == (self._served.name, self._served.n_ctx)
+
+    def _on_any(self, call: Callable[[HttpClient], T], index: int | None) -> T:
+        """``call(client)`` on a live server without holding a lane (tokenizing); a failure that is the
+        request's own is ``index``'s ``PromptRefusedError`` (module docstring), a server down the next one."""
+
+        def work(server: int) -> T:
+            return self._own_errors(server, index, lambda: call(self._clients[server]))
+
+        return self._fleet.call(work)
+
+    def _own_errors(self, server: int, index: int | None, call: Callable[[], T]) -> T:
+        """``call()``, with a failure of the one request turned into its ``PromptRefusedError``."""
+        try:
+            return call()
+        except EngineError as err:
+            row = row_error(self._clients[server], err, index)
+            if row is not None:
+                raise row from None
+            raise
+
     # -- one generation --------------------------------------------------------------------------------
     def _prompt(self, parts: PromptParts) -> str:
-        return parts.before_image + _IMAGE_TOKEN + parts.after_image
+        return parts.before_image + IMAGE_TOKEN + parts.after_image
 
     def _measure(self, prompt: str, params: GenerationParams, index: int | None) -> tuple[int, int]:
         """(prompt positions, end of the image) of ``prompt`` on the servers; refuses control tokens in
         its text and a prompt that does not fit."""
         body = chat_body(self._served.name, prompt, None, params, max_tokens=1, regex=None, digit_ids=[])
-        ids = self._fleet.run(None, lambda s, _: tokenize_chat(self._clients[s], body))
+        ids = self._on_any(lambda client: tokenize_chat(client, body), index)
         control = Counter(t for t in ids[1:] if t in self._vocab.control)
         control[self._image_id] -= 1
         surplus = sorted(self._vocab.control[t] for t, n in control.items() if n > 0)
@@ -327,11 +337,14 @@ class VllmEngine(Closing):
         n_prompt: int,
         image_end: int,
         on_text: TokenCallback | None,
+        index: int | None,
     ) -> Generation:
         url = image_url(parts)
+        shown = ShownText(on_text)  # over the tries: a server may die mid-stream
 
         def work(server: int, _lane: int) -> Generation:
-            return self._generate_on(server, prompt, url, params, n_prompt, image_end, on_text)
+            args = (server, prompt, url, params, n_prompt, image_end, shown.attempt(), index)
+            return self._own_errors(server, index, lambda: self._generate_on(*args))
 
         return self._fleet.run(parts.pixels_sha256, work)
 
@@ -343,11 +356,11 @@ class VllmEngine(Closing):
         params: GenerationParams,
         n_prompt: int,
         image_end: int,
-        on_text: TokenCallback | None,
+        on_text: Callable[[str], None] | None,
+        index: int | None,
     ) -> Generation:
         client = self._clients[server]
         name, digits = self._served.name, self._vocab.digits
-        stream = _Stream(on_text)
         budget = params.max_tokens
         if params.constrained:
             budget = min(budget, self.n_ctx - n_prompt - TAIL_RESERVE)
@@ -356,9 +369,16 @@ class VllmEngine(Closing):
         if budget > 0:
             regex = VERDICT_REGEX if params.constrained else None
             body = chat_body(
-                name, prompt, url, params, max_tokens=budget, regex=regex, digit_ids=digits.all_ids
+                name,
+                prompt,
+                url,
+                params,
+                max_tokens=budget,
+                regex=regex,
+                digit_ids=digits.all_ids,
+                banned=self._banned,
             )
-            replies.append(self._stream(client, body, stream.add))
+            replies.append(self._stream(client, body, on_text))
             probs = digits.score_probs(replies[0].tokens, self._vocab.pieces, self._skip)
         raw = replies[0].text if replies else ""
         forced = params.constrained and probs is None
@@ -372,15 +392,18 @@ class VllmEngine(Closing):
                 regex=tail_regex(raw),
                 digit_ids=digits.all_ids,
                 continuation=raw or None,
+                banned=self._banned,
             )
             room = self.n_ctx - (len(tokenize_chat(client, body)) - 1 + self._image_tokens)
-            if room < 1:
-                raise EngineError(
-                    f"no room left for the forced tail in the context window ({self.n_ctx})",
-                    hint="lower max_tokens or raise the server's max_model_len",
+            if room < 1:  # the server re-tokenized the text into more positions than it generated
+                raise PromptRefusedError(
+                    f"no room left for the forced tail in the context window ({self.n_ctx}): the "
+                    "generated text re-tokenizes into more positions than were generated",
+                    hint="lower max_tokens, or raise the servers' max_model_len",
+                    index=index,
                 )
             body["max_tokens"] = min(TAIL_RESERVE, room)
-            replies.append(self._stream(client, body, stream.add))
+            replies.append(self._stream(client, body, on_text))
             probs = digits.score_probs(replies[-1].tokens, self._vocab.pieces, self._skip, raw)
         generated = sum(1 for r in replies for t in r.tokens if t.id not in self._skip)
         first = replies[0]
@@ -404,8 +427,17 @@ class VllmEngine(Closing):
         text = "".join(r.text for r in replies).lstrip()
         return Generation(text=text, score_probs=probs, forced_tail=forced, timings=timings)
 
-    def _stream(self, client: HttpClient, body: dict[str, Any], on_text: Callable[[str], None]) -> Reply:
-        return Reply().fold(client.stream_events("/v1/chat/completions", body), on_text)
+    def _stream(
+        self, client: HttpClient, body: dict[str, Any], on_text: Callable[[str], None] | None
+    ) -> Reply:
+        reply = Reply().fold(client.stream_events("/v1/chat/completions", body), on_text)
+        if reply.finish_reason is None:  # the connection ended without the end of the generation
+            raise ServerUnavailableError(
+                f"{client.url}: the stream of POST /v1/chat/completions ended before the generation did",
+                url=client.url,
+                hint="check the server; a fleet retries the request on another server",
+            )
+        return reply
 
     def _check_open(self) -> None:
         if self._closed:

@@ -49,7 +49,7 @@ from .._closing import Closing
 from ..errors import EngineError, PromptRefusedError, ServerUnavailableError
 from ..settings import check, default
 from ..verdict import StageTimings
-from ._http import HttpClient, row_error
+from ._http import HttpClient, RetryPolicy, row_error
 from ._vllm_model import (
     DEFAULT_IMAGE_SIZE,
     IMAGE_TOKEN,
@@ -100,7 +100,8 @@ class VllmEngine(Closing):
     the server must serve that folder) or None for the servers' only model. ``concurrency`` is the requests
     in flight per server (None: ``DEFAULT_LANES``), ``max_parallel`` how many requests of one
     ``generate_many`` call are sent at once, ``timeout_s`` the longest wait on a server, ``api_key`` the
-    servers' ``--api-key``. Every server must answer and serve the same model when the engine connects.
+    servers' ``--api-key``, ``retry`` how failures are retried (``_http.RetryPolicy``). Every server must
+    answer and serve the same model when the engine connects.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class VllmEngine(Closing):
         max_parallel: int = default("parallel"),
         timeout_s: float = default("request_timeout"),
         api_key: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._closed = True
         urls = unique_urls(str(u) for u in servers)  # one client per server, however its URL is spelt
@@ -129,7 +131,8 @@ class VllmEngine(Closing):
         if self._folder is not None:
             wanted.append(str(self._folder.resolve()))
         self._clients = [
-            HttpClient(url, timeout_s=timeout_s, api_key=api_key, max_connections=lanes + 4) for url in urls
+            HttpClient(url, timeout_s=timeout_s, api_key=api_key, retry=retry, max_connections=lanes + 4)
+            for url in urls
         ]
         try:
             self._connect(wanted)

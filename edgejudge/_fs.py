@@ -35,6 +35,7 @@ from typing import BinaryIO, NamedTuple
 from .errors import EdgeJudgeError, InputError
 
 __all__ = [
+    "write_user_file",
     "user_path",
     "open_regular",
     "read_regular",
@@ -288,6 +289,20 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def write_user_file(path: Path, data: bytes | Callable[[BinaryIO], None], *, what: str, about: str) -> None:
+    """``atomic_write`` of a file the user named (``what``: "the output", "the answers file"; ``about``: the
+    parameter naming it), its folder created: an OSError is one ``InputError`` naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {what} {path}: {exc.strerror or exc}",
+            hint=f"write {what} into a folder you can write to",
+            about=about,
+        ) from None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -164,13 +164,5 @@ def write_reference_answers(
         for line in lines:
             handle.write(_jsonl.dumps_line(line))
 
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _fs.atomic_write(target, write)
-    except OSError as exc:
-        raise InputError(
-            f"cannot write the answers file {target}: {exc.strerror or exc}",
-            hint="write the answers into a folder you can write to",
-            about="answers",
-        ) from None
+    _fs.write_user_file(target, write, what="the answers file", about="answers")
     return AnswersSummary(str(target), len(lines), errors, missing, stale)

@@ -132,9 +132,11 @@ def name_overflow(
     sizes: dict[str, int],
     n_ctx: int,
     max_tokens: int,
+    on_servers: bool = False,
 ) -> ContextOverflowError:
     """``err`` restated for people: the longest field of ``sizes`` (field → its tokens) and each change
-    that is enough on its own (shorten it, lower max_tokens, both, or raise n_ctx)."""
+    that is enough on its own (shorten it, lower max_tokens, both, or raise n_ctx; ``on_servers``: the
+    context is the servers' own, per slot, so that is what to raise)."""
     field = max(sizes, key=lambda k: sizes[k])
     over = err.over_by
     fixes = []  # only the changes that are enough on their own
@@ -144,7 +146,10 @@ def name_overflow(
         fixes.append(f"lower max_tokens from {max_tokens} to {max_tokens - over} or less")
     if not fixes and over < sizes[field] + max_tokens:
         fixes.append(f"shorten the {field} and lower max_tokens ({max_tokens}) by {over}+ tokens in all")
-    fixes.append(f"raise n_ctx to {n_ctx + over}+")
+    if on_servers:
+        fixes.append(f"start the servers with {n_ctx + over}+ tokens of context per slot")
+    else:
+        fixes.append(f"raise n_ctx to {n_ctx + over}+")
     return ContextOverflowError(
         f"the prompt does not fit the context window ({n_ctx} tokens): {over} tokens too "
         f"many; the {field} is the longest field ({sizes[field]} tokens)",

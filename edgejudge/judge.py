@@ -433,7 +433,10 @@ class Judge(Closing):
             rubric=prepared.rubric,
             reference=prepared.reference,
         )
-        return name_overflow(err, sizes=sizes, n_ctx=self.engine.n_ctx, max_tokens=max_tokens)
+        engine = self.engine
+        return name_overflow(
+            err, sizes=sizes, n_ctx=engine.n_ctx, max_tokens=max_tokens, on_servers=bool(engine.servers)
+        )
 
     # -- lifetime --------------------------------------------------------------------------------------
     def close(self) -> None:

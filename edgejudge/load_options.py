@@ -32,6 +32,9 @@ ENGINE_FIELDS = (
     "seed",
 )
 
+#: The in-process engine's runtime fields a remote engine refuses (its servers have their own).
+_LOCAL_ONLY = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "image_cache_size")
+
 #: The engines that run on servers (``servers`` required).
 REMOTE_ENGINES = ("llama-server", "vllm")
 _ENGINES = ("llama.cpp", *REMOTE_ENGINES)
@@ -44,7 +47,9 @@ class LoadOptions:
     llava-hf folder), the projector (None: found beside the text model or in the registry) and the runtime
     settings. Checked on creation (``image_fit`` only as text: its modes are checked by
     ``images.check_fit`` before anything is loaded): ``engine`` is one of llama.cpp, llama-server, vllm;
-    a remote engine needs ``servers`` and the in-process one takes none. ``seed`` is the engine's default
+    a remote engine needs ``servers`` and refuses the in-process runtime fields set to anything but their
+    defaults (n_ctx, n_threads, n_gpu_layers, n_batch, image_cache_size: the servers' own), and the
+    in-process one takes no ``servers``. ``seed`` is the engine's default
     seed, for generations that do not set one (the ``seed`` setting's default and bounds).
     """
 
@@ -82,6 +87,15 @@ class LoadOptions:
                 hint="give servers (e.g. http://127.0.0.1:8080)",
                 about=("servers",),
             )
+        if self.remote:
+            local = [name for name in _LOCAL_ONLY if getattr(self, name) != default(name)]
+            if local:
+                raise InputError(
+                    f"{', '.join(local)} set for the {self.engine} engine: the servers have their own "
+                    "(context per slot, threads, GPU layers)",
+                    hint="set them when starting the servers, and leave them unset here",
+                    about=tuple(local),
+                )
         if self.engine == "llama.cpp" and self.servers:
             raise InputError(
                 "servers were given but the engine is llama.cpp (in this process)",

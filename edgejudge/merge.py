@@ -165,7 +165,7 @@ def check_target(inputs: Sequence[str | Path], output: str | Path, *, overwrite:
 
 def _read(path: Path) -> tuple[MergeInput, dict[str, dict[str, Any]], list[dict[str, Any]]]:
     label = str(path)
-    scan = scan_output(path, label)  # a missing file, a folder, a FIFO: InputError naming it
+    scan = scan_output(path, label, "batch log")  # a missing file, a folder, a FIFO: InputError naming it
     size = path.stat().st_size
     if size and scan.batch_rows == 0 and not (scan.tail == "cut" and scan.foreign == 0):
         raise InputError(
@@ -308,15 +308,7 @@ def write_merge(plan: MergePlan, output: str | Path, *, overwrite: bool = False)
             for line in plan.lines:
                 handle.write(_jsonl.dumps_line(line))
 
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _fs.atomic_write(target, write)
-        except OSError as exc:
-            raise InputError(
-                f"cannot write the output {target}: {exc.strerror or exc}",
-                hint="write the output into a folder you can write to",
-                about="output",
-            ) from None
+        _fs.write_user_file(target, write, what="the output", about="output")
     return target
 
 

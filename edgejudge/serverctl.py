@@ -224,10 +224,12 @@ def start_server(
             hint="build it once with `edgejudge server build` (about 4 minutes on 2 cores), or set "
             f"{BINARY_ENV} to your own llama-server",
         )
+    named = "the binary given" if binary is not None else BINARY_ENV
     if not exe.is_file() or not os.access(exe, os.X_OK):
         raise EngineError(
             f"the llama-server binary {exe} does not exist or is not executable",
-            hint=f"build it with `edgejudge server build`, or fix {BINARY_ENV}",
+            hint=f"build it with `edgejudge server build`, or fix {named}",
+            about="binary" if binary is not None else (),
         )
     command = server_command(
         exe,
@@ -255,7 +257,7 @@ def start_server(
         )
     except OSError as exc:
         log_file.close()
-        raise EngineError(f"cannot run {exe}: {exc.strerror or exc}", hint=f"check {BINARY_ENV}") from exc
+        raise EngineError(f"cannot run {exe}: {exc.strerror or exc}", hint=f"check {named}") from exc
     handle = ServerHandle(process, _url(host, port), command, text, proj, log_file)
     try:
         _wait_healthy(handle, timeout)
@@ -280,6 +282,9 @@ def _check_port_free(host: str, port: int) -> None:
         return  # an address llama-server itself will judge (a UNIX socket path, a list)
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        # as llama-server binds: a port left in TIME_WAIT by a server just stopped is free, one that
+        # something listens on is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:

@@ -75,7 +75,7 @@ class Setting:
     ``aliases`` are other names the library uses for the same setting (the engine's ``max_parallel``).
     ``advice`` is the hint of a refused value, in library words: ``{name}`` is the name it was given as,
     ``{default}``, ``{minimum}``, ``{maximum}`` and ``{above}`` this setting's own values (so a hint never
-    restates a default or a bound by hand).
+    restates a default or a bound by hand). ``metavar`` is how ``--help`` shows the value.
     """
 
     name: str
@@ -92,6 +92,7 @@ class Setting:
     inverted: bool = False
     aliases: tuple[str, ...] = ()
     advice: str | None = None
+    metavar: str | None = None
 
 
 def _num(value: float) -> str:
@@ -255,6 +256,7 @@ LOAD: tuple[Setting, ...] = (
         "with --server).",
         flag="--engine",
         panel=SERVERS_PANEL,
+        metavar="llama.cpp|llama-server|vllm",
         advice="use engine llama.cpp, llama-server or vllm",
     ),
     Setting(
@@ -264,6 +266,7 @@ LOAD: tuple[Setting, ...] = (
         "URL of a server to judge on (repeat for a fleet), e.g. http://127.0.0.1:8080.",
         flag="--server",
         panel=SERVERS_PANEL,
+        metavar="URL",
     ),
     Setting(
         "concurrency",

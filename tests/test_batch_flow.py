@@ -170,3 +170,21 @@ def test_resume_keys_leave_the_engine_out_but_rows_record_it(work_dir: Path) -> 
         Judge(FakeEngine(model_name="other")), inp, out, default_rubric="vqa-helpfulness", params=GREEDY
     )
     assert other_model.judged == 4  # another model: judged again
+
+
+def test_an_overflow_on_servers_points_at_the_servers_context_not_n_ctx(work_dir: Path) -> None:
+    from edgejudge.engine.base import ServerStats
+    from edgejudge.errors import ContextOverflowError
+
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    long_response = "word " * 3000
+    cases = (((), "raise n_ctx to"), ((ServerStats("http://h:1"),), "start the servers with"))
+    for servers, expected in cases:
+        judge = Judge(FakeEngine(n_ctx=1024, servers=servers))
+        with pytest.raises(ContextOverflowError) as err:
+            judge.evaluate(
+                work_dir / "a.png", instruction="What?", response=long_response, rubric="vqa-helpfulness",
+                params=GREEDY,
+            )  # fmt: skip
+        assert expected in (err.value.hint or "")
+        assert ("n_ctx" in (err.value.hint or "")) == (not servers)

@@ -119,6 +119,7 @@ def test_start_prints_the_url_and_serves_the_pair(started: tuple[subprocess.Pope
     assert [s["n_ctx"] for s in httpx.get(f"{url}/slots").json()] == [256, 256]
     stderr = _stop_and_check(cli, server_pid, lambda: cli.send_signal(signal.SIGTERM))
     assert f"--engine llama-server --server {url}" in stderr
+    assert "--model " in stderr.split("judge with it:", 1)[1]  # the printed command names the pair served
     assert "llama-server stopped" in stderr
 
 

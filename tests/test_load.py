@@ -32,6 +32,28 @@ def test_out_of_bounds_values_are_refused_on_creation() -> None:
         LoadOptions(verbose="yes")  # type: ignore[arg-type]
 
 
+def test_remote_engines_need_servers_and_refuse_the_in_process_runtime_settings() -> None:
+    remote = LoadOptions(engine="llama-server", servers=("http://127.0.0.1:8080",), concurrency=2)
+    assert remote.remote and remote.remote_options() == {
+        "servers": ["http://127.0.0.1:8080"],
+        "concurrency": 2,
+        "max_parallel": default("parallel"),
+        "timeout_s": default("request_timeout"),
+    }
+    with pytest.raises(InputError, match="needs the URL of at least one server") as no_server:
+        LoadOptions(engine="vllm")
+    assert no_server.value.about == ("servers",)
+    with pytest.raises(InputError, match="n_ctx, n_gpu_layers set for the llama-server engine") as local:
+        LoadOptions(engine="llama-server", servers=("http://h:1",), n_ctx=8192, n_gpu_layers=0)
+    assert local.value.about == ("n_ctx", "n_gpu_layers")
+    with pytest.raises(InputError, match="servers were given but the engine is llama.cpp"):
+        LoadOptions(servers=("http://h:1",))
+    with pytest.raises(InputError, match="unknown engine 'ollama'"):
+        LoadOptions(engine="ollama")
+    with pytest.raises(InputError, match="servers must be a list of texts"):
+        LoadOptions(engine="vllm", servers=(1,))  # type: ignore[arg-type]
+
+
 def test_engine_options_are_the_engine_constructor_keywords() -> None:
     from edgejudge.engine.llama import LlamaCppEngine
 

@@ -97,11 +97,9 @@ def _decode(data: bytes) -> tuple[Any, str | None, bool]:
     return result.value, result.problem, False
 
 
-def scan_output(path: Path, label: str) -> _Scan:
+def scan_output(path: Path, label: str, what: str = "output file") -> _Scan:
     scan = _Scan()
-    lines = read_lines(
-        path, label=label, what="output file", max_bytes=MAX_OUTPUT_BYTES, max_line=MAX_OUTPUT_LINE
-    )
+    lines = read_lines(path, label=label, what=what, max_bytes=MAX_OUTPUT_BYTES, max_line=MAX_OUTPUT_LINE)
     for raw in lines:
         value: Any = None
         problem: str | None = f"line too long ({raw.size} bytes)"

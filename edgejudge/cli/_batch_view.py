@@ -52,7 +52,7 @@ def server_line(stats: Any, elapsed_s: float) -> str:
 def server_table(servers: Iterable[Mapping[str, Any]], elapsed_s: float) -> Table:
     """The summary's table of servers (``BatchSummary.servers``: ``ServerStats`` as dicts)."""
     table = Table(box=None, padding=(0, 2), show_edge=False)
-    table.add_column("server", overflow="fold")
+    table.add_column("server", no_wrap=True, min_width=12)
     for name in ("state", "done", "failed", "rows/min", "cache reuse", "gen tok/s"):
         table.add_column(name, justify="left" if name == "state" else "right", no_wrap=True)
     for s in servers:

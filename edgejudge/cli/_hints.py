@@ -70,6 +70,7 @@ ABOUT_FLAGS: dict[str, str] = {
     "servers": "--server",
     "shard": "--shard",
     "port": "--port",
+    "binary": "--binary",
     "log": "--log",
 }
 

@@ -215,6 +215,8 @@ def option_for(name: str) -> tuple[str, Any, Any]:
             extra["min"] = spec.minimum
         if spec.maximum is not None:
             extra["max"] = spec.maximum
+    if spec.metavar is not None:
+        extra["metavar"] = spec.metavar
     option = typer.Option(
         *names, help=spec.help, rich_help_panel=spec.panel, callback=_callback(spec), **extra
     )

@@ -268,8 +268,10 @@ def _serve(
         typer.echo(handle.url)
         console.print(
             shown(
-                "judge with it: edgejudge batch IN.jsonl --output OUT.jsonl --engine llama-server "
-                f"--server {handle.url}"
+                "judge with it: edgejudge batch IN.jsonl --output OUT.jsonl "
+                f"--model {shlex.quote(model)}"
+                + (f" --mmproj {shlex.quote(str(mmproj))}" if mmproj is not None else "")
+                + f" --engine llama-server --server {handle.url}"
             ),
             soft_wrap=True,
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -84,6 +85,12 @@ def bench_rubric(text_model: Path, target: int) -> dict[str, Any]:
         finally:
             model.close()
     return {"criteria": rubric.criteria, **{f"score{k + 1}": d for k, d in enumerate(rubric.descriptions)}}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def write_input(folder: Path, rows: int, images: int, rubric: dict[str, Any]) -> Path:
@@ -173,7 +180,7 @@ def main() -> int:
                     urls = []
                     for k in range(servers):
                         handle = start_server(
-                            text, mmproj=mmproj, port=18090 + k, slots=slots, ctx_per_seq=args.ctx_per_seq,
+                            text, mmproj=mmproj, port=free_port(), slots=slots, ctx_per_seq=args.ctx_per_seq,
                             threads=max(1, args.threads // servers), log=folder / f"{config}-{k}.log",
                         )  # fmt: skip
                         stack.callback(handle.stop)
@@ -182,8 +189,16 @@ def main() -> int:
                         model=text, mmproj=mmproj, engine="llama-server", servers=tuple(urls), parallel=4
                     )
                 judge = stack.enter_context(Judge.from_options(options))
-                outcomes.append(run_one(label, judge, inp, out, args.max_tokens))
+                outcome = run_one(label, judge, inp, out, args.max_tokens)
+                outcomes.append(outcome)
                 server_stats[label] = list(judge.engine.servers)
+                print(
+                    f"  {label}: {outcome.ok}/{outcome.rows} rows in {outcome.wall_s:.1f} s "
+                    f"({outcome.rows_per_min:.2f} rows/min), {100 * outcome.hit_rate:.0f} % of the prompt "
+                    f"reused, {outcome.prompt_tokens} prompt / {outcome.generated_tokens} generated tokens",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     print(f"\n## Scale-out ({args.rows} rows, {args.images} images, max_tokens {args.max_tokens})\n")
     print(machine_info() + "\n")

@@ -405,6 +405,7 @@ class Judge(Closing):
             )
         agg = aggregate_samples(results)
         warnings = [*self.engine.warnings, *prepared.notes]
+        warnings += [w for w in dict.fromkeys(w for g in gens for w in g.warnings) if w not in warnings]
         prompt_tokens = results[0].timings.prompt_tokens
         if prompt_tokens > TRAINING_CONTEXT:
             warnings.append(

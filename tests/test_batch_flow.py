@@ -188,3 +188,19 @@ def test_an_overflow_on_servers_points_at_the_servers_context_not_n_ctx(work_dir
             )  # fmt: skip
         assert expected in (err.value.hint or "")
         assert ("n_ctx" in (err.value.hint or "")) == (not servers)
+
+
+def test_a_generations_own_warnings_reach_its_verdict_once(work_dir: Path) -> None:
+    from dataclasses import replace
+
+    class _Noted(FakeEngine):
+        def generate(self, parts: PromptParts, params: GenerationParams, on_text: Any = None) -> Generation:
+            gen = super().generate(parts, params, on_text)
+            return replace(gen, warnings=("read at an approximate context",))
+
+    synthetic_image(64, seed=1).save(work_dir / "a.png")
+    verdict = Judge(_Noted()).evaluate(
+        work_dir / "a.png", instruction="What?", response="A cat.", rubric="vqa-helpfulness",
+        params=GREEDY, samples=2,
+    )  # fmt: skip
+    assert verdict.warnings.count("read at an approximate context") == 1

@@ -167,7 +167,13 @@ def run_generation(
         generated_tokens=len(track.tokens) + track.unknown,
         image_cached=reused >= req.n_before + image_tokens,
     )
-    return Generation(text=text, score_probs=probs, forced_tail=forced_tail, timings=timings)
+    return Generation(
+        text=text,
+        score_probs=probs,
+        forced_tail=forced_tail,
+        timings=timings,
+        warnings=tuple(dict.fromkeys(notes)),
+    )
 
 
 def _distribution(

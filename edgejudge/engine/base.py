@@ -102,13 +102,16 @@ class Generation:
 
     ``score_probs`` maps 1..5 to the renormalised probability of each digit token at the position where
     the score digit was chosen (None when no such position was reached, e.g. unconstrained text without a
-    ``[RESULT]`` marker). ``text`` is the complete generated text, forced tail included.
+    ``[RESULT]`` marker). ``text`` is the complete generated text, forced tail included. ``warnings`` are
+    notes about this one generation that belong on its verdict (e.g. a score distribution a server could
+    only read at an approximate context).
     """
 
     text: str
     score_probs: dict[int, float] | None
     forced_tail: bool = False
     timings: StageTimings = field(default_factory=StageTimings)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

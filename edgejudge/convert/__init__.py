@@ -149,6 +149,30 @@ def _check_disk(outdir: Path, need: int) -> None:
         )
 
 
+def _failed(err: BaseException, created: Path | None, *, writing: str, task: str) -> None:
+    """After a failed conversion (its temp files removed): remove the output folder ``created`` if it is
+    still empty, then return for the caller to re-raise ``err`` when it is an ``EdgeJudgeError`` or not an
+    ``Exception`` (Ctrl-C), else raise it as a ``ConversionError`` (an ``OSError``: ``writing`` failed, naming
+    the file; anything else: a bug in ``task``)."""
+    if created is not None:
+        try:
+            created.rmdir()  # only if still empty
+        except OSError:
+            pass
+    if isinstance(err, EdgeJudgeError) or not isinstance(err, Exception):
+        return
+    if isinstance(err, OSError):
+        where = f" ({shown(str(err.filename))})" if err.filename else ""
+        raise ConversionError(
+            f"writing {writing} failed: {err.strerror or err}{where}",
+            hint="check the output directory and disk",
+        ) from err
+    raise ConversionError(
+        f"{task} failed: {type(err).__name__}: {shown(str(err))}",
+        hint="this is a bug in edgejudge; report it with the checkpoint's config.json",
+    ) from err
+
+
 def convert_checkpoint(
     src: str | Path,
     outdir: str | Path,
@@ -256,23 +280,8 @@ def convert_checkpoint(
     except BaseException as err:
         for path in tmp.values():
             _remove_quietly(path)
-        if created:
-            try:
-                out.rmdir()  # only if still empty
-            except OSError:
-                pass
-        if isinstance(err, (EdgeJudgeError, KeyboardInterrupt, SystemExit)) or not isinstance(err, Exception):
-            raise
-        if isinstance(err, OSError):
-            where = f" ({shown(str(err.filename))})" if err.filename else ""
-            raise ConversionError(
-                f"writing the GGUF files failed: {err.strerror or err}{where}",
-                hint="check the output directory and disk",
-            ) from err
-        raise ConversionError(
-            f"conversion failed: {type(err).__name__}: {shown(str(err))}",
-            hint="this is a bug in edgejudge; report it with the checkpoint's config.json",
-        ) from err
+        _failed(err, out if created else None, writing="the GGUF files", task="conversion")
+        raise
     return ConvertResult(
         text_model=out / text_name,
         mmproj=out / mm_name,

@@ -33,9 +33,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, EdgeJudgeError
+from ..errors import ConversionError
 from ..judgefile import check_name, default_name
-from . import STAGE_MMPROJ, STAGE_TENSORS, STAGE_TEXT, ProgressFn, _check_disk, _hub_tower, _output_dir
+from . import (
+    STAGE_MMPROJ,
+    STAGE_TENSORS,
+    STAGE_TEXT,
+    ProgressFn,
+    _check_disk,
+    _failed,
+    _hub_tower,
+    _output_dir,
+)
 from .install import _host, _pid_alive
 from .limits import shown
 
@@ -257,23 +266,8 @@ def export_llava_hf(
         _install(tmp, folder, tag)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            try:
-                out.rmdir()  # only if still empty
-            except OSError:
-                pass
-        if isinstance(err, (EdgeJudgeError, KeyboardInterrupt, SystemExit)) or not isinstance(err, Exception):
-            raise
-        if isinstance(err, OSError):
-            where = f" ({shown(str(err.filename))})" if err.filename else ""
-            raise ConversionError(
-                f"writing the llava-hf folder failed: {err.strerror or err}{where}",
-                hint="check the output directory and disk",
-            ) from err
-        raise ConversionError(
-            f"llava-hf export failed: {type(err).__name__}: {shown(str(err))}",
-            hint="this is a bug in edgejudge; report it with the checkpoint's config.json",
-        ) from err
+        _failed(err, out if created else None, writing="the llava-hf folder", task="llava-hf export")
+        raise
     return LlavaHfResult(
         folder=folder,
         name=name,

@@ -34,6 +34,7 @@ from .errors import CLSOrderMismatchError, EdgeJudgeError, InputError, ModelNotF
 
 __all__ = [
     "Quant",
+    "open_gguf",
     "QUANTS",
     "TEXT_QUANTS",
     "MMPROJ_QUANTS",
@@ -274,6 +275,17 @@ class GGUFMetadata:
         return stem.rsplit("-", 1)[-1].upper() if "-" in stem else "unknown"
 
 
+def open_gguf(path: str | Path, *, error: type[EdgeJudgeError], hint: str) -> Any:
+    """THE way edgejudge opens a GGUF file (a memory-mapped ``gguf.GGUFReader``): a file that is not a GGUF
+    (or is cut short) is one ``error`` naming it, with ``hint``."""
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(str(path), "r")
+    except Exception as err:  # noqa: BLE001 - gguf raises ValueError/struct/index errors on garbage
+        raise error(f"{path} is not a GGUF file ({err})", hint=hint) from None
+
+
 def read_metadata(
     path: str | Path,
     *,
@@ -283,12 +295,9 @@ def read_metadata(
     """Read the metadata of the GGUF ``path`` (fields and tensor infos only: no tensor data is loaded).
 
     A file that is not a GGUF (or is cut short) is one ``error`` naming it, with ``hint``."""
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFValueType
 
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as err:  # noqa: BLE001 - gguf raises ValueError/struct/index errors on garbage
-        raise error(f"{path} is not a GGUF file ({err})", hint=hint) from None
+    reader = open_gguf(path, error=error, hint=hint)
     fields: dict[str, Any] = {}
     for key, fld in reader.fields.items():
         if key.startswith("tokenizer.ggml.") or not fld.types:

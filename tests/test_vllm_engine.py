@@ -403,6 +403,7 @@ class _Proxy:
         self.target_port = target_port
         self.slow_path: str | None = None
         self.delay_s = 0.0
+        self.drip_s = 0.0  # a pause before every chunk of an answer (a stream still flowing when stopped)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
@@ -431,6 +432,8 @@ class _Proxy:
                 elif back and slow[0]:
                     slow[0] = False  # the answer's first chunk waits
                     time.sleep(self.delay_s)
+                if back and self.drip_s:
+                    time.sleep(self.drip_s)
                 dst.sendall(data)
         except OSError:
             pass
@@ -536,6 +539,7 @@ def test_a_stream_moved_to_another_server_is_shown_once(
     proxy = _Proxy(int(server.url.rsplit(":", 1)[1]))
     try:
         with VllmEngine([proxy.url, server.url], str(llava_hf), retry=FAST) as e:
+            proxy.drip_s = 0.05  # the stream is still flowing when the proxy goes (not all in one buffer)
             pieces: list[str] = []
 
             def on_text(piece: str) -> None:

@@ -93,12 +93,9 @@ def _piece(text: bytes, kind: int) -> bytes:
 def read_text_model(path: Path) -> tuple[TextModelFacts, TextVocab]:
     """The facts and vocabulary of the text GGUF at ``path``; EngineError when it has no SentencePiece
     vocabulary (the only kind this engine decodes, as LLaVA and Prometheus-Vision use)."""
-    from gguf import GGUFReader
+    from ..judgefile import open_gguf
 
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as err:  # noqa: BLE001 - gguf raises ValueError/struct/index errors on garbage
-        raise EngineError(f"{path} is not a GGUF file ({err})", hint="pass the text model's .gguf") from None
+    reader = open_gguf(path, error=EngineError, hint="pass the text model's .gguf")
     fields = reader.fields
 
     def scalar(key: str) -> object:

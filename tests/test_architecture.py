@@ -112,6 +112,12 @@ def _top_graph() -> dict[str, set[str]]:
         ("rich", "edgejudge.cli"),
         ("click", "nowhere (Typer's public API only)"),
         ("PIL", "edgejudge.images"),
+        ("fastapi", "edgejudge.serve"),
+        ("starlette", "edgejudge.serve"),
+        ("pydantic", "edgejudge.serve"),
+        ("uvicorn", "edgejudge.serve"),
+        ("prometheus_client", "edgejudge.serve"),
+        ("inspect_ai", "edgejudge.integrations"),
     ],
 )
 def test_a_dependency_is_imported_only_in_its_home(package: str, home: str) -> None:

@@ -14,6 +14,8 @@ Variables (all optional):
   cached).
 - ``EDGEJUDGE_SERVER_API_KEY``: the key sent to inference servers (``Authorization: Bearer``) by the remote
   engines: llama-server started with ``--api-key``, vLLM with ``--api-key``. Kept out of command lines.
+- ``EDGEJUDGE_SERVE_API_KEY``: the API key of ``edgejudge serve``: the key the service requires and the key
+  ``Client`` sends when it is given none.
 - ``NO_COLOR``: any value turns colour off (https://no-color.org).
 - ``HF_HUB_OFFLINE``: ``1`` forbids network access for hub downloads (read by huggingface-hub itself).
 """
@@ -76,6 +78,12 @@ def llama_server_binary() -> Path | None:
 def server_api_key() -> str | None:
     """The API key for inference servers (``EDGEJUDGE_SERVER_API_KEY``), or None when unset."""
     value = os.environ.get("EDGEJUDGE_SERVER_API_KEY", "").strip()
+    return value or None
+
+
+def serve_api_key() -> str | None:
+    """The API key of ``edgejudge serve`` (``EDGEJUDGE_SERVE_API_KEY``), or None when unset or blank."""
+    value = os.environ.get("EDGEJUDGE_SERVE_API_KEY", "").strip()
     return value or None
 
 

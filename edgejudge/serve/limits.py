@@ -1,0 +1,127 @@
+"""The gate in front of the app (pure ASGI): the API key and the request body limit, and the error body.
+
+``Gate`` answers before the app sees a request: 401 without the right ``Authorization: Bearer <key>``
+(compared with ``secrets.compare_digest``; every path but ``/healthz`` when the server has a key), 413 for a
+``Content-Length`` over the limit; a body streamed without a length is counted as it arrives and
+``BodyTooLarge`` is raised past the limit (the app answers it with a 413). ``error_body`` is THE error shape
+of every non-2xx answer: ``{"error": {"type", "message", "hint"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["Gate", "BodyTooLarge", "error_body", "OPEN_PATHS"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The paths that never need the API key.
+OPEN_PATHS = ("/healthz",)
+
+
+def error_body(kind: str, message: str, hint: str | None = None) -> dict[str, Any]:
+    """THE body of an error answer."""
+    return {"error": {"type": kind, "message": " ".join(message.split()), "hint": hint}}
+
+
+class BodyTooLarge(Exception):  # noqa: N818 - named after the HTTP status it becomes
+    """A request body went past the server's limit while it was being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than the server's limit of {limit:,} bytes")
+        self.limit = limit
+
+    def body(self) -> dict[str, Any]:
+        return error_body(
+            "PayloadTooLarge",
+            str(self),
+            "send a smaller image, or raise the server's body limit (max_body_mb)",
+        )
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class Gate:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self._key = api_key.encode("utf-8") if api_key else None
+
+    def _refusal(self, scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
+        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        if self._key is not None and scope.get("path") not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            challenge = [(b"www-authenticate", b'Bearer realm="edgejudge"')]
+            if scheme.lower() != b"bearer" or not token.strip():
+                body = error_body(
+                    "Unauthorized", "no API key given", "send the header Authorization: Bearer <key>"
+                )
+                return 401, body, challenge
+            if not secrets.compare_digest(token.strip(), self._key):
+                body = error_body(
+                    "Unauthorized", "wrong API key", "send the server's key as Authorization: Bearer <key>"
+                )
+                return 401, body, challenge
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return 400, error_body("InputError", "the Content-Length header is not a number"), []
+            if int(length) > self.max_body_bytes:
+                return 413, BodyTooLarge(self.max_body_bytes).body(), []
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await _answer(send, *refusal)
+            return
+        received = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except BodyTooLarge as err:
+            if started:
+                raise
+            await _answer(send, 413, err.body(), [])

@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "demo",
     "collect",
     "server",
+    "serve",
     "merge",
     "wizard",
 )

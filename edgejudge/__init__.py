@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Judge": "edgejudge.judge",
+    "Client": "edgejudge.client",
     "LoadOptions": "edgejudge.load",
     "load_judge": "edgejudge.load",
     "Verdict": "edgejudge.verdict",

@@ -5,7 +5,7 @@ body): nothing is spooled to a temporary file, unlike Starlette's ``UploadFile``
 bytes or None). Values are text; each becomes what the model's field takes: a setting's number or flag as
 JSON reads it (``"0.5"``, ``"true"``), a list field from repeated parts (or one JSON array), a rubric or
 policy from a built-in name or a JSON object's text. The ``image`` part may be a file (its bytes) or text
-(base64, as in a JSON body).
+(base64, as in a JSON body); a file's name is the ``image_name`` when the form gives none.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def parse_form(body: bytes, content_type: str, model: Any) -> tuple[dict[str, An
         raise InputError("the multipart content type has no boundary", hint="send a valid form-data body")
     values: dict[str, Any] = {}
     image: bytes | None = None
+    filename = ""
     for part in _split(body, boundary):
         _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
@@ -125,6 +126,9 @@ def parse_form(body: bytes, content_type: str, model: Any) -> tuple[dict[str, An
             raise InputError("a form part has no name", hint="name every part (Content-Disposition)")
         if name == "image" and b"filename" in disposition:
             image = bytes(part.data)
+            filename = (
+                disposition[b"filename"].decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+            )
             continue
         field = model.model_fields.get(name)
         if field is None:
@@ -139,4 +143,6 @@ def parse_form(body: bytes, content_type: str, model: Any) -> tuple[dict[str, An
                 values.setdefault(name, []).append(_value(text, kinds))
         else:
             values[name] = _value(text, kinds)
+    if filename and "image_name" not in values and "image_name" in model.model_fields:
+        values["image_name"] = filename
     return values, image

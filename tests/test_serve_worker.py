@@ -341,6 +341,7 @@ def test_cancelled_queued_job_is_dropped_and_frees_its_place() -> None:
     gone = _fake_job(judge, 2, seed=3)
     worker.submit(gone)  # the place is free again
     assert gone.future.cancel()  # an asyncio wrapper cancels the future itself
+    assert worker.stats().queue_depth == 0 and worker.stats().cancelled == 2  # no longer waiting
     late = _fake_job(judge, 3, seed=4)
     worker.submit(late)  # the cancelled future is purged: room again
     engine.gate.set()

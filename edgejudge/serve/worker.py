@@ -224,6 +224,7 @@ class JudgeWorker:
 
     def stats(self) -> WorkerStats:
         with self._cond:
+            self._purge()  # a job whose client went away neither waits nor counts as waiting
             return WorkerStats(
                 queue_depth=len(self._queue),
                 in_flight=self._in_flight,

@@ -22,11 +22,13 @@ The ``Score``: ``value`` the judge's score (1..5), ``answer`` the response, ``ex
 feedback, ``metadata`` the score distribution (``score_probs``), ``expected_score``, the verdict's
 ``settings`` and ``warnings``, the rubric, the model, the image's label and the gold score (None without
 one). A sample without an image, or whose judgment failed (a blank response, a bad image, a prompt too
-long, a server that cannot be reached), gets ``value`` ``NOANSWER`` with the error as ``explanation`` and
-``reason`` (``no_image``, ``grader_failed``, or ``invalid_response_format`` for a judge text without a
-score): never a crash, and the metrics below skip it.
+long, a server that cannot be reached) is *unscored* (``value`` NaN, what ``Score.unscored`` makes: Inspect's
+reducers and metrics skip it and count it as unscored) with the error as ``explanation`` and ``reason``
+(``no_image``, ``grader_failed``, or ``invalid_response_format`` for a judge text without a score): never
+a crash.
 
-Metrics (over the samples that have a judge score; Inspect reduces the epochs of a sample first):
+Metrics (over the samples that have a judge score; Inspect reduces the epochs of a sample first, skipping
+unscored ones):
 
 - ``mean_score``: the mean judge score;
 - ``agreement``: among those with a gold score, the share whose judge score (rounded) equals it;
@@ -54,7 +56,7 @@ from typing import Any
 
 import anyio
 from inspect_ai.model import ChatMessageUser, ContentImage, ContentText
-from inspect_ai.scorer import NOANSWER, Metric, SampleScore, Score, Scorer, Target, metric, scorer
+from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
 from inspect_ai.solver import TaskState
 
 from ..errors import EdgeJudgeError, InputError, InvalidImageError
@@ -294,7 +296,7 @@ class _Judging:
         }
         if verdict.score is None:
             return Score(
-                value=NOANSWER,
+                value=math.nan,  # unscored
                 answer=response,
                 explanation=f"the judge's text has no score ({verdict.parse_method}): {verdict.raw_output}",
                 reason="invalid_response_format",
@@ -309,7 +311,7 @@ def _unscored(
     metadata: dict[str, Any] = {GOLD_KEY: gold}
     if error is not None:
         metadata["error"] = error
-    return Score(value=NOANSWER, answer=response, explanation=explanation, reason=reason, metadata=metadata)
+    return Score(value=math.nan, answer=response, explanation=explanation, reason=reason, metadata=metadata)
 
 
 @scorer(metrics=[mean_score(), agreement(), pearson()])

@@ -155,9 +155,21 @@ def test_cancelled_stream_stops_at_next_piece_and_engine_stays_consistent(judge:
     streamed = _verdict(full)
     _same(streamed, cold)
     assert "".join(shown) == streamed.samples[0].raw_output.lstrip()
+
+    stream = _job(image, "A sunny day over green hills.", params=params)  # cancelled again, then a group
+    stream.on_text = client_leaves
+    worker.submit(stream)
+    with pytest.raises(Cancelled):
+        stream.future.result(60)
+    pair = [_job(image, f"Green hills, take {k}.", params=params) for k in range(2)]
+    for job in pair:
+        worker.submit(job)
+    together = [_verdict(job) for job in pair]
     assert worker.drain(timeout=30)
     stats = worker.stats()
-    assert (stats.cancelled, stats.jobs_done, stats.failed) == (1, 3, 0)
+    assert (stats.cancelled, stats.jobs_done, stats.failed) == (2, 5, 0)
+    for job, verdict in zip(pair, together, strict=True):
+        _same(verdict, _alone(judge, job))
 
 
 def test_drain_finishes_queued_and_running_then_refuses(judge: Judge) -> None:

@@ -30,10 +30,22 @@ ENGINE_FIELDS = (
     "image_cache_size",
     "n_batch",
     "seed",
+    "mmap",
+    "kv_size",
+    "kv_cache_type",
 )
 
 #: The in-process engine's runtime fields a remote engine refuses (its servers have their own).
-_LOCAL_ONLY = ("n_ctx", "n_threads", "n_gpu_layers", "n_batch", "image_cache_size")
+_LOCAL_ONLY = (
+    "n_ctx",
+    "n_threads",
+    "n_gpu_layers",
+    "n_batch",
+    "image_cache_size",
+    "mmap",
+    "kv_size",
+    "kv_cache_type",
+)
 
 #: The engines that run on servers (``servers`` required).
 REMOTE_ENGINES = ("llama-server", "vllm")
@@ -48,7 +60,8 @@ class LoadOptions:
     settings. Checked on creation (``image_fit`` only as text: its modes are checked by
     ``images.check_fit`` before anything is loaded): ``engine`` is one of llama.cpp, llama-server, vllm;
     a remote engine needs ``servers`` and refuses the in-process runtime fields set to anything but their
-    defaults (n_ctx, n_threads, n_gpu_layers, n_batch, image_cache_size: the servers' own), and the
+    defaults (n_ctx, n_threads, n_gpu_layers, n_batch, image_cache_size and the memory settings mmap,
+    kv_size, kv_cache_type: the servers' own), and the
     in-process one takes no ``servers``. ``seed`` is the engine's default
     seed, for generations that do not set one (the ``seed`` setting's default and bounds).
     """
@@ -69,6 +82,9 @@ class LoadOptions:
     servers: tuple[str, ...] = default("servers")
     concurrency: int | None = default("concurrency")
     request_timeout: float = default("request_timeout")
+    mmap: str = default("mmap")
+    kv_size: str = default("kv_size")
+    kv_cache_type: str = default("kv_cache_type")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):  # a path to the text model: kept as text, like a name

@@ -9,7 +9,8 @@ setting name in a library hint into that flag). Two groups:
   engine, every output calls it ``grammar``);
 - load settings (``LOAD``): model, mmproj, n_ctx, n_threads, n_gpu_layers, parallel (the engine's
   ``max_parallel``), image_fit, verbose, the remote engines' (engine, servers, concurrency,
-  request_timeout) and the engine tunings without a flag (mmproj_offload, image_cache_size, n_batch).
+  request_timeout), the engine tunings without a flag (mmproj_offload, image_cache_size, n_batch) and the
+  memory settings (mmap, kv_size, kv_cache_type: their records and trade-offs in ``_settings_memory``).
 
 ``check(name, value)`` is THE validation of one value against its bounds (an ``InputError`` whose hint
 names the setting bare, in library words); the engines, ``GenerationSettings``, ``load.LoadOptions`` and
@@ -31,6 +32,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ._setting_record import GENERATION_PANEL, MODEL_PANEL, SERVERS_PANEL, Setting
+from ._setting_record import num_text as _num
+from ._settings_memory import MEMORY
 from .errors import InputError
 
 __all__ = [
@@ -58,46 +62,6 @@ __all__ = [
 MAX_SAMPLES = 64
 #: The most sequences one context decodes together (the engine's ``generate_many``).
 MAX_PARALLEL = 16
-
-GENERATION_PANEL = "Generation"
-MODEL_PANEL = "Model"
-SERVERS_PANEL = "Servers"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: what it is, its default and bounds, and how the CLI offers it.
-
-    ``kind`` is the value's type (``int``, ``float``, ``bool``, ``str`` or ``Path``); ``optional`` allows
-    None (its meaning is in ``help``). ``minimum``/``maximum`` are inclusive bounds, ``above`` an exclusive
-    lower bound. ``flag`` is the command-line option (None: library only; for an ``inverted`` bool the flag
-    turns the setting off, ``--no-grammar``), ``short`` its one-letter form, ``panel`` the ``--help`` panel.
-    ``aliases`` are other names the library uses for the same setting (the engine's ``max_parallel``).
-    ``advice`` is the hint of a refused value, in library words: ``{name}`` is the name it was given as,
-    ``{default}``, ``{minimum}``, ``{maximum}`` and ``{above}`` this setting's own values (so a hint never
-    restates a default or a bound by hand). ``metavar`` is how ``--help`` shows the value.
-    """
-
-    name: str
-    kind: type
-    default: Any
-    help: str
-    flag: str | None = None
-    short: str | None = None
-    panel: str = GENERATION_PANEL
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    optional: bool = False
-    inverted: bool = False
-    aliases: tuple[str, ...] = ()
-    advice: str | None = None
-    metavar: str | None = None
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
 
 #: The generation settings, in the order ``--help`` lists them.
 GENERATION: tuple[Setting, ...] = (
@@ -219,7 +183,7 @@ LOAD: tuple[Setting, ...] = (
         "n_ctx",
         int,
         4096,
-        "Context window in tokens.",
+        "Context window in tokens: the most KV cells (allocated as needed, see --kv-size).",
         flag="--n-ctx",
         panel=MODEL_PANEL,
         minimum=256,
@@ -315,6 +279,7 @@ LOAD: tuple[Setting, ...] = (
         minimum=1,
         advice="use n_batch >= {minimum} (the default is {default})",
     ),
+    *MEMORY,
 )
 
 #: Every setting by name (aliases included: ``SETTINGS["max_parallel"] is SETTINGS["parallel"]``).
@@ -392,6 +357,8 @@ def check(name: str, value: Any) -> Any:
         ok = isinstance(value, kind)
     if not ok:
         raise _refuse(spec, name, _KIND_WORDS[kind], value)
+    if spec.choices and value not in spec.choices:
+        raise _refuse(spec, name, " or ".join(spec.choices), value)
     if kind in (int, float):
         if spec.minimum is not None and value < spec.minimum:
             raise _refuse(spec, name, f"at least {_num(spec.minimum)}", value)

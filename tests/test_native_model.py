@@ -82,10 +82,10 @@ def test_a_failing_context_step_frees_the_model_and_says_what_to_change(
 ) -> None:
     allocations = _Allocations(monkeypatch)
 
-    def failing_context(self: TextModel, n_seq: int, verbose: bool) -> None:
+    def failing_context(self: TextModel) -> None:
         raise RuntimeError("no room")
 
-    monkeypatch.setattr(TextModel, "_unified_context", failing_context)
+    monkeypatch.setattr(TextModel, "_new_context", failing_context)
     with pytest.raises(EngineError, match="for 2 sequences") as info:
         TextModel(tiny_gguf[0], n_ctx=512, n_threads=1, n_seq=2)
     assert info.value.hint and "n_ctx" in info.value.hint

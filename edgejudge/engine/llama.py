@@ -8,6 +8,13 @@ by the fitted pixels' sha256, so returning to an earlier image skips the CLIP en
 with a grammar that guarantees ``[RESULT] d`` (forcing the tail when ``max_tokens`` runs out), reads the raw
 logits where the digit is chosen and turns them into a 5-way score distribution (see ``_decoding``).
 
+The KV cache is sized by the ``kv_size`` setting: ``fit`` allocates, before a call evaluates anything,
+the cells it needs (one prompt and its budget, or a parallel group's ``_prompt.cells``), in steps of
+``_load.KV_STEP``, up to ``n_ctx``, and grows (emptying the cache) when a later call needs more; ``full``
+allocates ``n_ctx`` at load. ``n_ctx`` is the limit every prompt is checked against either way, so the
+size never changes what a generation may do. Loading, the ``mmap`` rule and the KV sizes are
+``_load``'s; ``load_times`` records how long each stage of loading took.
+
 Every native object (model, context, batch, mtmd, samplers) is a typed wrapper of ``edgejudge.native``;
 this module holds the policy (what to reuse, evaluate, group and sample) in plain values. Settings and
 prompts are checked by ``engine.base`` (the same checks as every engine).
@@ -16,7 +23,6 @@ prompts are checked by ``engine.base`` (the same checks as every engine).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -28,6 +34,7 @@ import numpy as np
 from .._closing import Closing
 from ..errors import EngineError
 from ..settings import check, default
+from ._load import default_threads, first_cells, grown_cells, load_pair
 from ._mmproj import (
     CLS_KEY,
     MmprojInfo,
@@ -36,7 +43,7 @@ from ._mmproj import (
     read_mmproj_info,
     resolve_pair,
 )
-from ._prompt import Request, group_requests, lcp, shared_prefix, units_of
+from ._prompt import Request, cells, group_requests, lcp, shared_prefix, units_of
 from .base import (
     TAIL_RESERVE,
     Generation,
@@ -54,15 +61,14 @@ if TYPE_CHECKING:
     from ..native.mtmd import Chunks
     from ._decoding import Decoding, PromptStats
 
-__all__ = ["LlamaCppEngine", "find_mmproj", "read_mmproj_info", "MmprojInfo", "CLS_KEY", "TAIL_RESERVE"]
-
-
-def _default_threads() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        available = os.cpu_count() or 1
-    return available if available <= 4 else available // 2
+__all__ = [
+    "LlamaCppEngine",
+    "find_mmproj",
+    "read_mmproj_info",
+    "MmprojInfo",
+    "CLS_KEY",
+    "TAIL_RESERVE",
+]
 
 
 class LlamaCppEngine(Closing):
@@ -73,7 +79,8 @@ class LlamaCppEngine(Closing):
     (0 on CPU builds); ``mmproj_offload`` runs the vision encoder on the GPU; ``n_threads`` None uses the
     available cores (half of them above 4); ``image_cache_size`` is the number of image embeddings kept
     (0 disables it); ``seed`` is the default for generations without one; ``verbose`` lets llama.cpp/mtmd
-    log to stderr.
+    log to stderr; ``mmap``, ``kv_size`` and ``kv_cache_type`` are the memory settings
+    (``edgejudge._settings_memory``).
     A projector stamped for the other CLS order than the installed libmtmd's is refused
     (``judgefile.check_cls``). ``runtime_cls`` is that order, or a function returning it (asked only for a
     stamped projector); None (the default) asks the cached runtime probe
@@ -95,11 +102,10 @@ class LlamaCppEngine(Closing):
         seed: int | None = default("seed"),
         max_parallel: int = default("parallel"),
         runtime_cls: str | Callable[[], str] | None = None,
+        mmap: str = default("mmap"),
+        kv_size: str = default("kv_size"),
+        kv_cache_type: str = default("kv_cache_type"),
     ) -> None:
-        from ..native.log import set_native_logging
-        from ..native.model import TextModel
-        from ._decoding import DigitTokens
-
         self._closed = True
         self.model_path, self.mmproj_path = resolve_pair(model_path, mmproj_path)
         for name, value in (
@@ -110,42 +116,41 @@ class LlamaCppEngine(Closing):
             ("image_cache_size", image_cache_size),
             ("n_batch", n_batch),
             ("seed", seed),
+            ("mmap", mmap),
+            ("kv_size", kv_size),
+            ("kv_cache_type", kv_cache_type),
         ):
             check(name, value)
         self._max_parallel = max_parallel
+        self._n_ctx = n_ctx
+        self.kv_cache_type = kv_cache_type
+        began = time.perf_counter()
+        times: dict[str, float] = {}
         info = read_mmproj_info(self.mmproj_path)
         if runtime_cls is None:
             from ..probe import runtime_cls_position  # lazy: the probe runs only for a stamped projector
 
             runtime_cls = runtime_cls_position
         self.warnings: tuple[str, ...] = tuple(check_cls_position(info, runtime_cls))
+        times["probe_s"] = time.perf_counter() - began
         self._info = info
         self._image_cache_size = image_cache_size
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._kv_units: list[Hashable] = []
         self._default_seed = seed
-        self.n_threads = n_threads if n_threads is not None else _default_threads()
-        set_native_logging(verbose)
-        self._model = TextModel(
-            self.model_path,
-            n_ctx=n_ctx,
-            n_threads=self.n_threads,
-            n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers,
-            seed=seed,
-            n_seq=max_parallel,
-            verbose=verbose,
-        )
-        try:
-            self._mtmd = self._model.open_projector(
-                self.mmproj_path, use_gpu=mmproj_offload, n_threads=self.n_threads, verbose=verbose
-            )
-            self._digits = DigitTokens(self._model.vocab)
-        except BaseException:
-            if hasattr(self, "_mtmd"):
-                self._mtmd.close()
-            self._model.close()
-            raise
+        self.n_threads = n_threads if n_threads is not None else default_threads()
+        loaded = load_pair(
+            self.model_path, self.mmproj_path, n_cells=first_cells(kv_size, n_ctx, n_batch),
+            n_threads=self.n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers, seed=seed,
+            n_seq=max_parallel, verbose=verbose, mmap=mmap, kv_cache_type=kv_cache_type,
+            mmproj_offload=mmproj_offload,
+        )  # fmt: skip
+        self._model, self._mtmd, self._digits = loaded.model, loaded.mtmd, loaded.digits
+        times.update(loaded.times)
+        times["total_s"] = time.perf_counter() - began
+        #: Seconds each stage of loading took: the projector's metadata and CLS check (``probe_s``), the
+        #: text model with its first context (``text_model_s``), the projector (``mmproj_s``), in all.
+        self.load_times = {k: round(v, 4) for k, v in times.items()}
         self._closed = False
 
     # -- Engine protocol -------------------------------------------------------------------------------
@@ -175,7 +180,20 @@ class LlamaCppEngine(Closing):
 
     @property
     def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def kv_cells(self) -> int:
+        """KV cells allocated now (``n_ctx`` with ``kv_size`` full; what the calls so far needed with fit)."""
         return self._model.n_ctx
+
+    def _reserve(self, need: int) -> None:
+        """Make the KV cache hold ``need`` cells (at most ``n_ctx``) before anything is evaluated; a growth
+        empties it (the cached prefix is gone, the image embeddings stay)."""
+        cells_now = grown_cells(need, self._model.n_ctx, self._n_ctx)
+        if cells_now is not None:
+            self._model.resize(cells_now)
+            self._kv_units = []
 
     @property
     def max_parallel(self) -> int:
@@ -203,6 +221,7 @@ class LlamaCppEngine(Closing):
         with self._tokenize(parts) as chunks:
             n_prompt = chunks.n_pos
             check_fits(n_prompt, params, self.n_ctx)
+            self._reserve(n_prompt + params.max_tokens + TAIL_RESERVE)
             stats = self._evaluate_prompt(chunks, parts.pixels_sha256)
         return self._sample(params, n_prompt, stats, on_text)
 
@@ -332,6 +351,12 @@ class LlamaCppEngine(Closing):
             results: list[Generation] = []
             max_group = min(self.max_parallel, self._model.n_batch)
             for group in group_requests(prepared, max_group, self.n_ctx):
+                shared = shared_prefix(group) if len(group) > 1 else None
+                self._reserve(
+                    cells(group, shared)
+                    if shared is not None
+                    else len(group[0].units) + group[0].params.max_tokens + TAIL_RESERVE
+                )
                 if len(group) == 1:
                     only = group[0]
                     stats = self._evaluate_prompt(only.chunks, only.parts.pixels_sha256)

@@ -11,6 +11,13 @@ Invariants it owns:
 - The context holds ``n_seq`` sequences in one unified KV cache of ``n_ctx`` cells (``Llama`` exposes
   neither ``n_seq_max`` nor ``kv_unified``: its fresh, still empty, context is replaced by one made from the
   same parameters plus those two; with one sequence in use it computes what the original does).
+  ``resize(n_cells)`` replaces the context by one of another size the same way: the KV cache is emptied
+  (``n_past`` 0), the weights stay. The cache's cell type is ``kv_cache_type`` (f16, or q8_0 with flash
+  attention, which llama.cpp needs for a quantized V cache); f16 runs without flash attention.
+- ``use_mmap`` False reads the weights into memory instead of mapping the file: weights that the CPU
+  backend repacks (``CPU_REPACK``) are then held once, not twice (a mapped file's pages stay resident next
+  to the repacked copy: llama.cpp's loader copies them out of the mapping and unmaps only what no tensor
+  uses).
 - ``decode`` writes at most the batch's capacity (``n_batch`` entries, checked before writing: the native
   batch is a fixed-size C array) and one sequence id per entry; the batch is freed with the model.
 - ``close()`` frees the batch, the context and the model, once; every later call raises ``EngineError``.
@@ -29,6 +36,7 @@ import numpy as np
 from llama_cpp import _internals
 
 from .._closing import Closing
+from .._settings_memory import KV_CACHE_TYPES
 from ..errors import EngineError
 from ..settings import default
 from .log import VERBOSE_HINT
@@ -50,7 +58,8 @@ class TextModel(Closing):
     ``n_batch`` defaults to the ``n_batch`` setting (``edgejudge.settings``). ``n_gpu_layers`` -1 offloads
     every layer when the build supports it (0 on CPU builds); ``seed`` None is llama.cpp's default seed;
     ``logits_all`` keeps every evaluated position's logits (``scores``); ``verbose`` passes llama.cpp's own
-    messages through (the caller sets the log routing).
+    messages through (the caller sets the log routing). ``use_mmap`` maps the file (False: reads it);
+    ``kv_cache_type`` is a value of the ``kv_cache_type`` setting.
     """
 
     def __init__(
@@ -65,9 +74,17 @@ class TextModel(Closing):
         n_seq: int = 1,
         logits_all: bool = False,
         verbose: bool = False,
+        use_mmap: bool = True,
+        kv_cache_type: str = "f16",
     ) -> None:
         self._closed = True
         path = Path(path)
+        if kv_cache_type not in KV_CACHE_TYPES:
+            raise EngineError(
+                f"unknown KV cache type {kv_cache_type!r}", hint=f"use one of {', '.join(KV_CACHE_TYPES)}"
+            )
+        quantized = kv_cache_type != "f16"
+        cell_type = llama_cpp.GGML_TYPE_Q8_0 if quantized else llama_cpp.GGML_TYPE_F16
         if n_gpu_layers < 0:
             n_gpu_layers = -1 if supports_gpu_offload() else 0
         try:
@@ -82,6 +99,10 @@ class TextModel(Closing):
                 seed=llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed % 2**32,
                 logits_all=logits_all,
                 verbose=verbose,
+                use_mmap=use_mmap,
+                flash_attn=quantized,
+                type_k=cell_type,
+                type_v=cell_type,
             )
         except (ValueError, RuntimeError, OSError) as err:
             raise EngineError(
@@ -90,9 +111,13 @@ class TextModel(Closing):
             ) from None
         batch = None
         try:  # from here on, whatever raises frees what was allocated (the batch, the Llama)
+            self._verbose = verbose
             try:
                 if n_seq > 1:
-                    self._unified_context(n_seq, verbose)
+                    params = self._llm.context_params
+                    params.n_seq_max = n_seq
+                    params.kv_unified = True
+                    self._new_context()
                 batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
             except (ValueError, RuntimeError) as err:
                 raise EngineError(
@@ -112,16 +137,35 @@ class TextModel(Closing):
         self._batch = batch
         self._closed = False
 
-    def _unified_context(self, n_seq: int, verbose: bool) -> None:
-        params = self._llm.context_params
-        params.n_seq_max = n_seq
-        params.kv_unified = True
-        self._llm._ctx.close()
-        self._llm._ctx = self._llm._stack.enter_context(
+    def _new_context(self) -> None:
+        """Replace the context by one made from ``context_params`` (the KV cache starts empty)."""
+        llm = self._llm
+        llm._ctx.close()
+        llm._ctx = llm._stack.enter_context(
             contextlib.closing(
-                _internals.LlamaContext(model=self._llm._model, params=params, verbose=verbose)
+                _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=self._verbose)
             )
         )
+        llm.n_tokens = 0
+
+    def resize(self, n_cells: int) -> None:
+        """Make the KV cache ``n_cells`` cells (at least ``n_batch``); it is emptied, the weights stay."""
+        self._check_open()
+        llm = self._llm
+        n_cells = max(n_cells, self.n_batch)
+        llm.context_params.n_ctx = n_cells
+        try:
+            self._new_context()
+        except (ValueError, RuntimeError) as err:
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_cells} cells: {err}",
+                hint=f"lower n_ctx or free memory ({VERBOSE_HINT})",
+            ) from None
+        self.n_ctx = int(llm._ctx.n_ctx())
+        llm._n_ctx = self.n_ctx
+        llm.input_ids = np.zeros((self.n_ctx,), dtype=np.intc)  # Llama.eval records token ids there
+        if llm._logits_all:
+            llm.scores = np.zeros((self.n_ctx, self.n_vocab), dtype=np.single)
 
     # -- sizes -----------------------------------------------------------------------------------------
     @property

@@ -114,6 +114,9 @@ class GenerationOptions:
     servers: tuple[str, ...] = default("servers")
     concurrency: int | None = default("concurrency")
     request_timeout: float = default("request_timeout")
+    mmap: str = default("mmap")
+    kv_size: str = default("kv_size")
+    kv_cache_type: str = default("kv_cache_type")
 
     def __post_init__(self) -> None:
         """``image_fit`` in any case, as the flag takes it (``PAD`` → ``pad``), also for a record built in
@@ -158,6 +161,9 @@ class GenerationOptions:
             servers=self.servers,
             concurrency=self.concurrency,
             request_timeout=self.request_timeout,
+            mmap=self.mmap,
+            kv_size=self.kv_size,
+            kv_cache_type=self.kv_cache_type,
         )
 
     def cli_args(self) -> list[str]:

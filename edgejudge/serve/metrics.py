@@ -2,9 +2,10 @@
 
 ``Metrics`` owns one ``CollectorRegistry`` (never the process-global one, so two apps never share
 counters): requests by route template and status, a latency histogram by route template, and, read from
-``JudgeWorker.stats()`` at each scrape, the queue depth, the jobs in flight, the groups judged, the jobs that
-were coalesced with others, the jobs cancelled and refused, and the share of prompt tokens reused from the
-KV cache. ``Metrics.middleware`` is the pure-ASGI wrapper that counts every answer (401 and 413 included).
+``JudgeWorker.stats()`` at each scrape, the queue depth, the jobs in flight, the groups judged, the jobs
+that were coalesced with others, the jobs cancelled, refused and failed, and the share of prompt tokens
+reused from the KV cache. ``Metrics.middleware`` is the pure-ASGI wrapper that counts every answer (401
+and 413 included).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class _WorkerCollector(Collector):
             ),
             ("edgejudge_cancelled_jobs", "Jobs cancelled because their client went away.", s.cancelled),
             ("edgejudge_refused_jobs", "Jobs refused (queue full or shutting down).", s.refused),
+            ("edgejudge_failed_jobs", "Jobs that ended in an error (not a client going away).", s.failed),
             ("edgejudge_prompt_tokens", "Prompt tokens of the verdicts.", s.prompt_tokens),
             ("edgejudge_reused_tokens", "Prompt tokens reused from the KV cache.", s.reused_tokens),
         )

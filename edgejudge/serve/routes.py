@@ -82,7 +82,7 @@ async def _result(state: ServeState, request: Request, job: Job) -> Any:
         if done:
             return future.result()
         if await request.is_disconnected():
-            job.cancelled.set()
+            state.worker.cancel(job)
             future.cancel()
             raise ClientGone
 
@@ -122,7 +122,7 @@ def _stream(state: ServeState, job: Job, texts: asyncio.Queue[str]) -> Response:
                 yield _event("verdict", item.to_dict())
         finally:
             if not future.done():
-                job.cancelled.set()
+                state.worker.cancel(job)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

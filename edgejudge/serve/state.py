@@ -36,7 +36,7 @@ class ServeState:
         self.model = model_record(judge)
 
     def draining(self) -> bool:
-        return self.closing or (self._draining is not None and self._draining())
+        return self.closing or self.worker.draining or (self._draining is not None and self._draining())
 
     async def in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         """``func(*args)`` in a worker thread of the loop's pool, at most ``max_decodes`` at once."""

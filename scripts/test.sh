@@ -28,6 +28,13 @@ EDGEJUDGE_LLAMA_SERVER="$("$VENV/bin/edgejudge" server build)"
 export EDGEJUDGE_LLAMA_SERVER
 export EDGEJUDGE_REQUIRE_SERVER=1
 
+# The promptfoo example runs on the real promptfoo CLI (Node 22 and promptfoo from the npm registry: about a
+# minute and 1.5 GB on a new machine, a cache hit afterwards: ~/.cache/edgejudge/promptfoo/); a missing one
+# is a failure, not a skip.
+EDGEJUDGE_PROMPTFOO="$(bash scripts/install_promptfoo.sh)"
+export EDGEJUDGE_PROMPTFOO
+export EDGEJUDGE_REQUIRE_PROMPTFOO=1
+
 # The vLLM tests run when its environment exists (scripts/install_vllm.sh creates it).
 VLLM_PYTHON="${EDGEJUDGE_VLLM_ENV:-$HOME/.cache/edgejudge/vllm-env}/bin/python"
 if [ -x "$VLLM_PYTHON" ]; then

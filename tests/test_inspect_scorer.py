@@ -175,6 +175,10 @@ def test_an_inspect_eval_scored_through_serve(
     with running_serve(*tiny_gguf, api_key="inspect-key") as handle:
         log = _run(_task(server=handle.url, api_key="inspect-key"), tmp_path / "logs")
     _check_log(log, local)
+    # Inspect writes a scorer's arguments into the log: all but the key
+    (scorer_entry,) = log["eval"]["scorers"]
+    assert scorer_entry["name"] == "prometheus_vision" and scorer_entry["options"]["server"] == handle.url
+    assert "inspect-key" not in json.dumps(log)
 
 
 def test_a_judge_that_cannot_be_reached_scores_every_sample_not_judged(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import logging
 import math
 import re
@@ -314,7 +315,13 @@ def _unscored(
     return Score(value=math.nan, answer=response, explanation=explanation, reason=reason, metadata=metadata)
 
 
-@scorer(metrics=[mean_score(), agreement(), pearson()])
+#: The judge ``prometheus_vision`` made, handed to the registered scorer factory below (which Inspect calls
+#: and whose arguments it writes into the eval log: the API key never reaches it).
+_MADE: contextvars.ContextVar[_Judging | None] = contextvars.ContextVar(
+    "edgejudge_inspect_judging", default=None
+)
+
+
 def prometheus_vision(
     rubric: str = "vqa-helpfulness",
     model: str | None = None,
@@ -323,9 +330,23 @@ def prometheus_vision(
     **settings: Any,
 ) -> Scorer:
     """Score each sample's output with the Prometheus-Vision judge (see the module docstring): ``rubric`` a
-    built-in name or a rubric file; ``model`` (in-process) or ``server`` (``edgejudge serve``'s URL);
-    ``settings`` generation settings by name (and, in-process, load settings)."""
-    judging = _Judging(rubric, model, server, api_key, dict(settings))
+    built-in name or a rubric file; ``model`` (in-process) or ``server`` (``edgejudge serve``'s URL) with
+    ``api_key`` (default ``EDGEJUDGE_SERVE_API_KEY``; never written into the eval log, which records the
+    other arguments); ``settings`` generation settings by name (and, in-process, load settings)."""
+    token = _MADE.set(_Judging(rubric, model, server, api_key, dict(settings)))
+    try:
+        return _prometheus_vision(rubric=rubric, model=model, server=server, **settings)
+    finally:
+        _MADE.reset(token)
+
+
+@scorer(metrics=[mean_score(), agreement(), pearson()], name="prometheus_vision")
+def _prometheus_vision(
+    rubric: str = "vqa-helpfulness", model: str | None = None, server: str | None = None, **settings: Any
+) -> Scorer:
+    """The registered scorer (Inspect records these arguments; called again from a log, e.g. by ``inspect
+    score``, it judges with the key in ``EDGEJUDGE_SERVE_API_KEY``)."""
+    judging = _MADE.get() or _Judging(rubric, model, server, None, dict(settings))
 
     async def score(state: TaskState, target: Target) -> Score:
         return await judging.score(state, target)

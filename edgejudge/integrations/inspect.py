@@ -52,6 +52,7 @@ import logging
 import math
 import re
 import threading
+import weakref
 from dataclasses import fields
 from typing import Any
 
@@ -249,6 +250,7 @@ class _Judging:
                         from ..load import load_judge
 
                         self._judge = load_judge(self.options)
+                    weakref.finalize(self, self._judge.close)  # the judge lives as long as its scorer
                 except EdgeJudgeError as err:
                     self._failed = err  # a judge that cannot load fails every sample the same way
                     raise

@@ -72,13 +72,16 @@ def image_field(image: Any, image_name: str | None) -> tuple[str, str | None]:
         from ._fs import read_regular, user_path
 
         path = user_path(image, what="image path", error=InvalidImageError)
-        if path.is_dir():
-            raise InvalidImageError(
-                f"image path is a directory: {path}", hint="pass an image file, not a folder"
+        try:  # the file's bytes as the CLI reads them (regular file, size limit, never a hang on a FIFO)
+            data = read_regular(
+                path, label=str(path), what="image", max_bytes=MAX_FILE_BYTES, error=InvalidImageError
             )
-        data = read_regular(
-            path, label=str(path), what="image", max_bytes=MAX_FILE_BYTES, error=InvalidImageError
-        )
+        except InvalidImageError:
+            if _is_dir(path):
+                raise InvalidImageError(
+                    f"image path is a directory: {path}", hint="pass an image file, not a folder"
+                ) from None
+            raise
         name = name or path.name
     elif isinstance(image, bytes):
         data = image
@@ -95,6 +98,13 @@ def image_field(image: Any, image_name: str | None) -> tuple[str, str | None]:
             hint="pass the image file's path",
         )
     return base64.b64encode(data).decode("ascii"), name
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _looks_like_name(text: str) -> bool:

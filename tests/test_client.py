@@ -233,6 +233,8 @@ def test_settings_are_checked_before_sending(client: Client) -> None:
         client.judge(3, instruction="q", response="r")  # type: ignore[arg-type]
     with pytest.raises(InvalidImageError, match="nothing-here.png"):
         client.judge(HOUSE.parent / "nothing-here.png", instruction="q", response="r")
+    with pytest.raises(InvalidImageError, match="directory"):
+        client.judge(HOUSE.parent, instruction="q", response="r")
 
 
 def test_the_service_routes(client: Client) -> None:

@@ -204,6 +204,10 @@ def test_server_errors_are_the_library_classes_with_the_servers_message(
     remote = caught.value
     assert type(remote) is kind
     assert remote.message and "\n" not in str(remote) and remote.hint
+    # the same error when the feedback was to be streamed
+    with pytest.raises(kind) as streamed:
+        client.judge(image, **call, temperature=0, max_tokens=24, on_text=lambda _: None)  # type: ignore[arg-type]
+    assert str(streamed.value) == str(remote)
     here = _local_error(local, image, **call)
     assert type(here) is kind
     if kind is not InvalidImageError:  # the same words as in process (an image's label is the server's)

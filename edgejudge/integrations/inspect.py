@@ -10,9 +10,10 @@
 
 What the judge is given, from each sample:
 
-- the image: the first ``ContentImage`` of the sample's input user messages (a data URL, or a file path;
-  ``http(s)`` URLs are not fetched). A sample with several images is judged with the first (the judge
-  sees one image), with a warning in the score's metadata and the log;
+- the image: the first ``ContentImage`` of the sample's input user messages (Inspect itself turns a
+  sample's file paths and web images into data URLs before the solver runs; a file path reaching the
+  scorer is read, an ``http(s)`` URL is not fetched). A sample with several images is judged with the
+  first (the judge sees one image), with a warning in the score's metadata and the log;
 - the instruction: the text of the sample's input user messages, joined by blank lines;
 - the response: the model's output, ``state.output.completion``;
 - the reference answer: the target (its first text; none when blank). A target that is only a score,
@@ -22,10 +23,10 @@ The ``Score``: ``value`` the judge's score (1..5), ``answer`` the response, ``ex
 feedback, ``metadata`` the score distribution (``score_probs``), ``expected_score``, the verdict's
 ``settings`` and ``warnings``, the rubric, the model, the image's label and the gold score (None without
 one). A sample without an image, or whose judgment failed (a blank response, a bad image, a prompt too
-long, a server that cannot be reached) is *unscored* (``value`` NaN, what ``Score.unscored`` makes: Inspect's
-reducers and metrics skip it and count it as unscored) with the error as ``explanation`` and ``reason``
-(``no_image``, ``grader_failed``, or ``invalid_response_format`` for a judge text without a score): never
-a crash.
+long, a server that cannot be reached) is *unscored*: ``value`` NaN, what ``Score.unscored`` makes
+(Inspect's reducers and metrics skip it and count it as unscored), the error as ``explanation``, and
+``reason`` ``no_image``, ``grader_failed``, or ``invalid_response_format`` for a judge text without a
+score. Never a crash.
 
 Metrics (over the samples that have a judge score; Inspect reduces the epochs of a sample first, skipping
 unscored ones):
@@ -36,11 +37,12 @@ unscored ones):
 Each is NaN when no sample qualifies.
 
 Judging runs in-process (``model``: a registered name, a text ``.gguf`` path, or None for the default
-model; one ``Judge`` loaded on first use per scorer and reused, one judgment at a time) or through
-``edgejudge serve`` (``server``: its URL; ``api_key`` or ``EDGEJUDGE_SERVE_API_KEY``; judgments sent
-concurrently, which the server coalesces). ``settings``: generation settings by name (``temperature``,
-``max_tokens``, ``seed``, ``samples``...; the rest are the library defaults, in both modes, so both judge
-alike) and, in-process, load settings (``mmproj``, ``n_ctx``, ``n_threads``, ``image_fit``...).
+model; one ``Judge`` loaded on first use per scorer, reused and closed with it, one judgment at a time)
+or through ``edgejudge serve`` (``server``: its URL; ``api_key`` or ``EDGEJUDGE_SERVE_API_KEY``, never
+written into the eval log; judgments sent concurrently, which the server coalesces). ``settings``:
+generation settings by name (``temperature``, ``max_tokens``, ``seed``, ``samples``...; the rest are the
+library defaults, in both modes, so both judge alike) and, in-process, load settings (``mmproj``,
+``n_ctx``, ``n_threads``, ``image_fit``...).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``collect(selftest=True)`` gathers everything into a ``DoctorReport`` (frozen, ``to_dict()`` for JSON).
 Nothing here prints and nothing raises for a missing piece: a failing check becomes a ``problem`` line.
-What the llama.cpp build says about itself comes from :mod:`edgejudge.native.system`; a model's size
-facts from the pair contract's metadata reader (:func:`edgejudge.judgefile.read_metadata`).
+What the llama.cpp build says about itself comes from :mod:`edgejudge.native.system`; what a model needs
+in memory from :func:`edgejudge.memory.estimate` (the engine's own sizes, at the load settings' defaults).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, settings
+from . import __version__, config
 
 __all__ = ["DoctorReport", "collect", "versions", "cpu_info", "gpu_info", "memory_info", "model_needs"]
 
@@ -33,10 +33,6 @@ _FLAGS = (
     "amx_tile",
 )
 _ARM_FLAGS = ("neon", "asimd", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
-#: Compute buffers, the CLIP graph and runtime overhead on top of weights + KV cache (a rough allowance).
-OVERHEAD_BYTES = 400 * 1024 * 1024
-#: The context size the memory estimate assumes: the n_ctx setting's default (edgejudge.settings).
-DEFAULT_N_CTX: int = settings.default("n_ctx")
 
 
 @dataclass(frozen=True)
@@ -163,22 +159,21 @@ def memory_info(meminfo: str | None = None) -> dict[str, int | None]:
     return {"total_bytes": total, "available_bytes": available}
 
 
-def model_needs(text_model: str | Path, mmproj: str | Path, *, n_ctx: int = DEFAULT_N_CTX) -> dict[str, int]:
-    """Estimated memory to run a pair: file sizes + f16 KV cache for ``n_ctx`` + an overhead allowance."""
-    from .judgefile import read_metadata
+def model_needs(text_model: str | Path, mmproj: str | Path) -> dict[str, Any]:
+    """What the pair needs in memory at the default load settings (``memory.estimate``): ``total_bytes``
+    for one verdict (``edgejudge judge``), ``batch_bytes`` with the context full (``batch``, ``serve``),
+    ``files_bytes`` and the parts of the first (``parts``: weights, repack copy, projector, KV cells...)."""
+    from .load_options import LoadOptions
+    from .memory import estimate
 
-    meta = read_metadata(text_model, hint="re-convert or re-download it")
-    layers = int(meta.get("llama.block_count") or 0)
-    embd = int(meta.get("llama.embedding_length") or 0)
-    heads = int(meta.get("llama.attention.head_count") or 1)
-    kv_heads = int(meta.get("llama.attention.head_count_kv") or heads)
-    kv = 2 * layers * n_ctx * (embd * kv_heads // max(heads, 1)) * 2  # K and V, f16
-    files = Path(text_model).stat().st_size + Path(mmproj).stat().st_size
+    options = LoadOptions()
+    judge = estimate(text_model, mmproj, options)
+    batch = estimate(text_model, mmproj, options, case="batch")
     return {
-        "files_bytes": files,
-        "kv_bytes": kv,
-        "overhead_bytes": OVERHEAD_BYTES,
-        "total_bytes": files + kv + OVERHEAD_BYTES,
+        "files_bytes": Path(text_model).stat().st_size + Path(mmproj).stat().st_size,
+        "total_bytes": judge.total,
+        "batch_bytes": batch.total,
+        "parts": judge.to_dict(),
     }
 
 
@@ -211,7 +206,12 @@ def _models(available: int | None, problems: list[str], notes: list[str]) -> tup
                 row["fits_in_memory"] = None if available is None else need["total_bytes"] <= available
                 if row["fits_in_memory"] is False:
                     notes.append(
-                        f"{m.key} needs about {need['total_bytes'] / 1e9:.1f} GB, more than is free now"
+                        f"{m.key} needs about {need['total_bytes'] / 2**30:.1f} GiB, more than is free now"
+                    )
+                elif available is not None and need["batch_bytes"] > available:
+                    notes.append(
+                        f"{m.key} needs about {need['batch_bytes'] / 2**30:.1f} GiB with the context full "
+                        "(batch, serve), more than is free now: lower n_ctx or use kv_cache_type q8_0"
                     )
         out.append(row)
     if not out:

@@ -54,7 +54,8 @@ def test_doctor_with_selftest_and_a_model(tiny_gguf: tuple[Path, Path]) -> None:
     (model,) = data["models"]
     need = model_needs(text, mmproj)
     assert model["model"] == "tiny:F16" and model["total_bytes"] == need["total_bytes"]
-    assert need["files_bytes"] == text.stat().st_size + mmproj.stat().st_size and need["kv_bytes"] > 0
+    assert need["files_bytes"] == text.stat().st_size + mmproj.stat().st_size and need["parts"]["kv"] > 0
+    assert model["batch_bytes"] == need["batch_bytes"] >= need["total_bytes"]  # the context full: more cells
     assert model["fits_in_memory"] is True
     human = runner.invoke(app, ["doctor"])
     assert human.exit_code == 0 and human.stdout == ""

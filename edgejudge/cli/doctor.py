@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
                 )
                 console.print(_kv_table("Converter self-test", rows))
             models = Table(title=f"Models in {report.models_dir}", title_justify="left")
-            for col in ("model", "files", "needs", "fits"):
+            for col in ("model", "files", "needs: judge", "batch", "fits"):
                 models.add_column(col)
             for m in report.models:
                 fits = m.get("fits_in_memory")
@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
                     m["model"] + (" (default)" if m["default"] else ""),
                     "present" if m["present"] else "MISSING",
                     _fmt_bytes(m.get("total_bytes")),
+                    _fmt_bytes(m.get("batch_bytes")),
                     {True: "yes", False: "no", None: "?"}[fits],
                 )
             if report.models:

@@ -39,15 +39,21 @@ NameArg = Annotated[
 
 def _list_tables(data: dict[str, Any]) -> list[Table]:
     inst = Table(title="Installed models", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("name", "quant", "size", "sha256", "files", "source"):
-        inst.add_column(col, no_wrap=col in ("name", "quant", "size"), overflow="fold")
+    for col in ("name", "quant", "size", "needs", "sha256", "files", "source"):
+        inst.add_column(col, no_wrap=col in ("name", "quant", "size", "needs"), overflow="fold")
     for m in data["installed"]:
         name = Text(m["name"], style="bold cyan")
         if m["default"]:
             name.append(" (default)", style="green")
         files = Text("present", style="green") if m["present"] else Text("MISSING", style="bold red")
         # Text, not markup: a source path such as ``ckpt[/x]`` must print as typed, not as a Rich tag
-        inst.add_row(name, m["quant"], human_bytes(m["bytes"]), m["sha256"], files, Text(m["source"]))
+        need = m.get("memory")
+        needs = (
+            "?"
+            if need is None
+            else f"{human_bytes(need['total_bytes'])} / {human_bytes(need['batch_bytes'])}"
+        )
+        inst.add_row(name, m["quant"], human_bytes(m["bytes"]), needs, m["sha256"], files, Text(m["source"]))
     known = Table(
         title="Known judges (edgejudge models pull NAME)", title_justify="left", box=box.SIMPLE_HEAD
     )
@@ -82,10 +88,18 @@ def register(app: typer.Typer) -> None:
 
     @models.command("list", epilog=examples("edgejudge models list", "edgejudge models list --json"))
     def list_(as_json: JsonOpt = False) -> None:
-        """Known judges and installed models, with sizes, quantization and sha256 status."""
+        """Known judges and installed models, with sizes, quantization, sha256 status and the memory each
+        needs (one verdict / the context full, as [bold]edgejudge doctor[/bold] reports it)."""
+        from ..doctor import model_needs
+        from ..errors import EdgeJudgeError
         from ..registry import models_overview
 
         data = models_overview()
+        for m in data["installed"]:  # what it needs in memory: doctor's figures (memory.estimate)
+            try:
+                m["memory"] = model_needs(m["text_model"], m["mmproj"]) if m["present"] else None
+            except (EdgeJudgeError, OSError):
+                m["memory"] = None
         if as_json:
             emit_json(data)
             return

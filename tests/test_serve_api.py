@@ -449,3 +449,17 @@ def test_sigterm_exits_0_and_prints_the_url(tiny_gguf: tuple[Path, Path]) -> Non
         assert handle.stdout.strip() == handle.url
         assert handle.stop() == 0
         assert handle.stderr.strip().splitlines()[-1] == "edgejudge serve: stopped"
+
+
+def test_a_port_in_use_is_a_one_line_error(tiny_gguf: tuple[Path, Path]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = cli("serve", "--model", str(tiny_gguf[0]), "--port", str(port))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"error: cannot listen on http://127.0.0.1:{port} (the address is in use" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -87,17 +87,24 @@ def _ignore(signum: int, frame: Any) -> None:
     return None
 
 
+async def _until_stopped(server: uvicorn.Server) -> None:
+    """``server.serve()``; uvicorn's ``sys.exit`` when it cannot bind is caught here (asyncio would let a
+    task's SystemExit out of the loop at once)."""
+    try:
+        await server.serve()
+    except SystemExit:
+        if server.started:
+            raise
+
+
 async def _serve(
     server: uvicorn.Server, options: ServeOptions, on_listening: Callable[[str], None] | None
 ) -> None:
-    task = asyncio.ensure_future(server.serve())
+    task = asyncio.ensure_future(_until_stopped(server))
     while not server.started and not task.done():
         await asyncio.sleep(0.02)
     if not server.started:
-        try:
-            await task
-        except SystemExit:  # uvicorn exits when it cannot bind
-            pass
+        await task
         raise InputError(
             f"cannot listen on {url_of(options.host, options.port)} (the address is in use or not this "
             "machine's)",

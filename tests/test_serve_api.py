@@ -463,3 +463,18 @@ def test_a_port_in_use_is_a_one_line_error(tiny_gguf: tuple[Path, Path]) -> None
     assert done.returncode == 1 and done.stdout == ""
     assert f"error: cannot listen on http://127.0.0.1:{port} (the address is in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_prompt_too_long_is_a_400_with_the_cli_message(
+    http: httpx.Client, red: Path, tiny_gguf: tuple[Path, Path]
+) -> None:
+    long = "very long answer " * 1500
+    argv = cli("judge", red.name, "-m", str(tiny_gguf[0]), "-i", "q", "--response", long, "--json")
+    done = subprocess.run(argv, cwd=red.parent, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    expected = next(x for x in done.stderr.splitlines() if x.startswith("error: ")).removeprefix("error: ")
+    reply = http.post("/v1/judge", json={"image": image_b64(red.read_bytes()), "image_name": "red.png",
+                                         "instruction": "q", "response": long})  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "ContextOverflowError" and error["message"] == expected

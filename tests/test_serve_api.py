@@ -478,3 +478,32 @@ def test_a_prompt_too_long_is_a_400_with_the_cli_message(
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["type"] == "ContextOverflowError" and error["message"] == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "changes", "status", "message"),
+    [
+        ("/v1/judge/batch", {"responses": []}, 422, "responses must hold at least 1 item(s), got 0"),
+        ("/v1/judge/batch", {"responses": ["a"] * 65}, 422, "responses must hold at most 64 item(s), got 65"),
+        ("/v1/judge/batch", {"responses": ["a", 3]}, 422, "responses.1 must be text, got a number"),
+        ("/v1/judge/batch", {"rubric": "ocr-accuracy", "rubrics": ["ocr-accuracy"]}, 400,
+         "give rubric or rubrics"),
+        ("/v1/judge/policy", {"review_band": [0.3]}, 422, "the review band must be two numbers, got [0.3]"),
+        ("/v1/judge/policy", {"review_band": [0.8, 0.2]}, 400, "the review band 0.8,0.2 is not within 0..1"),
+        ("/v1/judge/policy", {"policy": "nope"}, 400, "unknown policy 'nope'; built-in: "),
+        ("/v1/judge/policy", {"policy": {"name": "p"}}, 400, "the request's policy: "),
+        ("/v1/judge/policy", {"policy": "figure-grading", "instruction": None}, 400,
+         "policy 'figure-grading' gives no instruction for rule(s) "),
+    ],
+)  # fmt: skip
+def test_bad_batch_and_policy_fields(
+    http: httpx.Client, red: Path, path: str, changes: dict[str, Any], status: int, message: str
+) -> None:
+    body: dict[str, Any] = {"image": image_b64(red.read_bytes()), "max_tokens": 8}
+    if path.endswith("batch"):
+        body |= {"instruction": "q", "responses": ["a"]}
+    else:
+        body |= {"response": "r", "policy": "marketplace-listing"}
+    reply = http.post(path, json={**body, **changes})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["message"].startswith(message), reply.json()

@@ -216,6 +216,8 @@ def validation_error(err: ValidationError, model: type[BaseModel] | None = None)
         return InputError(
             f"the request body must be a JSON object, got {_type(value)}", hint="send an object"
         )
+    if kind in ("too_short", "too_long") and len(loc) == 1:
+        return _length_error(name, value, first.get("ctx") or {})
     if name in SETTING_NAMES and len(loc) == 1:
         try:
             check(name, value)
@@ -226,6 +228,25 @@ def validation_error(err: ValidationError, model: type[BaseModel] | None = None)
     if kind.endswith("_type") and kind.split("_")[0] in _WORDS:
         return InputError(f"{where} must be {_WORDS[kind.split('_')[0]]}, got {_type(value)}", about=name)
     return InputError(f"{where or 'the request'}: {first.get('msg')}", about=name)
+
+
+def _length_error(name: str, value: Any, ctx: dict[str, Any]) -> InputError:
+    """A list with too few or too many items (``review_band``: ``decision.check_band``'s words)."""
+    if name == "review_band":
+        from ..decision import check_band
+
+        try:
+            check_band(value)
+        except PolicyError as err:
+            return InputError(err.message, hint="give it as [low, high], e.g. [0.25, 0.75]", about=name)
+    count = ctx.get("actual_length", len(value) if isinstance(value, list) else "?")
+    if "min_length" in ctx:
+        bound = f"at least {ctx['min_length']}"
+    else:
+        bound = f"at most {ctx.get('max_length')}"
+    return InputError(
+        f"{name} must hold {bound} item(s), got {count}", hint=f"send {bound} {name}", about=name
+    )
 
 
 def _type(value: Any) -> str:

@@ -178,10 +178,11 @@ class Judge(Closing):
         )
         return full_conversation(judge_prompt)
 
-    def settings(self, params: GenerationParams, samples: int) -> dict[str, Any]:
+    def settings(self, params: GenerationParams, samples: int, parallel: int | None = None) -> dict[str, Any]:
         """THE ``settings`` object of a judgment with ``params`` and ``samples`` on this judge (the model,
-        the image fit and the generation settings; ``settings.settings_object``): verdicts and batch rows
-        carry it."""
+        the image fit, the generation settings and the decoding group size ``parallel``, default the most
+        this judge decodes together, its engine's ``max_parallel``; ``settings.settings_object``):
+        verdicts (with their own group size) and batch rows carry it."""
         generation = GenerationSettings(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -192,7 +193,11 @@ class Judge(Closing):
             grammar=params.constrained,
         )
         return settings_object(
-            generation, model=self.engine.model_name, image_fit=self.image_fit, engine=self.engine.kind
+            generation,
+            model=self.engine.model_name,
+            image_fit=self.image_fit,
+            engine=self.engine.kind,
+            parallel=self.engine.max_parallel if parallel is None else parallel,
         )
 
     # -- judging ---------------------------------------------------------------------------------------
@@ -419,7 +424,7 @@ class Judge(Closing):
             model=self.engine.model_name,
             image=prepared.image_label,
             image_fit=self.image_fit,
-            settings=self.settings(params, samples),
+            settings=self.settings(params, samples, max((g.timings.parallel for g in gens), default=1)),
             warnings=tuple(warnings),
             **agg,
         )

@@ -394,7 +394,7 @@ class GenerationSettings:
 
 #: The keys of the ``settings`` object, in the order it is written.
 SETTINGS_KEYS = tuple(
-    "model engine temperature top_p seed samples max_tokens repeat_penalty image_fit grammar".split()
+    "model engine temperature top_p seed samples max_tokens repeat_penalty image_fit grammar parallel".split()
 )
 
 
@@ -403,13 +403,33 @@ KEY_EXEMPT = ("engine",)
 
 
 def settings_object(
-    generation: GenerationSettings, *, model: str, image_fit: str, engine: str = "llama.cpp"
+    generation: GenerationSettings,
+    *,
+    model: str,
+    image_fit: str,
+    engine: str = "llama.cpp",
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    """THE ``settings`` object of a judgment: the model, the engine that ran it, the image fit and the
-    generation settings (``SETTINGS_KEYS``). ``judge --json`` verdicts and batch rows carry it, and a batch
-    row's resume key hashes it except ``engine`` (``KEY_EXEMPT``: the engines running one GGUF pair give the
-    same verdicts, so a batch may resume on another; ``model`` is the pair's identity). Capacity settings
-    (n_ctx, parallel, threads, GPU layers, servers) are not in it: they decide whether and how fast a prompt
-    runs, not what the judge answers."""
-    values = {"model": model, "engine": engine, "image_fit": image_fit, **generation.to_json()}
+    """THE ``settings`` object of a judgment: the model, the engine that ran it, the image fit, the
+    generation settings and ``parallel``, the decoding group size (``SETTINGS_KEYS``). ``judge --json``
+    verdicts and batch rows carry it, and a batch row's resume key hashes it except ``engine``
+    (``KEY_EXEMPT``: the engines running one GGUF pair give the same verdicts, so a batch may resume on
+    another; ``model`` is the pair's identity).
+
+    ``parallel`` is there because it changes answers: llama.cpp's batched kernels round differently from
+    the single-sequence ones, so a greedy text decoded beside other sequences can part from the one
+    decoded alone. In a verdict it is the number of sequences its generations were decoded with (1: the
+    single-sequence path); in a batch run's key it is the most the run decodes together (the engine's
+    ``max_parallel``), so a run resumed with another ``--parallel`` judges its rows again instead of
+    mixing the two. The other capacity settings (n_ctx, threads, GPU layers, the memory settings,
+    servers) are not in it: they decide whether and how fast a prompt runs, not what the judge answers
+    (threads split rows of a product, never a sum; the KV cache's size pads what attention masks out),
+    except ``kv_cache_type`` q8_0, which the README names as changing the digits."""
+    values = {
+        "model": model,
+        "engine": engine,
+        "image_fit": image_fit,
+        "parallel": parallel,
+        **generation.to_json(),
+    }
     return {key: values[key] for key in SETTINGS_KEYS}

@@ -82,6 +82,7 @@ def test_judge_json_and_batch_rows_carry_the_same_settings_object(
         "repeat_penalty": 1.1,
         "image_fit": "pad",
         "grammar": False,
+        "parallel": 1,  # the fake decodes one sample at a time
     }
     params = fake_factory[0].history[0][1]  # --top-p and --repeat-penalty reach the engine
     assert (params.top_p, params.repeat_penalty, params.constrained) == (0.8, 1.1, False)

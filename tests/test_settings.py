@@ -112,7 +112,9 @@ def test_generation_settings_check_on_creation_and_write_the_settings_object() -
         "repeat_penalty": 1.0,
         "image_fit": "pad",
         "grammar": False,
+        "parallel": 1,  # the decoding group size: the single-sequence path unless given
     }
+    assert settings_object(generation, model="m", image_fit="crop", parallel=4)["parallel"] == 4
 
 
 # Numbers an advice may write itself because they mean something there, not because they are a default

@@ -416,6 +416,7 @@ def ok_row(base: ResultRow, verdict: Verdict, began: float) -> ResultRow:
         rubric=verdict.rubric or base.rubric,
         model=verdict.model or base.model,
         image_fit=verdict.image_fit or base.image_fit,
+        settings=dict(verdict.settings) or base.settings,  # the verdict's own decoding group size
         reference_given=verdict.reference,
         parse_method=verdict.parse_method,
         raw_output=verdict.raw_output,

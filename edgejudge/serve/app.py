@@ -141,7 +141,13 @@ def create_app(judge: Judge, config: ServeOptions, *, draining: Callable[[], boo
             state.closing = True
             await anyio.to_thread.run_sync(state.worker.drain)
 
-    app = FastAPI(title="edgejudge serve", version=__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="edgejudge serve",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
     app.state.serve = state
     _handlers(app)
     add_routes(app, state)

@@ -87,10 +87,13 @@ class TextModel(Closing):
         cell_type = llama_cpp.GGML_TYPE_Q8_0 if quantized else llama_cpp.GGML_TYPE_F16
         if n_gpu_layers < 0:
             n_gpu_layers = -1 if supports_gpu_offload() else 0
+        # several sequences need a context Llama cannot make: it makes a small one, replaced at once (so the
+        # full-size KV cache is allocated and cleared once, not twice)
+        first = n_ctx if n_seq == 1 else min(n_ctx, n_batch)
         try:
             self._llm = llama_cpp.Llama(
                 str(path),
-                n_ctx=n_ctx,
+                n_ctx=first,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
                 n_threads=n_threads,
@@ -117,6 +120,7 @@ class TextModel(Closing):
                     params = self._llm.context_params
                     params.n_seq_max = n_seq
                     params.kv_unified = True
+                    params.n_ctx = n_ctx
                     self._new_context()
                 batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
             except (ValueError, RuntimeError) as err:
@@ -138,7 +142,9 @@ class TextModel(Closing):
         self._closed = False
 
     def _new_context(self) -> None:
-        """Replace the context by one made from ``context_params`` (the KV cache starts empty)."""
+        """Replace the context by one made from ``context_params`` (the KV cache starts empty) and size
+        ``Llama``'s records of the context to it (``Llama.eval`` writes token ids, and logits when it keeps
+        them all, at each position)."""
         llm = self._llm
         llm._ctx.close()
         llm._ctx = llm._stack.enter_context(
@@ -147,6 +153,10 @@ class TextModel(Closing):
             )
         )
         llm.n_tokens = 0
+        llm._n_ctx = int(llm._ctx.n_ctx())
+        llm.input_ids = np.zeros((llm._n_ctx,), dtype=np.intc)
+        if llm._logits_all:
+            llm.scores = np.zeros((llm._n_ctx, llm._n_vocab), dtype=np.single)
 
     def resize(self, n_cells: int) -> None:
         """Make the KV cache ``n_cells`` cells (at least ``n_batch``); it is emptied, the weights stay."""
@@ -161,11 +171,7 @@ class TextModel(Closing):
                 f"llama.cpp could not create a context of {n_cells} cells: {err}",
                 hint=f"lower n_ctx or free memory ({VERBOSE_HINT})",
             ) from None
-        self.n_ctx = int(llm._ctx.n_ctx())
-        llm._n_ctx = self.n_ctx
-        llm.input_ids = np.zeros((self.n_ctx,), dtype=np.intc)  # Llama.eval records token ids there
-        if llm._logits_all:
-            llm.scores = np.zeros((self.n_ctx, self.n_vocab), dtype=np.single)
+        self.n_ctx = int(llm._n_ctx)
 
     # -- sizes -----------------------------------------------------------------------------------------
     @property

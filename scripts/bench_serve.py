@@ -19,8 +19,10 @@ response (as ``bench_scale.py``: the ``bench_judge.py`` model, ~1.1B LLaMA + CLI
 once and cached in ``--bench-dir``; the ``vqa-helpfulness`` rubric trimmed to ``--rubric-tokens``; a
 reference answer), temperature 0, one seed (equal settings are what lets requests coalesce),
 ``--max-tokens``; per server row one request per client (at least 2) unless ``--requests``. At temperature
-0 every row must give each request the same verdict text: the last column counts the requests whose text
-equals the first row's. Exits 0 (1 when a request failed).
+0 the last column counts the requests whose verdict text and score equal the first row's (on this
+random-weight model near-flat distributions let greedy texts differ between a cold prompt, a reused prefix
+and a parallel group: float rounding, as the README's parallel-sequences section says). Exits 0 (1 when a
+request failed).
 
     python scripts/bench_serve.py                       # the short default (~8 min on 2 quiet cores)
     python scripts/bench_serve.py --images 2 --requests 32 --process-clients 1,4 --max-tokens 64
@@ -59,6 +61,7 @@ class Row:
     wall_s: float = 0.0
     failed: int = 0
     texts: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, int | None] = field(default_factory=dict)
     parallel: dict[int, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     reused_tokens: int = 0
@@ -83,6 +86,7 @@ def percentile(values: list[float], q: float) -> float:
 def record(row: Row, index: int, verdict: dict[str, Any], latency: float) -> None:
     row.latencies.append(latency)
     row.texts[index] = verdict["raw_output"]
+    row.scores[index] = verdict["score"]
     timings = verdict["samples"][0]["timings"]
     row.parallel[index] = int(timings.get("parallel", 1))
     row.prompt_tokens += int(timings.get("prompt_tokens", 0))
@@ -256,7 +260,7 @@ def run_clients(row: Row, client: Any, shares: list[list[int]]) -> None:
 # -- the table -----------------------------------------------------------------------------------------------
 HEADER = (
     "| configuration | clients | requests ok | wall s | requests/min | × separate processes | p50 s | p95 s "
-    "| in a coalesced group | prefix reused | same text as row 1 |\n" + "|---" * 11 + "|"
+    "| in a coalesced group | prefix reused | same text / score as row 1 |\n" + "|---" * 11 + "|"
 )
 
 
@@ -267,7 +271,9 @@ def print_row(row: Row, base: Row | None, first: Row | None) -> None:
     same = "-"
     if first is not None:
         common = [i for i in row.texts if i in first.texts]
-        same = f"{sum(row.texts[i] == first.texts[i] for i in common)}/{len(common)}"
+        texts = sum(row.texts[i] == first.texts[i] for i in common)
+        scores = sum(row.scores[i] == first.scores[i] for i in common)
+        same = f"{texts}/{len(common)} / {scores}/{len(common)}"
     print(
         f"| {row.name} | {row.clients} | {row.ok}/{row.ok + row.failed} | {row.wall_s:.1f} "
         f"| {row.per_min:.2f} | {ratio} | {percentile(row.latencies, 50):.1f} "

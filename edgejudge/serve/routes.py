@@ -21,9 +21,11 @@ from starlette.responses import Response, StreamingResponse
 
 from ..errors import EdgeJudgeError, InputError, PolicyError, RubricError
 from ..inputs import Task, check_texts
+from .limits import error_body
 from .metrics import CONTENT_TYPE
 from .replies import ClientGone, SchemaViolation, error_of, json_response, json_text, request_body
 from .schema import (
+    DEFAULT_RUBRIC,
     BatchRequest,
     JudgeRequest,
     PolicyRequest,
@@ -35,7 +37,7 @@ from .schema import (
     rubric_of,
     validation_error,
 )
-from .worker import Job
+from .worker import Cancelled, Job
 
 if TYPE_CHECKING:
     from ..images import FittedImage
@@ -114,8 +116,15 @@ def _stream(state: ServeState, job: Job, texts: asyncio.Queue[str]) -> Response:
                 yield _event("text", {"text": texts.get_nowait()})
             try:
                 item = future.result()[0]
+            except Cancelled:  # the client went away: nobody to tell
+                return
             except EdgeJudgeError as err:
                 item = err
+            except Exception as err:  # noqa: BLE001 - the stream has begun: the failure is its last event
+                item = None
+                yield _event("error", error_body("InternalError", f"unexpected {type(err).__name__}: {err}"))
+            if item is None:
+                return
             if isinstance(item, EdgeJudgeError):
                 yield _event("error", {"error": error_of(item)})
             else:
@@ -132,7 +141,7 @@ def _rubric_label(value: Any) -> str:
     if isinstance(value, dict):
         name = value.get("name")
         return name.strip() if isinstance(name, str) and name.strip() else "inline"
-    return "vqa-helpfulness" if value is None else str(value)
+    return DEFAULT_RUBRIC if value is None else str(value)
 
 
 def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one closure per route

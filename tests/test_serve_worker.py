@@ -470,6 +470,30 @@ def test_remote_engine_concurrency_runs_that_many_threads() -> None:
     assert engine.most_running == 3
 
 
+def test_other_threads_leave_a_gathering_group_its_jobs() -> None:
+    """FakeEngine with concurrency 2 (timing): while one thread gathers image X, a later X job joins that
+    group instead of starting its own on the idle thread, which takes another job at once."""
+    judge, engine = _fake(concurrency=2, max_parallel=4)
+    worker = JudgeWorker(judge, gather_s=1.0)
+    worker.start()
+    first, later, other = (
+        _fake_job(judge, 0, seed=1),
+        _fake_job(judge, 1, seed=1),
+        _fake_job(judge, 2, seed=2),
+    )
+    worker.submit(first)
+    time.sleep(0.1)
+    worker.submit(later)
+    other.image_key = ""  # runs alone at once: the idle thread is free for it
+    t0 = time.monotonic()
+    worker.submit(other)
+    assert isinstance(_verdict(other, 20), Verdict) and time.monotonic() - t0 < 0.9  # not held by X's window
+    assert isinstance(_verdict(first, 20), Verdict) and isinstance(_verdict(later, 20), Verdict)
+    assert worker.drain(timeout=20)
+    assert sorted(engine.calls) == [[0, 1], [2]]
+    assert worker.stats().coalesced_jobs == 2
+
+
 def test_drain_timeout_answers_what_never_ran() -> None:
     """FakeEngine with a gate: drain times out while a job is held; the queued one gets ShuttingDownError,
     the held one still finishes once the engine is free."""

@@ -12,8 +12,9 @@ until ``gather_s`` after the head job was submitted (a job that already waited t
 again), as many as fit in the engine's ``max_parallel`` sequences (a job of T tasks and S samples takes
 T×S), and judges them in one ``Judge.evaluate_tasks`` call: one parallel-sequence group over one shared
 prefix. Jobs join in arrival order; a job of another key is overtaken by at most the one group being
-gathered when it is the oldest (FIFO within one gather window). A streaming job (``on_text``), a policy
-job and a job without an ``image_key`` run alone.
+gathered when it is the oldest (FIFO within one gather window); with several threads, a job that a group
+being gathered has room for waits for that group rather than starting its own. A streaming job
+(``on_text``), a policy job and a job without an ``image_key`` run alone.
 
 **Results.** A job's ``future`` is always resolved: a plain or streaming job's result is a list with one
 ``Verdict`` or ``EdgeJudgeError`` per task (a bad task never costs the others); a policy job's is one
@@ -147,6 +148,8 @@ class JudgeWorker:
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._in_flight = 0
+        #: the groups being gathered (several threads: remote engines): id → (group key, room left)
+        self._gathering: dict[int, tuple[tuple[Any, ...], int]] = {}
         self._counts = dict.fromkeys(
             ("jobs_done", "failed", "groups", "coalesced_jobs", "cancelled", "refused"), 0
         )
@@ -273,29 +276,42 @@ class JudgeWorker:
                 room -= job.sequences
         return room
 
+    def _claimed(self, job: Job) -> bool:
+        """Whether a group being gathered (by another thread) has room for ``job``: it waits for that."""
+        if not (self.coalesce and job.plain and job.image_key):
+            return False
+        key = job.group_key()
+        return any(k == key and job.sequences <= room for k, room in self._gathering.values())
+
     def _take(self) -> list[Job] | None:
         """The next group of jobs to run (None: drained and done)."""
         with self._cond:
             while True:
                 self._purge()
-                if self._queue:
+                head = next((job for job in self._queue if not self._claimed(job)), None)
+                if head is not None:
                     break
-                if self._closing:
+                if self._closing and not self._queue:
                     return None
                 self._cond.wait()
-            head = self._queue.popleft()
+            self._queue.remove(head)
             self._in_flight += 1
             group = [head]
             if not (self.coalesce and head.plain and head.image_key):
                 return group
             room = self._room(head)
             deadline = head.enqueued_at + self.gather_s
-            while room > 0:
-                room = self._gather(group, room)
-                remaining = deadline - time.monotonic()
-                if room <= 0 or remaining <= 0 or self._closing:
-                    break
-                self._cond.wait(remaining)  # the gather window: same-image requests arriving together
+            try:
+                while room > 0:
+                    room = self._gather(group, room)
+                    self._gathering[id(group)] = (head.group_key(), room)
+                    remaining = deadline - time.monotonic()
+                    if room <= 0 or remaining <= 0 or self._closing:
+                        break
+                    self._cond.wait(remaining)  # the gather window: same-image requests arriving together
+            finally:
+                if self._gathering.pop(id(group), None) is not None:
+                    self._cond.notify_all()  # what this group left is anyone's again
             return group
 
     # -- the worker threads ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..errors import (
     RubricError,
 )
 from .limits import error_body
+from .schema import UnsupportedMediaType
 from .worker import QueueFullError, ShuttingDownError
 
 __all__ = [
@@ -80,7 +81,7 @@ def status_of(err: BaseException) -> int:
         return 503
     if isinstance(err, InvalidImageError) and "pixel limit" in err.message:
         return 413
-    if isinstance(err, InputError) and "content_type" in err.about:
+    if isinstance(err, UnsupportedMediaType):
         return 415
     if isinstance(err, (InputError, InvalidImageError, RubricError, PolicyError, ContextOverflowError)):
         return 400

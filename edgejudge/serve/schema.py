@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JudgeRequest",
     "BatchRequest",
+    "UnsupportedMediaType",
     "PolicyRequest",
     "DEFAULT_RUBRIC",
     "SETTING_NAMES",
@@ -169,10 +170,14 @@ class PolicyRequest(_Image):
 
 
 # -- reading a body ------------------------------------------------------------------------------------
+class UnsupportedMediaType(InputError):
+    """A request body that is neither JSON nor multipart form-data (HTTP 415)."""
+
+
 def parse_body(model: type[BaseModel], body: bytes, content_type: str) -> tuple[Any, bytes | None]:
     """The request ``model`` from ``body`` and, for a multipart upload, the image file's bytes (None for
-    JSON: the image is in the model). ``InputError`` (status 415 by its ``about``) for another content
-    type; ``pydantic.ValidationError`` for a body that breaks the schema."""
+    JSON: the image is in the model). ``UnsupportedMediaType`` for another content type;
+    ``pydantic.ValidationError`` for a body that breaks the schema."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
         return model.model_validate_json(body), None
@@ -181,10 +186,9 @@ def parse_body(model: type[BaseModel], body: bytes, content_type: str) -> tuple[
         if image is not None:
             values["image"] = ""
         return model.model_validate(values), image
-    raise InputError(
+    raise UnsupportedMediaType(
         f"unsupported content type {kind or '(none)'!r}",
         hint="send application/json (or multipart/form-data with the image as a file part)",
-        about="content_type",
     )
 
 

@@ -59,10 +59,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SchemaViolation)
     async def schema_violation(request: Request, err: SchemaViolation) -> Response:
-        inner = err.error
-        status = 400 if inner.message.startswith("the request body is not valid JSON") else 422
-        kind = "InputError" if status == 400 else "ValidationError"
-        return json_response(error_body(kind, inner.message, inner.hint), status)
+        return json_response(error_body("ValidationError", err.error.message, err.error.hint), 422)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(request: Request, err: RequestValidationError) -> Response:

@@ -63,7 +63,10 @@ async def _parse(state: ServeState, request: Request, model: type[Any]) -> tuple
     try:
         return await state.in_thread(parse_body, model, body, request.headers.get("content-type", ""))
     except ValidationError as err:
-        raise SchemaViolation(validation_error(err, model)) from None
+        problem = validation_error(err, model)
+        if err.errors()[0].get("type") == "json_invalid":
+            raise problem from None  # not JSON at all: bad input (400), not a schema violation
+        raise SchemaViolation(problem) from None
 
 
 async def _image(state: ServeState, req: Any, upload: bytes | None) -> FittedImage:

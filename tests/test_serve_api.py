@@ -360,6 +360,7 @@ def test_bodies_that_are_not_json_or_too_large(http: httpx.Client, server: Serve
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith(
         "the request body is not valid JSON"
     )
+    assert bad.json()["error"]["type"] == "InputError"
     text = http.post("/v1/judge", content=b"hello", headers={"content-type": "text/plain"})
     assert (
         text.status_code == 415 and text.json()["error"]["message"] == "unsupported content type 'text/plain'"

@@ -214,7 +214,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(tiny_gguf: tuple[Pa
             try:
                 replies[c] = httpx.post(
                     server.url + "/v1/judge",
-                    json=_body(c, _png(200 + c), max_tokens=2048, samples=2, temperature=1.0),
+                    json=_body(c, _png(200 + c), max_tokens=2048, samples=8),
                     timeout=300,
                 )
             except httpx.HTTPError as err:

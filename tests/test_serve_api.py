@@ -508,3 +508,12 @@ def test_bad_batch_and_policy_fields(
     reply = http.post(path, json={**body, **changes})
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["message"].startswith(message), reply.json()
+
+
+def test_the_request_settings_are_the_generation_settings() -> None:
+    """Every generation setting can be set per request, under its own name, and nothing else."""
+    from edgejudge.serve.schema import SETTING_NAMES, JudgeRequest
+    from edgejudge.settings import SETTINGS
+
+    settable = {name for name in JudgeRequest.model_fields if name in SETTINGS}
+    assert settable == set(SETTING_NAMES)

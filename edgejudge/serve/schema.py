@@ -335,7 +335,7 @@ def generation(request: _Settings, defaults: GenerationSettings) -> tuple[Genera
 
     values: dict[str, Any] = {}
     for name in SETTING_NAMES:
-        given = getattr(request, name)
+        given = getattr(request, name, None)
         values[name] = check(name, getattr(defaults, name) if given is None else given)
     params = GenerationParams(
         temperature=float(values["temperature"]),

@@ -10,9 +10,10 @@ Rows (each printed as soon as it is measured):
 - **separate processes**: every request is one ``edgejudge judge --json`` process (load the pair, judge,
   exit), ``--process-clients`` of them at a time with ``--threads`` split between them: what each script
   pays without a shared server;
-- **serve, coalescing** / **serve, --no-coalesce**: a fresh server (``--threads``, ``--parallel``) for each
-  client count (so every row starts cold), the requests spread round-robin over the clients, each client
-  sending its requests one after another (``httpx``, one connection each).
+- **serve, coalescing** / **serve, --no-coalesce**: one server (``--threads``, ``--parallel``) per mode for
+  all its client counts, warmed before each row by one unmeasured request per image (a server that has been
+  running holds the image's prefix); the requests spread round-robin over the clients, each client sending
+  its requests one after another (``httpx``, one connection each).
 
 The requests: ``--images`` synthetic pictures (default 1), request i on image i % images with its own
 response (as ``bench_scale.py``: the ``bench_judge.py`` model, ~1.1B LLaMA + CLIP-L/336, Q4_K_M, built
@@ -24,7 +25,7 @@ random-weight model near-flat distributions let greedy texts differ between a co
 and a parallel group: float rounding, as the README's parallel-sequences section says). Exits 0 (1 when a
 request failed).
 
-    python scripts/bench_serve.py                       # the short default (~8 min on 2 quiet cores)
+    python scripts/bench_serve.py                       # the short default (~6 min on 2 quiet cores)
     python scripts/bench_serve.py --images 2 --requests 32 --process-clients 1,4 --max-tokens 64
 """
 
@@ -178,6 +179,8 @@ class Server:
         ]  # fmt: skip
         if not coalesce:
             argv.append("--no-coalesce")
+        elif args.gather_ms is not None:
+            argv += ["--gather-ms", str(args.gather_ms)]
         self._log = log.open("w")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + args.timeout
@@ -245,6 +248,16 @@ def run_server(requests: list[dict], clients: int, server: Server, name: str, ti
 
     run_clients(row, client, spread(len(requests), clients))
     return row
+
+
+def warm_up(server: Server, requests: list[dict], timeout: float) -> None:
+    """One request per image, not measured: every row starts with the image's prefix in the KV cache and
+    its embedding cached, as on a server that has been running (the separate processes start cold)."""
+    import httpx
+
+    for request in requests:
+        body = {**request["body"], "response": "A warm-up answer.", "max_tokens": 1}
+        httpx.post(server.url + "/v1/judge", json=body, timeout=timeout).raise_for_status()
 
 
 def run_clients(row: Row, client: Any, shares: list[list[int]]) -> None:
@@ -315,6 +328,7 @@ def main() -> int:
     )
     parser.add_argument("--parallel", type=int, default=4, help="the server's parallel sequences")
     parser.add_argument("--n-ctx", type=int, default=8192, help="context (room for --parallel sequences)")
+    parser.add_argument("--gather-ms", type=float, default=None, help="the server gather window")
     parser.add_argument(
         "--only", default="processes,coalesce,no-coalesce", help="rows to run, comma-separated"
     )
@@ -365,19 +379,20 @@ def main() -> int:
             if kind not in wanted:
                 continue
             name = "serve, coalescing" if kind == "coalesce" else "serve, --no-coalesce"
-            for c in clients:
-                print(f"running {name} with {c} client(s) ...", file=sys.stderr, flush=True)
-                server = Server(model, args, kind == "coalesce", folder / f"serve-{kind}-{c}.log")
-                try:
+            server = Server(model, args, kind == "coalesce", folder / f"serve-{kind}.log")
+            try:
+                for c in clients:
+                    print(f"running {name} with {c} client(s) ...", file=sys.stderr, flush=True)
+                    warm_up(server, requests[: args.images], args.timeout)
                     row = run_server(requests[: per_row[c]], c, server, name, args.timeout)
-                    for line in server.metrics():
-                        print(f"  /metrics {line}", file=sys.stderr)
-                finally:
-                    server.stop()
-                first = first or row
-                failed += row.failed
-                print_row(row, base, first)
-                print(f"  ({time.perf_counter() - began:.0f} s so far)", file=sys.stderr, flush=True)
+                    first = first or row
+                    failed += row.failed
+                    print_row(row, base, first)
+                    print(f"  ({time.perf_counter() - began:.0f} s so far)", file=sys.stderr, flush=True)
+                for line in server.metrics():
+                    print(f"  /metrics {line}", file=sys.stderr)
+            finally:
+                server.stop()
     return 1 if failed else 0
 
 

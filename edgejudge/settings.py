@@ -41,6 +41,7 @@ __all__ = [
     "Setting",
     "SETTINGS",
     "GENERATION",
+    "SETTING_NAMES",
     "LOAD",
     "MAX_SAMPLES",
     "MAX_PARALLEL",
@@ -131,6 +132,8 @@ GENERATION: tuple[Setting, ...] = (
         inverted=True,
     ),
 )
+#: The names of the generation settings (a request's, a verdict's ``settings``): the one list of them.
+SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in GENERATION)
 
 #: The load settings (model files and the runtime), in the order ``--help`` lists them.
 LOAD: tuple[Setting, ...] = (

@@ -62,8 +62,8 @@ def _split(body: bytes, boundary: bytes) -> list[_Part]:
         "on_header_end": header_end,
         "on_part_data": data,
     }
-    parser = MultipartParser(boundary, callbacks)
     try:
+        parser = MultipartParser(boundary, callbacks)  # inside: it refuses a boundary over 256 bytes
         parser.write(body)
         parser.finalize()
     except InputError:
@@ -90,6 +90,8 @@ def _shape(annotation: Any) -> tuple[bool, set[type]]:
     origin = typing.get_origin(annotation)
     if origin is list:
         return True, _shape(args[0])[1] if args else set()
+    if origin is dict:
+        return False, {dict}
     if args:
         is_list, kinds = False, set()
         for arg in args:
@@ -107,6 +109,17 @@ def _value(text: str, kinds: set[type]) -> Any:
         except (ValueError, RecursionError):
             return text  # the schema then says what it must be
     return text
+
+
+def _array(text: str) -> list[Any] | None:
+    """``text`` as a JSON array, or None when it is not one (then it is one item of the list)."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
 
 
 def parse_form(body: bytes, content_type: str, model: Any) -> tuple[dict[str, Any], bytes | None]:
@@ -137,8 +150,9 @@ def parse_form(body: bytes, content_type: str, model: Any) -> tuple[dict[str, An
         is_list, kinds = _shape(field.annotation)
         text = _text(part, name)
         if is_list:
-            if str not in kinds and text.lstrip().startswith("[") and name not in values:
-                values[name] = _value(text, {dict, float})
+            whole = _array(text) if name not in values else None
+            if whole is not None:
+                values[name] = whole  # the whole list as one JSON array
             else:
                 values.setdefault(name, []).append(_value(text, kinds))
         else:

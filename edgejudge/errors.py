@@ -33,6 +33,7 @@ __all__ = [
     "UnsafePickleError",
     "ModelNotFoundError",
     "InvalidImageError",
+    "ImageTooLargeError",
     "RubricError",
     "ContextOverflowError",
     "EngineError",
@@ -77,6 +78,10 @@ class ModelNotFoundError(EdgeJudgeError, FileNotFoundError):
 
 class InvalidImageError(EdgeJudgeError, ValueError):
     """An image is missing, corrupt, truncated, empty, not an image, or too large (decompression bomb)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image over the pixel limit (``InvalidImageError`` otherwise; a server answers it with 413)."""
 
 
 class PolicyError(EdgeJudgeError, ValueError):

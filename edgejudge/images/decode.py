@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .._fs import read_regular, user_path
-from ..errors import InvalidImageError
+from ..errors import ImageTooLargeError, InvalidImageError
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -56,8 +56,10 @@ _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-global; only 
 _TILE_PIXELS = 1 << 20  # mode conversions run on tiles of at most this many pixels
 
 
-def _fail(name: str, problem: str, hint: str = FORMAT_HINT) -> InvalidImageError:
-    return InvalidImageError(f"{problem}: {name}", hint=hint)
+def _fail(
+    name: str, problem: str, hint: str = FORMAT_HINT, kind: type[InvalidImageError] = InvalidImageError
+) -> InvalidImageError:
+    return kind(f"{problem}: {name}", hint=hint)
 
 
 # (offset, magic, name): formats recognised from their first bytes, to say what a refused file is
@@ -154,6 +156,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
                 label,
                 f"image is larger than the {max_pixels:,} pixel limit",
                 "downscale it first (possible bomb)",
+                ImageTooLargeError,
             ) from None
         except UnidentifiedImageError:
             kind = sniff_format(data)
@@ -169,7 +172,8 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     if img.width * img.height > max_pixels:  # belt and braces (formats that skip Pillow's check)
-        raise _fail(label, f"image is {img.width}x{img.height} pixels, over the {max_pixels:,} pixel limit")
+        problem = f"image is {img.width}x{img.height} pixels, over the {max_pixels:,} pixel limit"
+        raise _fail(label, problem, kind=ImageTooLargeError)
     if img.width < 1 or img.height < 1:
         raise _fail(label, "image has no pixels")
     try:
@@ -274,9 +278,8 @@ def load_image(
     if isinstance(source, Image.Image):
         label = name or "<image>"
         if source.width * source.height > max_pixels:
-            raise _fail(
-                label, f"image is {source.width}x{source.height} pixels, over the {max_pixels:,} pixel limit"
-            )
+            problem = f"image is {source.width}x{source.height} pixels, over the {max_pixels:,} pixel limit"
+            raise _fail(label, problem, kind=ImageTooLargeError)
         return _finish(source, label, owned=False)
     data, label = _read_source(source, name)
     return _finish(_decode(data, label, max_pixels), label, owned=True)

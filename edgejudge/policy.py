@@ -207,7 +207,7 @@ def _text(data: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
     return text
 
 
-def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
+def _rule(data: Any, position: int, policy_name: str, source: str, rubric_files: bool = True) -> Rule:
     if not isinstance(data, Mapping):
         raise PolicyError(
             f"{source}: rule {position} must be a table, got {type(data).__name__}", hint=POLICY_KEYS_HINT
@@ -252,7 +252,7 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
                     f"{where}: rubric must be a built-in rubric name or an inline table, got a path",
                     hint="copy the rubric's criteria and score1..score5 into a [rules.rubric] table",
                 )
-            rubric = load_rubric(rubric_value)
+            rubric = load_rubric(rubric_value) if rubric_files else _builtin_rubric(rubric_value)
         elif isinstance(rubric_value, Mapping):
             extra = [k for k in rubric_value if k not in _RUBRIC_KEYS]
             if extra:
@@ -289,9 +289,22 @@ def _rule(data: Any, position: int, policy_name: str, source: str) -> Rule:
     )
 
 
-def parse_policy(text: str, *, suffix: str, source: str, sha256: str) -> Policy:
+def _builtin_rubric(name: str) -> Rubric:
+    """A built-in rubric by name (never a file: ``RubricError`` for any other name)."""
+    from .rubric import _normalise_name, builtin_rubrics
+
+    library = builtin_rubrics()
+    found = library.get(_normalise_name(name))
+    if found is None:
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise RubricError(f"unknown rubric '{shown}'; available: {', '.join(library)}")
+    return found
+
+
+def parse_policy(text: str, *, suffix: str, source: str, sha256: str, rubric_files: bool = True) -> Policy:
     """A policy from the text of a file (``suffix`` ``.toml`` or ``.json``); ``PolicyError`` naming
-    ``source`` for anything wrong."""
+    ``source`` for anything wrong. ``rubric_files=False`` (a policy sent over the network): a rule's
+    rubric name is looked up among the built-ins only, never as a file."""
     try:
         data = parse_rubric_text(text, suffix, source, unwrap=False)
     except RubricError as err:
@@ -332,7 +345,7 @@ def parse_policy(text: str, *, suffix: str, source: str, sha256: str) -> Policy:
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for position, item in enumerate(rules_value, start=1):
-        rule = _rule(item, position, name, source)
+        rule = _rule(item, position, name, source, rubric_files)
         if rule.id in seen:
             raise PolicyError(
                 f"{source}: rule {position} repeats the id '{rule.id}' (first used by rule {seen[rule.id]})",

@@ -325,7 +325,8 @@ def main() -> int:
                     _row(shape, quant, "not converted", *[""] * 10)
                     continue
                 files = text.stat().st_size + mmproj.stat().st_size
-                bound = read_bandwidth() / weights_bytes_per_token(text)
+                bandwidth = read_bandwidth()
+                bound = bandwidth / weights_bytes_per_token(text)
                 try:
                     run, verdict = judge_once(text, mmproj, image, args)
                     t = verdict["timings"]
@@ -335,7 +336,8 @@ def main() -> int:
                     cells = [
                         f"{run.peak_rss_mb / 1024:.2f} GiB", f"{run.elapsed_s - stages:.1f} s",
                         f"{prompt_tps:.1f} ({t['prompt_tokens']} tok)",
-                        f"{gen_tps:.2f} ({t['generated_tokens']} tok)", f"{bound:.2f}",
+                        f"{gen_tps:.2f} ({t['generated_tokens']} tok)",
+                        f"{bound:.2f} ({bandwidth / 1e9:.0f} GB/s)",
                         f"{100 * gen_tps / bound:.0f} %", f"{run.elapsed_s:.1f} s",
                     ]  # fmt: skip
                 except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as err:

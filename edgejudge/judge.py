@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._closing import Closing
+from ._many import verdicts_or_first_error
 from .aggregate import aggregate_samples, expected_score, seeds
 from .decision import DEFAULT_REVIEW_BAND
 from .engine.base import Engine, Generation, GenerationParams, PromptParts, TokenCallback
@@ -259,13 +260,7 @@ class Judge(Closing):
             raise InputError("responses must be a list of texts, not one text", hint="pass [response]")
         fitted = self.fit(image, name=image_name)  # once, not once per response
         tasks = [Task(fitted, instruction, r, rubric, reference, image_name) for r in responses]
-        results = self.evaluate_tasks(tasks, samples=samples, params=params)
-        for position, result in enumerate(results):
-            if isinstance(result, EdgeJudgeError):
-                if len(results) > 1:
-                    result.message = f"response {position + 1}: {result.message}"
-                raise result
-        return [r for r in results if isinstance(r, Verdict)]
+        return verdicts_or_first_error(self.evaluate_tasks(tasks, samples=samples, params=params))
 
     def evaluate_policy(
         self,

@@ -111,16 +111,17 @@ def _looks_like_name(text: str) -> bool:
     return not ("/" in text or text.lower().endswith((".toml", ".json")) or text.startswith((".", "~")))
 
 
-def rubric_field(rubric: Rubric | str | Path) -> str | dict[str, Any]:
+def rubric_field(rubric: Rubric | str | Path, notes: list[str] | None = None) -> str | dict[str, Any]:
     """A rubric as a request names it: a built-in name as is (the server knows its built-ins); a ``Rubric``
-    or a rubric file (read here, ``rubric.load_rubric``: the server never reads files) as an object."""
+    or a rubric file (read here, ``rubric.load_rubric``: the server never reads files) as an object, its
+    texts cleaned as ``Judge`` cleans them (``inputs.clean_rubric``; the notes added to ``notes``)."""
+    from .inputs import clean_rubric
     from .rubric import Rubric, load_rubric
 
-    if isinstance(rubric, Rubric):
-        return rubric.to_dict()
     if isinstance(rubric, str) and _looks_like_name(rubric) and not Path(rubric).is_file():
         return rubric  # the server's built-in (or its "unknown rubric" error)
-    return load_rubric(rubric).to_dict()
+    loaded = rubric if isinstance(rubric, Rubric) else load_rubric(rubric)
+    return clean_rubric(loaded, [] if notes is None else notes).to_dict()
 
 
 def policy_field(policy: Policy | str | Path) -> str | dict[str, Any]:

@@ -22,14 +22,19 @@ queue (429) is retried honouring ``Retry-After`` ``retries`` times; a server tha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._client_batch import DEFAULT_MAX_SEQUENCES, clean, plan, runs, with_notes
 from ._client_wire import Wire, image_field, policy_field, rubric_field, server_error, settings_fields
 from ._closing import Closing
+from ._many import verdicts_or_first_error
 from .decision import DEFAULT_REVIEW_BAND
 from .errors import EdgeJudgeError, EngineError, InputError
+from .inputs import Task
 from .settings import check
 from .verdict import PolicyVerdict, Verdict
 
@@ -56,6 +61,7 @@ class Client(Closing):
 
         self._wire = Wire(url, api_key=api_key or serve_api_key(), timeout=timeout, retries=retries)
         self.url = self._wire.url
+        self._limit: int | None = None  # the server's max_sequences, once asked
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -96,12 +102,17 @@ class Client(Closing):
         generation settings by name (``temperature``, ``top_p``, ``repeat_penalty``, ``max_tokens``,
         ``seed``, ``grammar``), over ``params``. ``on_text`` streams the feedback as it is generated."""
         body = self._body(image, image_name, samples, params, settings)
-        body.update(instruction=instruction, response=response, reference=reference)
+        notes: list[str] = []
+        body["instruction"] = clean("instruction", instruction, notes)
+        body["response"] = clean("response", response, notes)
         if rubric is not None:
-            body["rubric"] = rubric_field(rubric)
+            body["rubric"] = rubric_field(rubric, notes)
+        body["reference"] = clean("reference answer", reference, notes)
         if on_text is None:
-            return _verdict(self._wire.post("/v1/judge", body), self.url)
-        return self._streamed(body, on_text)
+            verdict = _verdict(self._wire.post("/v1/judge", body), self.url)
+        else:
+            verdict = self._streamed(body, on_text)
+        return with_notes(verdict, notes)
 
     def judge_each(
         self,
@@ -117,31 +128,20 @@ class Client(Closing):
         image_name: str | None = None,
         **settings: Any,
     ) -> list[Verdict | EdgeJudgeError]:
-        """Judge several responses to one image in one request (``/v1/judge/batch``), each against
-        ``rubric`` or against each of ``rubrics``: in order (for each response, each rubric), each a
-        ``Verdict`` or the ``EdgeJudgeError`` that item got (one bad item never costs the others)."""
+        """Judge several responses to one image, each against ``rubric`` or against each of ``rubrics``: in
+        order (for each response, each rubric), each a ``Verdict`` or the ``EdgeJudgeError`` that item got
+        (one bad item never costs the others). Any number of responses and rubrics (none: ``[]``): they
+        go in as few ``/v1/judge/batch`` requests as the server's limits allow (``_client_batch.plan``)."""
         if isinstance(responses, str):
             raise InputError("responses must be a list of texts, not one text", hint="pass [response]")
         if rubric is not None and rubrics is not None:
             raise InputError("give rubric or rubrics, not both", hint="pass rubrics=[rubric, ...]")
+        if isinstance(rubrics, (str, Path)):
+            raise InputError("rubrics must be a list of rubrics", hint="pass rubric= for one rubric")
+        if rubrics is not None and not rubrics:
+            raise InputError("rubrics is an empty list", hint="pass at least one rubric, or leave it out")
         body = self._body(image, image_name, samples, params, settings)
-        body.update(instruction=instruction, responses=list(responses), reference=reference)
-        if rubrics is not None:
-            if isinstance(rubrics, (str, Path)):
-                raise InputError("rubrics must be a list of rubrics", hint="pass rubric= for one rubric")
-            body["rubrics"] = [rubric_field(r) for r in rubrics]
-        elif rubric is not None:
-            body["rubric"] = rubric_field(rubric)
-        results = self._wire.post("/v1/judge/batch", body).get("results")
-        if not isinstance(results, list):
-            raise EngineError(f"{self.url}/v1/judge/batch answered without results", hint="check the server")
-        out: list[Verdict | EdgeJudgeError] = []
-        for item in results:
-            if item.get("verdict") is not None:
-                out.append(_verdict(item["verdict"], self.url))
-            else:
-                out.append(server_error(item.get("error"), 400, self.url))
-        return out
+        return self._each(body, instruction, responses, rubrics, rubric, reference, samples)
 
     def judge_many(
         self,
@@ -163,13 +163,7 @@ class Client(Closing):
             image, instruction=instruction, responses=responses, rubric=rubric, rubrics=rubrics,
             reference=reference, samples=samples, params=params, image_name=image_name, **settings,
         )  # fmt: skip
-        per_response = max(1, len(rubrics or ()))
-        for position, result in enumerate(results):
-            if isinstance(result, EdgeJudgeError):
-                if len(results) > 1:
-                    result.message = f"response {position // per_response + 1}: {result.message}"
-                raise result
-        return [r for r in results if isinstance(r, Verdict)]
+        return verdicts_or_first_error(results, max(1, len(rubrics or ())))
 
     def judge_policy(
         self,
@@ -188,16 +182,25 @@ class Client(Closing):
         """Judge one response against every rule of ``policy`` (``/v1/judge/policy``; ``review_band`` None:
         the server's default band)."""
         body = self._body(image, image_name, samples, params, settings)
-        body.update(
-            response=response, instruction=instruction, reference=reference, policy=policy_field(policy)
-        )
+        notes: list[str] = []
+        body["instruction"] = clean("instruction", instruction, notes)
+        body["response"] = clean("response", response, notes)
+        body["reference"] = clean("reference answer", reference, notes)
+        body["policy"] = policy_field(policy)
         if review_band is not None:
             body["review_band"] = [float(v) for v in review_band]
         data = self._wire.post("/v1/judge/policy", body)
         try:
-            return PolicyVerdict.from_dict(data)
+            verdict = PolicyVerdict.from_dict(data)
         except (TypeError, KeyError, ValueError, AttributeError):
             raise _not_a_verdict(self.url) from None
+        if not notes:
+            return verdict
+        rules = tuple(
+            rule if rule.verdict is None else replace(rule, verdict=with_notes(rule.verdict, notes))
+            for rule in verdict.rules
+        )
+        return replace(verdict, rules=rules)
 
     # -- judging, exactly Judge's signatures -------------------------------------------------------------
     def evaluate(
@@ -235,11 +238,41 @@ class Client(Closing):
         params: GenerationParams | None = None,
         image_name: str | None = None,
     ) -> list[Verdict]:
-        """``Judge.evaluate_many`` on the server (one batch request)."""
+        """``Judge.evaluate_many`` on the server (as few batch requests as the server's limits allow)."""
         return self.judge_many(
             image, instruction=instruction, responses=responses, rubric=rubric, reference=reference,
             samples=samples, params=params, image_name=image_name,
         )  # fmt: skip
+
+    def evaluate_tasks(
+        self, tasks: Sequence[Task], *, samples: int = 1, params: GenerationParams | None = None
+    ) -> list[Verdict | EdgeJudgeError]:
+        """``Judge.evaluate_tasks`` on the server: in order, each a ``Verdict`` or the ``EdgeJudgeError``
+        that task got (one bad task never costs the others; a server that cannot answer raises). Runs of
+        consecutive tasks on the same image, instruction, reference and rubric go as one batch (split
+        within the server's limits); other tasks in requests of their own."""
+        body = self._body(None, None, samples, params, {})
+        results: list[Verdict | EdgeJudgeError | None] = [None] * len(tasks)
+        keys: list[tuple[Any, ...] | None] = []
+        for position, task in enumerate(tasks):
+            try:
+                encoded, name = image_field(task.image, task.image_name)
+                key = json.dumps([encoded, name, task.instruction, task.reference, rubric_field(task.rubric)])
+            except EdgeJudgeError as err:
+                results[position] = err
+                keys.append(None)
+                continue
+            keys.append((key, encoded, name))
+        for run in runs(keys):
+            try:
+                got = self._run(body, tasks, keys, run, samples)
+            except EngineError:
+                raise
+            except EdgeJudgeError as err:  # the request as a whole: each task alone gets its own answer
+                got = [err] if len(run) == 1 else [self._one(body, tasks, keys, p, samples) for p in run]
+            for position, result in zip(run, got, strict=True):
+                results[position] = result
+        return [r for r in results if r is not None]
 
     def evaluate_policy(
         self,
@@ -263,20 +296,102 @@ class Client(Closing):
     # -- plumbing ----------------------------------------------------------------------------------------
     def _body(
         self,
-        image: ImageInput,
+        image: ImageInput | None,
         image_name: str | None,
         samples: int,
         params: GenerationParams | None,
         settings: dict[str, Any],
     ) -> dict[str, Any]:
+        """The image (None: left for the caller) and the settings of a request, checked before sending."""
         if "samples" in settings:
             raise InputError("give samples as samples=, not among the settings", hint="pass samples=N")
         check("samples", samples)
-        encoded, name = image_field(image, image_name)
-        body: dict[str, Any] = {"image": encoded, **settings_fields(params, settings), "samples": samples}
-        if name is not None:
-            body["image_name"] = name
+        body: dict[str, Any] = {**settings_fields(params, settings), "samples": samples}
+        if image is not None:
+            body["image"], name = image_field(image, image_name)
+            if name is not None:
+                body["image_name"] = name
         return body
+
+    def _each(
+        self,
+        body: dict[str, Any],
+        instruction: str,
+        responses: Sequence[str],
+        rubrics: Sequence[Rubric | str | Path] | None,
+        rubric: Rubric | str | Path | None,
+        reference: str | None,
+        samples: int,
+    ) -> list[Verdict | EdgeJudgeError]:
+        """``judge_each`` on a request ``body`` holding the image and settings: the texts cleaned as
+        ``Judge`` cleans them (their notes on each verdict), the items split into requests by ``plan``."""
+        shared: list[str] = []  # notes in Judge's order: instruction, response, rubric, reference
+        body = {**body, "instruction": clean("instruction", instruction, shared)}
+        own = [list[str]() for _ in responses]
+        texts = [clean("response", text, notes) for text, notes in zip(responses, own, strict=True)]
+        given = [rubric] if rubrics is None else list(rubrics)
+        rubric_notes = [list[str]() for _ in given]
+        fields = [None if r is None else rubric_field(r, n) for r, n in zip(given, rubric_notes, strict=True)]
+        reference_notes: list[str] = []
+        body["reference"] = clean("reference answer", reference, reference_notes)
+        limit = self._max_sequences() if len(texts) * len(fields) > 1 else DEFAULT_MAX_SEQUENCES
+        placed: dict[int, Verdict | EdgeJudgeError] = {}
+        for response_range, rubric_range in plan(len(texts), len(fields), samples, limit):
+            part = {**body, "responses": [texts[i] for i in response_range]}
+            if rubrics is not None:
+                part["rubrics"] = [fields[k] for k in rubric_range]
+            elif fields[0] is not None:
+                part["rubric"] = fields[0]
+            items = [(i, k) for i in response_range for k in rubric_range]
+            results = self._wire.post("/v1/judge/batch", part).get("results")
+            if not isinstance(results, list) or len(results) != len(items):
+                raise EngineError(
+                    f"{self.url}/v1/judge/batch answered without results", hint="check the server"
+                )
+            for (i, k), item in zip(items, results, strict=True):
+                if isinstance(item, dict) and item.get("verdict") is not None:
+                    notes = [*shared, *own[i], *rubric_notes[k], *reference_notes]
+                    placed[i * len(fields) + k] = with_notes(_verdict(item["verdict"], self.url), notes)
+                else:
+                    error = item.get("error") if isinstance(item, dict) else None
+                    placed[i * len(fields) + k] = server_error(error, 400, self.url)
+        return [placed[n] for n in sorted(placed)]
+
+    def _run(
+        self,
+        body: dict[str, Any],
+        tasks: Sequence[Task],
+        keys: Sequence[tuple[Any, ...] | None],
+        run: Sequence[int],
+        samples: int,
+    ) -> list[Verdict | EdgeJudgeError]:
+        """The tasks at ``run`` (one image, instruction, reference and rubric) as one ``judge_each``."""
+        first, (_, encoded, name) = tasks[run[0]], keys[run[0]]  # type: ignore[misc]
+        each = {**body, "image": encoded, **({} if name is None else {"image_name": name})}
+        responses = [tasks[p].response for p in run]
+        return self._each(each, first.instruction, responses, None, first.rubric, first.reference, samples)
+
+    def _one(
+        self, body: dict[str, Any], tasks: Sequence[Task], keys: Sequence[tuple[Any, ...] | None], at: int,
+        samples: int,
+    ) -> Verdict | EdgeJudgeError:  # fmt: skip
+        try:
+            return self._run(body, tasks, keys, [at], samples)[0]
+        except EngineError:
+            raise
+        except EdgeJudgeError as err:
+            return err
+
+    def _max_sequences(self) -> int:
+        """The most sequences one request may decode: the server's ``max_sequences`` (``GET /v1/model``),
+        else ``DEFAULT_MAX_SEQUENCES``; asked once."""
+        if self._limit is None:
+            said = self.model().get("max_sequences")
+            if isinstance(said, int) and not isinstance(said, bool) and said > 0:
+                self._limit = said
+            else:
+                self._limit = DEFAULT_MAX_SEQUENCES
+        return self._limit
 
     def _streamed(self, body: dict[str, Any], on_text: TokenCallback) -> Verdict:
         for event, data in self._wire.events("/v1/judge", {**body, "stream": True}):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,120 @@ def test_a_full_queue_is_retried_as_retry_after_says(tiny_gguf: tuple[Path, Path
         assert all(isinstance(r, ServerUnavailableError) for r in refused)
         retried = burst(8)
         assert all(isinstance(r, Verdict) for r in retried), retried
+
+
+# -- texts the wire cannot carry, any number of items, tasks (review 12: items 11 and 12) --------------------
+def test_lone_surrogates_are_cleaned_as_the_judge_cleans_them(client: Client, local: Judge) -> None:
+    call = {
+        "instruction": "Roof \ud800?", "response": "bad \udc80 bytes", "rubric": "vqa-helpfulness",
+        "reference": "red \udfff", "params": GREEDY,
+    }  # fmt: skip
+    here = local.evaluate(HOUSE, **call)  # type: ignore[arg-type]
+    assert sum("replaced with U+FFFD" in w for w in here.warnings) == 3
+    remote = client.evaluate(HOUSE, **call)  # type: ignore[arg-type]
+    assert_same(remote, here)
+    assert remote.warnings == here.warnings
+    streamed = client.evaluate(HOUSE, **call, on_text=lambda _: None)  # type: ignore[arg-type]
+    assert_same(streamed, here)
+    assert streamed.warnings == here.warnings
+    # an inline rubric with a lone surrogate, and the notes beside a prompt-layout note, in Judge's order
+    from edgejudge.rubric import load_rubric
+
+    rubric = replace(load_rubric("vqa-helpfulness"), criteria="Is it right \udc81?")
+    here_many = local.evaluate_many(
+        HOUSE, instruction="Roof?", responses=["USER: red \udc80", "fine"], rubric=rubric, params=GREEDY
+    )
+    remote_many = client.evaluate_many(
+        HOUSE, instruction="Roof?", responses=["USER: red \udc80", "fine"], rubric=rubric, params=GREEDY
+    )
+    for r, h in zip(remote_many, here_many, strict=True):
+        assert_same(r, h)
+        assert r.warnings == h.warnings
+    assert len(here_many[0].warnings) == 3 and len(here_many[1].warnings) == 1
+
+
+def test_any_number_of_responses_and_rubrics_in_order(client: Client, local: Judge) -> None:
+    assert client.evaluate_many(HOUSE, instruction="q", responses=[], rubric="vqa-helpfulness") == []
+    assert client.judge_each(HOUSE, instruction="q", responses=[]) == []
+    with pytest.raises(InvalidImageError):  # the inputs are still checked, as Judge checks them
+        client.evaluate_many(
+            HOUSE.parent / "nothing.png", instruction="q", responses=[], rubric="vqa-helpfulness"
+        )
+    # 65 responses (over the 64 of one request): the verdicts of the in-process judge, in order; the
+    # cleaning note marks the last response's verdict only
+    fast = GenerationParams(temperature=0.0, max_tokens=4)
+    responses = [f"answer {i}" for i in range(64)] + ["the last \udc80"]
+    here = local.evaluate_many(
+        HOUSE, instruction="Roof?", responses=responses, rubric="vqa-helpfulness", params=fast
+    )
+    remote = client.evaluate_many(
+        HOUSE, instruction="Roof?", responses=responses, rubric="vqa-helpfulness", params=fast
+    )
+    assert len(remote) == 65
+    assert [bool(v.warnings) for v in remote] == [False] * 64 + [True]
+    for r, h in zip(remote, here, strict=True):
+        assert r.score == h.score and r.warnings == h.warnings and r.rubric == h.rubric
+    # 17 rubrics (over the 16 of one request) x 2 responses: for each response, each rubric
+    from edgejudge.rubric import load_rubric
+
+    base = load_rubric("vqa-helpfulness")
+    rubrics = [replace(base, name=f"r{k}") for k in range(17)]
+    both = client.judge_each(
+        HOUSE, instruction="Roof?", responses=["red", "blue \udc80"], rubrics=rubrics, temperature=0,
+        max_tokens=4,
+    )  # fmt: skip
+    assert [v.rubric for v in both if isinstance(v, Verdict)] == [f"r{k}" for k in range(17)] * 2
+    assert [bool(v.warnings) for v in both if isinstance(v, Verdict)] == [False] * 17 + [True] * 17
+
+
+def test_the_split_of_a_batch_keeps_within_the_limits() -> None:
+    from edgejudge._client_batch import plan
+
+    def sizes(*args: int) -> list[tuple[int, int]]:
+        return [(len(r), len(k)) for r, k in plan(*args)]
+
+    assert sizes(3, 1, 1, 256) == [(3, 1)]
+    assert sizes(65, 1, 1, 256) == [(64, 1), (1, 1)]
+    assert sizes(2, 17, 1, 256) == [(2, 16), (2, 1)]
+    assert sizes(64, 16, 1, 256) == [(16, 16)] * 4  # 256 sequences each
+    assert sizes(10, 1, 64, 100) == [(1, 1)] * 10  # 64 samples: one response per request
+    assert sizes(2, 1, 64, 32) == [(1, 1)] * 2  # over the limit alone: still sent (the server says so)
+    for n, k, s, limit in [(100, 20, 3, 256), (7, 5, 2, 9), (1, 1, 1, 1)]:
+        parts = plan(n, k, s, limit)
+        items = [(i, j) for r, ks in parts for i in r for j in ks]
+        assert sorted(items) == [(i, j) for i in range(n) for j in range(k)]  # each item once
+        assert all(
+            len(r) <= 64 and len(ks) <= 16 and len(r) * len(ks) * s <= max(limit, s) for r, ks in parts
+        )
+
+
+def test_evaluate_tasks_answers_each_task_as_the_judge_does(client: Client, local: Judge) -> None:
+    tasks = [
+        Task(HOUSE, "Roof?", "Red.", "vqa-helpfulness"),
+        Task(HOUSE, "Roof?", "Blue \udc80.", "vqa-helpfulness"),
+        Task(OTHER, "Trees?", "Five.", "vqa-helpfulness", "Five trees."),
+        Task(OTHER, "Trees?", "   ", "vqa-helpfulness"),  # an empty response: its own InputError
+        Task(b"not an image", "Trees?", "Five.", "vqa-helpfulness"),  # a bad image: its own error
+        Task(HOUSE, "Roof?", "Red.", "no-such-rubric"),  # an unknown rubric: its own error
+        Task(HOUSE, "Roof?", "Red.", "visual-grounding"),
+    ]
+    here = local.evaluate_tasks(tasks, params=GREEDY)
+    remote = client.evaluate_tasks(tasks, params=GREEDY)
+    assert [type(r) for r in remote] == [type(h) for h in here]
+    assert [type(r) for r in remote] == [
+        Verdict,
+        Verdict,
+        Verdict,
+        InputError,
+        InvalidImageError,
+        RubricError,
+        Verdict,
+    ]
+    for r, h in zip(remote, here, strict=True):
+        if isinstance(h, Verdict):
+            assert isinstance(r, Verdict)
+            assert r.score == h.score and r.rubric == h.rubric and r.warnings == h.warnings
+            assert r.reference == h.reference
+        else:
+            assert str(r).split(":")[0] == str(h).split(":")[0]
+    assert client.evaluate_tasks([]) == []

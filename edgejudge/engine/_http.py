@@ -56,6 +56,7 @@ __all__ = [
     "ServerResponseError",
     "ServerUnavailableError",
     "normalize_url",
+    "retry_after",
     "row_error",
     "server_message",
 ]
@@ -124,7 +125,8 @@ class RetryPolicy:
         return wait
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
+    """The wait a response's ``Retry-After`` asks for, in seconds (seconds or an HTTP date; None: none)."""
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -258,7 +260,7 @@ class HttpClient(Closing):
                 with self._client.stream("POST", path, json=dict(body)) as response:
                     if not response.is_success:
                         response.read()
-                        if _transient(response.status_code) and tries.again(_retry_after(response), self):
+                        if _transient(response.status_code) and tries.again(retry_after(response), self):
                             continue
                         raise self._status_error("POST", path, response, tries.count)
                     for data in _sse_data(response.iter_lines()):
@@ -289,7 +291,7 @@ class HttpClient(Closing):
                 continue
             if response.is_success:
                 return response
-            if _transient(response.status_code) and tries.again(_retry_after(response), self):
+            if _transient(response.status_code) and tries.again(retry_after(response), self):
                 continue
             raise self._status_error(method, path, response, tries.count)
 

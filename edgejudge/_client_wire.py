@@ -17,11 +17,9 @@
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +27,7 @@ import httpx
 
 from . import errors
 from .errors import EdgeJudgeError, EngineError, InputError, InvalidImageError, ServerUnavailableError
-from .settings import GenerationSettings, check
+from .settings import SETTING_NAMES, check
 
 if TYPE_CHECKING:
     from .engine.base import GenerationParams
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from .rubric import Rubric
 
 __all__ = [
-    "SETTING_NAMES",
     "MAX_RETRY_AFTER_S",
     "CONNECT_RETRY_S",
     "Wire",
@@ -48,8 +45,6 @@ __all__ = [
     "server_error",
 ]
 
-#: The generation settings a request may carry, under the names a verdict's ``settings`` uses.
-SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
 #: The longest wait a ``Retry-After`` may ask for before a 429 is tried again.
 MAX_RETRY_AFTER_S = 30.0
 #: How long a server that refuses connections is tried again (a server still starting, or restarting).
@@ -185,20 +180,6 @@ def server_error(error: Any, status: int, url: str) -> EdgeJudgeError:
         return InputError(message, hint=hint)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
 # -- the exchange ------------------------------------------------------------------------------------------
 class Wire:
     """One connection pool to the server at ``url`` (thread-safe; ``close`` ends it)."""
@@ -276,7 +257,9 @@ class Wire:
         """After a refusal: wait and say True when it is a 429 with retries left."""
         if response.status_code != 429 or attempt >= self.retries:
             return False
-        wait = _retry_after(response)
+        from .engine._http import retry_after
+
+        wait = retry_after(response)
         time.sleep(min(MAX_RETRY_AFTER_S, 0.5 * 2**attempt if wait is None else wait))
         return True
 

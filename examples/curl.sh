@@ -4,7 +4,8 @@
 #   edgejudge serve --model NAME &            # listens on http://127.0.0.1:8765
 #   examples/curl.sh                          # or: examples/curl.sh http://HOST:PORT
 #
-# EDGEJUDGE_SERVE_API_KEY: the server's API key, when it has one (sent as "Authorization: Bearer KEY").
+# EDGEJUDGE_SERVE_API_KEY: the server's API key, when it has one (sent as "Authorization: Bearer KEY", from
+#   a temporary file of mode 600: never on curl's command line).
 # MAX_TOKENS: the generation budget of the judgments below (default 64, to keep the walkthrough quick).
 # Needs curl and base64; stops at the first request that fails (set -e, curl --fail-with-body).
 set -euo pipefail
@@ -14,7 +15,12 @@ MAX_TOKENS="${MAX_TOKENS:-64}"
 IMAGE="$(dirname "$0")/images/house-1.png"
 AUTH=()
 if [ -n "${EDGEJUDGE_SERVE_API_KEY:-}" ]; then
-  AUTH=(-H "Authorization: Bearer $EDGEJUDGE_SERVE_API_KEY")
+  # the key goes to curl in a file (-H @FILE), never in its arguments (which every user sees in ps); the
+  # file is the caller's alone (mode 600) and removed when the walkthrough ends, however it ends
+  HEADER_FILE="$(umask 077 && mktemp "${TMPDIR:-/tmp}/edgejudge-curl.XXXXXX")"
+  trap 'rm -f "$HEADER_FILE"' EXIT
+  printf 'Authorization: Bearer %s\n' "$EDGEJUDGE_SERVE_API_KEY" >"$HEADER_FILE"
+  AUTH=(-H "@$HEADER_FILE")
 fi
 # every call: silent but errors shown, fail on an HTTP error (printing its JSON error body)
 api() { curl -sS --fail-with-body ${AUTH[@]+"${AUTH[@]}"} "$@"; echo; }

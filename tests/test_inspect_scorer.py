@@ -236,3 +236,30 @@ def test_the_metrics_skip_samples_not_judged_and_define_agreement() -> None:
     assert pearson()(scores) == pytest.approx(r)
     assert math.isnan(mean_score()([_sample_score(NOANSWER, None)]))
     assert math.isnan(pearson()([_sample_score(3, 3), _sample_score(3, 4)]))  # a constant side
+
+
+def test_an_output_with_lone_surrogates_is_judged_through_serve_as_in_process(
+    tiny_gguf: tuple[Path, Path], local: Judge, tmp_path: Path
+) -> None:
+    """Review 12 item 11: a model output no UTF-8 body can carry is cleaned as ``Judge`` cleans it, not a
+    crashed sample; the score and warning are the in-process judge's."""
+    answer = "The roof is red \udc80."
+    dataset = [
+        Sample(
+            id="surrogate",
+            input=[_user(ContentImage(image=str(IMAGES / "house-1.png")), ContentText(text="Roof?"))],
+            target="Red.",
+            metadata={"answer": answer},
+        )
+    ]
+    with running_serve(*tiny_gguf) as handle:
+        task = Task(dataset=dataset, solver=canned(), scorer=prometheus_vision(server=handle.url, **SETTINGS))
+        log = _run(task, tmp_path / "logs")
+    score = _scores(log)["surrogate"]
+    here = local.evaluate(
+        IMAGES / "house-1.png", instruction="Roof?", response=answer, rubric="vqa-helpfulness",
+        reference="Red.", params=GREEDY,
+    )  # fmt: skip
+    assert score["value"] == here.score and score["explanation"] == here.feedback
+    assert score["metadata"]["warnings"] == list(here.warnings)
+    assert any("replaced with U+FFFD" in w for w in score["metadata"]["warnings"])

@@ -15,6 +15,20 @@ CLI's) and hint (``_client_wire``). Settings a call leaves out are the server's 
 ``evaluate(params=None)`` judges with the server's settings, not ``GenerationParams()``'s; a seed of None is
 the server's seed.
 
+Texts are cleaned before sending as ``Judge`` cleans them (lone surrogates, which no UTF-8 body can
+carry, become U+FFFD, with the same note among the verdict's warnings). ``judge_each``/``judge_many``/
+``evaluate_many`` take any number of responses and rubrics and ``evaluate_tasks`` any tasks: they go in
+as few ``/v1/judge/batch`` requests as the server's limits allow (64 responses, 16 rubrics and its
+``max_sequences`` per request) and come back in order.
+
+Reproducibility: the server coalesces concurrent requests on the same image into one parallel-sequence
+group, and llama.cpp's batched kernels round differently by group size, so a verdict can depend on which
+other requests were in flight with it (greedy score probabilities differ by up to about 0.004 between
+``settings.parallel`` 1 and 4; the text and score can part too). ``settings["parallel"]`` says the group
+size each verdict was decoded in. For bitwise-reproducible verdicts run ``edgejudge serve --no-coalesce``
+(each request decoded on its own: the same request gives the same verdict whatever else is running, the
+verdict of ``Judge`` with the same grouping) or send one request at a time.
+
 The API key is ``api_key`` or, when None, ``EDGEJUDGE_SERVE_API_KEY`` (``config.serve_api_key``). A full
 queue (429) is retried honouring ``Retry-After`` ``retries`` times; a server that cannot be reached is a
 ``ServerUnavailableError``.

@@ -39,7 +39,10 @@ Each is NaN when no sample qualifies.
 Judging runs in-process (``model``: a registered name, a text ``.gguf`` path, or None for the default
 model; one ``Judge`` loaded on first use per scorer, reused and closed with it, one judgment at a time)
 or through ``edgejudge serve`` (``server``: its URL; ``api_key`` or ``EDGEJUDGE_SERVE_API_KEY``, never
-written into the eval log; judgments sent concurrently, which the server coalesces). ``settings``:
+written into the eval log; judgments sent concurrently, which the server coalesces: a verdict then
+depends on which samples were in flight with it, greedy score probabilities by up to about 0.004, see
+``settings.parallel`` in the metadata; for bitwise-reproducible scores across runs run the server with
+``edgejudge serve --no-coalesce``, or the scorer in-process). ``settings``:
 generation settings by name (``temperature``, ``max_tokens``, ``seed``, ``samples``...; the rest are the
 library defaults, in both modes, so both judge alike) and, in-process, load settings (``mmproj``,
 ``n_ctx``, ``n_threads``, ``image_fit``...).

@@ -23,8 +23,9 @@ as few ``/v1/judge/batch`` requests as the server's limits allow (64 responses, 
 
 Reproducibility: the server coalesces concurrent requests on the same image into one parallel-sequence
 group, and llama.cpp's batched kernels round differently by group size, so a verdict can depend on which
-other requests were in flight with it (greedy score probabilities differ by up to about 0.004 between
-``settings.parallel`` 1 and 4; the text and score can part too). ``settings["parallel"]`` says the group
+other requests were in flight with it (greedy score probabilities differ by thousandths: up to 0.007
+measured on the demo tiny judge, between ``settings.parallel`` 1 and 4 and between two groups of 4; the
+text and score can part too). ``settings["parallel"]`` says the group
 size each verdict was decoded in. For bitwise-reproducible verdicts run ``edgejudge serve --no-coalesce``
 (each request decoded on its own: the same request gives the same verdict whatever else is running, the
 verdict of ``Judge`` with the same grouping) or send one request at a time.

@@ -40,7 +40,7 @@ Judging runs in-process (``model``: a registered name, a text ``.gguf`` path, or
 model; one ``Judge`` loaded on first use per scorer, reused and closed with it, one judgment at a time)
 or through ``edgejudge serve`` (``server``: its URL; ``api_key`` or ``EDGEJUDGE_SERVE_API_KEY``, never
 written into the eval log; judgments sent concurrently, which the server coalesces: a verdict then
-depends on which samples were in flight with it, greedy score probabilities by up to about 0.004, see
+depends on which samples were in flight with it, greedy score probabilities by thousandths, see
 ``settings.parallel`` in the metadata; for bitwise-reproducible scores across runs run the server with
 ``edgejudge serve --no-coalesce``, or the scorer in-process). ``settings``:
 generation settings by name (``temperature``, ``max_tokens``, ``seed``, ``samples``...; the rest are the

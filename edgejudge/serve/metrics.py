@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["Metrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The method label's values (any other method is counted as "other": a label never comes from the wire).
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -89,7 +91,8 @@ class Metrics:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            route, method = self._route_of(scope), str(scope.get("method", ""))
+            method = str(scope.get("method", ""))
+            route, method = self._route_of(scope), method if method in _METHODS else "other"
             status: dict[str, Any] = {"code": 500}
             began = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """A real ``edgejudge serve`` for tests: ``running_serve(model, mmproj, *extra_args)`` starts one on a free
-loopback port as a subprocess (``python -m edgejudge serve --model ... --port <free>``), waits for
-``/healthz`` and always stops it (SIGTERM, then SIGKILL after a timeout).
+loopback port as a subprocess (``python -m edgejudge serve --model ... --port 0``: the URL it prints
+names the port it bound), waits for ``/healthz`` and always stops it (SIGTERM, then SIGKILL after a timeout).
 
     with running_serve(*tiny_gguf, "--temperature", "0") as server:
         httpx.post(f"{server.url}/v1/judge", json={...}, headers=server.headers)
@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-
-from .llama_server import free_port
 
 __all__ = ["ServeHandle", "running_serve", "serve_argv", "image_b64", "png_bytes"]
 
@@ -92,57 +90,56 @@ def running_serve(
     env: Mapping[str, str] | None = None,
     api_key: str | None = None,
     timeout: float = 90.0,
+    cwd: Path | None = None,
 ) -> Iterator[ServeHandle]:
-    """A healthy ``edgejudge serve`` (see the module docstring); a port taken meanwhile is retried."""
+    """A healthy ``edgejudge serve`` (see the module docstring) on ``--port 0``: the port is the one the
+    server bound, read from the URL it prints, so no other process can take it in between. ``cwd``: the
+    server's working directory (default: the test's)."""
     child_env = {**os.environ, **(env or {})}
     child_env.pop("EDGEJUDGE_SERVE_API_KEY", None)
     if api_key is not None:
         child_env["EDGEJUDGE_SERVE_API_KEY"] = api_key
     handle: ServeHandle | None = None
     with tempfile.TemporaryDirectory(prefix="edgejudge-serve-") as tmp:
+        out = open(Path(tmp) / "stdout", "w+b")  # noqa: SIM115 - closed below
+        err = open(Path(tmp) / "stderr", "w+b")  # noqa: SIM115
         try:
-            for attempt in range(3):
-                port = free_port()
-                out = open(Path(tmp) / f"stdout-{attempt}", "w+b")  # noqa: SIM115 - closed below
-                err = open(Path(tmp) / f"stderr-{attempt}", "w+b")  # noqa: SIM115
-                proc = subprocess.Popen(
-                    serve_argv(model, mmproj, *extra_args, port=port),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=child_env,
-                )
-                handle = ServeHandle(f"http://127.0.0.1:{port}", proc, api_key, out, err)
-                if _wait_healthy(handle, timeout):
-                    break
+            proc = subprocess.Popen(
+                serve_argv(model, mmproj, *extra_args, port=0),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=child_env,
+                cwd=cwd,
+            )
+            handle = ServeHandle("", proc, api_key, out, err)
+            if not _wait_healthy(handle, timeout):
                 handle.stop()
-                stderr = handle.stderr
-                out.close()
-                err.close()
-                handle = None
-                if "cannot listen" not in stderr:
-                    raise AssertionError(f"edgejudge serve did not start:\n{stderr[-4000:]}")
-            else:
-                raise AssertionError("edgejudge serve found no free port in 3 tries")
+                raise AssertionError(f"edgejudge serve did not start:\n{handle.stderr[-4000:]}")
             yield handle
         finally:
             if handle is not None:
                 handle.stop()
-                for fh in (handle.stdout_file, handle.stderr_file):
-                    if fh is not None:
-                        fh.close()
+            out.close()
+            err.close()
 
 
 def _wait_healthy(handle: ServeHandle, timeout: float) -> bool:
+    """Wait for the URL on the server's stdout, then for ``/healthz`` to answer 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if handle.proc.poll() is not None:
             return False
-        try:
-            if httpx.get(f"{handle.url}/healthz", timeout=2.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
+        if not handle.url:
+            printed = handle.stdout.strip().splitlines()
+            if printed and printed[0].startswith("http://"):
+                handle.url = printed[0].strip()
+        if handle.url:
+            try:
+                if httpx.get(f"{handle.url}/healthz", timeout=2.0).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
         time.sleep(0.1)
     return False
 

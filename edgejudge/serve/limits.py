@@ -2,8 +2,10 @@
 
 ``Gate`` answers before the app sees a request: 401 without the right ``Authorization: Bearer <key>``
 (compared with ``secrets.compare_digest``; every path but ``/healthz`` when the server has a key), 413 for a
-``Content-Length`` over the limit; a body streamed without a length is counted as it arrives and
-``BodyTooLarge`` is raised past the limit (the app answers it with a 413). ``error_body`` is THE error shape
+``Content-Length`` over the limit (one that is not a number never gets here: uvicorn's h11 answers it 400
+itself); a body streamed without a length is counted as it arrives and ``BodyTooLarge`` is raised past the
+limit (the app answers it with a 413); a body whose next piece takes longer than ``body_timeout_s`` to
+come raises ``BodyTimeout`` (408). ``error_body`` is THE error shape
 of every non-2xx answer: ``{"error": {"type", "message", "hint"}}``.
 """
 
@@ -14,7 +16,9 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["Gate", "BodyTooLarge", "error_body", "OPEN_PATHS"]
+import anyio
+
+__all__ = ["Gate", "BodyTooLarge", "BodyTimeout", "error_body", "OPEN_PATHS"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,6 +50,17 @@ class BodyTooLarge(Exception):  # noqa: N818 - named after the HTTP status it be
         )
 
 
+class BodyTimeout(Exception):  # noqa: N818 - named after the HTTP status it becomes
+    """The next piece of a request body did not come within the server's body timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the request body did not arrive within {timeout:g} s")
+        self.timeout = timeout
+
+    def body(self) -> dict[str, Any]:
+        return error_body("RequestTimeout", str(self), "send the body at once, or over a faster connection")
+
+
 async def _answer(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
     data = json.dumps(body).encode("utf-8")
     await send(
@@ -65,9 +80,12 @@ async def _answer(send: Send, status: int, body: dict[str, Any], headers: list[t
 class Gate:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None, body_timeout_s: float = 30.0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self._key = api_key.encode("utf-8") if api_key else None
 
     def _refusal(self, scope: Scope) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]] | None:
@@ -87,11 +105,8 @@ class Gate:
                 )
                 return 401, body, challenge
         length = headers.get(b"content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                return 400, error_body("InputError", "the Content-Length header is not a number"), []
-            if int(length) > self.max_body_bytes:
-                return 413, BodyTooLarge(self.max_body_bytes).body(), []
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
+            return 413, BodyTooLarge(self.max_body_bytes).body(), []
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,12 +119,19 @@ class Gate:
             return
         received = 0
         started = False
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in: what comes now is the disconnect, whenever it comes
+                return await receive()
+            with anyio.move_on_after(self.body_timeout_s) as scope:
+                message = await receive()
+            if scope.cancelled_caught:
+                raise BodyTimeout(self.body_timeout_s)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(self.max_body_bytes)
             return message
@@ -121,7 +143,7 @@ class Gate:
 
         try:
             await self.app(scope, limited, tracked)
-        except BodyTooLarge as err:
+        except (BodyTooLarge, BodyTimeout) as err:
             if started:
                 raise
-            await _answer(send, 413, err.body(), [])
+            await _answer(send, 413 if isinstance(err, BodyTooLarge) else 408, err.body(), [])

@@ -17,6 +17,7 @@ from ..errors import (
     ContextOverflowError,
     EdgeJudgeError,
     EngineError,
+    ImageTooLargeError,
     InputError,
     InvalidImageError,
     PolicyError,
@@ -79,7 +80,7 @@ def status_of(err: BaseException) -> int:
         return 429
     if isinstance(err, (ShuttingDownError, EngineError)):
         return 503
-    if isinstance(err, InvalidImageError) and "pixel limit" in err.message:
+    if isinstance(err, ImageTooLargeError):
         return 413
     if isinstance(err, UnsupportedMediaType):
         return 415

@@ -19,13 +19,12 @@ import binascii
 import hashlib
 import json
 import re
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError, InvalidImageError, PolicyError, RubricError
-from ..settings import GenerationSettings, check
+from ..settings import SETTING_NAMES, GenerationSettings, check
 from .formdata import parse_form
 
 if TYPE_CHECKING:
@@ -42,6 +41,8 @@ __all__ = [
     "PolicyRequest",
     "DEFAULT_RUBRIC",
     "SETTING_NAMES",
+    "MAX_NAME_CHARS",
+    "shown",
     "parse_body",
     "image_bytes",
     "decode_image",
@@ -53,8 +54,11 @@ __all__ = [
 
 #: The rubric of a request that names none (``edgejudge judge``'s default).
 DEFAULT_RUBRIC = "vqa-helpfulness"
-#: The generation settings a request may set, under the names a verdict's ``settings`` uses.
-SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
+#: The longest image label, rubric or policy name a request may give (each is repeated in the answer).
+MAX_NAME_CHARS = 255
+#: The most characters of an unknown name an error message shows.
+_SHOWN_CHARS = 64
+_Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 #: A 1x1 PNG, the image of the examples.
 _PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 _IMAGE_HELP = "The image file's bytes in base64, or a data:image/...;base64, URL."
@@ -85,7 +89,9 @@ class _Settings(BaseModel):
 
 class _Image(_Settings):
     image: str = Field(description=_IMAGE_HELP)
-    image_name: str = Field("image", description="A label for the image (in the verdict and messages).")
+    image_name: str = Field(
+        "image", max_length=MAX_NAME_CHARS, description="A label for the image (in the verdict and messages)."
+    )
     reference: str | None = Field(None, description="A reference answer that would score 5.")
 
 
@@ -112,7 +118,7 @@ class JudgeRequest(_Image):
 
     instruction: str = Field(description="The question or task given about the image.")
     response: str = Field(description="The response to judge.")
-    rubric: str | dict[str, Any] | None = Field(None, description=_RUBRIC_HELP)
+    rubric: _Name | dict[str, Any] | None = Field(None, description=_RUBRIC_HELP)
     stream: bool = Field(False, description="Stream the feedback as server-sent events.")
 
 
@@ -135,8 +141,8 @@ class BatchRequest(_Image):
 
     instruction: str = Field(description="The question or task given about the image.")
     responses: list[str] = Field(min_length=1, max_length=64, description="The responses to judge.")
-    rubric: str | dict[str, Any] | None = Field(None, description="One rubric for every response.")
-    rubrics: list[str | dict[str, Any]] | None = Field(
+    rubric: _Name | dict[str, Any] | None = Field(None, description="One rubric for every response.")
+    rubrics: list[_Name | dict[str, Any]] | None = Field(
         None, min_length=1, max_length=16, description="Several rubrics: each response against each."
     )
 
@@ -160,7 +166,7 @@ class PolicyRequest(_Image):
 
     response: str = Field(description="The response (the content) to judge.")
     instruction: str | None = Field(None, description="The task; default: the rule's or the policy's.")
-    policy: str | dict[str, Any] = Field(
+    policy: _Name | dict[str, Any] = Field(
         description="A built-in policy name (GET /v1/policies) or an inline policy object (as a policy "
         "JSON file holds it)."
     )
@@ -222,6 +228,14 @@ def validation_error(err: ValidationError, model: type[BaseModel] | None = None)
         )
     if kind in ("too_short", "too_long") and len(loc) == 1:
         return _length_error(name, value, first.get("ctx") or {})
+    if kind == "string_too_long":
+        most = (first.get("ctx") or {}).get("max_length")
+        size = f"{len(value):,}" if isinstance(value, str) else "too many"
+        return InputError(
+            f"{where} is {size} characters long, more than {most}",
+            hint=f"give a shorter {name}",
+            about=name,
+        )
     if name in SETTING_NAMES and len(loc) == 1:
         try:
             check(name, value)
@@ -285,24 +299,25 @@ def decode_image(data: bytes, name: str, judge: Judge, max_pixels: int) -> Fitte
     return judge.fit(load_image(data, name=name, max_pixels=max_pixels), name=name)
 
 
-def _key(name: str) -> str:
-    return re.sub(r"[\s_]+", "-", name.strip().lower())
+def shown(name: str) -> str:
+    """A name as a message shows it: at most ``_SHOWN_CHARS`` characters."""
+    return name if len(name) <= _SHOWN_CHARS else name[:_SHOWN_CHARS] + "…"
 
 
 def rubric_of(value: str | dict[str, Any] | None) -> Rubric:
     """The rubric a request names: a built-in name (as ``rubric.load_rubric`` normalises it) or an
     inline object (``rubric_from_mapping``); ``RubricError`` otherwise. Files on the server are never read."""
-    from ..rubric import builtin_rubrics, rubric_from_mapping
+    from ..rubric import _normalise_name, builtin_rubrics, rubric_from_mapping
 
     if value is None:
         value = DEFAULT_RUBRIC
     if isinstance(value, dict):
         return rubric_from_mapping(value, name="inline", source=None)
     library = builtin_rubrics()
-    found = library.get(_key(value))
+    found = library.get(_normalise_name(value))
     if found is None:
         raise RubricError(
-            f"unknown rubric '{value}'; available: {', '.join(library)}",
+            f"unknown rubric '{shown(value)}'; available: {', '.join(library)}",
             hint="pass a built-in name (GET /v1/rubrics) or an inline rubric object",
         )
     return found
@@ -312,16 +327,19 @@ def policy_of(value: str | dict[str, Any]) -> Policy:
     """The policy a request names: a built-in name or an inline object (``policy.parse_policy`` of its
     JSON text; ``sha256`` that text's); ``PolicyError`` otherwise. Files on the server are never read."""
     from ..policy import builtin_policies, parse_policy
+    from ..rubric import _normalise_name
 
     if isinstance(value, dict):
         text = json.dumps(value, ensure_ascii=False, sort_keys=True)
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        return parse_policy(text, suffix=".json", source="the request's policy", sha256=digest)
+        return parse_policy(
+            text, suffix=".json", source="the request's policy", sha256=digest, rubric_files=False
+        )
     library = builtin_policies()
-    found = library.get(_key(value))
+    found = library.get(_normalise_name(value))
     if found is None:
         raise PolicyError(
-            f"unknown policy '{value}'; built-in: {', '.join(library)}",
+            f"unknown policy '{shown(value)}'; built-in: {', '.join(library)}",
             hint="pass a built-in name (GET /v1/policies) or an inline policy object",
             about="policy",
         )

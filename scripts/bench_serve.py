@@ -10,10 +10,11 @@ Rows (each printed as soon as it is measured):
 - **separate processes**: every request is one ``edgejudge judge --json`` process (load the pair, judge,
   exit), ``--process-clients`` of them at a time with ``--threads`` split between them: what each script
   pays without a shared server;
-- **serve, coalescing** / **serve, --no-coalesce**: one server (``--threads``, ``--parallel``) per mode for
-  all its client counts, warmed before each row by one unmeasured request per image (a server that has been
-  running holds the image's prefix); the requests spread round-robin over the clients, each client sending
-  its requests one after another (``httpx``, one connection each).
+- **serve, coalescing** / **serve, --no-coalesce**: one server (``--threads``, ``--parallel``) per mode, both
+  started first and measured in turn for each client count (so a pair of rows sees the same machine load;
+  the idle one uses no CPU), warmed before each row by one unmeasured request per image (a server that has
+  been running holds the image's prefix); the requests spread round-robin over the clients, each client
+  sending its requests one after another (``httpx``, one connection each).
 
 The requests: ``--images`` synthetic pictures (default 1), request i on image i % images with its own
 response (as ``bench_scale.py``: the ``bench_judge.py`` model, ~1.1B LLaMA + CLIP-L/336, Q4_K_M, built
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,24 +377,26 @@ def main() -> int:
                 failed += row.failed
                 print_row(row, base, first)
                 print(f"  ({time.perf_counter() - began:.0f} s so far)", file=sys.stderr, flush=True)
-        for kind in ("coalesce", "no-coalesce"):
-            if kind not in wanted:
-                continue
-            name = "serve, coalescing" if kind == "coalesce" else "serve, --no-coalesce"
-            server = Server(model, args, kind == "coalesce", folder / f"serve-{kind}.log")
-            try:
-                for c in clients:
-                    print(f"running {name} with {c} client(s) ...", file=sys.stderr, flush=True)
-                    warm_up(server, requests[: args.images], args.timeout)
-                    row = run_server(requests[: per_row[c]], c, server, name, args.timeout)
+        names = {"coalesce": "serve, coalescing", "no-coalesce": "serve, --no-coalesce"}
+        kinds = [kind for kind in names if kind in wanted]
+        with ExitStack() as stack:  # both servers up at once: each client count measured on both in turn
+            servers = {}
+            for kind in kinds:
+                server = Server(model, args, kind == "coalesce", folder / f"serve-{kind}.log")
+                stack.callback(server.stop)
+                servers[kind] = server
+            for c in clients:
+                for kind in kinds:
+                    print(f"running {names[kind]} with {c} client(s) ...", file=sys.stderr, flush=True)
+                    warm_up(servers[kind], requests[: args.images], args.timeout)
+                    row = run_server(requests[: per_row[c]], c, servers[kind], names[kind], args.timeout)
                     first = first or row
                     failed += row.failed
                     print_row(row, base, first)
                     print(f"  ({time.perf_counter() - began:.0f} s so far)", file=sys.stderr, flush=True)
+            for kind, server in servers.items():
                 for line in server.metrics():
-                    print(f"  /metrics {line}", file=sys.stderr)
-            finally:
-                server.stop()
+                    print(f"  /metrics ({kind}) {line}", file=sys.stderr)
     return 1 if failed else 0
 
 

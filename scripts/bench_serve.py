@@ -27,7 +27,7 @@ and a parallel group: float rounding, as the README's parallel-sequences section
 request failed).
 
     python scripts/bench_serve.py                       # the short default (~6 min on 2 quiet cores)
-    python scripts/bench_serve.py --images 2 --requests 32 --process-clients 1,4 --max-tokens 64
+    python scripts/bench_serve.py --images 2 --requests 32 --process-requests 4 --process-clients 1,4
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def main() -> int:
     )
     parser.add_argument("--images", type=int, default=1, help="distinct images the requests are about")
     parser.add_argument("--process-clients", default="1", help="concurrent judge processes per baseline row")
-    parser.add_argument("--process-requests", type=int, default=2, help="requests of a baseline row")
+    parser.add_argument("--process-requests", type=int, default=1, help="requests of a baseline row")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rubric-tokens", type=int, default=60, help="trim the rubric (0: as written)")
     parser.add_argument(

@@ -13,7 +13,10 @@ Candidates (``--candidates``, default all):
 - ``no-mmap``: ``--mmap off --kv-size full`` (one copy of the repacked weights);
 - ``fit``: ``--mmap on --kv-size fit`` (the KV cache sized to the prompt);
 - ``default``: the current defaults (mmap auto, kv_size fit, f16);
-- ``q8``: the defaults with ``--kv-cache-type q8_0`` (flash attention);
+- ``default-1024``: what the defaults allocate for a ~1400-position prompt at the default max_tokens
+  (1024): 2560 KV cells (``--n-ctx 2560 --kv-size full``), so a short ``--max-tokens`` run measures the
+  default's memory;
+- ``q8``: the defaults with ``--kv-cache-type q8_0`` (flash attention); ``q8-1024`` likewise at 2560 cells;
 - ``q8-full``: ``--mmap off --kv-size full --kv-cache-type q8_0``;
 - ``no-repack``: ``--mmap on --kv-size fit`` with llama.cpp's weight repacking turned off
   (``llama_model_params.use_extra_bufts`` False, set in the child: not an edgejudge option).
@@ -43,7 +46,9 @@ CANDIDATES: dict[str, list[str]] = {
     "no-mmap": ["--mmap", "off", "--kv-size", "full"],
     "fit": ["--mmap", "on", "--kv-size", "fit"],
     "default": [],
+    "default-1024": ["--n-ctx", "2560", "--kv-size", "full"],
     "q8": ["--kv-cache-type", "q8_0"],
+    "q8-1024": ["--n-ctx", "2560", "--kv-size", "full", "--kv-cache-type", "q8_0"],
     "q8-full": ["--mmap", "off", "--kv-size", "full", "--kv-cache-type", "q8_0"],
     "no-repack": ["--mmap", "on", "--kv-size", "fit"],
 }

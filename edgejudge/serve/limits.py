@@ -4,9 +4,9 @@
 (compared with ``secrets.compare_digest``; every path but ``/healthz`` when the server has a key), 413 for a
 ``Content-Length`` over the limit (one that is not a number never gets here: uvicorn's h11 answers it 400
 itself); a body streamed without a length is counted as it arrives and ``BodyTooLarge`` is raised past the
-limit (the app answers it with a 413); a body whose next piece takes longer than ``body_timeout_s`` to
-come raises ``BodyTimeout`` (408). ``error_body`` is THE error shape
-of every non-2xx answer: ``{"error": {"type", "message", "hint"}}``.
+limit (the app answers it with a 413); a body not complete ``body_timeout_s`` after the request came
+raises ``BodyTimeout`` (408: a client dripping its body byte by byte holds no connection longer).
+``error_body`` is THE error shape of every non-2xx answer: ``{"error": {"type", "message", "hint"}}``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["Gate", "BodyTooLarge", "BodyTimeout", "error_body", "OPEN_PATHS"]
+__all__ = ["Gate", "BodyTooLarge", "BodyTimeout", "error_body", "OPEN_PATHS", "CLOSE"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,6 +26,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: The header of an answer after which the connection closes (a body left unread).
+CLOSE = (b"connection", b"close")
 #: The paths that never need the API key.
 OPEN_PATHS = ("/healthz",)
 
@@ -51,7 +53,7 @@ class BodyTooLarge(Exception):  # noqa: N818 - named after the HTTP status it be
 
 
 class BodyTimeout(Exception):  # noqa: N818 - named after the HTTP status it becomes
-    """The next piece of a request body did not come within the server's body timeout."""
+    """A request body was not complete within the server's body timeout."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__(f"the request body did not arrive within {timeout:g} s")
@@ -81,7 +83,7 @@ class Gate:
     """See the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None, body_timeout_s: float = 30.0
+        self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None, body_timeout_s: float = 60.0
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -120,12 +122,13 @@ class Gate:
         received = 0
         started = False
         complete = False
+        deadline = anyio.current_time() + self.body_timeout_s
 
         async def limited() -> Message:
             nonlocal received, complete
             if complete:  # the body is in: what comes now is the disconnect, whenever it comes
                 return await receive()
-            with anyio.move_on_after(self.body_timeout_s) as scope:
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
                 message = await receive()
             if scope.cancelled_caught:
                 raise BodyTimeout(self.body_timeout_s)
@@ -146,4 +149,5 @@ class Gate:
         except (BodyTooLarge, BodyTimeout) as err:
             if started:
                 raise
-            await _answer(send, 413 if isinstance(err, BodyTooLarge) else 408, err.body(), [])
+            # the rest of the body is never read: the connection closes after the answer
+            await _answer(send, 413 if isinstance(err, BodyTooLarge) else 408, err.body(), [CLOSE])

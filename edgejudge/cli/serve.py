@@ -8,12 +8,22 @@ to stdout once the server listens; messages go to stderr.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..serve.options import DEFAULT_MAX_BODY_MB, DEFAULT_PORT
+from ..serve.options import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_BODY_MB,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_SEQUENCES,
+    DEFAULT_PORT,
+    MAX_BODY_MB,
+)
 from ._common import (
     EXIT_USAGE,
     GenerationOptions,
@@ -96,8 +106,55 @@ def register(app: typer.Typer) -> None:
         ] = 10.0,
         max_body_mb: Annotated[
             int,
-            typer.Option("--max-body-mb", min=1, help="Largest request body (MB).", rich_help_panel=_PANEL),
+            typer.Option(
+                "--max-body-mb",
+                min=1,
+                max=MAX_BODY_MB,
+                help="Largest request body in MiB (2^20 bytes; an image travels as base64, 4/3 of its size).",
+                rich_help_panel=_PANEL,
+            ),
         ] = DEFAULT_MAX_BODY_MB,
+        max_sequences: Annotated[
+            int,
+            typer.Option(
+                "--max-sequences",
+                min=1,
+                max=1_000_000,
+                help="Most sequences one request may decode (responses x rubrics x samples; more get 400).",
+                rich_help_panel=_PANEL,
+            ),
+        ] = DEFAULT_MAX_SEQUENCES,
+        max_connections: Annotated[
+            int,
+            typer.Option(
+                "--max-connections",
+                min=1,
+                max=100_000,
+                help="Most connections and requests at once (more get 503).",
+                rich_help_panel=_PANEL,
+            ),
+        ] = DEFAULT_MAX_CONNECTIONS,
+        drain_timeout: Annotated[
+            float,
+            typer.Option(
+                "--drain-timeout",
+                min=0.1,
+                max=86_400,
+                help="Seconds SIGTERM waits for the requests in flight; then the rest get 503 (a second "
+                "signal: at once).",
+                rich_help_panel=_PANEL,
+            ),
+        ] = DEFAULT_DRAIN_TIMEOUT_S,
+        body_timeout: Annotated[
+            float,
+            typer.Option(
+                "--body-timeout",
+                min=0.1,
+                max=86_400,
+                help="Seconds a request body may take to arrive in full (then 408).",
+                rich_help_panel=_PANEL,
+            ),
+        ] = DEFAULT_BODY_TIMEOUT_S,
         max_image_pixels: Annotated[
             int | None,
             typer.Option(
@@ -126,7 +183,8 @@ def register(app: typer.Typer) -> None:
         /v1/policies, /v1/model, /healthz, /metrics (Prometheus) and /docs (OpenAPI). Requests queue
         (bounded: a full queue answers 429 with Retry-After); requests on the same image decode together.
         The generation options are the defaults of requests that do not set them. SIGTERM or Ctrl-C
-        finishes the requests in flight and exits.
+        finishes the requests in flight (at most --drain-timeout seconds; a second signal: at once, the
+        rest answered 503) and exits.
         """
         from ..errors import InputError
         from ..serve.options import ServeOptions, check_bind
@@ -137,9 +195,10 @@ def register(app: typer.Typer) -> None:
         try:
             check_bind(host, key)
         except InputError as err:
+            hint = "give --api-key-file FILE (or set EDGEJUDGE_SERVE_API_KEY), or leave out --host"
             fail(
                 err,
-                "give --api-key-file FILE (or set EDGEJUDGE_SERVE_API_KEY), or leave out --host",
+                "give --host an address, e.g. 127.0.0.1" if "host" in err.about else hint,
                 code=EXIT_USAGE,
             )
         defaults = GenerationSettings(
@@ -160,6 +219,10 @@ def register(app: typer.Typer) -> None:
             coalesce=not no_coalesce,
             max_body_bytes=max_body_mb * 2**20,
             max_image_pixels=max_image_pixels,
+            max_sequences=max_sequences,
+            max_connections=max_connections,
+            drain_timeout_s=drain_timeout,
+            body_timeout_s=body_timeout,
             defaults=defaults,
         )
         console = stderr_console()
@@ -169,5 +232,12 @@ def register(app: typer.Typer) -> None:
             console.print(f"edgejudge serve: listening on {url} (Ctrl-C or SIGTERM to stop)", soft_wrap=True)
             typer.echo(url)
 
-        run_serve(options.load_options(), config, on_listening=listening)
-        console.print("edgejudge serve: stopped", soft_wrap=True)
+        if run_serve(options.load_options(), config, on_listening=listening):
+            console.print("edgejudge serve: stopped", soft_wrap=True)
+            return
+        # a generation is still running in the engine (its client was answered 503): end the process now,
+        # without tearing the interpreter down under it
+        console.print("edgejudge serve: stopped (a generation still running was abandoned)", soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -22,12 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
 from .. import __version__
 from ..errors import EdgeJudgeError
-from .limits import BodyTooLarge, Gate, error_body
+from .limits import OPEN_PATHS, BodyTimeout, BodyTooLarge, Gate, error_body
 from .metrics import Metrics
 from .options import ServeOptions
 from .replies import ClientGone, SchemaViolation, error_of, json_response, status_of
@@ -39,7 +40,10 @@ from .worker import Cancelled, QueueFullError
 if TYPE_CHECKING:
     from ..judge import Judge
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "CLIENT_GONE"]
+
+#: The status counted for a request whose client went away (never seen by anyone).
+CLIENT_GONE = 499
 
 _DESCRIPTION = """\
 A local Prometheus-Vision judge as an HTTP service: an image, an instruction, a response and a rubric in; \
@@ -69,15 +73,25 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, err: BodyTooLarge) -> Response:
-        return json_response(err.body(), 413)
+        return json_response(err.body(), 413, {"Connection": "close"})  # the rest is never read
 
+    @app.exception_handler(BodyTimeout)
+    async def too_slow(request: Request, err: BodyTimeout) -> Response:
+        return json_response(err.body(), 408, {"Connection": "close"})
+
+    # the client is gone: nobody reads this answer; 499 (nginx's "client closed request") is what the
+    # metrics count it as, so a client leaving is told apart from an answer that was sent
     @app.exception_handler(ClientGone)
     async def gone(request: Request, err: ClientGone) -> Response:
-        return json_response(error_body("ClientGone", "the client went away"), 499)
+        return json_response(error_body("ClientGone", "the client went away"), CLIENT_GONE)
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, err: ClientDisconnect) -> Response:
+        return json_response(error_body("ClientGone", "the client went away"), CLIENT_GONE)
 
     @app.exception_handler(Cancelled)
     async def cancelled(request: Request, err: Cancelled) -> Response:
-        return json_response(error_body("ClientGone", "the client went away"), 499)
+        return json_response(error_body("ClientGone", "the client went away"), CLIENT_GONE)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:
@@ -95,7 +109,7 @@ def _handlers(app: FastAPI) -> None:
 _MODELS = (JudgeRequest, BatchRequest, PolicyRequest)
 
 
-def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+def _openapi(app: FastAPI, *, keyed: bool) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
@@ -106,6 +120,14 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        if keyed:  # /docs then has an "Authorize" button that sends the key
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The server's API key."}
+            }
+            schema["security"] = [{"bearer": []}]
+            for path in OPEN_PATHS:
+                for operation in schema.get("paths", {}).get(path, {}).values():
+                    operation["security"] = []
         app.openapi_schema = schema
         return schema
 
@@ -136,7 +158,8 @@ def create_app(judge: Judge, config: ServeOptions, *, draining: Callable[[], boo
             yield
         finally:
             state.closing = True
-            await anyio.to_thread.run_sync(state.worker.drain)
+            patience = 0.5 if state.aborting else config.drain_timeout_s
+            state.drained = await anyio.to_thread.run_sync(state.worker.drain, patience)
 
     app = FastAPI(
         title="edgejudge serve",
@@ -151,10 +174,16 @@ def create_app(judge: Judge, config: ServeOptions, *, draining: Callable[[], boo
     metrics = Metrics(state.worker.stats, _route_of(app))
     state.metrics = metrics
     app.add_middleware(
-        _Wrap, wrap=lambda inner: Gate(inner, max_body_bytes=config.max_body_bytes, api_key=config.api_key)
+        _Wrap,
+        wrap=lambda inner: Gate(
+            inner,
+            max_body_bytes=config.max_body_bytes,
+            api_key=config.api_key,
+            body_timeout_s=config.body_timeout_s,
+        ),
     )
     app.add_middleware(_Wrap, wrap=metrics.middleware)
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, keyed=bool(config.api_key))  # type: ignore[method-assign]
     return app
 
 

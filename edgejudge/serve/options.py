@@ -14,11 +14,31 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 from ..settings import GenerationSettings
 
-__all__ = ["ServeOptions", "check_bind", "is_loopback", "DEFAULT_PORT", "DEFAULT_MAX_BODY_MB"]
+__all__ = [
+    "ServeOptions",
+    "check_bind",
+    "is_loopback",
+    "DEFAULT_PORT",
+    "DEFAULT_MAX_BODY_MB",
+    "MAX_BODY_MB",
+    "DEFAULT_MAX_SEQUENCES",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_DRAIN_TIMEOUT_S",
+    "DEFAULT_BODY_TIMEOUT_S",
+]
 
 DEFAULT_PORT = 8765
-#: The largest request body by default: a 24 MB image file in base64 fits.
+#: The largest request body by default (MiB): a 24 MiB image file in base64 fits; at most ``MAX_BODY_MB``.
 DEFAULT_MAX_BODY_MB = 32
+MAX_BODY_MB = 1024
+#: The most sequences (responses × rubrics × samples) one request may decode.
+DEFAULT_MAX_SEQUENCES = 256
+#: The most connections and requests at once (uvicorn's ``limit_concurrency``; more get 503).
+DEFAULT_MAX_CONNECTIONS = 128
+#: How long SIGTERM waits for the requests in flight before the queued ones get 503.
+DEFAULT_DRAIN_TIMEOUT_S = 60.0
+#: How long a request body may take to arrive in full (408 after it).
+DEFAULT_BODY_TIMEOUT_S = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -33,6 +53,10 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to listen beyond loopback without an API key (``InputError``, before anything is loaded)."""
+    if not host.strip():
+        raise InputError(
+            "the host to listen on is empty", hint="give an address, e.g. 127.0.0.1", about="host"
+        )
     if not is_loopback(host) and not api_key:
         raise InputError(
             f"refusing to listen on {host} without an API key: anyone who can reach it could use the judge",
@@ -45,7 +69,11 @@ class ServeOptions:
     """See the module docstring. ``gather_ms``: how long a worker waits for same-image requests to
     coalesce; ``max_body_bytes``: the largest request body; ``max_image_pixels``: the pixel limit of a
     decoded image (None: the CLI's, ``images.DEFAULT_MAX_PIXELS``; never above it); ``max_decodes``: how
-    many images are decoded at once (each may take a few hundred MB)."""
+    many images are decoded at once (each may take a few hundred MB); ``max_sequences``: the most
+    sequences one request decodes; ``max_connections``: connections and requests at once (uvicorn's
+    ``limit_concurrency``); ``drain_timeout_s``: how long a shutdown waits for the jobs in flight (then
+    the queued ones get ``ShuttingDownError``); ``body_timeout_s``: how long a request body may take to
+    arrive in full (then 408)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -56,6 +84,10 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_MB * 2**20
     max_image_pixels: int | None = None
     max_decodes: int = 2
+    max_sequences: int = DEFAULT_MAX_SEQUENCES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     defaults: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
@@ -69,7 +101,8 @@ class ServeOptions:
                 hint="the server never decodes larger images than the command line does",
                 about="max_image_pixels",
             )
-        for name in ("max_queue", "max_body_bytes", "max_image_pixels", "max_decodes"):
+        counts = ("max_queue", "max_body_bytes", "max_image_pixels", "max_decodes", "max_sequences")
+        for name in (*counts, "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be an integer of at least 1, got {value!r}", about=name)
@@ -77,6 +110,17 @@ class ServeOptions:
             raise InputError(f"port must be from 0 to 65535, got {self.port!r}", about="port")
         if not isinstance(self.gather_ms, (int, float)) or not 0 <= self.gather_ms <= 10_000:
             raise InputError(f"gather_ms must be from 0 to 10000, got {self.gather_ms!r}", about="gather_ms")
+        if self.max_body_bytes > MAX_BODY_MB * 2**20:
+            raise InputError(
+                f"max_body_bytes must be at most {MAX_BODY_MB} MiB, got {self.max_body_bytes:,} bytes",
+                about="max_body_bytes",
+            )
+        for name in ("drain_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86_400:
+                raise InputError(
+                    f"{name} must be a number of seconds from 0 to 86400, got {value!r}", about=name
+                )
 
     @property
     def pixel_limit(self) -> int:

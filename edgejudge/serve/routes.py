@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import EdgeJudgeError, InputError, PolicyError, RubricError
 from ..inputs import Task, check_texts
+from .budget import check_length, check_sequences
 from .limits import error_body
 from .metrics import CONTENT_TYPE
 from .replies import ClientGone, SchemaViolation, error_of, json_response, json_text, request_body
@@ -35,9 +37,10 @@ from .schema import (
     parse_body,
     policy_of,
     rubric_of,
+    shown,
     validation_error,
 )
-from .worker import Cancelled, Job
+from .worker import Cancelled, Job, ShuttingDownError
 
 if TYPE_CHECKING:
     from ..images import FittedImage
@@ -50,6 +53,7 @@ _POLL_S = 0.2  # how often a waiting request checks that its client is still the
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad input (an image, rubric, policy, setting or text the judge cannot use)."},
     401: {"description": "A missing or wrong API key."},
+    408: {"description": "The body did not arrive in time."},
     413: {"description": "The body or the image is too large."},
     415: {"description": "Not JSON nor multipart/form-data."},
     422: {"description": "The body breaks the schema (a missing field, a wrong type)."},
@@ -59,7 +63,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _parse(state: ServeState, request: Request, model: type[Any]) -> tuple[Any, bytes | None]:
-    body = await request.body()
+    """The request model and the multipart image's bytes. The body is read here (never cached on the
+    request, so nothing but the model and the upload keeps it once this returns); a client that leaves
+    while sending it is ``ClientGone``."""
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+    except ClientDisconnect:
+        raise ClientGone from None
     try:
         return await state.in_thread(parse_body, model, body, request.headers.get("content-type", ""))
     except ValidationError as err:
@@ -70,12 +82,26 @@ async def _parse(state: ServeState, request: Request, model: type[Any]) -> tuple
 
 
 async def _image(state: ServeState, req: Any, upload: bytes | None) -> FittedImage:
+    """The fitted image; the request's base64 text is dropped (``req.image`` emptied) so that a waiting
+    request holds only the fitted image and its texts (the caller drops ``upload``)."""
+
     def decode() -> FittedImage:
         data = upload if upload is not None else image_bytes(req.image, req.image_name)
+        req.image = ""
         return decode_image(data, req.image_name, state.judge, state.config.pixel_limit)
 
     result: FittedImage = await state.in_thread(decode)
     return result
+
+
+def _too_long(state: ServeState, fields: dict[str, str | None]) -> EdgeJudgeError | None:
+    """The ``ContextOverflowError`` of a field (label → text) too long for any prompt, or None."""
+    try:
+        for label, text in fields.items():
+            check_length(label, text, state.n_ctx)
+    except EdgeJudgeError as err:
+        return err
+    return None
 
 
 async def _result(state: ServeState, request: Request, job: Job) -> Any:
@@ -86,10 +112,20 @@ async def _result(state: ServeState, request: Request, job: Job) -> Any:
         done, _ = await asyncio.wait({future}, timeout=_POLL_S)
         if done:
             return future.result()
+        if state.aborting:  # shutting down, out of patience: the client gets 503, the result is dropped
+            state.worker.cancel(job)
+            future.cancel()
+            raise _aborted()
         if await request.is_disconnected():
             state.worker.cancel(job)
             future.cancel()
             raise ClientGone
+
+
+def _aborted() -> ShuttingDownError:
+    return ShuttingDownError(
+        "the server shut down before this request was judged", hint="retry later or on another server"
+    )
 
 
 def _event(kind: str, data: Any) -> bytes:
@@ -109,8 +145,13 @@ def _stream(state: ServeState, job: Job, texts: asyncio.Queue[str]) -> Response:
     async def events() -> AsyncIterator[bytes]:
         try:
             while not future.done():
+                if state.aborting:
+                    yield _event("error", {"error": error_of(_aborted())})
+                    return
                 getter = asyncio.ensure_future(texts.get())
-                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, future}, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 if getter in done:
                     yield _event("text", {"text": getter.result()})
                 else:
@@ -143,8 +184,8 @@ def _stream(state: ServeState, job: Job, texts: asyncio.Queue[str]) -> Response:
 def _rubric_label(value: Any) -> str:
     if isinstance(value, dict):
         name = value.get("name")
-        return name.strip() if isinstance(name, str) and name.strip() else "inline"
-    return DEFAULT_RUBRIC if value is None else str(value)
+        return shown(name.strip()) if isinstance(name, str) and name.strip() else "inline"
+    return DEFAULT_RUBRIC if value is None else shown(str(value))
 
 
 def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one closure per route
@@ -160,9 +201,15 @@ def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one clo
     async def judge(request: Request) -> Response:
         req, upload = await _parse(state, request, JudgeRequest)
         params, samples = generation(req, state.config.defaults)
+        check_sequences({"samples": samples}, state.config.max_sequences)
         rubric = rubric_of(req.rubric)
         check_texts(req.instruction, req.response)
+        fields = {"response": req.response, "reference": req.reference, "instruction": req.instruction}
+        overflow = _too_long(state, fields)
+        if overflow is not None:
+            raise overflow
         fitted = await _image(state, req, upload)
+        del upload
         task = Task(fitted, req.instruction, req.response, rubric, req.reference, req.image_name)
         if req.stream:
             loop = asyncio.get_running_loop()
@@ -193,21 +240,36 @@ def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one clo
             raise InputError("give rubric or rubrics, not both", hint="put the rubric in the rubrics list")
         params, samples = generation(req, state.config.defaults)
         choices = req.rubrics if req.rubrics is not None else [req.rubric]
+        counts = {"responses": len(req.responses), "rubrics": len(choices), "samples": samples}
+        check_sequences(counts, state.config.max_sequences)
         rubrics: list[Rubric | RubricError] = []
-        for value in choices:
-            try:
-                rubrics.append(rubric_of(value))
-            except RubricError as err:
-                rubrics.append(err)
+        seen: dict[str, Rubric | RubricError] = {}
+        for value in choices:  # each distinct rubric read once
+            key = json_text(value)
+            if key not in seen:
+                try:
+                    seen[key] = rubric_of(value)
+                except RubricError as err:
+                    seen[key] = err
+            rubrics.append(seen[key])
         if not isinstance(req.instruction, str) or not req.instruction.strip():
             check_texts(req.instruction, "-")
+        shared = _too_long(state, {"instruction": req.instruction, "reference": req.reference})
+        if shared is not None:
+            raise shared
+        overflows = [_too_long(state, {"response": r}) for r in req.responses]
         fitted = await _image(state, req, upload)
+        del upload
         tasks: list[Task] = []
-        slots: list[tuple[int, str, int | RubricError]] = []
+        slots: list[tuple[int, str, int | EdgeJudgeError]] = []
         for index, response in enumerate(req.responses):
             for value, rubric in zip(choices, rubrics, strict=True):
                 if isinstance(rubric, RubricError):
                     slots.append((index, _rubric_label(value), rubric))
+                    continue
+                overflow = overflows[index]
+                if overflow is not None:
+                    slots.append((index, rubric.name, overflow))
                     continue
                 slots.append((index, rubric.name, len(tasks)))
                 tasks.append(Task(fitted, req.instruction, response, rubric, req.reference, req.image_name))
@@ -240,6 +302,7 @@ def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one clo
         req, upload = await _parse(state, request, PolicyRequest)
         params, samples = generation(req, state.config.defaults)
         policy = policy_of(req.policy)
+        check_sequences({"rules": len(policy.rules), "samples": samples}, state.config.max_sequences)
         band = check_band(req.review_band) if req.review_band is not None else DEFAULT_REVIEW_BAND
         missing = [r.id for r in policy.rules if policy.instruction_for(r, req.instruction) is None]
         if missing:
@@ -250,8 +313,14 @@ def add_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one clo
                 about="instruction",
             )
         for rule in policy.rules:
-            check_texts(policy.instruction_for(rule, req.instruction), req.response)
+            instruction = policy.instruction_for(rule, req.instruction)
+            check_texts(instruction, req.response)
+            fields = {"response": req.response, "reference": req.reference, "instruction": instruction}
+            overflow = _too_long(state, fields)
+            if overflow is not None:
+                raise overflow
         fitted = await _image(state, req, upload)
+        del upload
         task = Task(fitted, req.instruction or "", req.response, None, req.reference, req.image_name)
         job = Job([task], params, samples, image_key=fitted.pixels_sha256, policy=policy, review_band=band)
         verdict = await _result(state, request, job)

@@ -30,10 +30,20 @@ class ServeState:
             judge, max_queue=config.max_queue, gather_s=config.gather_ms / 1000, coalesce=config.coalesce
         )
         self.closing = False
+        #: set on the drain timeout or a second signal: every waiting request is answered 503 now
+        self.aborting = False
+        #: whether the worker's threads all ended when the app stopped
+        self.drained = False
         self._draining = draining
         self.limiter: anyio.CapacityLimiter | None = None
         self.metrics: Metrics | None = None
         self.model = model_record(judge)
+        #: the judge's context (tokens): texts far over it are refused before they queue
+        self.n_ctx = int(judge.engine.n_ctx)
+
+    def abort(self) -> None:
+        """Shutting down and out of patience: the requests still waiting answer 503 (``routes``)."""
+        self.aborting = True
 
     def draining(self) -> bool:
         return self.closing or self.worker.draining or (self._draining is not None and self._draining())

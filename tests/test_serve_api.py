@@ -283,7 +283,8 @@ def test_bad_images_get_the_cli_message(
     body = {"image": image_b64(data), "image_name": name, **ASK}
     reply = http.post("/v1/judge", json=body)
     assert reply.status_code == status, reply.text
-    assert reply.json()["error"]["type"] == "InvalidImageError"
+    # over the pixel limit: the InvalidImageError subclass ImageTooLargeError (413 by class)
+    assert reply.json()["error"]["type"] == ("ImageTooLargeError" if status == 413 else "InvalidImageError")
     assert reply.json()["error"]["message"] == expected
     upload = http.post("/v1/judge", data={k: str(v) for k, v in ASK.items()}, files={"image": (name, data)})
     assert upload.status_code == status and upload.json()["error"]["message"] == expected

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
@@ -139,3 +140,72 @@ def test_the_documented_examples_are_judged(api_schema: Any, fuzz_server: ServeH
             assert reply.status_code == 200, (name, reply.text)
             sent += 1
     assert sent >= 4
+
+
+_FIELDS = ["image", "image_name", "instruction", "response", "responses", "rubric", "rubrics", "policy",
+           "review_band", "samples", "max_tokens", "seed", "grammar", "stream", "bogus"]  # fmt: skip
+_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "true",
+            "[]",
+            '["vqa-helpfulness"]',
+            "[0.2, 0.8]",
+            "{",
+            '{"criteria": "c"}',
+            "NaN",
+            "1" + "0" * 400,
+            "vqa-helpfulness",
+            "marketplace-listing",
+        ]
+    ),  # fmt: skip
+)
+
+
+@st.composite
+def _multipart_bodies(draw: Any) -> tuple[bytes, str]:
+    """A multipart body, well formed or not: any boundary length (to 400), parts with or without names
+    and file names, the tiny image or junk as the file, and a body cut short or with junk after it."""
+    boundary = draw(st.sampled_from(["XyZ", "-" * 70, "B" * 257, "b" * 400, "a b", ""]))
+    parts = []
+    for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=8)):
+        if name == "image" and draw(st.booleans()):
+            data = draw(st.sampled_from([png_bytes((40, 30)), b"junk", b""]))
+            head = f'Content-Disposition: form-data; name="image"; filename="{draw(st.text(max_size=8))}"'
+        else:
+            data = draw(_VALUES).encode("utf-8", "surrogatepass")
+            head = draw(st.sampled_from([f'Content-Disposition: form-data; name="{name}"', "X-Other: 1", ""]))
+        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode("utf-8", "surrogatepass") + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    cut = draw(st.sampled_from([None, len(body) // 2, 5]))
+    body = (body[:cut] if cut is not None else body) + draw(st.sampled_from([b"", b"junk" * 50]))
+    return body, f"multipart/form-data; boundary={boundary}" if boundary else "multipart/form-data"
+
+
+@pytest.mark.parametrize("path", ["/v1/judge", "/v1/judge/batch", "/v1/judge/policy"])
+def test_multipart_bodies_never_get_a_server_error(fuzz_server: ServeHandle, path: str) -> None:
+    @given(sent=_multipart_bodies())
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    def fuzz(sent: tuple[bytes, str]) -> None:
+        body, kind = sent
+        reply = httpx.post(
+            f"{fuzz_server.url}{path}",
+            content=body,
+            headers={"content-type": kind},
+            timeout=120,
+        )
+        assert reply.status_code < 500, reply.text
+        if reply.status_code >= 400:
+            error = reply.json()["error"]
+            assert (
+                set(error) == {"type", "message", "hint"}
+                and error["message"]
+                and "\n" not in error["message"]
+            )
+
+    fuzz()
+    assert httpx.get(f"{fuzz_server.url}/healthz").json() == {"status": "ok"}
+    assert "Traceback" not in fuzz_server.stderr

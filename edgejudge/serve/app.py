@@ -3,10 +3,12 @@
 The app owns the HTTP side: the lifespan (the ``JudgeWorker`` started with the app and drained when it
 stops), the error handlers (every non-2xx is ``limits.error_body``: the library's errors by class, a
 schema violation 422 in the CLI's words, an unknown route 404, a full queue 429 with ``Retry-After``,
-shutting down or the engine failing 503; never a 5xx for what a client sends), the middleware (``Gate``:
-the API key and the body limit; ``Metrics``: counts and latency) and the OpenAPI document (the request
-models of ``schema`` as components, with examples). The routes are in ``routes``. The judge runs only in
-the worker's threads; bodies are parsed and images decoded in worker threads of the event loop's pool.
+shutting down or the engine failing 503, a body too slow 408, a client gone ``CLIENT_GONE`` (499: nobody
+reads it; it is what the metrics count); never a 5xx for what a client sends), the middleware (``Gate``:
+the API key, the body limit and timeout; ``Metrics``: counts and latency) and the OpenAPI document (the
+request models of ``schema`` as components, with examples; HTTP bearer auth declared when there is a
+key). The routes are in ``routes``. The judge runs only in the worker's threads; bodies are parsed and
+images decoded in worker threads of the event loop's pool.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ health and metrics.
 A judging route reads its body (already size-limited by ``limits.Gate``), parses it and decodes the image
 in worker threads (``ServeState.in_thread``), checks everything the CLI checks before a judge would run,
 then submits one ``Job`` to the worker and awaits its future, polling for the client's disconnect (which
-cancels the job). ``stream: true`` answers server-sent events: the feedback as it is generated
+cancels the job) and for ``ServeState.aborting`` (shutting down past the drain timeout: 503). The body is
+read from the request's stream (never cached on it) and the base64 image dropped once decoded, so a waiting
+request holds only its fitted image and texts; ``budget`` bounds its sequences and texts first.
+``stream: true`` answers server-sent events: the feedback as it is generated
 (``event: text``), then ``event: verdict`` or ``event: error``; the worker's ``on_text`` reaches the
 response through ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``.
 """

@@ -37,7 +37,8 @@ class ServeState:
         self._draining = draining
         self.limiter: anyio.CapacityLimiter | None = None
         self.metrics: Metrics | None = None
-        self.model = model_record(judge)
+        #: ``GET /v1/model``, with the most sequences one request may decode (clients split batches by it)
+        self.model = {**model_record(judge), "max_sequences": config.max_sequences}
         #: the judge's context (tokens): texts far over it are refused before they queue
         self.n_ctx = int(judge.engine.n_ctx)
 

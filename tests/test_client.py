@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgejudge import (
@@ -425,3 +426,23 @@ def test_evaluate_tasks_answers_each_task_as_the_judge_does(client: Client, loca
         else:
             assert str(r).split(":")[0] == str(h).split(":")[0]
     assert client.evaluate_tasks([]) == []
+
+
+def test_a_batch_is_split_by_the_servers_max_sequences(tiny_gguf: tuple[Path, Path]) -> None:
+    """The server's ``--max-sequences`` (``GET /v1/model``): 9 responses x 2 rubrics x 2 samples = 36
+    sequences go in requests of at most 8, each accepted, the answers in order."""
+    with running_serve(*tiny_gguf, "--max-sequences", "8") as handle, Client(handle.url, timeout=120) as c:
+        assert c.model()["max_sequences"] == 8
+        responses = [f"answer {i}" for i in range(8)] + ["the last \udc80"]
+        out = c.judge_many(
+            HOUSE, instruction="Roof?", responses=responses, rubrics=["vqa-helpfulness", "visual-grounding"],
+            samples=2, temperature=0, max_tokens=4,
+        )  # fmt: skip
+        assert [v.rubric for v in out] == ["vqa-helpfulness", "visual-grounding"] * 9
+        assert [bool(v.warnings) for v in out] == [False] * 16 + [True] * 2
+        assert all(len(v.samples) == 2 for v in out)
+        # the requests the server saw: 36 sequences in requests of at most 8 (2 responses x 2 rubrics x 2)
+        metrics = httpx.get(f"{handle.url}/metrics").text
+        batch = [line for line in metrics.splitlines() if line.startswith("edgejudge_http_requests_total{")
+                 and 'route="/v1/judge/batch"' in line and 'status="200"' in line]  # fmt: skip
+        assert batch and float(batch[0].rsplit(" ", 1)[1]) == 5  # ceil(9 / 2) requests

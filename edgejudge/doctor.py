@@ -90,6 +90,12 @@ def _system_info() -> str | None:
     return system_info()
 
 
+def _has_amx() -> bool:
+    from .native.system import has_amx
+
+    return has_amx()
+
+
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
     """Model, cores and the SIMD features that matter to llama.cpp (from /proc/cpuinfo and llama.cpp)."""
     if cpuinfo is None:
@@ -254,6 +260,11 @@ def collect(*, selftest: bool = True) -> DoctorReport:
     gpu = gpu_info(cpu["llama_system_info"])
     if gpu["offload_supported"] is False:
         notes.append('this llama.cpp build is CPU-only; for a GPU reinstall with CMAKE_ARGS="-DGGML_CUDA=on"')
+    if _has_amx():
+        notes.append(
+            "this llama.cpp build has AMX kernels: edgejudge loads models without them (and without the "
+            "CPU weight repacking), as its AMX matrix multiply crashes on Q4_K weights (llama.cpp issue 20824)"
+        )
     memory = memory_info()
     models = _models(memory["available_bytes"], problems, notes)
     test = _selftest(problems) if selftest else None

@@ -18,6 +18,11 @@ Invariants it owns:
   backend repacks (``CPU_REPACK``) are then held once, not twice (a mapped file's pages stay resident next
   to the repacked copy: llama.cpp's loader copies them out of the mapping and unmaps only what no tensor
   uses).
+- On a build with AMX kernels (``system.has_amx``) the weights load without llama.cpp's extra buffer
+  types (``use_extra_bufts`` off: no AMX and no ``CPU_REPACK`` copy): its AMX matrix multiply segfaults on
+  Q4_K weights on some of these CPUs (llama.cpp issue 20824, unfixed; every judgment of the Q4_K_M demo
+  judge crashed on an Intel Xeon with AMX_INT8). ``Llama`` takes no such argument; ``_Llama`` sets it on
+  the model parameters ``Llama`` builds before it loads.
 - ``decode`` writes at most the batch's capacity (``n_batch`` entries, checked before writing: the native
   batch is a fixed-size C array) and one sequence id per entry; the batch is freed with the model.
 - ``close()`` frees the batch, the context and the model, once; every later call raises ``EngineError``.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
@@ -41,7 +46,7 @@ from ..errors import EngineError
 from ..settings import default
 from .log import VERBOSE_HINT
 from .sampling import Vocab
-from .system import supports_gpu_offload
+from .system import has_amx, supports_gpu_offload
 
 if TYPE_CHECKING:
     from .mtmd import Chunk, MtmdContext
@@ -50,6 +55,25 @@ __all__ = ["TextModel", "BatchItem"]
 
 #: One entry of a multi-sequence decode: (token id, position, sequence id, want the logits there).
 BatchItem = tuple[int, int, int, bool]
+
+
+class _Llama(llama_cpp.Llama):
+    """``Llama`` with ``use_extra_bufts`` (llama.cpp's extra weight buffer types: AMX, CPU_REPACK), which its
+    constructor does not take: the model parameters it creates are amended as they are assigned, before
+    the model loads from them."""
+
+    def __init__(self, *args: Any, use_extra_bufts: bool = True, **kwargs: Any) -> None:
+        self._use_extra_bufts = use_extra_bufts
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def model_params(self) -> Any:
+        return self.__dict__["_model_params"]
+
+    @model_params.setter
+    def model_params(self, params: Any) -> None:
+        params.use_extra_bufts = self._use_extra_bufts
+        self.__dict__["_model_params"] = params
 
 
 class TextModel(Closing):
@@ -91,8 +115,9 @@ class TextModel(Closing):
         # full-size KV cache is allocated and cleared once, not twice)
         first = n_ctx if n_seq == 1 else min(n_ctx, n_batch)
         try:
-            self._llm = llama_cpp.Llama(
+            self._llm = _Llama(
                 str(path),
+                use_extra_bufts=not has_amx(),
                 n_ctx=first,
                 n_batch=n_batch,
                 n_ubatch=n_batch,

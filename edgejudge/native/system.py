@@ -1,12 +1,13 @@
 """What the installed llama.cpp build says about itself, for ``edgejudge doctor``: its system-info line
-(backends and CPU features it was built with) and whether it can offload layers to a GPU.
+(backends and CPU features it was built with), whether it can offload layers to a GPU, and whether it runs
+the AMX kernels (which the model loader then turns off, see ``model.TextModel``).
 
 Both answer None instead of raising when the bindings cannot be loaded: doctor reports that as a problem.
 """
 
 from __future__ import annotations
 
-__all__ = ["system_info", "supports_gpu_offload"]
+__all__ = ["system_info", "supports_gpu_offload", "has_amx"]
 
 
 def system_info() -> str | None:
@@ -28,3 +29,10 @@ def supports_gpu_offload() -> bool | None:
         return bool(llama_cpp.llama_supports_gpu_offload())
     except Exception:  # noqa: BLE001
         return None
+
+
+def has_amx() -> bool:
+    """Whether this build runs llama.cpp's AMX matrix kernels (``AMX_INT8 = 1``: built for and running on an
+    Intel CPU with AMX, e.g. Sapphire Rapids); False when llama-cpp-python cannot be loaded."""
+    info = system_info()
+    return info is not None and "AMX_INT8 = 1" in info

@@ -365,6 +365,28 @@ def test_cancelled_queued_job_is_dropped_and_frees_its_place() -> None:
         gone.future.result(0)
 
 
+def test_lone_job_cancelled_while_decoding_stops_at_its_next_piece() -> None:
+    """FakeEngine with a gate: one plain job held in the engine (decoding alone) when its client goes away;
+    it stops at its next piece of text and the job after it gets its verdict."""
+    judge, engine = _fake()
+    engine.gate.clear()
+    worker = JudgeWorker(judge, gather_s=0.0)
+    worker.start()
+    lone, after = _fake_job(judge, 0, seed=1), _fake_job(judge, 1, seed=1)
+    worker.submit(lone)
+    _entered(engine)
+    worker.submit(after)
+    worker.cancel(lone)
+    engine.gate.set()
+    with pytest.raises(Cancelled):
+        lone.future.result(20)
+    assert isinstance(_verdict(after, 20), Verdict)
+    assert worker.drain(timeout=20)
+    stats = worker.stats()
+    assert engine.calls == [[0], [1]]
+    assert (stats.cancelled, stats.jobs_done, stats.failed) == (1, 1, 0)
+
+
 def test_job_cancelled_inside_a_running_group_finishes_and_is_discarded() -> None:
     """FakeEngine with a gate: two coalesced jobs held in the engine; one client goes away."""
     judge, engine = _fake(max_parallel=4)

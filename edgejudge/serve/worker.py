@@ -23,10 +23,11 @@ is the exception of every job in it, after each job of a failed coalesced group 
 
 **Cancellation** (``cancel(job)``, or ``job.cancelled`` set, or ``job.future.cancel()``): a queued job is
 dropped (its future cancelled) and frees its queue place at once; a streaming job is stopped at its next
-piece of text (the engine stays consistent; its future gets ``Cancelled``); a job already decoding inside
-a group finishes with the group and its result is thrown away (its future gets ``Cancelled``; the group's
-other jobs keep theirs). ``drain`` refuses new jobs, lets the queued and running ones finish and joins the
-threads. ``stats()`` is a snapshot for ``/metrics``. Library code: no HTTP here.
+piece of text (the engine stays consistent; its future gets ``Cancelled``); so is a plain job of one
+task decoding alone (it runs through the same single-sequence path, its text discarded); a job decoding
+inside a group finishes with the group and its result is thrown away (its future gets ``Cancelled``; the
+group's other jobs keep theirs). ``drain`` refuses new jobs, lets the queued and running ones finish and
+joins the threads. ``stats()`` is a snapshot for ``/metrics``. Library code: no HTTP here.
 """
 
 from __future__ import annotations
@@ -385,9 +386,12 @@ class JudgeWorker:
             return [verdict]
         if head.on_text is not None:
             return [[self._stream(head, head.on_text)]]
-        flat = self.judge.evaluate_tasks(
-            [t for job in group for t in job.tasks], samples=head.samples, params=head.params
-        )
+        if len(group) == 1 and len(head.tasks) == 1 and head.samples == 1:  # alone: stoppable mid-decode
+            return [[self._stream(head, _discard)]]
+        tasks = [t for job in group for t in job.tasks]
+        flat = self.judge.evaluate_tasks(tasks, samples=head.samples, params=head.params)
+        if len(flat) != len(tasks):  # never hand a job another job's verdicts
+            raise EngineError(f"the judge returned {len(flat)} results for {len(tasks)} tasks")
         results, at = [], 0
         for job in group:
             results.append(flat[at : at + len(job.tasks)])
@@ -439,3 +443,7 @@ class JudgeWorker:
         with self._cond:
             self._tokens[0] += prompt
             self._tokens[1] += reused
+
+
+def _discard(_text: str) -> None:
+    """The ``on_text`` of a plain job decoding alone: its pieces are not sent anywhere."""

@@ -107,3 +107,19 @@ def test_a_model_that_loads_still_closes_once(
 
 def test_n_batch_defaults_to_the_setting() -> None:
     assert inspect.signature(TextModel.__init__).parameters["n_batch"].default == default("n_batch")
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_extra_buffer_types_are_off_exactly_on_builds_with_amx(
+    tiny_gguf: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, amx: bool
+) -> None:
+    """The model parameters llama.cpp loads from carry ``use_extra_bufts`` = not AMX (its AMX matmul
+    segfaults on Q4_K, llama.cpp issue 20824); the model evaluates (with the extra types on only where
+    this machine's build has no AMX kernels: on one that has them, that evaluation is the crash)."""
+    really_amx = native_model.has_amx()
+    monkeypatch.setattr(native_model, "has_amx", lambda: amx)
+    with TextModel(tiny_gguf[0], n_ctx=512, n_threads=1) as model:
+        assert model._llm.model_params.use_extra_bufts is (not amx)
+        if amx or not really_amx:
+            model.eval(model.tokenize("a cat on a sofa", add_bos=True))
+            assert model.n_past > 0

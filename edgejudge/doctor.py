@@ -263,7 +263,7 @@ def collect(*, selftest: bool = True) -> DoctorReport:
     if _has_amx():
         notes.append(
             "this llama.cpp build has AMX kernels: edgejudge loads models without them (and without the "
-            "CPU weight repacking), as its AMX matrix multiply crashes on Q4_K weights (llama.cpp issue 20824)"
+            "CPU weight repacking): its AMX matrix multiply crashes on Q4_K weights (llama.cpp issue 20824)"
         )
     memory = memory_info()
     models = _models(memory["available_bytes"], problems, notes)

@@ -177,10 +177,11 @@ class StockSide:
     name = "Llava15ChatHandler"
 
     def __init__(self, text: Path, mmproj: Path, args: argparse.Namespace) -> None:
-        import llama_cpp
         from llama_cpp.llama_chat_format import Llava15ChatHandler
 
-        self.llm = llama_cpp.Llama(
+        from edgejudge.native.model import SafeLlama  # stock Llama, without the AMX kernels that crash
+
+        self.llm = SafeLlama(
             str(text),
             chat_handler=Llava15ChatHandler(str(mmproj), verbose=False),
             n_ctx=args.n_ctx,

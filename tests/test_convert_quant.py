@@ -75,19 +75,18 @@ def test_quantized_types(results: dict[str, ConvertResult], quant: str, mm: str)
 
 @pytest.mark.parametrize("quant", ["F16", "Q8_0", "Q5_K_M", "Q4_K_M"])
 def test_loads_encodes_and_generates(results: dict[str, ConvertResult], quant: str) -> None:
-    from llama_cpp import Llama
     from llama_cpp import llama_cpp as lc
     from llama_cpp import mtmd_cpp as mtmd
 
     from edgejudge.native.log import quiet_native_logs
-    from edgejudge.native.model import TextModel
+    from edgejudge.native.model import SafeLlama, TextModel
 
     result = results[quant]
     image = np.random.default_rng(3).integers(
         0, 256, size=(SPEC.image_size, SPEC.image_size, 3), dtype=np.uint8
     )
     with quiet_native_logs():
-        llm = Llama(str(result.text_model), n_ctx=128, n_batch=64, verbose=False, n_threads=2)
+        llm = SafeLlama(str(result.text_model), n_ctx=128, n_batch=64, verbose=False, n_threads=2)
     try:
         with TextModel(result.text_model, n_ctx=128, n_batch=64, n_threads=2) as model:
             embd = encode_image(model, result.mmproj, image)

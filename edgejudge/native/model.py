@@ -21,7 +21,7 @@ Invariants it owns:
 - On a build with AMX kernels (``system.has_amx``) the weights load without llama.cpp's extra buffer
   types (``use_extra_bufts`` off: no AMX and no ``CPU_REPACK`` copy): its AMX matrix multiply segfaults on
   Q4_K weights on some of these CPUs (llama.cpp issue 20824, unfixed; every judgment of the Q4_K_M demo
-  judge crashed on an Intel Xeon with AMX_INT8). ``Llama`` takes no such argument; ``_Llama`` sets it on
+  judge crashed on an Intel Xeon with AMX_INT8). ``Llama`` takes no such argument; ``SafeLlama`` sets it on
   the model parameters ``Llama`` builds before it loads.
 - ``decode`` writes at most the batch's capacity (``n_batch`` entries, checked before writing: the native
   batch is a fixed-size C array) and one sequence id per entry; the batch is freed with the model.
@@ -51,18 +51,20 @@ from .system import has_amx, supports_gpu_offload
 if TYPE_CHECKING:
     from .mtmd import Chunk, MtmdContext
 
-__all__ = ["TextModel", "BatchItem"]
+__all__ = ["TextModel", "BatchItem", "SafeLlama"]
 
 #: One entry of a multi-sequence decode: (token id, position, sequence id, want the logits there).
 BatchItem = tuple[int, int, int, bool]
 
 
-class _Llama(llama_cpp.Llama):
+class SafeLlama(llama_cpp.Llama):
     """``Llama`` with ``use_extra_bufts`` (llama.cpp's extra weight buffer types: AMX, CPU_REPACK), which its
     constructor does not take: the model parameters it creates are amended as they are assigned, before
-    the model loads from them."""
+    the model loads from them. The default (None) is the module's rule: off exactly on builds with AMX."""
 
-    def __init__(self, *args: Any, use_extra_bufts: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, use_extra_bufts: bool | None = None, **kwargs: Any) -> None:
+        if use_extra_bufts is None:
+            use_extra_bufts = not has_amx()
         self._use_extra_bufts = use_extra_bufts
         super().__init__(*args, **kwargs)
 
@@ -115,9 +117,8 @@ class TextModel(Closing):
         # full-size KV cache is allocated and cleared once, not twice)
         first = n_ctx if n_seq == 1 else min(n_ctx, n_batch)
         try:
-            self._llm = _Llama(
+            self._llm = SafeLlama(
                 str(path),
-                use_extra_bufts=not has_amx(),
                 n_ctx=first,
                 n_batch=n_batch,
                 n_ubatch=n_batch,

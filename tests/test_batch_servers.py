@@ -91,11 +91,15 @@ def test_a_server_killed_mid_batch_loses_and_duplicates_nothing(
         assert sorted(ids) == sorted(f"row{i}" for i in range(ROWS))  # each row once
         assert all(r["status"] == "ok" and r["score"] in range(1, 6) for r in rows if r.get("status"))
 
-        with LlamaServerEngine(*tiny_gguf, servers=[a.url]) as one, Judge(one) as judge:
+        # resumed with the same decoding group size (--parallel is in the resume key)
+        with LlamaServerEngine(*tiny_gguf, servers=[a.url], max_parallel=2) as one, Judge(one) as judge:
             again = run_batch(judge, inp, out, params=PARAMS)
         assert again.skipped == ROWS and again.judged == 0
 
-    with LlamaCppEngine(*tiny_gguf, n_ctx=N_CTX, n_threads=1) as native, Judge(native) as judge:
+    with (
+        LlamaCppEngine(*tiny_gguf, n_ctx=N_CTX, n_threads=1, max_parallel=2) as native,
+        Judge(native) as judge,
+    ):
         local = run_batch(judge, inp, out, params=PARAMS)
     assert local.skipped == ROWS and local.judged == 0  # the same resume keys on the local engine
 

@@ -56,6 +56,7 @@ __all__ = [
     "GenerationSettings",
     "SETTINGS_KEYS",
     "KEY_EXEMPT",
+    "key_settings",
     "settings_object",
 ]
 
@@ -405,6 +406,17 @@ SETTINGS_KEYS = tuple(
 KEY_EXEMPT = ("engine",)
 
 
+def key_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a ``settings`` object a batch row's resume key hashes: all but ``KEY_EXEMPT``, and
+    ``parallel`` only when it is not its default, so the outputs of versions that did not record it (runs
+    at the default) resume without judging anything again."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in KEY_EXEMPT and not (k == "parallel" and v == default("parallel"))
+    }
+
+
 def settings_object(
     generation: GenerationSettings,
     *,
@@ -424,7 +436,8 @@ def settings_object(
     decoded alone. In a verdict it is the number of sequences its generations were decoded with (1: the
     single-sequence path); in a batch run's key it is the most the run decodes together (the engine's
     ``max_parallel``), so a run resumed with another ``--parallel`` judges its rows again instead of
-    mixing the two. The other capacity settings (n_ctx, threads, GPU layers, the memory settings,
+    mixing the two (``key_settings``: at its default it is left out of the key, so outputs of earlier
+    versions resume). The other capacity settings (n_ctx, threads, GPU layers, the memory settings,
     servers) are not in it: they decide whether and how fast a prompt runs, not what the judge answers
     (threads split rows of a product, never a sum; the KV cache's size pads what attention masks out),
     except ``kv_cache_type`` q8_0, which the README names as changing the digits."""

@@ -326,10 +326,11 @@ def test_an_old_plain_output_resumes_unchanged(work_dir: Path) -> None:
     ]  # fmt: skip
     inp = write_jsonl(work_dir / "in.jsonl", rows)
     out = work_dir / "out.jsonl"
-    run_batch(Judge(FakeEngine()), inp, out)
+    # at the default --parallel (4), which earlier versions ran at without recording it
+    run_batch(Judge(FakeEngine(max_parallel=4)), inp, out)
     assert {r["id"]: r["key"] for r in lines(out)} == OLD_KEYS  # the same keys as before
     before = out.read_bytes()
-    summary = run_batch(Judge(FakeEngine()), inp, out)
+    summary = run_batch(Judge(FakeEngine(max_parallel=4)), inp, out)
     assert (summary.skipped, summary.judged, summary.decisions) == (2, 0, {})
     assert out.read_bytes() == before
 

@@ -77,7 +77,7 @@ def test_a_stop_loses_at_most_one_chunk_and_the_item_is_incomplete_until_the_rer
     assert [r.get("rule_id") for r in lines(out)] == [None, "accurate", "safe"]  # the run record, 1 chunk
     item = found(out)["i1"]
     assert (item.complete, item.final, item.final_severity) == (False, INCOMPLETE, None)
-    again = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    again = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     assert (again.skipped, again.judged, again.incomplete) == (2, 1, 0)
     assert found(out)["i1"].complete and found(out)["i1"].final != INCOMPLETE
     check_log(out, ["i1"], RULES)
@@ -86,7 +86,7 @@ def test_a_stop_loses_at_most_one_chunk_and_the_item_is_incomplete_until_the_rer
 def test_a_log_cut_after_some_rule_rows_is_incomplete_and_the_rerun_completes_it(data: Path) -> None:
     inp = write_jsonl(data / "in.jsonl", items(data))
     out = data / "out.jsonl"
-    run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     full = out.read_text(encoding="utf-8").splitlines(keepends=True)
     at = [json.loads(line).get("rule_id") for line in full].index("safe", 5)  # i2's second rule row
     out.write_text("".join(full[:at]), encoding="utf-8")  # a kill after i1's decision and i2's first rule
@@ -94,7 +94,7 @@ def test_a_log_cut_after_some_rule_rows_is_incomplete_and_the_rerun_completes_it
     assert cut["i1"].complete and cut["i1"].final == read_log(out).decisions["i1"].decision.decision
     assert (cut["i2"].complete, cut["i2"].final, len(cut["i2"].rules)) == (False, INCOMPLETE, 1)
     assert "i3" not in cut
-    summary = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    summary = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     assert (summary.skipped, summary.judged, sum(summary.decisions.values())) == (4, 5, 3)
     assert all(item.complete and item.final != INCOMPLETE for item in found(out).values())
     check_log(out, ["i1", "i2", "i3"], RULES)
@@ -103,11 +103,11 @@ def test_a_log_cut_after_some_rule_rows_is_incomplete_and_the_rerun_completes_it
 def test_rules_written_by_a_killed_run_get_their_decision_on_the_rerun(data: Path) -> None:
     inp = write_jsonl(data / "in.jsonl", items(data)[:1])
     out = data / "out.jsonl"
-    run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     rows_only = [r for r in lines(out) if r.get("kind") != "decision"]  # killed before the decision
     write_jsonl(out, rows_only)
     assert not found(out)["i1"].complete and found(out)["i1"].final == INCOMPLETE
-    engine = FakeEngine()
+    engine = FakeEngine(max_parallel=2)  # the run's own --parallel (it is in the resume key)
     summary = run_batch(Judge(engine), inp, out, policy=data / "shop.toml")
     assert summary.judged == 0 and engine.history == [] and sum(summary.decisions.values()) == 1
     assert found(out)["i1"].complete

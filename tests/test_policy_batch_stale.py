@@ -63,7 +63,7 @@ def test_decided_then_another_policy_stopped_then_the_first_again_is_complete(
 ) -> None:
     inp = write_jsonl(data / "in.jsonl", items(data)[:1])
     out = data / "out.jsonl"
-    first = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    first = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     decided = state(out)
     assert decided[0][:2] == ("i1", True) and decided[0][3] == RULES
     calls = iter([False, True])  # the other policy's run stops after its first rule
@@ -73,11 +73,11 @@ def test_decided_then_another_policy_stopped_then_the_first_again_is_complete(
     assert (stopped.stopped, stopped.judged, stopped.decisions, stopped.incomplete) == (True, 1, {}, 1)
     assert state(out) == [("i1", False, INCOMPLETE, ["b-accurate"])]
     before = decision_lines(out)
-    again = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    again = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     assert (again.judged, again.decisions, again.incomplete) == (0, first.decisions, 0)
     assert state(out) == decided  # the report's items agree with the summary
     assert decision_lines(out) == before + 1  # a fresh decision record, after the other policy's row
-    third = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    third = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     assert (third.judged, third.decisions) == (0, first.decisions)
     assert decision_lines(out) == before + 1 and state(out) == decided  # it stands now: nothing more
     report = CliRunner().invoke(app, ["report", str(out), "--format", "csv", "-o", str(data / "r.csv")])
@@ -98,7 +98,7 @@ def test_a_stopped_runs_summary_counts_the_incomplete_rows(data: Path) -> None:
         5, 1, 1, 1,
     )  # fmt: skip
     assert summary.to_dict()["incomplete"] == 1
-    done = run_batch(Judge(FakeEngine()), inp, out, policy=data / "shop.toml")
+    done = run_batch(Judge(FakeEngine(max_parallel=2)), inp, out, policy=data / "shop.toml")
     assert (done.judged, sum(done.decisions.values()), done.incomplete) == (1, 2, 0)
 
 

@@ -131,7 +131,16 @@ def test_a_policy_batch_killed_mid_way_resumes_per_row_and_rule(
     with out.open("ab") as fh:  # and a line cut short, as a crash while writing leaves it
         fh.write(b'{"id": "item-11", "line": 12, "status": "ok", "score": 3, "feedb')
 
-    args = ["batch", str(inp), "-o", str(out), "--policy", policy, "--json", *_model_args(tiny_gguf)]
+    args = [
+        "batch",
+        str(inp),
+        "-o",
+        str(out),
+        "--policy",
+        policy,
+        "--json",
+        *_model_args(tiny_gguf, "--parallel", "1"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _fs, _jsonl
 from ..errors import InputError
-from ..settings import KEY_EXEMPT
+from ..settings import key_settings
 from .input_fields import PASS_THROUGH, BatchRow, id_of, malformed, parse_line
 
 if TYPE_CHECKING:
@@ -162,9 +162,9 @@ def image_digest(path: Path) -> tuple[str, _fs.FileStamp | None]:
 
 def row_key(row: BatchRow, image: str | None, settings: dict[str, Any]) -> str:
     """The resume key: sha256 over the id, the image bytes' hash, the text fields, the rubric, the settings
-    (but ``settings.KEY_EXEMPT``: a run may resume on another engine of the same model) and the
-    pass-through fields (so a corrected gold score reaches the output row)."""
-    settings = {k: v for k, v in settings.items() if k not in KEY_EXEMPT}
+    (``settings.key_settings``: not the engine, so a run may resume on another engine of the same model)
+    and the pass-through fields (so a corrected gold score reaches the output row)."""
+    settings = key_settings(settings)
     rubric = row.rubric
     payload = {
         "id": row.id,

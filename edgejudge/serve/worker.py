@@ -387,7 +387,10 @@ class JudgeWorker:
         if head.on_text is not None:
             return [[self._stream(head, head.on_text)]]
         if len(group) == 1 and len(head.tasks) == 1 and head.samples == 1:  # alone: stoppable mid-decode
-            return [[self._stream(head, _discard)]]
+            alone = self._stream(head, _discard)
+            if isinstance(alone, EngineError):  # as from evaluate_tasks: a failing engine fails the job
+                raise alone
+            return [[alone]]
         tasks = [t for job in group for t in job.tasks]
         flat = self.judge.evaluate_tasks(tasks, samples=head.samples, params=head.params)
         if len(flat) != len(tasks):  # never hand a job another job's verdicts

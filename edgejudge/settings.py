@@ -410,11 +410,8 @@ def key_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """What of a ``settings`` object a batch row's resume key hashes: all but ``KEY_EXEMPT``, and
     ``parallel`` only when it is not its default, so the outputs of versions that did not record it (runs
     at the default) resume without judging anything again."""
-    return {
-        k: v
-        for k, v in settings.items()
-        if k not in KEY_EXEMPT and not (k == "parallel" and v == default("parallel"))
-    }
+    left_out = {*KEY_EXEMPT, *(["parallel"] if settings.get("parallel") == default("parallel") else [])}
+    return {k: v for k, v in settings.items() if k not in left_out}
 
 
 def settings_object(

@@ -59,8 +59,7 @@ __all__ = [
     "Cancelled",
 ]
 
-#: What a job's future holds: one ``Verdict`` or ``EdgeJudgeError`` per task (a policy job: one
-#: ``PolicyVerdict``).
+#: What a job's future holds: a ``Verdict`` or ``EdgeJudgeError`` per task (a policy: a ``PolicyVerdict``).
 JobResult = Any
 
 
@@ -387,9 +386,8 @@ class JudgeWorker:
         if head.on_text is not None:
             return [[self._stream(head, head.on_text)]]
         if len(group) == 1 and len(head.tasks) == 1 and head.samples == 1:  # alone: stoppable mid-decode
-            alone = self._stream(head, _discard)
-            if isinstance(alone, EngineError):  # as from evaluate_tasks: a failing engine fails the job
-                raise alone
+            if isinstance(alone := self._stream(head, _discard), EngineError):
+                raise alone  # as from evaluate_tasks: a failing engine fails the job
             return [[alone]]
         tasks = [t for job in group for t in job.tasks]
         flat = self.judge.evaluate_tasks(tasks, samples=head.samples, params=head.params)
@@ -448,5 +446,5 @@ class JudgeWorker:
             self._tokens[1] += reused
 
 
-def _discard(_text: str) -> None:
-    """The ``on_text`` of a plain job decoding alone: its pieces are not sent anywhere."""
+def _discard(_text: str) -> None:  # the on_text of a plain job decoding alone: its pieces go nowhere
+    pass

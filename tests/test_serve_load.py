@@ -143,7 +143,11 @@ def test_sixteen_clients_four_requests_each_all_answered_and_coalesced(tiny_gguf
         assert verdict["score"] == alone[i]["score"]
     grouped = [v for _, v in answers.values() if v["samples"][0]["timings"]["parallel"] > 1]
     assert len(grouped) >= 8, "same-image requests were not decoded together"
-    assert all(v["samples"][0]["timings"]["reused_tokens"] > 0 for v in grouped[1:])
+    # a coalesced group (2+ requests) evaluates its shared prefix once, charged to its first member: the
+    # others reuse it, so at most one grouped verdict in two can show none (the first of a group on an
+    # image whose prefix was not cached)
+    cold = [v for v in grouped if v["samples"][0]["timings"]["reused_tokens"] == 0]
+    assert len(cold) <= len(grouped) // 2, (len(cold), len(grouped))
     assert during["edgejudge_coalesced_jobs"] >= len(grouped)
     assert during["edgejudge_groups"] < 64
     assert after["edgejudge_coalesced_jobs"] == during["edgejudge_coalesced_jobs"]  # alone: no group

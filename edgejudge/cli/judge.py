@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
 
         The feedback streams live on a terminal; the verdict panel goes to stderr, and stdout gets only
         the score (or the whole verdict with [bold]--json[/bold]). Without [bold]--model[/bold] the default
-        model is used (see [bold]edgejudge models default[/bold]). Each run loads the model first (12-20 s
+        model is used (see [bold]edgejudge models default[/bold]). Each run loads the model first (about 12 s
         for a 7B Q4_K_M on 2 CPU cores): to judge more than one response, [bold]edgejudge batch[/bold], the
         wizard ([bold]edgejudge tui[/bold]) or [bold]edgejudge serve[/bold] load it once for all of them.
 

@@ -179,8 +179,9 @@ def register(app: typer.Typer) -> None:
         """Serve the judge over HTTP: one loaded model shared by many clients and scripts.
 
         Routes: POST /v1/judge (one verdict, exactly as [bold]judge --json[/bold] prints it; multipart
-        uploads and streamed feedback too), POST /v1/judge/batch, POST /v1/judge/policy, GET /v1/rubrics,
-        /v1/policies, /v1/model, /healthz, /metrics (Prometheus) and /docs (OpenAPI). Requests queue
+        uploads and streamed feedback too), POST /v1/judge/batch, POST /v1/judge/policy, GET /v1/rubrics
+        and /v1/rubrics/NAME, /v1/policies and /v1/policies/NAME, /v1/model, /healthz, /metrics
+        (Prometheus), /openapi.json and /docs. Requests queue
         (bounded: a full queue answers 429 with Retry-After); requests on the same image decode together.
         The generation options are the defaults of requests that do not set them. SIGTERM or Ctrl-C
         finishes the requests in flight (at most --drain-timeout seconds; a second signal: at once, the
